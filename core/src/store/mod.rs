@@ -1,0 +1,227 @@
+//! Storage: the key-value interface the engine writes through, as data.
+//!
+//! Keys are lists of strings with the automerge-repo layout
+//! (`[docId, "incremental", hash]`, `[docId, "snapshot", hash]`, `["storage-adapter-id"]`),
+//! so a store can be migrated from and to the Node sync server's layout.
+//! The engine emits [`StorageOp`]s; the host runs them against a [`Storage`] and feeds the
+//! `Result` back. Writes are reported done only once they are flushed.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use thiserror::Error;
+
+use crate::ids::StorageId;
+
+#[cfg(feature = "sled")]
+mod sled_store;
+#[cfg(feature = "sled")]
+pub use sled_store::{SledConfig, SledStore};
+
+/// A storage key: a list of path parts.
+pub type StorageKey = Vec<String>;
+
+/// The key under which a store keeps its own id.
+pub fn storage_id_key() -> StorageKey {
+    vec!["storage-adapter-id".to_owned()]
+}
+
+/// One storage task.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StorageOp {
+    /// Read one key.
+    Load {
+        /// The key.
+        key: StorageKey,
+    },
+    /// Read every key that starts with `prefix`, in key order.
+    LoadRange {
+        /// The prefix.
+        prefix: StorageKey,
+    },
+    /// Write (and make durable before reporting success).
+    Put {
+        /// The key.
+        key: StorageKey,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// Remove (durably).
+    Delete {
+        /// The key.
+        key: StorageKey,
+    },
+}
+
+impl StorageOp {
+    /// Whether this op changes the store (and so needs a flush before it is reported).
+    pub fn is_write(&self) -> bool {
+        matches!(self, StorageOp::Put { .. } | StorageOp::Delete { .. })
+    }
+}
+
+/// A successful storage result.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StorageOutcome {
+    /// Answer to `Load`.
+    Loaded(Option<Vec<u8>>),
+    /// Answer to `LoadRange`.
+    Range(Vec<(StorageKey, Vec<u8>)>),
+    /// A `Put` or `Delete` is durable.
+    Written,
+}
+
+/// Why a storage task failed.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// The operating system refused (most often a full disk or a read-only filesystem:
+    /// see [`StoreError::is_disk_full`]).
+    #[error("storage I/O failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// The store found its own files damaged; restore from backup.
+    #[error("storage is corrupt: {detail}")]
+    Corrupt {
+        /// Where, without content.
+        detail: String,
+    },
+    /// The store was closed or its worker stopped (the host is shutting down).
+    #[error("storage is closed")]
+    Closed,
+}
+
+impl StoreError {
+    /// True when the failure is "no space left on device".
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StoreError::Io(e) => e.kind() == std::io::ErrorKind::StorageFull || e.raw_os_error() == Some(28),
+            _ => false,
+        }
+    }
+}
+
+/// A key-value store with explicit durability.
+///
+/// `put` and `delete` may buffer; `flush` makes everything before it durable. A host that
+/// batches runs several writes and then one `flush` before reporting any of them done, so
+/// concurrent writers share one fsync.
+pub trait Storage: Send + Sync {
+    /// Reads one key.
+    fn load(&self, key: &[String]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Reads every key under `prefix`, in key order.
+    fn load_range(&self, prefix: &[String]) -> Result<Vec<(StorageKey, Vec<u8>)>, StoreError>;
+    /// Writes a key (not yet durable).
+    fn put(&self, key: &[String], data: &[u8]) -> Result<(), StoreError>;
+    /// Removes a key (not yet durable).
+    fn delete(&self, key: &[String]) -> Result<(), StoreError>;
+    /// Makes every earlier write durable.
+    fn flush(&self) -> Result<(), StoreError>;
+
+    /// Runs one op without flushing.
+    fn apply(&self, op: &StorageOp) -> Result<StorageOutcome, StoreError> {
+        Ok(match op {
+            StorageOp::Load { key } => StorageOutcome::Loaded(self.load(key)?),
+            StorageOp::LoadRange { prefix } => StorageOutcome::Range(self.load_range(prefix)?),
+            StorageOp::Put { key, data } => {
+                self.put(key, data)?;
+                StorageOutcome::Written
+            }
+            StorageOp::Delete { key } => {
+                self.delete(key)?;
+                StorageOutcome::Written
+            }
+        })
+    }
+
+    /// Runs one op and, if it writes, flushes: the simple host's way.
+    fn execute(&self, op: StorageOp) -> Result<StorageOutcome, StoreError> {
+        let out = self.apply(&op)?;
+        if op.is_write() {
+            self.flush()?;
+        }
+        Ok(out)
+    }
+
+    /// This store's id, made on first use and kept.
+    fn storage_id(&self) -> Result<StorageId, StoreError> {
+        if let Some(bytes) = self.load(&storage_id_key())? {
+            if let Ok(s) = String::from_utf8(bytes) {
+                return Ok(StorageId::from(s));
+            }
+        }
+        let id = uuid::Uuid::new_v4().to_string();
+        self.put(&storage_id_key(), id.as_bytes())?;
+        self.flush()?;
+        Ok(StorageId::from(id))
+    }
+}
+
+/// An in-memory store (tests, ephemeral peers). Writes are "durable" at once.
+#[derive(Default, Debug)]
+pub struct MemoryStore {
+    data: Mutex<BTreeMap<StorageKey, Vec<u8>>>,
+}
+
+impl MemoryStore {
+    fn map(&self) -> std::sync::MutexGuard<'_, BTreeMap<StorageKey, Vec<u8>>> {
+        // A poisoned lock only means a panicking test thread; the map is still consistent.
+        self.data.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    /// Every key currently stored, in order.
+    pub fn keys(&self) -> Vec<StorageKey> {
+        self.map().keys().cloned().collect()
+    }
+}
+
+impl Storage for MemoryStore {
+    fn load(&self, key: &[String]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.map().get(key).cloned())
+    }
+    fn load_range(&self, prefix: &[String]) -> Result<Vec<(StorageKey, Vec<u8>)>, StoreError> {
+        Ok(self
+            .map()
+            .range(prefix.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+    fn put(&self, key: &[String], data: &[u8]) -> Result<(), StoreError> {
+        self.map().insert(key.to_vec(), data.to_vec());
+        Ok(())
+    }
+    fn delete(&self, key: &[String]) -> Result<(), StoreError> {
+        self.map().remove(key);
+        Ok(())
+    }
+    fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn k(parts: &[&str]) -> StorageKey {
+        parts.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn range_stops_at_the_prefix() {
+        let s = MemoryStore::default();
+        s.put(&k(&["a", "incremental", "1"]), b"x").unwrap();
+        s.put(&k(&["a", "snapshot", "2"]), b"y").unwrap();
+        s.put(&k(&["ab", "snapshot", "3"]), b"z").unwrap();
+        s.put(&k(&["b"]), b"w").unwrap();
+        let got = s.load_range(&k(&["a"])).unwrap();
+        assert_eq!(got.len(), 2);
+        assert!(got.iter().all(|(key, _)| key[0] == "a"));
+    }
+
+    #[test]
+    fn storage_id_is_kept() {
+        let s = MemoryStore::default();
+        let a = s.storage_id().unwrap();
+        assert_eq!(s.storage_id().unwrap(), a);
+        assert_eq!(a.as_str().len(), 36);
+    }
+}
