@@ -130,7 +130,11 @@ impl StorageId {
     pub fn random(rng: &mut impl RngCore) -> Self {
         let mut bytes = [0u8; 16];
         rng.fill_bytes(&mut bytes);
-        StorageId(uuid::Builder::from_random_bytes(bytes).into_uuid().to_string())
+        StorageId(
+            uuid::Builder::from_random_bytes(bytes)
+                .into_uuid()
+                .to_string(),
+        )
     }
 }
 
@@ -175,7 +179,10 @@ mod tests {
     fn known_js_id_round_trips() {
         let id: DocumentId = "488sijVLJ6Grs5PnrczSYBwfNg25".parse().unwrap();
         assert_eq!(id.to_string(), "488sijVLJ6Grs5PnrczSYBwfNg25");
-        assert_eq!(DocumentId::parse_url("automerge:488sijVLJ6Grs5PnrczSYBwfNg25#abc").unwrap(), id);
+        assert_eq!(
+            DocumentId::parse_url("automerge:488sijVLJ6Grs5PnrczSYBwfNg25#abc").unwrap(),
+            id
+        );
     }
 
     #[test]

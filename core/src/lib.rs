@@ -78,5 +78,8 @@ pub mod store;
 pub mod time;
 pub mod wire;
 
+#[cfg(feature = "runtime")]
+pub mod runtime;
+
 #[cfg(feature = "client")]
 pub mod client;

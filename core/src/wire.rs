@@ -292,7 +292,12 @@ impl Message {
                 put("peerMetadata", meta(peer_metadata));
                 put(
                     "supportedProtocolVersions",
-                    Value::Array(supported_protocol_versions.iter().map(|v| text(v)).collect()),
+                    Value::Array(
+                        supported_protocol_versions
+                            .iter()
+                            .map(|v| text(v))
+                            .collect(),
+                    ),
                 );
             }
             Message::Peer {
@@ -312,7 +317,11 @@ impl Message {
                 put("message", text(message));
             }
             Message::Request(d) | Message::Sync(d) => {
-                let kind = if matches!(self, Message::Request(_)) { "request" } else { "sync" };
+                let kind = if matches!(self, Message::Request(_)) {
+                    "request"
+                } else {
+                    "sync"
+                };
                 put("type", text(kind));
                 put("senderId", text(d.sender_id.as_str()));
                 put("targetId", text(d.target_id.as_str()));
@@ -352,7 +361,8 @@ impl Message {
         }
         let mut out = Vec::new();
         // Writing a Value into a Vec cannot fail: the writer is infallible and every value is finite.
-        ciborium::into_writer(&Value::Map(m), &mut out).expect("CBOR encoding into a Vec is infallible");
+        ciborium::into_writer(&Value::Map(m), &mut out)
+            .expect("CBOR encoding into a Vec is infallible");
         out
     }
 
@@ -396,7 +406,9 @@ mod tests {
                 peer_metadata: PeerMetadata::default(),
                 selected_protocol_version: "1".into(),
             },
-            Message::Error { message: "nope".into() },
+            Message::Error {
+                message: "nope".into(),
+            },
             Message::Request(DocMessage {
                 sender_id: "a".into(),
                 target_id: "b".into(),
@@ -485,7 +497,9 @@ mod tests {
         .unwrap();
         assert_eq!(
             Message::decode(&frame).unwrap(),
-            Message::Unknown { kind: "future-thing".into() }
+            Message::Unknown {
+                kind: "future-thing".into()
+            }
         );
     }
 
@@ -495,11 +509,19 @@ mod tests {
         assert_eq!(Message::decode(&[0x01]), Err(DecodeError::NotAMap));
         let mut frame = Vec::new();
         ciborium::into_writer(
-            &std::collections::BTreeMap::from([("type", "sync"), ("senderId", "x"), ("targetId", "y"), ("documentId", "nope")]),
+            &std::collections::BTreeMap::from([
+                ("type", "sync"),
+                ("senderId", "x"),
+                ("targetId", "y"),
+                ("documentId", "nope"),
+            ]),
             &mut frame,
         )
         .unwrap();
-        assert!(matches!(Message::decode(&frame), Err(DecodeError::DocumentId(_))));
+        assert!(matches!(
+            Message::decode(&frame),
+            Err(DecodeError::DocumentId(_))
+        ));
         let mut trailing = samples()[0].encode();
         trailing.push(0);
         assert_eq!(Message::decode(&trailing), Err(DecodeError::Cbor));

@@ -325,10 +325,27 @@ impl Doc {
 }
 
 enum Task {
-    Load { doc: DocumentId, generation: u64 },
-    Chunk { doc: DocumentId, generation: u64, key: StorageKey, bytes: usize, heads: Vec<ChangeHash> },
-    Snapshot { doc: DocumentId, generation: u64, key: StorageKey, bytes: usize, covers: Vec<StorageKey> },
-    Delete { doc: DocumentId },
+    Load {
+        doc: DocumentId,
+        generation: u64,
+    },
+    Chunk {
+        doc: DocumentId,
+        generation: u64,
+        key: StorageKey,
+        bytes: usize,
+        heads: Vec<ChangeHash>,
+    },
+    Snapshot {
+        doc: DocumentId,
+        generation: u64,
+        key: StorageKey,
+        bytes: usize,
+        covers: Vec<StorageKey>,
+    },
+    Delete {
+        doc: DocumentId,
+    },
 }
 
 /// The sync engine. See the module and crate docs.
@@ -396,9 +413,17 @@ impl Engine {
     /// Counters for metrics.
     pub fn stats(&self) -> Stats {
         Stats {
-            connections: self.conns.values().filter(|c| matches!(c.state, ConnState::Open { .. })).count(),
+            connections: self
+                .conns
+                .values()
+                .filter(|c| matches!(c.state, ConnState::Open { .. }))
+                .count(),
             documents: self.docs.len(),
-            documents_loaded: self.docs.values().filter(|d| matches!(d.state, DocState::Ready(_))).count(),
+            documents_loaded: self
+                .docs
+                .values()
+                .filter(|d| matches!(d.state, DocState::Ready(_)))
+                .count(),
             storage_tasks: self.tasks.len(),
         }
     }
@@ -461,7 +486,11 @@ impl Engine {
     /// Feeds one input in.
     pub fn handle_input(&mut self, now: Timestamp, input: Input) {
         match input {
-            Input::Connected { conn, direction, identity } => {
+            Input::Connected {
+                conn,
+                direction,
+                identity,
+            } => {
                 self.conns.insert(
                     conn,
                     Conn {
@@ -577,12 +606,16 @@ impl Engine {
     pub fn broadcast_ephemeral(&mut self, id: DocumentId, data: Vec<u8>) {
         self.ephemeral_count += 1;
         let count = self.ephemeral_count;
-        let Some(doc) = self.docs.get(&id) else { return };
+        let Some(doc) = self.docs.get(&id) else {
+            return;
+        };
         let targets: Vec<ConnectionId> = doc.peers.keys().copied().collect();
         let session_id = self.session_id.clone();
         let sender_id = self.config.peer_id.clone();
         for conn in targets {
-            let Some(target_id) = self.peer_of(conn) else { continue };
+            let Some(target_id) = self.peer_of(conn) else {
+                continue;
+            };
             let msg = Message::Ephemeral {
                 sender_id: sender_id.clone(),
                 target_id,
@@ -614,7 +647,10 @@ impl Engine {
     }
 
     fn send(&mut self, conn: ConnectionId, msg: &Message) {
-        self.outputs.push_back(Output::Send { conn, frame: msg.encode() });
+        self.outputs.push_back(Output::Send {
+            conn,
+            frame: msg.encode(),
+        });
     }
 
     fn task(&mut self, task: Task, op: StorageOp) {
@@ -633,7 +669,15 @@ impl Engine {
 
     fn load(&mut self, id: DocumentId) {
         let generation = self.docs[&id].generation;
-        self.task(Task::Load { doc: id, generation }, StorageOp::LoadRange { prefix: vec![id.to_string()] });
+        self.task(
+            Task::Load {
+                doc: id,
+                generation,
+            },
+            StorageOp::LoadRange {
+                prefix: vec![id.to_string()],
+            },
+        );
     }
 
     /// Sends `error` and closes.
@@ -652,7 +696,9 @@ impl Engine {
     }
 
     fn forget_conn(&mut self, conn: ConnectionId) {
-        let Some(c) = self.conns.remove(&conn) else { return };
+        let Some(c) = self.conns.remove(&conn) else {
+            return;
+        };
         if let ConnState::Open { peer } = &c.state {
             if self.peers.get(peer) == Some(&conn) {
                 self.peers.remove(peer);
@@ -669,9 +715,14 @@ impl Engine {
     }
 
     fn on_frame(&mut self, now: Timestamp, conn: ConnectionId, frame: Vec<u8>) {
-        let Some(c) = self.conns.get(&conn) else { return };
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
         if frame.len() > self.config.limits.max_frame_bytes {
-            self.violation(conn, CloseReason::Protocol(format!("frame of {} bytes is too large", frame.len())));
+            self.violation(
+                conn,
+                CloseReason::Protocol(format!("frame of {} bytes is too large", frame.len())),
+            );
             return;
         }
         let msg = match Message::decode(&frame) {
@@ -688,27 +739,42 @@ impl Engine {
         };
         let direction = c.direction;
         match (open_peer, msg) {
-            (_, Message::Error { .. }) | (_, Message::Leave) => self.close(conn, CloseReason::PeerLeft),
-            (None, Message::Join { sender_id, peer_metadata, supported_protocol_versions })
-                if direction == Direction::Incoming =>
-            {
+            (_, Message::Error { .. }) | (_, Message::Leave) => {
+                self.close(conn, CloseReason::PeerLeft)
+            }
+            (
+                None,
+                Message::Join {
+                    sender_id,
+                    peer_metadata,
+                    supported_protocol_versions,
+                },
+            ) if direction == Direction::Incoming => {
                 self.on_join(conn, sender_id, peer_metadata, supported_protocol_versions)
             }
-            (None, Message::Peer { sender_id, peer_metadata, selected_protocol_version, .. })
-                if direction == Direction::Outgoing =>
-            {
+            (
+                None,
+                Message::Peer {
+                    sender_id,
+                    peer_metadata,
+                    selected_protocol_version,
+                    ..
+                },
+            ) if direction == Direction::Outgoing => {
                 if selected_protocol_version != PROTOCOL_VERSION {
                     self.violation(conn, CloseReason::UnsupportedVersion);
                     return;
                 }
                 self.open(conn, sender_id, peer_metadata);
             }
-            (None, other) => {
-                self.violation(conn, CloseReason::Protocol(format!("`{}` before the handshake", other.kind())))
-            }
-            (Some(_), m @ (Message::Join { .. } | Message::Peer { .. })) => {
-                self.violation(conn, CloseReason::Protocol(format!("`{}` after the handshake", m.kind())))
-            }
+            (None, other) => self.violation(
+                conn,
+                CloseReason::Protocol(format!("`{}` before the handshake", other.kind())),
+            ),
+            (Some(_), m @ (Message::Join { .. } | Message::Peer { .. })) => self.violation(
+                conn,
+                CloseReason::Protocol(format!("`{}` after the handshake", m.kind())),
+            ),
             (Some(peer), Message::Request(d)) => self.on_doc_message(now, conn, peer, d, true),
             (Some(peer), Message::Sync(d)) => self.on_doc_message(now, conn, peer, d, false),
             (Some(_), Message::DocUnavailable { document_id, .. }) => {
@@ -719,14 +785,28 @@ impl Engine {
                     self.check_unavailable(document_id);
                 }
             }
-            (Some(peer), Message::Ephemeral { sender_id, document_id, session_id, count, data, .. }) => {
-                self.on_ephemeral(conn, peer, sender_id, document_id, session_id, count, data)
-            }
+            (
+                Some(peer),
+                Message::Ephemeral {
+                    sender_id,
+                    document_id,
+                    session_id,
+                    count,
+                    data,
+                    ..
+                },
+            ) => self.on_ephemeral(conn, peer, sender_id, document_id, session_id, count, data),
             (Some(_), Message::RemoteHeads { .. } | Message::Unknown { .. }) => {}
         }
     }
 
-    fn on_join(&mut self, conn: ConnectionId, sender: PeerId, meta: PeerMetadata, versions: Vec<String>) {
+    fn on_join(
+        &mut self,
+        conn: ConnectionId,
+        sender: PeerId,
+        meta: PeerMetadata,
+        versions: Vec<String>,
+    ) {
         if !versions.iter().any(|v| v == PROTOCOL_VERSION) {
             self.violation(conn, CloseReason::UnsupportedVersion);
             return;
@@ -756,7 +836,11 @@ impl Engine {
             c.state = ConnState::Open { peer: peer.clone() };
         }
         self.peers.insert(peer.clone(), conn);
-        self.emit(Event::PeerConnected { conn, peer, metadata });
+        self.emit(Event::PeerConnected {
+            conn,
+            peer,
+            metadata,
+        });
         if self.config.role == Role::Client {
             let ids: Vec<DocumentId> = self.docs.keys().copied().collect();
             for id in ids {
@@ -782,8 +866,13 @@ impl Engine {
     }
 
     fn share_with(&mut self, id: DocumentId, conn: ConnectionId) {
-        let Some(doc) = self.docs.get_mut(&id) else { return };
-        doc.peers.entry(conn).or_insert_with(|| PeerDoc { sync: sync::State::new(), unavailable: false });
+        let Some(doc) = self.docs.get_mut(&id) else {
+            return;
+        };
+        doc.peers.entry(conn).or_insert_with(|| PeerDoc {
+            sync: sync::State::new(),
+            unavailable: false,
+        });
         doc.needs_sync = true;
         if let Some(c) = self.conns.get_mut(&conn) {
             c.docs.insert(id);
@@ -795,10 +884,20 @@ impl Engine {
         self.maybe_sync(id);
     }
 
-    fn on_doc_message(&mut self, now: Timestamp, conn: ConnectionId, peer: PeerId, d: DocMessage, request: bool) {
+    fn on_doc_message(
+        &mut self,
+        now: Timestamp,
+        conn: ConnectionId,
+        peer: PeerId,
+        d: DocMessage,
+        request: bool,
+    ) {
         let id = d.document_id;
         let identity = self.conns.get(&conn).and_then(|c| c.identity.clone());
-        let info = PeerInfo { peer_id: &peer, identity: identity.as_deref() };
+        let info = PeerInfo {
+            peer_id: &peer,
+            identity: identity.as_deref(),
+        };
         if !self.access.allows(&info, &id, Operation::Read) {
             self.reject(conn, &peer, id, Rejection::Forbidden);
             return;
@@ -807,7 +906,10 @@ impl Engine {
         let msg = match sync::Message::decode(&d.data) {
             Ok(m) => m,
             Err(_) => {
-                self.violation(conn, CloseReason::Protocol("undecodable automerge sync message".into()));
+                self.violation(
+                    conn,
+                    CloseReason::Protocol("undecodable automerge sync message".into()),
+                );
                 return;
             }
         };
@@ -849,10 +951,22 @@ impl Engine {
             document_id: id,
         };
         self.send(conn, &msg);
-        self.emit(Event::DocumentRejected { conn, doc: id, reason });
+        self.emit(Event::DocumentRejected {
+            conn,
+            doc: id,
+            reason,
+        });
     }
 
-    fn apply(&mut self, conn: ConnectionId, peer: &PeerId, id: DocumentId, request: bool, msg: sync::Message, size: usize) {
+    fn apply(
+        &mut self,
+        conn: ConnectionId,
+        peer: &PeerId,
+        id: DocumentId,
+        request: bool,
+        msg: sync::Message,
+        size: usize,
+    ) {
         let role = self.config.role;
         let max_doc = self.config.limits.max_document_bytes;
         let doc = self.docs.get_mut(&id).expect("caller checked");
@@ -860,11 +974,13 @@ impl Engine {
             self.reject(conn, peer, id, Rejection::TooLarge);
             return;
         }
-        let DocState::Ready(am) = &mut doc.state else { return };
-        let pd = doc
-            .peers
-            .entry(conn)
-            .or_insert_with(|| PeerDoc { sync: sync::State::new(), unavailable: false });
+        let DocState::Ready(am) = &mut doc.state else {
+            return;
+        };
+        let pd = doc.peers.entry(conn).or_insert_with(|| PeerDoc {
+            sync: sync::State::new(),
+            unavailable: false,
+        });
         pd.unavailable = false;
         let their_heads = msg.heads.clone();
         let empty_here = am.get_heads().is_empty();
@@ -884,16 +1000,26 @@ impl Engine {
         let before = am.get_heads();
         if let Err(e) = am.receive_sync_message(&mut pd.sync, msg) {
             tracing::debug!(%conn, doc = %id, error = %e, "sync message could not be applied");
-            self.violation(conn, CloseReason::Protocol("sync message could not be applied".into()));
+            self.violation(
+                conn,
+                CloseReason::Protocol("sync message could not be applied".into()),
+            );
             return;
         }
         let after = am.get_heads();
         if !their_heads.is_empty() {
-            self.emit(Event::PeerHasHeads { conn, doc: id, heads: their_heads });
+            self.emit(Event::PeerHasHeads {
+                conn,
+                doc: id,
+                heads: their_heads,
+            });
         }
         if after != before {
             if role == Role::Client {
-                self.emit(Event::DocumentChanged { doc: id, heads: after });
+                self.emit(Event::DocumentChanged {
+                    doc: id,
+                    heads: after,
+                });
             }
             self.persist(id, &before);
         }
@@ -914,14 +1040,22 @@ impl Engine {
     /// Writes the changes since `before` as an incremental chunk.
     fn persist(&mut self, id: DocumentId, before: &[ChangeHash]) {
         let doc = self.docs.get_mut(&id).expect("caller checked");
-        let DocState::Ready(am) = &doc.state else { return };
+        let DocState::Ready(am) = &doc.state else {
+            return;
+        };
         let bytes = am.save_after(before);
         let heads = am.get_heads();
         let key = chunk_key(&id, "incremental", hex::encode(Sha256::digest(&bytes)));
         doc.pending_writes += 1;
         doc.needs_sync = true;
         doc.inflight_bytes += bytes.len();
-        let task = Task::Chunk { doc: id, generation: doc.generation, key: key.clone(), bytes: bytes.len(), heads };
+        let task = Task::Chunk {
+            doc: id,
+            generation: doc.generation,
+            key: key.clone(),
+            bytes: bytes.len(),
+            heads,
+        };
         self.task(task, StorageOp::Put { key, data: bytes });
     }
 
@@ -929,11 +1063,15 @@ impl Engine {
     fn maybe_sync(&mut self, id: DocumentId) {
         let role = self.config.role;
         let our_id = self.config.peer_id.clone();
-        let Some(doc) = self.docs.get_mut(&id) else { return };
+        let Some(doc) = self.docs.get_mut(&id) else {
+            return;
+        };
         if !doc.needs_sync || doc.pending_writes > 0 {
             return;
         }
-        let DocState::Ready(am) = &doc.state else { return };
+        let DocState::Ready(am) = &doc.state else {
+            return;
+        };
         doc.needs_sync = false;
         let empty = am.get_heads().is_empty();
         let mut frames = Vec::new();
@@ -946,9 +1084,20 @@ impl Engine {
             }
         }
         for (conn, data) in frames {
-            let Some(target_id) = self.peer_of(conn) else { continue };
-            let d = DocMessage { sender_id: our_id.clone(), target_id, document_id: id, data };
-            let msg = if role == Role::Client && empty { Message::Request(d) } else { Message::Sync(d) };
+            let Some(target_id) = self.peer_of(conn) else {
+                continue;
+            };
+            let d = DocMessage {
+                sender_id: our_id.clone(),
+                target_id,
+                document_id: id,
+                data,
+            };
+            let msg = if role == Role::Client && empty {
+                Message::Request(d)
+            } else {
+                Message::Sync(d)
+            };
             self.send(conn, &msg);
         }
     }
@@ -957,8 +1106,12 @@ impl Engine {
         if self.config.role != Role::Client {
             return;
         }
-        let Some(doc) = self.docs.get_mut(&id) else { return };
-        let DocState::Ready(am) = &doc.state else { return };
+        let Some(doc) = self.docs.get_mut(&id) else {
+            return;
+        };
+        let DocState::Ready(am) = &doc.state else {
+            return;
+        };
         let all_said_no = !doc.peers.is_empty() && doc.peers.values().all(|p| p.unavailable);
         if doc.wanted && am.get_heads().is_empty() && all_said_no && !doc.unavailable_reported {
             doc.unavailable_reported = true;
@@ -978,7 +1131,10 @@ impl Engine {
         data: Vec<u8>,
     ) {
         let identity = self.conns.get(&from).and_then(|c| c.identity.clone());
-        let info = PeerInfo { peer_id: &peer, identity: identity.as_deref() };
+        let info = PeerInfo {
+            peer_id: &peer,
+            identity: identity.as_deref(),
+        };
         if !self.access.allows(&info, &id, Operation::Read) {
             return;
         }
@@ -995,14 +1151,25 @@ impl Engine {
         }
         self.ephemeral_seen.insert(session_id.clone(), count);
         if self.config.role == Role::Client {
-            self.emit(Event::Ephemeral { doc: id, sender: sender_id.clone(), data: data.clone() });
+            self.emit(Event::Ephemeral {
+                doc: id,
+                sender: sender_id.clone(),
+                data: data.clone(),
+            });
         }
-        let Some(doc) = self.docs.get(&id) else { return };
+        let Some(doc) = self.docs.get(&id) else {
+            return;
+        };
         let targets: Vec<ConnectionId> = doc.peers.keys().copied().filter(|c| *c != from).collect();
         for conn in targets {
-            let Some(target_id) = self.peer_of(conn) else { continue };
+            let Some(target_id) = self.peer_of(conn) else {
+                continue;
+            };
             let ident = self.conns.get(&conn).and_then(|c| c.identity.clone());
-            let info = PeerInfo { peer_id: &target_id, identity: ident.as_deref() };
+            let info = PeerInfo {
+                peer_id: &target_id,
+                identity: ident.as_deref(),
+            };
             if !self.access.allows(&info, &id, Operation::Read) {
                 continue;
             }
@@ -1018,12 +1185,27 @@ impl Engine {
         }
     }
 
-    fn on_storage(&mut self, now: Timestamp, task: TaskId, result: Result<StorageOutcome, StoreError>) {
-        let Some(t) = self.tasks.remove(&task) else { return };
+    fn on_storage(
+        &mut self,
+        now: Timestamp,
+        task: TaskId,
+        result: Result<StorageOutcome, StoreError>,
+    ) {
+        let Some(t) = self.tasks.remove(&task) else {
+            return;
+        };
         match t {
             Task::Load { doc, generation } => self.on_loaded(now, doc, generation, result),
-            Task::Chunk { doc, generation, key, bytes, heads } => {
-                let Some(d) = self.docs.get_mut(&doc) else { return };
+            Task::Chunk {
+                doc,
+                generation,
+                key,
+                bytes,
+                heads,
+            } => {
+                let Some(d) = self.docs.get_mut(&doc) else {
+                    return;
+                };
                 if d.generation != generation {
                     return;
                 }
@@ -1039,8 +1221,16 @@ impl Engine {
                     Err(error) => self.write_failed(doc, error),
                 }
             }
-            Task::Snapshot { doc, generation, key, bytes, covers } => {
-                let Some(d) = self.docs.get_mut(&doc) else { return };
+            Task::Snapshot {
+                doc,
+                generation,
+                key,
+                bytes,
+                covers,
+            } => {
+                let Some(d) = self.docs.get_mut(&doc) else {
+                    return;
+                };
                 if d.generation != generation {
                     return;
                 }
@@ -1058,21 +1248,35 @@ impl Engine {
                         self.emit(Event::Compacted { doc, chunks: n });
                     }
                     // Nothing was lost: the chunks are still there.
-                    Err(error) => self.emit(Event::StorageFailed { doc: Some(doc), error }),
+                    Err(error) => self.emit(Event::StorageFailed {
+                        doc: Some(doc),
+                        error,
+                    }),
                 }
             }
             Task::Delete { doc } => {
                 if let Err(error) = result {
                     // A leftover chunk is harmless: loading is idempotent.
-                    self.emit(Event::StorageFailed { doc: Some(doc), error });
+                    self.emit(Event::StorageFailed {
+                        doc: Some(doc),
+                        error,
+                    });
                 }
             }
         }
     }
 
-    fn on_loaded(&mut self, now: Timestamp, id: DocumentId, generation: u64, result: Result<StorageOutcome, StoreError>) {
+    fn on_loaded(
+        &mut self,
+        now: Timestamp,
+        id: DocumentId,
+        generation: u64,
+        result: Result<StorageOutcome, StoreError>,
+    ) {
         let encoding = self.config.text_encoding;
-        let Some(doc) = self.docs.get_mut(&id) else { return };
+        let Some(doc) = self.docs.get_mut(&id) else {
+            return;
+        };
         if doc.generation != generation || !matches!(doc.state, DocState::Loading) {
             return;
         }
@@ -1080,7 +1284,10 @@ impl Engine {
             Ok(StorageOutcome::Range(chunks)) => chunks,
             Ok(_) => Vec::new(),
             Err(error) => {
-                self.emit(Event::StorageFailed { doc: Some(id), error });
+                self.emit(Event::StorageFailed {
+                    doc: Some(id),
+                    error,
+                });
                 self.load_failed(id);
                 return;
             }
@@ -1099,7 +1306,9 @@ impl Engine {
                 tracing::error!(doc = %id, bytes = bytes.len(), error = %e, "stored chunk does not load");
                 self.emit(Event::StorageFailed {
                     doc: Some(id),
-                    error: StoreError::Corrupt { detail: format!("chunk of document {id} does not load") },
+                    error: StoreError::Corrupt {
+                        detail: format!("chunk of document {id} does not load"),
+                    },
                 });
                 self.load_failed(id);
                 return;
@@ -1112,11 +1321,16 @@ impl Engine {
         doc.state = DocState::Ready(Box::new(am));
         doc.last_active = now;
         doc.needs_sync = true;
-        self.emit(Event::DocumentLoaded { doc: id, bytes: total });
+        self.emit(Event::DocumentLoaded {
+            doc: id,
+            bytes: total,
+        });
         let doc = self.docs.get_mut(&id).expect("checked above");
         let queued = std::mem::take(&mut doc.queued);
         for (conn, request, msg, size) in queued {
-            let Some(peer) = self.peer_of(conn) else { continue };
+            let Some(peer) = self.peer_of(conn) else {
+                continue;
+            };
             if !self.docs.contains_key(&id) {
                 // A request for a missing document removed it; re-create to answer the rest.
                 let generation = self.generation();
@@ -1132,10 +1346,17 @@ impl Engine {
     }
 
     fn load_failed(&mut self, id: DocumentId) {
-        let Some(doc) = self.docs.remove(&id) else { return };
+        let Some(doc) = self.docs.remove(&id) else {
+            return;
+        };
         let our_id = self.config.peer_id.clone();
         let mut told = BTreeSet::new();
-        for conn in doc.queued.iter().map(|q| q.0).chain(doc.peers.keys().copied()) {
+        for conn in doc
+            .queued
+            .iter()
+            .map(|q| q.0)
+            .chain(doc.peers.keys().copied())
+        {
             if !told.insert(conn) {
                 continue;
             }
@@ -1143,8 +1364,19 @@ impl Engine {
                 c.docs.remove(&id);
             }
             if let Some(target_id) = self.peer_of(conn) {
-                self.send(conn, &Message::DocUnavailable { sender_id: our_id.clone(), target_id, document_id: id });
-                self.emit(Event::DocumentRejected { conn, doc: id, reason: Rejection::StorageFailed });
+                self.send(
+                    conn,
+                    &Message::DocUnavailable {
+                        sender_id: our_id.clone(),
+                        target_id,
+                        document_id: id,
+                    },
+                );
+                self.emit(Event::DocumentRejected {
+                    conn,
+                    doc: id,
+                    reason: Rejection::StorageFailed,
+                });
             }
         }
     }
@@ -1154,25 +1386,46 @@ impl Engine {
     /// syncing it so their peers resend.
     fn write_failed(&mut self, id: DocumentId, error: StoreError) {
         tracing::error!(doc = %id, error = %error, "write failed; dropping the document from memory");
-        self.emit(Event::StorageFailed { doc: Some(id), error });
-        let Some(doc) = self.docs.remove(&id) else { return };
-        for conn in doc.peers.keys().copied().chain(doc.queued.iter().map(|q| q.0)).collect::<BTreeSet<_>>() {
+        self.emit(Event::StorageFailed {
+            doc: Some(id),
+            error,
+        });
+        let Some(doc) = self.docs.remove(&id) else {
+            return;
+        };
+        for conn in doc
+            .peers
+            .keys()
+            .copied()
+            .chain(doc.queued.iter().map(|q| q.0))
+            .collect::<BTreeSet<_>>()
+        {
             self.close(conn, CloseReason::StorageFailed);
         }
     }
 
     fn maybe_compact(&mut self, id: DocumentId) {
         let threshold = self.config.limits.compact_after_chunks;
-        let Some(doc) = self.docs.get_mut(&id) else { return };
+        let Some(doc) = self.docs.get_mut(&id) else {
+            return;
+        };
         if doc.compacting || doc.chunks.len() < threshold {
             return;
         }
-        let DocState::Ready(am) = &doc.state else { return };
+        let DocState::Ready(am) = &doc.state else {
+            return;
+        };
         let bytes = am.save();
         let key = chunk_key(&id, "snapshot", heads_hash(&am.get_heads()));
         let covers: Vec<StorageKey> = doc.chunks.keys().cloned().collect();
         doc.compacting = true;
-        let task = Task::Snapshot { doc: id, generation: doc.generation, key: key.clone(), bytes: bytes.len(), covers };
+        let task = Task::Snapshot {
+            doc: id,
+            generation: doc.generation,
+            key: key.clone(),
+            bytes: bytes.len(),
+            covers,
+        };
         self.task(task, StorageOp::Put { key, data: bytes });
     }
 }

@@ -21,8 +21,17 @@ struct Side {
 impl Side {
     fn new(role: Role, name: &str, seed: u64) -> Self {
         let store = MemoryStore::default();
-        let config = EngineConfig::new(role, PeerId::from(name), seed).with_storage_id(store.storage_id().unwrap());
-        Side { engine: Engine::new(config), store, held: vec![], hold_writes: false, sent: vec![], events: vec![], closed: vec![] }
+        let config = EngineConfig::new(role, PeerId::from(name), seed)
+            .with_storage_id(store.storage_id().unwrap());
+        Side {
+            engine: Engine::new(config),
+            store,
+            held: vec![],
+            hold_writes: false,
+            sent: vec![],
+            events: vec![],
+            closed: vec![],
+        }
     }
 
     /// Runs outputs; returns frames to deliver to the other side.
@@ -39,7 +48,8 @@ impl Side {
                         self.held.push((task, op));
                     } else {
                         let result = self.store.execute(op);
-                        self.engine.handle_input(now, Input::StorageDone { task, result });
+                        self.engine
+                            .handle_input(now, Input::StorageDone { task, result });
                     }
                 }
                 Output::Close { reason, .. } => self.closed.push(reason),
@@ -52,7 +62,8 @@ impl Side {
     fn release(&mut self, now: Timestamp) {
         for (task, op) in std::mem::take(&mut self.held) {
             let result = self.store.execute(op);
-            self.engine.handle_input(now, Input::StorageDone { task, result });
+            self.engine
+                .handle_input(now, Input::StorageDone { task, result });
         }
     }
 }
@@ -60,8 +71,22 @@ impl Side {
 const LINK: ConnectionId = ConnectionId::new(1);
 
 fn connect(phone: &mut Side, relay: &mut Side) {
-    relay.engine.handle_input(T0, Input::Connected { conn: LINK, direction: Direction::Incoming, identity: None });
-    phone.engine.handle_input(T0, Input::Connected { conn: LINK, direction: Direction::Outgoing, identity: None });
+    relay.engine.handle_input(
+        T0,
+        Input::Connected {
+            conn: LINK,
+            direction: Direction::Incoming,
+            identity: None,
+        },
+    );
+    phone.engine.handle_input(
+        T0,
+        Input::Connected {
+            conn: LINK,
+            direction: Direction::Outgoing,
+            identity: None,
+        },
+    );
 }
 
 fn pump(a: &mut Side, b: &mut Side) {
@@ -72,10 +97,12 @@ fn pump(a: &mut Side, b: &mut Side) {
             return;
         }
         for frame in fa {
-            b.engine.handle_input(T0, Input::Frame { conn: LINK, frame });
+            b.engine
+                .handle_input(T0, Input::Frame { conn: LINK, frame });
         }
         for frame in fb {
-            a.engine.handle_input(T0, Input::Frame { conn: LINK, frame });
+            a.engine
+                .handle_input(T0, Input::Frame { conn: LINK, frame });
         }
     }
     panic!("no quiescence after 100 rounds");
@@ -83,7 +110,10 @@ fn pump(a: &mut Side, b: &mut Side) {
 
 fn title(e: &Engine, id: &DocumentId) -> Option<String> {
     let doc = e.document(id)?;
-    doc.get(automerge::ROOT, "title").ok().flatten().map(|(v, _)| v.to_str().unwrap_or_default().to_owned())
+    doc.get(automerge::ROOT, "title")
+        .ok()
+        .flatten()
+        .map(|(v, _)| v.to_str().unwrap_or_default().to_owned())
 }
 
 #[test]
@@ -96,7 +126,11 @@ fn a_created_document_reaches_the_relay() {
     connect(&mut phone, &mut relay);
     pump(&mut phone, &mut relay);
     assert_eq!(title(&relay.engine, &doc).as_deref(), Some("Minutes"));
-    assert!(relay.store.keys().iter().any(|k| k[0] == doc.to_string() && k[1] == "incremental"));
+    assert!(relay
+        .store
+        .keys()
+        .iter()
+        .any(|k| k[0] == doc.to_string() && k[1] == "incremental"));
 }
 
 #[test]
@@ -109,7 +143,10 @@ fn relay_reveals_nothing_until_the_write_is_durable() {
     relay.hold_writes = true;
     connect(&mut phone, &mut relay);
     pump(&mut phone, &mut relay);
-    assert!(!relay.held.is_empty(), "the relay must be writing the change");
+    assert!(
+        !relay.held.is_empty(),
+        "the relay must be writing the change"
+    );
     // Up to here the relay has said nothing that names the new heads.
     let heads = phone.engine.document(&doc).unwrap().get_heads();
     let revealing = |sent: &[Message]| {
@@ -121,8 +158,14 @@ fn relay_reveals_nothing_until_the_write_is_durable() {
     assert!(!revealing(&relay.sent));
     relay.release(T0);
     pump(&mut phone, &mut relay);
-    assert!(revealing(&relay.sent), "after the write the relay acknowledges");
-    assert!(phone.events.iter().any(|e| matches!(e, Event::PeerHasHeads { heads: h, .. } if *h == heads)));
+    assert!(
+        revealing(&relay.sent),
+        "after the write the relay acknowledges"
+    );
+    assert!(phone
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::PeerHasHeads { heads: h, .. } if *h == heads)));
 }
 
 #[test]
@@ -138,16 +181,28 @@ fn failed_write_closes_the_writer_and_reveals_nothing() {
     let heads = phone.engine.document(&doc).unwrap().get_heads();
     let (task, _) = relay.held.pop().unwrap();
     let full = std::io::Error::from_raw_os_error(28);
-    relay.engine.handle_input(T0, Input::StorageDone { task, result: Err(StoreError::Io(full)) });
+    relay.engine.handle_input(
+        T0,
+        Input::StorageDone {
+            task,
+            result: Err(StoreError::Io(full)),
+        },
+    );
     relay.drain(T0);
     assert_eq!(relay.closed, vec![CloseReason::StorageFailed]);
-    assert!(relay.events.iter().any(|e| matches!(e, Event::StorageFailed { error, .. } if error.is_disk_full())));
+    assert!(relay
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::StorageFailed { error, .. } if error.is_disk_full())));
     let revealed = relay.sent.iter().any(|m| match m {
         Message::Sync(d) => automerge::sync::Message::decode(&d.data).unwrap().heads == heads,
         _ => false,
     });
     assert!(!revealed, "a change that failed to store was acknowledged");
-    assert!(relay.engine.document(&doc).is_none(), "the undurable copy is dropped");
+    assert!(
+        relay.engine.document(&doc).is_none(),
+        "the undurable copy is dropped"
+    );
 }
 
 #[test]
@@ -160,9 +215,19 @@ fn request_for_an_unknown_document_is_unavailable() {
     phone.engine.find(T0, id);
     pump(&mut phone, &mut relay);
     assert!(phone.sent.iter().any(|m| matches!(m, Message::Request(_))));
-    assert!(relay.sent.iter().any(|m| matches!(m, Message::DocUnavailable { .. })));
-    assert!(phone.events.iter().any(|e| matches!(e, Event::DocumentUnavailable { doc } if *doc == id)));
-    assert_eq!(relay.engine.stats().documents, 0, "unknown ids leave nothing behind");
+    assert!(relay
+        .sent
+        .iter()
+        .any(|m| matches!(m, Message::DocUnavailable { .. })));
+    assert!(phone
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::DocumentUnavailable { doc } if *doc == id)));
+    assert_eq!(
+        relay.engine.stats().documents,
+        0,
+        "unknown ids leave nothing behind"
+    );
 }
 
 #[test]
@@ -181,7 +246,10 @@ fn idle_documents_are_evicted_and_reloaded() {
     assert!(relay.engine.document(&doc).is_none());
     assert_eq!(relay.engine.stats().documents_loaded, 0);
     // A new edit brings it back.
-    phone.engine.change_document(later, doc, |tx| tx.put(automerge::ROOT, "title", "Agenda")).unwrap();
+    phone
+        .engine
+        .change_document(later, doc, |tx| tx.put(automerge::ROOT, "title", "Agenda"))
+        .unwrap();
     pump(&mut phone, &mut relay);
     assert_eq!(title(&relay.engine, &doc).as_deref(), Some("Agenda"));
 }
@@ -197,12 +265,24 @@ fn compaction_writes_the_snapshot_before_deleting() {
     pump(&mut phone, &mut relay);
     let threshold = relay.engine.config().limits.compact_after_chunks;
     for i in 0..threshold as i64 + 1 {
-        phone.engine.change_document(T0, doc, |tx| tx.put(automerge::ROOT, "n", i)).unwrap();
+        phone
+            .engine
+            .change_document(T0, doc, |tx| tx.put(automerge::ROOT, "n", i))
+            .unwrap();
         pump(&mut phone, &mut relay);
     }
-    let keys: Vec<_> = relay.store.keys().into_iter().filter(|k| k[0] == doc.to_string()).collect();
+    let keys: Vec<_> = relay
+        .store
+        .keys()
+        .into_iter()
+        .filter(|k| k[0] == doc.to_string())
+        .collect();
     assert!(keys.iter().any(|k| k[1] == "snapshot"), "{keys:?}");
-    assert!(keys.len() < threshold / 2, "chunks were deleted: {}", keys.len());
+    assert!(
+        keys.len() < threshold / 2,
+        "chunks were deleted: {}",
+        keys.len()
+    );
     // And the store alone reproduces the document.
     let mut fresh = Side::new(Role::Relay, "relay2", 3);
     fresh.store = relay.store;
@@ -211,27 +291,71 @@ fn compaction_writes_the_snapshot_before_deleting() {
     pump(&mut other, &mut fresh);
     other.engine.find(T0, doc);
     pump(&mut other, &mut fresh);
-    let n = other.engine.document(&doc).unwrap().get(automerge::ROOT, "n").unwrap().unwrap().0.to_i64();
+    let n = other
+        .engine
+        .document(&doc)
+        .unwrap()
+        .get(automerge::ROOT, "n")
+        .unwrap()
+        .unwrap()
+        .0
+        .to_i64();
     assert_eq!(n, Some(threshold as i64));
 }
 
 #[test]
 fn unsupported_version_gets_error_and_close() {
     let mut relay = Side::new(Role::Relay, "relay", 2);
-    relay.engine.handle_input(T0, Input::Connected { conn: LINK, direction: Direction::Incoming, identity: None });
-    let join = Message::Join { sender_id: "p".into(), peer_metadata: PeerMetadata::default(), supported_protocol_versions: vec!["2".into()] };
-    relay.engine.handle_input(T0, Input::Frame { conn: LINK, frame: join.encode() });
+    relay.engine.handle_input(
+        T0,
+        Input::Connected {
+            conn: LINK,
+            direction: Direction::Incoming,
+            identity: None,
+        },
+    );
+    let join = Message::Join {
+        sender_id: "p".into(),
+        peer_metadata: PeerMetadata::default(),
+        supported_protocol_versions: vec!["2".into()],
+    };
+    relay.engine.handle_input(
+        T0,
+        Input::Frame {
+            conn: LINK,
+            frame: join.encode(),
+        },
+    );
     relay.drain(T0);
-    assert!(matches!(&relay.sent[..], [Message::Error { message }] if message.contains("unsupported protocol version")));
+    assert!(
+        matches!(&relay.sent[..], [Message::Error { message }] if message.contains("unsupported protocol version"))
+    );
     assert_eq!(relay.closed, vec![CloseReason::UnsupportedVersion]);
 }
 
 #[test]
 fn identity_mismatch_is_refused() {
     let mut relay = Side::new(Role::Relay, "relay", 2);
-    relay.engine.handle_input(T0, Input::Connected { conn: LINK, direction: Direction::Incoming, identity: Some("ana/phone".into()) });
-    let join = Message::Join { sender_id: "ben/phone".into(), peer_metadata: PeerMetadata::default(), supported_protocol_versions: vec!["1".into()] };
-    relay.engine.handle_input(T0, Input::Frame { conn: LINK, frame: join.encode() });
+    relay.engine.handle_input(
+        T0,
+        Input::Connected {
+            conn: LINK,
+            direction: Direction::Incoming,
+            identity: Some("ana/phone".into()),
+        },
+    );
+    let join = Message::Join {
+        sender_id: "ben/phone".into(),
+        peer_metadata: PeerMetadata::default(),
+        supported_protocol_versions: vec!["1".into()],
+    };
+    relay.engine.handle_input(
+        T0,
+        Input::Frame {
+            conn: LINK,
+            frame: join.encode(),
+        },
+    );
     relay.drain(T0);
     assert_eq!(relay.closed, vec![CloseReason::IdentityMismatch]);
 }

@@ -21,6 +21,11 @@ pub use sled_store::{SledConfig, SledStore};
 /// A storage key: a list of path parts.
 pub type StorageKey = Vec<String>;
 
+/// A random UUID v4 from OS randomness (store ids, host seeds; never inside the engine).
+pub fn random_uuid() -> uuid::Uuid {
+    uuid::Uuid::new_v4()
+}
+
 /// The key under which a store keeps its own id.
 pub fn storage_id_key() -> StorageKey {
     vec!["storage-adapter-id".to_owned()]
@@ -93,7 +98,9 @@ impl StoreError {
     /// True when the failure is "no space left on device".
     pub fn is_disk_full(&self) -> bool {
         match self {
-            StoreError::Io(e) => e.kind() == std::io::ErrorKind::StorageFull || e.raw_os_error() == Some(28),
+            StoreError::Io(e) => {
+                e.kind() == std::io::ErrorKind::StorageFull || e.raw_os_error() == Some(28)
+            }
             _ => false,
         }
     }
@@ -148,7 +155,7 @@ pub trait Storage: Send + Sync {
                 return Ok(StorageId::from(s));
             }
         }
-        let id = uuid::Uuid::new_v4().to_string();
+        let id = random_uuid().to_string();
         self.put(&storage_id_key(), id.as_bytes())?;
         self.flush()?;
         Ok(StorageId::from(id))

@@ -1,0 +1,164 @@
+//! Command line and environment configuration.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use thiserror::Error;
+
+/// `cairn-relay`: the self-hostable Cairn sync relay.
+#[derive(Debug, Parser)]
+#[command(name = "cairn-relay", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Sub-commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the relay.
+    Serve(ServeArgs),
+}
+
+/// Flags of `serve`; each is also an environment variable.
+#[derive(Debug, Args, Clone)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "CAIRN_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Directory of the embedded store (created if missing).
+    #[arg(long, env = "CAIRN_DATA", default_value = "cairn-data")]
+    pub data: PathBuf,
+    /// Development mode: accept any peer without authentication. Refused unless the listen
+    /// address is loopback.
+    #[arg(long, env = "CAIRN_OPEN", default_value_t = false)]
+    pub open: bool,
+    /// sled page cache in MiB.
+    #[arg(long, env = "CAIRN_CACHE_MB", default_value_t = 64)]
+    pub cache_mb: u64,
+    /// Most websocket connections at once; further upgrades get 503.
+    #[arg(long, env = "CAIRN_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// Frames queued for one slow connection before it is closed (it resyncs on reconnect).
+    #[arg(long, env = "CAIRN_OUTBOUND_QUEUE", default_value_t = 1024)]
+    pub outbound_queue: usize,
+    /// Largest document in MiB; larger ones are answered `doc-unavailable`.
+    #[arg(long, env = "CAIRN_MAX_DOCUMENT_MB", default_value_t = 16)]
+    pub max_document_mb: usize,
+    /// Seconds a document stays in memory after its last use.
+    #[arg(long, env = "CAIRN_IDLE_SECS", default_value_t = 120)]
+    pub idle_secs: u64,
+    /// Seconds of silence (no frame, no pong) after which a socket is closed.
+    #[arg(long, env = "CAIRN_SOCKET_TIMEOUT_SECS", default_value_t = 60)]
+    pub socket_timeout_secs: u64,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Data directory.
+    pub data: PathBuf,
+    /// Development mode (any peer accepted).
+    pub open: bool,
+    /// sled cache bytes.
+    pub cache_bytes: u64,
+    /// Connection cap.
+    pub max_connections: usize,
+    /// Outbound queue bound in frames.
+    pub outbound_queue: usize,
+    /// Largest document in bytes.
+    pub max_document_bytes: usize,
+    /// Idle eviction.
+    pub idle: Duration,
+    /// Socket silence timeout (pings go out at a third of it).
+    pub socket_timeout: Duration,
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// `--open` on an address other people can reach.
+    #[error("--open accepts anyone and is only allowed on a loopback address (got {0}); use 127.0.0.1 or [::1]")]
+    OpenNotLoopback(SocketAddr),
+    /// A limit of zero.
+    #[error("{0} must be greater than zero")]
+    Zero(&'static str),
+}
+
+impl ServeArgs {
+    /// Checks the flags and builds a [`Config`].
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        if self.open && !self.listen.ip().is_loopback() {
+            return Err(ConfigError::OpenNotLoopback(self.listen));
+        }
+        for (name, v) in [
+            ("--max-connections", self.max_connections as u64),
+            ("--outbound-queue", self.outbound_queue as u64),
+            ("--max-document-mb", self.max_document_mb as u64),
+            ("--idle-secs", self.idle_secs),
+            ("--socket-timeout-secs", self.socket_timeout_secs),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Zero(name));
+            }
+        }
+        Ok(Config {
+            listen: self.listen,
+            data: self.data,
+            open: self.open,
+            cache_bytes: self.cache_mb * 1024 * 1024,
+            max_connections: self.max_connections,
+            outbound_queue: self.outbound_queue,
+            max_document_bytes: self.max_document_mb * 1024 * 1024,
+            idle: Duration::from_secs(self.idle_secs),
+            socket_timeout: Duration::from_secs(self.socket_timeout_secs),
+        })
+    }
+}
+
+impl Config {
+    /// A development config for tests: open, on the given loopback address and directory.
+    pub fn open_for_tests(listen: SocketAddr, data: PathBuf) -> Config {
+        ServeArgs {
+            listen,
+            data,
+            open: true,
+            cache_mb: 16,
+            max_connections: 10_000,
+            outbound_queue: 1024,
+            max_document_mb: 16,
+            idle_secs: 120,
+            socket_timeout_secs: 60,
+        }
+        .validate()
+        .expect("loopback test config is valid")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(listen: &str, open: bool) -> ServeArgs {
+        let mut a = Cli::parse_from(["cairn-relay", "serve", "--listen", listen]);
+        let Command::Serve(ref mut s) = a.command;
+        s.open = open;
+        s.clone()
+    }
+
+    #[test]
+    fn open_mode_refuses_public_addresses() {
+        assert_eq!(
+            args("0.0.0.0:8080", true).validate().unwrap_err(),
+            ConfigError::OpenNotLoopback("0.0.0.0:8080".parse().unwrap())
+        );
+        assert!(args("127.0.0.1:8080", true).validate().is_ok());
+        assert!(args("[::1]:8080", true).validate().is_ok());
+        assert!(args("0.0.0.0:8080", false).validate().is_ok());
+    }
+}

@@ -1,0 +1,183 @@
+//! # cairn-relay
+//!
+//! The self-hostable Cairn relay: an axum websocket endpoint at `/` that speaks the
+//! automerge-repo protocol through `cairn-core`'s engine, an embedded sled store with
+//! batched fsync, `/healthz`, `/readyz` and Prometheus `/metrics`.
+//!
+//! [`run`] serves until `shutdown` resolves, then stops accepting, closes sockets, lets
+//! in-flight writes flush, and returns. [`app`] builds the router alone for tests.
+
+pub mod config;
+pub mod metrics;
+mod ws;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use cairn_core::engine::{Engine, EngineConfig, Limits, Role};
+use cairn_core::ids::PeerId;
+use cairn_core::runtime::{Host, HostConfig};
+use cairn_core::store::{SledConfig, SledStore, Storage, StoreError};
+use thiserror::Error;
+use tokio::net::TcpListener;
+
+pub use config::{Config, ConfigError};
+use metrics::Metrics;
+
+/// Why the relay could not start or stopped with an error.
+#[derive(Debug, Error)]
+pub enum RelayError {
+    /// The data directory could not be opened (permissions, another relay holds its lock, corruption).
+    #[error("opening the store failed: {0}")]
+    Store(#[from] StoreError),
+    /// Serving failed.
+    #[error("serving failed: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+/// Shared state of the HTTP handlers.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    host: Host,
+    metrics: Arc<Metrics>,
+    config: Arc<Config>,
+    sockets: Arc<AtomicUsize>,
+}
+
+/// The relay's peer id.
+pub const RELAY_PEER_ID: &str = "cairn-relay";
+
+/// Opens the store and starts the engine host (inside a tokio runtime).
+pub fn start(config: &Config) -> Result<(AppState, SledStore), RelayError> {
+    std::fs::create_dir_all(&config.data).map_err(StoreError::Io)?;
+    let store = SledStore::open(
+        &config.data,
+        &SledConfig {
+            cache_capacity: config.cache_bytes,
+        },
+    )?;
+    let storage_id = store.storage_id()?;
+    let limits = Limits {
+        max_document_bytes: config.max_document_bytes,
+        max_frame_bytes: config.max_document_bytes + 64 * 1024,
+        idle_eviction: config.idle,
+        ..Limits::default()
+    };
+    let seed = u64::from_le_bytes(uuid_seed());
+    let engine = Engine::new(
+        EngineConfig::new(Role::Relay, PeerId::from(RELAY_PEER_ID), seed)
+            .with_storage_id(storage_id.clone())
+            .with_limits(limits),
+    );
+    let metrics = Arc::new(Metrics::new());
+    let host = Host::start(
+        engine,
+        Arc::new(store.clone()),
+        metrics.observer(),
+        HostConfig {
+            outbound_queue: config.outbound_queue,
+            ..HostConfig::default()
+        },
+    );
+    tracing::info!(storage_id = %storage_id, data_bytes = store.size_on_disk().unwrap_or(0), "store opened");
+    Ok((
+        AppState {
+            host,
+            metrics,
+            config: Arc::new(config.clone()),
+            sockets: Arc::new(AtomicUsize::new(0)),
+        },
+        store,
+    ))
+}
+
+fn uuid_seed() -> [u8; 8] {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&uuid_bytes()[..8]);
+    b
+}
+
+fn uuid_bytes() -> [u8; 16] {
+    // OS randomness through the uuid crate, which the store already uses for its id.
+    *cairn_core::store::random_uuid().as_bytes()
+}
+
+/// The router: `/` (websocket), `/healthz`, `/readyz`, `/metrics`.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(ws::upgrade))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_handler))
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    match tokio::time::timeout(Duration::from_secs(2), state.host.call(|e, _| e.stats())).await {
+        Ok(Ok(_)) => (StatusCode::OK, "ready"),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "engine not responding"),
+    }
+}
+
+async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
+    if let Ok(Ok(stats)) =
+        tokio::time::timeout(Duration::from_secs(2), state.host.call(|e, _| e.stats())).await
+    {
+        state.metrics.set_stats(stats);
+    }
+    state
+        .metrics
+        .sockets
+        .set(state.sockets.load(Ordering::Relaxed) as i64);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+}
+
+/// Serves on `listener` until `shutdown` resolves; then stops accepting, closes every
+/// socket, waits for in-flight writes to flush, and returns.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RelayError> {
+    if config.open {
+        tracing::warn!(listen = %config.listen, "development mode (--open): every peer is accepted without authentication");
+    } else {
+        tracing::warn!("no membership is configured yet: every websocket is refused; use --open on loopback for development");
+    }
+    let (state, store) = start(&config)?;
+    let host = state.host.clone();
+    let token = tokio_util::sync::CancellationToken::new();
+    let stop = token.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        stop.cancel();
+    });
+    let closing = token.clone();
+    let closer_host = host.clone();
+    let closer = tokio::spawn(async move {
+        closing.cancelled().await;
+        // Close sockets first so upgraded connections end and the server can drain.
+        closer_host.shutdown().await;
+    });
+    tracing::info!(addr = %listener.local_addr()?, "listening");
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(async move { token.cancelled().await })
+        .await?;
+    let _ = closer.await;
+    store.flush()?;
+    tracing::info!("stopped");
+    Ok(())
+}

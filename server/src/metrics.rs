@@ -1,0 +1,205 @@
+//! Prometheus metrics. Labels never carry ids of people, groups or documents.
+
+use std::time::Duration;
+
+use cairn_core::engine::{Event, Stats};
+use cairn_core::runtime::Observer;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Every metric the relay exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Open websockets.
+    pub sockets: Gauge,
+    connections: Gauge,
+    documents: Gauge,
+    documents_loaded: Gauge,
+    frames_in: Counter,
+    frames_out: Counter,
+    bytes_in: Counter,
+    bytes_out: Counter,
+    storage_batch_seconds: Histogram,
+    storage_ops: Counter,
+    evictions: Counter,
+    loads: Counter,
+    compactions: Counter,
+    rejections: Counter,
+    storage_errors: Counter,
+    backpressure_closes: Counter,
+    /// Sockets refused at the upgrade (closed mode, connection cap).
+    pub refused: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers everything.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("cairn");
+        let m = Metrics {
+            sockets: Gauge::default(),
+            connections: Gauge::default(),
+            documents: Gauge::default(),
+            documents_loaded: Gauge::default(),
+            frames_in: Counter::default(),
+            frames_out: Counter::default(),
+            bytes_in: Counter::default(),
+            bytes_out: Counter::default(),
+            storage_batch_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            storage_ops: Counter::default(),
+            evictions: Counter::default(),
+            loads: Counter::default(),
+            compactions: Counter::default(),
+            rejections: Counter::default(),
+            storage_errors: Counter::default(),
+            backpressure_closes: Counter::default(),
+            refused: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register("sockets", "Open websocket connections", m.sockets.clone());
+        registry.register(
+            "peers",
+            "Connections that finished the handshake",
+            m.connections.clone(),
+        );
+        registry.register(
+            "documents",
+            "Documents the engine tracks",
+            m.documents.clone(),
+        );
+        registry.register(
+            "documents_loaded",
+            "Documents held in memory",
+            m.documents_loaded.clone(),
+        );
+        registry.register("frames_received", "Frames received", m.frames_in.clone());
+        registry.register(
+            "frames_sent",
+            "Frames queued for sending",
+            m.frames_out.clone(),
+        );
+        registry.register(
+            "bytes_received",
+            "Bytes received in frames",
+            m.bytes_in.clone(),
+        );
+        registry.register(
+            "bytes_sent",
+            "Bytes queued for sending",
+            m.bytes_out.clone(),
+        );
+        registry.register(
+            "storage_batch_seconds",
+            "Time to run one storage batch including its flush",
+            m.storage_batch_seconds.clone(),
+        );
+        registry.register(
+            "storage_ops",
+            "Storage operations run",
+            m.storage_ops.clone(),
+        );
+        registry.register(
+            "evictions",
+            "Idle documents dropped from memory",
+            m.evictions.clone(),
+        );
+        registry.register(
+            "document_loads",
+            "Documents loaded from storage",
+            m.loads.clone(),
+        );
+        registry.register(
+            "compactions",
+            "Documents compacted into a snapshot",
+            m.compactions.clone(),
+        );
+        registry.register(
+            "rejections",
+            "Documents refused to a peer",
+            m.rejections.clone(),
+        );
+        registry.register(
+            "storage_errors",
+            "Failed storage operations",
+            m.storage_errors.clone(),
+        );
+        registry.register(
+            "backpressure_closes",
+            "Connections closed because their outbound queue was full",
+            m.backpressure_closes.clone(),
+        );
+        registry.register("refused", "Websocket upgrades refused", m.refused.clone());
+        Metrics { registry, ..m }
+    }
+
+    /// Sets the gauges that come from the engine.
+    pub fn set_stats(&self, s: Stats) {
+        self.connections.set(s.connections as i64);
+        self.documents.set(s.documents as i64);
+        self.documents_loaded.set(s.documents_loaded as i64);
+    }
+
+    /// The text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+
+    /// An observer that feeds these metrics from the engine host.
+    pub fn observer(self: &std::sync::Arc<Self>) -> Box<dyn Observer> {
+        Box::new(MetricsObserver(self.clone()))
+    }
+}
+
+struct MetricsObserver(std::sync::Arc<Metrics>);
+
+impl Observer for MetricsObserver {
+    fn event(&mut self, event: &Event) {
+        let m = &self.0;
+        match event {
+            Event::DocumentEvicted { .. } => {
+                m.evictions.inc();
+            }
+            Event::DocumentLoaded { .. } => {
+                m.loads.inc();
+            }
+            Event::Compacted { .. } => {
+                m.compactions.inc();
+            }
+            Event::DocumentRejected { .. } => {
+                m.rejections.inc();
+            }
+            Event::StorageFailed { doc, error } => {
+                m.storage_errors.inc();
+                tracing::error!(doc = ?doc.map(|d| d.to_string()), error = %error, disk_full = error.is_disk_full(), "storage failed");
+            }
+            _ => {}
+        }
+    }
+    fn storage_batch(&mut self, ops: usize, _writes: usize, elapsed: Duration) {
+        self.0.storage_ops.inc_by(ops as u64);
+        self.0.storage_batch_seconds.observe(elapsed.as_secs_f64());
+    }
+    fn frame_out(&mut self, bytes: usize) {
+        self.0.frames_out.inc();
+        self.0.bytes_out.inc_by(bytes as u64);
+    }
+    fn frame_in(&mut self, bytes: usize) {
+        self.0.frames_in.inc();
+        self.0.bytes_in.inc_by(bytes as u64);
+    }
+    fn backpressure_close(&mut self) {
+        self.0.backpressure_closes.inc();
+    }
+}

@@ -1,0 +1,108 @@
+//! The websocket endpoint: one reader and one writer per socket around the engine host.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use cairn_core::engine::Direction;
+use cairn_core::runtime::Outbound;
+use futures_util::{SinkExt, StreamExt};
+
+use crate::AppState;
+
+/// Per-socket buffers: tungstenite's 128 KiB defaults would cost ~100 MB at 400 sockets.
+const SOCKET_BUFFER: usize = 16 * 1024;
+
+pub(crate) async fn upgrade(ws: WebSocketUpgrade, State(state): State<AppState>) -> Response {
+    if !state.config.open {
+        state.metrics.refused.inc();
+        return (
+            StatusCode::FORBIDDEN,
+            "this relay has no membership configured yet",
+        )
+            .into_response();
+    }
+    if state.sockets.load(Ordering::Relaxed) >= state.config.max_connections {
+        state.metrics.refused.inc();
+        return (StatusCode::SERVICE_UNAVAILABLE, "connection limit reached").into_response();
+    }
+    let max_frame = state.config.max_document_bytes + 64 * 1024;
+    ws.read_buffer_size(SOCKET_BUFFER)
+        .write_buffer_size(SOCKET_BUFFER)
+        .max_write_buffer_size(max_frame + 1024 * 1024)
+        .max_message_size(max_frame)
+        .max_frame_size(max_frame)
+        .on_upgrade(move |socket| serve_socket(socket, state))
+}
+
+async fn serve_socket(socket: WebSocket, state: AppState) {
+    state.sockets.fetch_add(1, Ordering::Relaxed);
+    if let Ok(handle) = state.host.open(Direction::Incoming, None).await {
+        pump(socket, handle, state.config.socket_timeout).await;
+    }
+    state.sockets.fetch_sub(1, Ordering::Relaxed);
+}
+
+async fn pump(socket: WebSocket, handle: cairn_core::runtime::ConnectionHandle, timeout: Duration) {
+    let cairn_core::runtime::ConnectionHandle {
+        input,
+        mut outbound,
+    } = handle;
+    let conn = input.conn;
+    let (mut sink, mut stream) = socket.split();
+    let writer = async {
+        let mut ping = tokio::time::interval(timeout / 3);
+        ping.tick().await;
+        loop {
+            tokio::select! {
+                out = outbound.recv() => match out {
+                    Some(Outbound::Frame(f)) => {
+                        if sink.send(Message::Binary(f.into())).await.is_err() {
+                            break;
+                        }
+                    }
+                    Some(Outbound::Close(_)) | None => {
+                        let _ = sink.send(Message::Close(None)).await;
+                        break;
+                    }
+                },
+                _ = ping.tick() => {
+                    if sink.send(Message::Ping(Default::default())).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    };
+    let reader = async {
+        loop {
+            match tokio::time::timeout(timeout, stream.next()).await {
+                Err(_) => {
+                    tracing::debug!(%conn, "socket silent too long");
+                    break;
+                }
+                Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => break,
+                Ok(Some(Ok(Message::Binary(b)))) => {
+                    if input.frame(b.to_vec()).await.is_err() {
+                        break;
+                    }
+                }
+                // The protocol is binary-only; let the engine answer `error` and close.
+                Ok(Some(Ok(Message::Text(t)))) => {
+                    if input.frame(t.as_str().as_bytes().to_vec()).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(Some(Ok(_))) => {}
+            }
+        }
+    };
+    tokio::select! {
+        _ = writer => {}
+        _ = reader => {}
+    }
+    input.closed().await;
+}
