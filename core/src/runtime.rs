@@ -378,3 +378,72 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{EngineConfig, Role};
+    use crate::ids::{DocumentId, PeerId};
+    use crate::store::MemoryStore;
+    use crate::wire::{DocMessage, Message, PeerMetadata};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    struct Count(Arc<AtomicUsize>);
+    impl Observer for Count {
+        fn event(&mut self, _: &Event) {}
+        fn backpressure_close(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_falls_behind_is_closed_not_dropped_frames() {
+        let store = Arc::new(MemoryStore::default());
+        let engine = Engine::new(EngineConfig::new(Role::Relay, PeerId::from("relay"), 1));
+        let closes = Arc::new(AtomicUsize::new(0));
+        let host = Host::start(
+            engine,
+            store,
+            Box::new(Count(closes.clone())),
+            HostConfig { outbound_queue: 4, ..HostConfig::default() },
+        );
+        let handle = host.open(Direction::Incoming, None).await.unwrap();
+        let join = Message::Join {
+            sender_id: "p".into(),
+            peer_metadata: PeerMetadata::default(),
+            supported_protocol_versions: vec!["1".into()],
+        };
+        handle.input.frame(join.encode()).await.unwrap();
+        // Each request for an unknown document is answered; nobody reads the answers.
+        for i in 0..20u8 {
+            let req = Message::Request(DocMessage {
+                sender_id: "p".into(),
+                target_id: "relay".into(),
+                document_id: DocumentId::from_bytes([i; 16]),
+                data: {
+                    use automerge::sync::SyncDoc;
+                    let empty = automerge::Automerge::new();
+                    empty.generate_sync_message(&mut automerge::sync::State::new()).unwrap().encode()
+                },
+            });
+            let _ = handle.input.frame(req.encode()).await;
+        }
+        // Answers come once each load finishes on the storage thread.
+        for _ in 0..500 {
+            if closes.load(Ordering::SeqCst) > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(closes.load(Ordering::SeqCst), 1);
+        // What was queued is delivered in full and in order, then the queue ends.
+        let mut outbound = handle.outbound;
+        let mut got = Vec::new();
+        while let Some(Outbound::Frame(f)) = outbound.recv().await {
+            got.push(Message::decode(&f).unwrap().kind().to_owned());
+        }
+        assert_eq!(got.first().map(String::as_str), Some("peer"));
+        assert_eq!(got.len(), 4);
+        host.shutdown().await;
+    }
+}

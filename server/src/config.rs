@@ -21,6 +21,14 @@ pub struct Cli {
 pub enum Command {
     /// Run the relay.
     Serve(ServeArgs),
+    /// Give a store restored from a backup a new storage id. Run it (with the relay stopped)
+    /// on every restored data directory: clients remember what the old id had and would
+    /// otherwise never resend changes made after the backup.
+    NewStorageId {
+        /// Directory of the restored store.
+        #[arg(long, env = "CAIRN_DATA", default_value = "cairn-data")]
+        data: PathBuf,
+    },
 }
 
 /// Flags of `serve`; each is also an environment variable.
@@ -146,7 +154,7 @@ mod tests {
 
     fn args(listen: &str, open: bool) -> ServeArgs {
         let mut a = Cli::parse_from(["cairn-relay", "serve", "--listen", listen]);
-        let Command::Serve(ref mut s) = a.command;
+        let Command::Serve(ref mut s) = a.command else { unreachable!("parsed serve") };
         s.open = open;
         s.clone()
     }

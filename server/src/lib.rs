@@ -109,6 +109,16 @@ fn uuid_bytes() -> [u8; 16] {
     *cairn_core::store::random_uuid().as_bytes()
 }
 
+/// Replaces the store's id (after a restore from backup) and returns the new one.
+pub fn new_storage_id(data: &std::path::Path) -> Result<cairn_core::ids::StorageId, RelayError> {
+    let store = SledStore::open(data, &SledConfig::default())?;
+    store.delete(&cairn_core::store::storage_id_key())?;
+    store.flush()?;
+    let id = store.storage_id()?;
+    tracing::info!(storage_id = %id, "store has a new id");
+    Ok(id)
+}
+
 /// The router: `/` (websocket), `/healthz`, `/readyz`, `/metrics`.
 pub fn app(state: AppState) -> Router {
     Router::new()

@@ -13,7 +13,14 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let cli = Cli::parse();
-    let Command::Serve(args) = cli.command;
+    let args = match cli.command {
+        Command::Serve(args) => args,
+        Command::NewStorageId { data } => {
+            let id = cairn_relay::new_storage_id(&data).with_context(|| format!("opening {}", data.display()))?;
+            println!("new storage id: {id}");
+            return Ok(());
+        }
+    };
     let config = args.validate()?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -113,7 +113,7 @@ fn title(e: &Engine, id: &DocumentId) -> Option<String> {
     doc.get(automerge::ROOT, "title")
         .ok()
         .flatten()
-        .map(|(v, _)| v.to_str().unwrap_or_default().to_owned())
+        .map(|(v, _)| v.as_str().unwrap_or_default().to_owned())
 }
 
 #[test]
@@ -299,7 +299,7 @@ fn compaction_writes_the_snapshot_before_deleting() {
         .unwrap()
         .unwrap()
         .0
-        .to_i64();
+        .as_i64();
     assert_eq!(n, Some(threshold as i64));
 }
 
@@ -358,4 +358,170 @@ fn identity_mismatch_is_refused() {
     );
     relay.drain(T0);
     assert_eq!(relay.closed, vec![CloseReason::IdentityMismatch]);
+}
+
+/// Three phones on one relay, all with the document open.
+fn three_phones() -> (Side, Vec<(Side, ConnectionId)>, DocumentId) {
+    let mut relay = Side::new(Role::Relay, "relay", 9);
+    let mut phones = Vec::new();
+    let mut doc = None;
+    for i in 0..3u64 {
+        let mut phone = Side::new(Role::Client, &format!("phone{i}"), 10 + i);
+        let conn = ConnectionId::new(100 + i);
+        let id = match doc {
+            None => {
+                let id = phone.engine.create_document(T0, |tx| {
+                    tx.put(automerge::ROOT, "title", "Minutes").unwrap();
+                });
+                doc = Some(id);
+                id
+            }
+            Some(id) => {
+                phone.engine.find(T0, id);
+                id
+            }
+        };
+        let _ = id;
+        relay.engine.handle_input(T0, Input::Connected { conn, direction: Direction::Incoming, identity: None });
+        phone.engine.handle_input(T0, Input::Connected { conn, direction: Direction::Outgoing, identity: None });
+        phones.push((phone, conn));
+        pump_many(&mut relay, &mut phones);
+    }
+    (relay, phones, doc.unwrap())
+}
+
+/// Carries frames between a relay and several phones until all are quiet.
+fn pump_many(relay: &mut Side, phones: &mut [(Side, ConnectionId)]) {
+    for _ in 0..200 {
+        let mut moved = false;
+        for (phone, conn) in phones.iter_mut() {
+            for frame in phone.drain(T0) {
+                moved = true;
+                relay.engine.handle_input(T0, Input::Frame { conn: *conn, frame });
+            }
+        }
+        let mut to_phones = Vec::new();
+        while let Some(out) = relay.engine.poll_output() {
+            match out {
+                Output::Send { conn, frame } => {
+                    relay.sent.push(Message::decode(&frame).unwrap());
+                    to_phones.push((conn, frame));
+                }
+                Output::Storage { task, op } => {
+                    let result = relay.store.execute(op);
+                    relay.engine.handle_input(T0, Input::StorageDone { task, result });
+                }
+                Output::Close { reason, .. } => relay.closed.push(reason),
+                Output::Event(e) => relay.events.push(e),
+            }
+        }
+        for (conn, frame) in to_phones {
+            moved = true;
+            if let Some((phone, _)) = phones.iter_mut().find(|(_, c)| *c == conn) {
+                phone.engine.handle_input(T0, Input::Frame { conn, frame });
+            }
+        }
+        if !moved {
+            return;
+        }
+    }
+    panic!("no quiescence");
+}
+
+#[test]
+fn ephemeral_messages_reach_the_others_once_and_are_never_stored() {
+    let (mut relay, mut phones, doc) = three_phones();
+    let keys_before = relay.store.keys();
+    phones[0].0.engine.broadcast_ephemeral(doc, b"cursor at 4".to_vec());
+    // Deliver the same frame twice, as gossip might.
+    let frames = phones[0].0.drain(T0);
+    assert_eq!(frames.len(), 1);
+    let conn0 = phones[0].1;
+    for _ in 0..2 {
+        relay.engine.handle_input(T0, Input::Frame { conn: conn0, frame: frames[0].clone() });
+    }
+    pump_many(&mut relay, &mut phones);
+    for (i, (phone, _)) in phones.iter().enumerate() {
+        let got: Vec<_> = phone
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Ephemeral { data, sender, .. } => Some((sender.clone(), data.clone())),
+                _ => None,
+            })
+            .collect();
+        if i == 0 {
+            assert!(got.is_empty(), "not echoed to the sender");
+        } else {
+            assert_eq!(got, vec![(PeerId::from("phone0"), b"cursor at 4".to_vec())], "phone{i}");
+        }
+    }
+    assert_eq!(relay.store.keys(), keys_before, "ephemeral data is never stored");
+}
+
+#[test]
+fn a_second_join_with_the_same_peer_id_replaces_the_first_socket() {
+    let mut relay = Side::new(Role::Relay, "relay", 2);
+    let join = Message::Join {
+        sender_id: "ana/phone".into(),
+        peer_metadata: PeerMetadata::default(),
+        supported_protocol_versions: vec!["1".into()],
+    };
+    for n in [1, 2] {
+        let conn = ConnectionId::new(n);
+        relay.engine.handle_input(T0, Input::Connected { conn, direction: Direction::Incoming, identity: None });
+        relay.engine.handle_input(T0, Input::Frame { conn, frame: join.encode() });
+    }
+    relay.drain(T0);
+    assert_eq!(relay.closed, vec![CloseReason::Replaced]);
+    assert_eq!(relay.engine.stats().connections, 1);
+}
+
+#[test]
+fn a_silent_socket_is_closed_after_the_handshake_timeout() {
+    let mut relay = Side::new(Role::Relay, "relay", 2);
+    relay.engine.handle_input(T0, Input::Connected { conn: LINK, direction: Direction::Incoming, identity: None });
+    let deadline = relay.engine.poll_timeout().unwrap();
+    assert_eq!(deadline, T0.add(relay.engine.config().limits.handshake_timeout));
+    relay.engine.handle_timeout(deadline);
+    relay.drain(deadline);
+    assert_eq!(relay.closed, vec![CloseReason::HandshakeTimeout]);
+}
+
+#[test]
+fn a_document_past_the_size_limit_is_refused_and_the_connection_carries_on() {
+    let mut phone = Side::new(Role::Client, "phone", 1);
+    let mut relay = Side::new(Role::Relay, "relay", 2);
+    let limits = Limits { max_document_bytes: 2_000, ..Limits::default() };
+    relay.engine = Engine::new(
+        EngineConfig::new(Role::Relay, PeerId::from("relay"), 2)
+            .with_storage_id(relay.store.storage_id().unwrap())
+            .with_limits(limits),
+    );
+    let big = phone.engine.create_document(T0, |tx| {
+        let bytes: Vec<u8> = (0..10_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+        tx.put(automerge::ROOT, "blob", bytes).unwrap();
+    });
+    let small = phone.engine.create_document(T0, |tx| {
+        tx.put(automerge::ROOT, "title", "Agenda").unwrap();
+    });
+    connect(&mut phone, &mut relay);
+    pump(&mut phone, &mut relay);
+    assert!(relay.events.iter().any(|e| matches!(e, Event::DocumentRejected { doc, reason: Rejection::TooLarge, .. } if *doc == big)));
+    assert!(relay.sent.iter().any(|m| matches!(m, Message::DocUnavailable { document_id, .. } if *document_id == big)));
+    assert!(relay.closed.is_empty());
+    assert_eq!(title(&relay.engine, &small).as_deref(), Some("Agenda"));
+    assert!(!relay.store.keys().iter().any(|k| k[0] == big.to_string() && k.len() == 3));
+}
+
+#[test]
+fn garbage_after_the_handshake_gets_error_and_close() {
+    let mut phone = Side::new(Role::Client, "phone", 1);
+    let mut relay = Side::new(Role::Relay, "relay", 2);
+    connect(&mut phone, &mut relay);
+    pump(&mut phone, &mut relay);
+    relay.engine.handle_input(T0, Input::Frame { conn: LINK, frame: vec![0xa1, 0x61] });
+    relay.drain(T0);
+    assert!(matches!(relay.sent.last(), Some(Message::Error { .. })));
+    assert!(matches!(relay.closed.as_slice(), [CloseReason::Protocol(_)]));
 }

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Sets up everything the tests need on a fresh machine of this project's kind, then runs
+# every gate and every test. README.md's test command and .ci/run both call this.
+#
+#   CAIRN_SIM_SEEDS=N         more simulator seeds (default in the test: 40)
+#   CAIRN_CRASH_ITERATIONS=N  more relay SIGKILL/restart rounds (default in the test: 8)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "toolchain components"
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+if ! rustup toolchain list | grep -q nightly; then
+  rustup toolchain install nightly --profile minimal
+fi
+
+step "node interop dependencies (tests/js)"
+if ! command -v node >/dev/null 2>&1; then
+  apt-get update -qq && apt-get install -y -qq nodejs npm
+fi
+(cd tests/js && npm ci --no-audit --no-fund --loglevel=error)
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "the engine builds without the client runtime and without tokio"
+if cargo tree -p cairn-core --no-default-features -e normal | grep -q '^.*tokio'; then
+  echo "cairn-core without default features depends on tokio" >&2
+  exit 1
+fi
+cargo check -p cairn-core --no-default-features --locked
+
+step "cargo doc -D warnings"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
+
+step "fuzz targets compile (nightly)"
+cargo +nightly check --manifest-path fuzz/Cargo.toml --locked --bins
+
+step "tests"
+cargo test --workspace --locked
