@@ -405,7 +405,10 @@ mod tests {
             engine,
             store,
             Box::new(Count(closes.clone())),
-            HostConfig { outbound_queue: 4, ..HostConfig::default() },
+            HostConfig {
+                outbound_queue: 4,
+                ..HostConfig::default()
+            },
         );
         let handle = host.open(Direction::Incoming, None).await.unwrap();
         let join = Message::Join {
@@ -423,7 +426,10 @@ mod tests {
                 data: {
                     use automerge::sync::SyncDoc;
                     let empty = automerge::Automerge::new();
-                    empty.generate_sync_message(&mut automerge::sync::State::new()).unwrap().encode()
+                    empty
+                        .generate_sync_message(&mut automerge::sync::State::new())
+                        .unwrap()
+                        .encode()
                 },
             });
             let _ = handle.input.frame(req.encode()).await;

@@ -18,7 +18,7 @@ impl Timestamp {
         self.0
     }
     /// This time plus a duration (saturating).
-    pub fn add(self, d: Duration) -> Self {
+    pub fn plus(self, d: Duration) -> Self {
         Timestamp(self.0.saturating_add(d.as_millis() as u64))
     }
     /// Time elapsed since `earlier` (zero if `earlier` is later).

@@ -437,14 +437,14 @@ impl Engine {
     pub fn poll_timeout(&self) -> Option<Timestamp> {
         let limits = &self.config.limits;
         let handshakes = self.conns.values().filter_map(|c| match c.state {
-            ConnState::Handshaking { since } => Some(since.add(limits.handshake_timeout)),
+            ConnState::Handshaking { since } => Some(since.plus(limits.handshake_timeout)),
             ConnState::Open { .. } => None,
         });
         let evictions = self
             .docs
             .values()
             .filter(|d| matches!(d.state, DocState::Ready(_)))
-            .map(|d| d.last_active.add(limits.idle_eviction));
+            .map(|d| d.last_active.plus(limits.idle_eviction));
         handshakes.chain(evictions).min()
     }
 
@@ -454,7 +454,7 @@ impl Engine {
         let late: Vec<ConnectionId> = self
             .conns
             .iter()
-            .filter(|(_, c)| matches!(c.state, ConnState::Handshaking { since } if since.add(limits.handshake_timeout) <= now))
+            .filter(|(_, c)| matches!(c.state, ConnState::Handshaking { since } if since.plus(limits.handshake_timeout) <= now))
             .map(|(id, _)| *id)
             .collect();
         for conn in late {
@@ -465,7 +465,7 @@ impl Engine {
             .iter()
             .filter(|(_, d)| {
                 matches!(d.state, DocState::Ready(_))
-                    && d.last_active.add(limits.idle_eviction) <= now
+                    && d.last_active.plus(limits.idle_eviction) <= now
                     && d.pending_writes == 0
                     && !d.compacting
                     && !d.needs_sync
@@ -540,6 +540,47 @@ impl Engine {
         self.persist(id, &[]);
         self.share_with_open_peers(id);
         id
+    }
+
+    /// Creates a document under a caller-chosen id from saved Automerge bytes, or merges
+    /// the bytes into it if it is already loaded. Used for documents whose id and first
+    /// change are derived deterministically (e.g. a meeting occurrence that two organisers
+    /// may open offline at once: both produce the identical first change, so the copies
+    /// merge into one). A document that is known but not in memory must be found first.
+    pub fn import_document(
+        &mut self,
+        now: Timestamp,
+        id: DocumentId,
+        bytes: &[u8],
+    ) -> Result<Vec<ChangeHash>, EngineError> {
+        let encoding = self.config.text_encoding;
+        if !self.docs.contains_key(&id) {
+            let mut am = Automerge::new_with_encoding(encoding);
+            let mut actor = [0u8; 16];
+            self.rng.fill_bytes(&mut actor);
+            am.set_actor(automerge::ActorId::from(actor));
+            let generation = self.generation();
+            let mut doc = Doc::new(generation, now);
+            doc.state = DocState::Ready(Box::new(am));
+            doc.wanted = true;
+            self.docs.insert(id, doc);
+        }
+        let doc = self.docs.get_mut(&id).expect("inserted above");
+        let DocState::Ready(am) = &mut doc.state else {
+            return Err(EngineError::NotLoaded(id));
+        };
+        doc.wanted = true;
+        doc.last_active = now;
+        let before = am.get_heads();
+        am.load_incremental(bytes)
+            .map_err(|e| EngineError::Change(e.to_string()))?;
+        let heads = am.get_heads();
+        if heads != before {
+            self.persist(id, &before);
+        }
+        self.share_with_open_peers(id);
+        self.maybe_sync(id);
+        Ok(heads)
     }
 
     /// Opens a document (client role): loads it from storage, and if it is not there asks

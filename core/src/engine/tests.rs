@@ -239,7 +239,7 @@ fn idle_documents_are_evicted_and_reloaded() {
     });
     connect(&mut phone, &mut relay);
     pump(&mut phone, &mut relay);
-    let later = T0.add(relay.engine.config().limits.idle_eviction);
+    let later = T0.plus(relay.engine.config().limits.idle_eviction);
     assert_eq!(relay.engine.poll_timeout(), Some(later));
     relay.engine.handle_timeout(later);
     relay.drain(later);
@@ -382,8 +382,22 @@ fn three_phones() -> (Side, Vec<(Side, ConnectionId)>, DocumentId) {
             }
         };
         let _ = id;
-        relay.engine.handle_input(T0, Input::Connected { conn, direction: Direction::Incoming, identity: None });
-        phone.engine.handle_input(T0, Input::Connected { conn, direction: Direction::Outgoing, identity: None });
+        relay.engine.handle_input(
+            T0,
+            Input::Connected {
+                conn,
+                direction: Direction::Incoming,
+                identity: None,
+            },
+        );
+        phone.engine.handle_input(
+            T0,
+            Input::Connected {
+                conn,
+                direction: Direction::Outgoing,
+                identity: None,
+            },
+        );
         phones.push((phone, conn));
         pump_many(&mut relay, &mut phones);
     }
@@ -397,7 +411,9 @@ fn pump_many(relay: &mut Side, phones: &mut [(Side, ConnectionId)]) {
         for (phone, conn) in phones.iter_mut() {
             for frame in phone.drain(T0) {
                 moved = true;
-                relay.engine.handle_input(T0, Input::Frame { conn: *conn, frame });
+                relay
+                    .engine
+                    .handle_input(T0, Input::Frame { conn: *conn, frame });
             }
         }
         let mut to_phones = Vec::new();
@@ -409,7 +425,9 @@ fn pump_many(relay: &mut Side, phones: &mut [(Side, ConnectionId)]) {
                 }
                 Output::Storage { task, op } => {
                     let result = relay.store.execute(op);
-                    relay.engine.handle_input(T0, Input::StorageDone { task, result });
+                    relay
+                        .engine
+                        .handle_input(T0, Input::StorageDone { task, result });
                 }
                 Output::Close { reason, .. } => relay.closed.push(reason),
                 Output::Event(e) => relay.events.push(e),
@@ -432,13 +450,22 @@ fn pump_many(relay: &mut Side, phones: &mut [(Side, ConnectionId)]) {
 fn ephemeral_messages_reach_the_others_once_and_are_never_stored() {
     let (mut relay, mut phones, doc) = three_phones();
     let keys_before = relay.store.keys();
-    phones[0].0.engine.broadcast_ephemeral(doc, b"cursor at 4".to_vec());
+    phones[0]
+        .0
+        .engine
+        .broadcast_ephemeral(doc, b"cursor at 4".to_vec());
     // Deliver the same frame twice, as gossip might.
     let frames = phones[0].0.drain(T0);
     assert_eq!(frames.len(), 1);
     let conn0 = phones[0].1;
     for _ in 0..2 {
-        relay.engine.handle_input(T0, Input::Frame { conn: conn0, frame: frames[0].clone() });
+        relay.engine.handle_input(
+            T0,
+            Input::Frame {
+                conn: conn0,
+                frame: frames[0].clone(),
+            },
+        );
     }
     pump_many(&mut relay, &mut phones);
     for (i, (phone, _)) in phones.iter().enumerate() {
@@ -453,10 +480,18 @@ fn ephemeral_messages_reach_the_others_once_and_are_never_stored() {
         if i == 0 {
             assert!(got.is_empty(), "not echoed to the sender");
         } else {
-            assert_eq!(got, vec![(PeerId::from("phone0"), b"cursor at 4".to_vec())], "phone{i}");
+            assert_eq!(
+                got,
+                vec![(PeerId::from("phone0"), b"cursor at 4".to_vec())],
+                "phone{i}"
+            );
         }
     }
-    assert_eq!(relay.store.keys(), keys_before, "ephemeral data is never stored");
+    assert_eq!(
+        relay.store.keys(),
+        keys_before,
+        "ephemeral data is never stored"
+    );
 }
 
 #[test]
@@ -469,8 +504,21 @@ fn a_second_join_with_the_same_peer_id_replaces_the_first_socket() {
     };
     for n in [1, 2] {
         let conn = ConnectionId::new(n);
-        relay.engine.handle_input(T0, Input::Connected { conn, direction: Direction::Incoming, identity: None });
-        relay.engine.handle_input(T0, Input::Frame { conn, frame: join.encode() });
+        relay.engine.handle_input(
+            T0,
+            Input::Connected {
+                conn,
+                direction: Direction::Incoming,
+                identity: None,
+            },
+        );
+        relay.engine.handle_input(
+            T0,
+            Input::Frame {
+                conn,
+                frame: join.encode(),
+            },
+        );
     }
     relay.drain(T0);
     assert_eq!(relay.closed, vec![CloseReason::Replaced]);
@@ -480,9 +528,19 @@ fn a_second_join_with_the_same_peer_id_replaces_the_first_socket() {
 #[test]
 fn a_silent_socket_is_closed_after_the_handshake_timeout() {
     let mut relay = Side::new(Role::Relay, "relay", 2);
-    relay.engine.handle_input(T0, Input::Connected { conn: LINK, direction: Direction::Incoming, identity: None });
+    relay.engine.handle_input(
+        T0,
+        Input::Connected {
+            conn: LINK,
+            direction: Direction::Incoming,
+            identity: None,
+        },
+    );
     let deadline = relay.engine.poll_timeout().unwrap();
-    assert_eq!(deadline, T0.add(relay.engine.config().limits.handshake_timeout));
+    assert_eq!(
+        deadline,
+        T0.plus(relay.engine.config().limits.handshake_timeout)
+    );
     relay.engine.handle_timeout(deadline);
     relay.drain(deadline);
     assert_eq!(relay.closed, vec![CloseReason::HandshakeTimeout]);
@@ -492,14 +550,19 @@ fn a_silent_socket_is_closed_after_the_handshake_timeout() {
 fn a_document_past_the_size_limit_is_refused_and_the_connection_carries_on() {
     let mut phone = Side::new(Role::Client, "phone", 1);
     let mut relay = Side::new(Role::Relay, "relay", 2);
-    let limits = Limits { max_document_bytes: 2_000, ..Limits::default() };
+    let limits = Limits {
+        max_document_bytes: 2_000,
+        ..Limits::default()
+    };
     relay.engine = Engine::new(
         EngineConfig::new(Role::Relay, PeerId::from("relay"), 2)
             .with_storage_id(relay.store.storage_id().unwrap())
             .with_limits(limits),
     );
     let big = phone.engine.create_document(T0, |tx| {
-        let bytes: Vec<u8> = (0..10_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+        let bytes: Vec<u8> = (0..10_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+            .collect();
         tx.put(automerge::ROOT, "blob", bytes).unwrap();
     });
     let small = phone.engine.create_document(T0, |tx| {
@@ -508,10 +571,17 @@ fn a_document_past_the_size_limit_is_refused_and_the_connection_carries_on() {
     connect(&mut phone, &mut relay);
     pump(&mut phone, &mut relay);
     assert!(relay.events.iter().any(|e| matches!(e, Event::DocumentRejected { doc, reason: Rejection::TooLarge, .. } if *doc == big)));
-    assert!(relay.sent.iter().any(|m| matches!(m, Message::DocUnavailable { document_id, .. } if *document_id == big)));
+    assert!(relay
+        .sent
+        .iter()
+        .any(|m| matches!(m, Message::DocUnavailable { document_id, .. } if *document_id == big)));
     assert!(relay.closed.is_empty());
     assert_eq!(title(&relay.engine, &small).as_deref(), Some("Agenda"));
-    assert!(!relay.store.keys().iter().any(|k| k[0] == big.to_string() && k.len() == 3));
+    assert!(!relay
+        .store
+        .keys()
+        .iter()
+        .any(|k| k[0] == big.to_string() && k.len() == 3));
 }
 
 #[test]
@@ -520,8 +590,75 @@ fn garbage_after_the_handshake_gets_error_and_close() {
     let mut relay = Side::new(Role::Relay, "relay", 2);
     connect(&mut phone, &mut relay);
     pump(&mut phone, &mut relay);
-    relay.engine.handle_input(T0, Input::Frame { conn: LINK, frame: vec![0xa1, 0x61] });
+    relay.engine.handle_input(
+        T0,
+        Input::Frame {
+            conn: LINK,
+            frame: vec![0xa1, 0x61],
+        },
+    );
     relay.drain(T0);
     assert!(matches!(relay.sent.last(), Some(Message::Error { .. })));
-    assert!(matches!(relay.closed.as_slice(), [CloseReason::Protocol(_)]));
+    assert!(matches!(
+        relay.closed.as_slice(),
+        [CloseReason::Protocol(_)]
+    ));
+}
+
+#[test]
+fn two_phones_importing_the_same_first_change_end_with_one_document() {
+    // The same deterministic first change, made independently on two phones.
+    let skeleton = || {
+        let mut am = Automerge::new();
+        am.set_actor(automerge::ActorId::from([42u8; 16]));
+        let mut tx = am.transaction();
+        let notes = tx
+            .put_object(automerge::ROOT, "notes", automerge::ObjType::Text)
+            .unwrap();
+        let _ = notes;
+        tx.commit_with(automerge::transaction::CommitOptions::default().with_time(0));
+        am.save()
+    };
+    let id = DocumentId::from_bytes([5; 16]);
+    let mut a = Side::new(Role::Client, "a", 1);
+    let mut b = Side::new(Role::Client, "b", 2);
+    let mut relay = Side::new(Role::Relay, "relay", 3);
+    for (side, word) in [(&mut a, "Ana"), (&mut b, "Ben")] {
+        side.engine.import_document(T0, id, &skeleton()).unwrap();
+        side.engine
+            .change_document(T0, id, |tx| {
+                let (_, notes) = tx.get(automerge::ROOT, "notes")?.unwrap();
+                tx.splice_text(&notes, 0, 0, word)
+            })
+            .unwrap();
+        side.drain(T0);
+    }
+    let mut phones = vec![(a, ConnectionId::new(1)), (b, ConnectionId::new(2))];
+    for (phone, conn) in phones.iter_mut() {
+        relay.engine.handle_input(
+            T0,
+            Input::Connected {
+                conn: *conn,
+                direction: Direction::Incoming,
+                identity: None,
+            },
+        );
+        phone.engine.handle_input(
+            T0,
+            Input::Connected {
+                conn: *conn,
+                direction: Direction::Outgoing,
+                identity: None,
+            },
+        );
+    }
+    pump_many(&mut relay, &mut phones);
+    let text = |e: &Engine| {
+        let d = e.document(&id).unwrap();
+        let (_, notes) = d.get(automerge::ROOT, "notes").unwrap().unwrap();
+        d.text(&notes).unwrap()
+    };
+    let (ta, tb) = (text(&phones[0].0.engine), text(&phones[1].0.engine));
+    assert_eq!(ta, tb);
+    assert!(ta.contains("Ana") && ta.contains("Ben"), "{ta}");
 }
