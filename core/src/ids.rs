@@ -121,6 +121,14 @@ string_id!(
     PeerId
 );
 string_id!(
+    /// A member of a group (stable across the member's devices; never a name).
+    MemberId
+);
+string_id!(
+    /// One device of a member (e.g. `member/device` peer ids are built from these).
+    DeviceId
+);
+string_id!(
     /// A store's UUID, made once per store and kept in it (`storageId` in peer metadata).
     StorageId
 );

@@ -9,6 +9,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use cairn_core::engine::Direction;
 use cairn_core::runtime::Outbound;
+use cairn_core::wire::Message as WireMessage;
 use futures_util::{SinkExt, StreamExt};
 
 use crate::AppState;
@@ -82,27 +83,43 @@ async fn pump(socket: WebSocket, handle: cairn_core::runtime::ConnectionHandle, 
             match tokio::time::timeout(timeout, stream.next()).await {
                 Err(_) => {
                     tracing::debug!(%conn, "socket silent too long");
-                    break;
+                    return None;
                 }
-                Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => break,
+                Ok(None) | Ok(Some(Ok(Message::Close(_)))) => return None,
+                Ok(Some(Err(e))) => return Some(e),
                 Ok(Some(Ok(Message::Binary(b)))) => {
                     if input.frame(b.to_vec()).await.is_err() {
-                        break;
+                        return None;
                     }
                 }
                 // The protocol is binary-only; let the engine answer `error` and close.
                 Ok(Some(Ok(Message::Text(t)))) => {
                     if input.frame(t.as_str().as_bytes().to_vec()).await.is_err() {
-                        break;
+                        return None;
                     }
                 }
                 Ok(Some(Ok(_))) => {}
             }
         }
     };
-    tokio::select! {
-        _ = writer => {}
-        _ = reader => {}
+    let read_error = tokio::select! {
+        _ = writer => None,
+        e = reader => e,
+    };
+    if let Some(e) = read_error {
+        // tungstenite refuses a frame over the size limit (or a broken one) before the
+        // engine sees it, and would drop the socket silently; tell the peer why, as the
+        // engine does for bad messages. A peer that has gone away just fails the send.
+        tracing::debug!(%conn, error = %e, "websocket read failed");
+        let frame = WireMessage::Error {
+            message: "protocol violation: frame too large or not a valid websocket frame".into(),
+        }
+        .encode();
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            sink.send(Message::Binary(frame.into())).await?;
+            sink.send(Message::Close(None)).await
+        })
+        .await;
     }
     input.closed().await;
 }

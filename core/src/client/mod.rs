@@ -245,6 +245,11 @@ impl Client {
             .map_err(|_| ClientError::Timeout)?
     }
 
+    /// Sleeps until the next event (or at most `left`, and at most 200 ms as a safety net).
+    async fn settle(&self, rx: &mut watch::Receiver<u64>, left: Duration) {
+        let _ = tokio::time::timeout(left.min(Duration::from_millis(200)), rx.changed()).await;
+    }
+
     async fn wait_durable(
         &self,
         doc: DocumentId,
@@ -300,7 +305,9 @@ impl Client {
         self.host.call(move |e, now| e.find(now, doc)).await?;
         let host = self.host.clone();
         let deadline = tokio::time::Instant::now() + timeout;
+        let mut rx = self.shared.version.subscribe();
         loop {
+            rx.borrow_and_update();
             let has = host
                 .call(move |e, _| e.document(&doc).is_some_and(|d| !d.get_heads().is_empty()))
                 .await?;
@@ -314,9 +321,7 @@ impl Client {
             if left.is_zero() {
                 return Err(ClientError::Timeout);
             }
-            let _ = self
-                .wait(left.min(Duration::from_millis(200)), |_| None::<()>)
-                .await;
+            self.settle(&mut rx, left).await;
         }
     }
 
@@ -341,7 +346,9 @@ impl Client {
         timeout: Duration,
     ) -> Result<(), ClientError> {
         let deadline = tokio::time::Instant::now() + timeout;
+        let mut rx = self.shared.version.subscribe();
         loop {
+            rx.borrow_and_update();
             let ours = self.heads(doc).await?.unwrap_or_default();
             let acked = self.shared.with(|s| {
                 s.remote_heads
@@ -355,9 +362,7 @@ impl Client {
             if left.is_zero() {
                 return Err(ClientError::Timeout);
             }
-            let _ = self
-                .wait(left.min(Duration::from_millis(200)), |_| None::<()>)
-                .await;
+            self.settle(&mut rx, left).await;
         }
     }
 
@@ -370,7 +375,9 @@ impl Client {
     ) -> Result<(), ClientError> {
         let pred = Arc::new(pred);
         let deadline = tokio::time::Instant::now() + timeout;
+        let mut rx = self.shared.version.subscribe();
         loop {
+            rx.borrow_and_update();
             let p = pred.clone();
             if self.read(doc, move |d| p(d)).await?.unwrap_or(false) {
                 return Ok(());
@@ -379,9 +386,7 @@ impl Client {
             if left.is_zero() {
                 return Err(ClientError::Timeout);
             }
-            let _ = self
-                .wait(left.min(Duration::from_millis(200)), |_| None::<()>)
-                .await;
+            self.settle(&mut rx, left).await;
         }
     }
 
