@@ -72,8 +72,12 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod calendar;
 pub mod engine;
+pub mod export;
 pub mod ids;
+pub mod model;
+pub mod reflection;
 pub mod store;
 pub mod time;
 pub mod wire;

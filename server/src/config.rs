@@ -154,7 +154,9 @@ mod tests {
 
     fn args(listen: &str, open: bool) -> ServeArgs {
         let mut a = Cli::parse_from(["cairn-relay", "serve", "--listen", listen]);
-        let Command::Serve(ref mut s) = a.command else { unreachable!("parsed serve") };
+        let Command::Serve(ref mut s) = a.command else {
+            unreachable!("parsed serve")
+        };
         s.open = open;
         s.clone()
     }

@@ -16,7 +16,8 @@ async fn main() -> anyhow::Result<()> {
     let args = match cli.command {
         Command::Serve(args) => args,
         Command::NewStorageId { data } => {
-            let id = cairn_relay::new_storage_id(&data).with_context(|| format!("opening {}", data.display()))?;
+            let id = cairn_relay::new_storage_id(&data)
+                .with_context(|| format!("opening {}", data.display()))?;
             println!("new storage id: {id}");
             return Ok(());
         }

@@ -3,22 +3,35 @@
 //!
 //! Every call that commits a change returns once the change is durable on this device;
 //! [`Client::wait_acknowledged`] waits until the relay has shown it holds our heads
-//! ("safely on the relay").
+//! ("safely on the relay"), and [`Client::status`] tells an app which of "only on this
+//! device", "sending" and "safely on the relay" to show.
+//!
+//! The relay is reached through a [`Transport`]: a phone app hands in its platform
+//! websocket with [`Client::connect_with`]; [`Client::connect`] uses
+//! [`TungsteniteTransport`].
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use automerge::{Automerge, ChangeHash};
-use futures_util::{SinkExt, StreamExt};
 use thiserror::Error;
-use tokio::sync::watch;
-use tokio_tungstenite::tungstenite::{self, protocol::WebSocketConfig};
+use tokio::sync::{mpsc, watch};
 
 use crate::engine::{Direction, Engine, EngineConfig, EngineError, Event, Limits, Role};
 use crate::ids::{ConnectionId, DocumentId, PeerId};
-use crate::runtime::{Host, HostConfig, Observer, Outbound};
+use crate::runtime::{Host, HostConfig, Observer};
 use crate::store::{Storage, StoreError};
+
+mod presence;
+#[cfg(test)]
+mod tests;
+mod transport;
+
+pub use presence::{PeerPresence, HEARTBEAT_INTERVAL, PEER_TTL, PRESENCE_MARKER};
+use presence::{PresenceBook, PresenceMessage};
+pub use transport::{Connection, Transport, TransportError, TungsteniteTransport};
 
 /// Why a client call failed.
 #[derive(Debug, Error)]
@@ -84,11 +97,17 @@ struct State {
     unavailable: BTreeSet<DocumentId>,
     failed: BTreeSet<DocumentId>,
     connections: BTreeSet<ConnectionId>,
+    presence: PresenceBook,
 }
 
 struct Shared {
     state: Mutex<State>,
     version: watch::Sender<u64>,
+    /// Asks the presence task to (re)send our snapshot of a document.
+    announce: mpsc::UnboundedSender<DocumentId>,
+    /// Subscription tasks still running.
+    subscriptions: AtomicUsize,
+    our_peer: PeerId,
 }
 
 impl Shared {
@@ -101,7 +120,23 @@ struct ClientObserver(Arc<Shared>);
 
 impl Observer for ClientObserver {
     fn event(&mut self, event: &Event) {
+        let mut announce = Vec::new();
         let changed = self.0.with(|s| match event {
+            Event::Ephemeral { doc, sender, data } => {
+                let Some(msg) = PresenceMessage::decode(data) else {
+                    return false;
+                };
+                if *sender == self.0.our_peer {
+                    return false;
+                }
+                if s.presence
+                    .receive(*doc, sender.clone(), msg, Instant::now())
+                    && s.presence.local.contains_key(doc)
+                {
+                    announce.push(*doc);
+                }
+                true
+            }
             Event::DocumentDurable { doc, heads } => {
                 s.durable.entry(*doc).or_default().insert(heads.clone());
                 true
@@ -112,14 +147,73 @@ impl Observer for ClientObserver {
             }
             Event::DocumentUnavailable { doc } => s.unavailable.insert(*doc),
             Event::StorageFailed { doc: Some(doc), .. } => s.failed.insert(*doc),
-            Event::PeerConnected { conn, .. } => s.connections.insert(*conn),
-            Event::PeerDisconnected { conn } => s.connections.remove(conn),
+            Event::PeerConnected { conn, .. } => {
+                // Whoever is on the relay learns we are here (our earlier snapshots went
+                // nowhere while offline).
+                announce.extend(s.presence.local.keys().copied());
+                s.connections.insert(*conn)
+            }
+            Event::PeerDisconnected { conn } => {
+                let removed = s.connections.remove(conn);
+                if s.connections.is_empty() {
+                    // Their goodbyes cannot reach us any more.
+                    s.presence.forget_all_peers();
+                }
+                removed
+            }
             Event::DocumentChanged { .. } | Event::DocumentLoaded { .. } => true,
             _ => false,
         });
+        for doc in announce {
+            let _ = self.0.announce.send(doc);
+        }
         if changed {
             self.0.version.send_modify(|v| *v += 1);
         }
+    }
+}
+
+/// What an app shows about a document's sync.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncStatus {
+    /// The relay has never shown it holds any of this document: it is only on this device.
+    OnlyOnThisDevice,
+    /// The relay has part of it; some of our changes are not yet acknowledged.
+    Sending,
+    /// The relay has shown it holds every change we have (its heads include ours).
+    SafelyOnRelay,
+}
+
+/// One state of a subscribed document.
+#[derive(Clone, Debug)]
+pub struct Update<T> {
+    /// The document's heads at this state.
+    pub heads: Vec<ChangeHash>,
+    /// What the subscription's view computed from the document at these heads.
+    pub value: T,
+}
+
+/// A live view of a document: the current state first, then one update per change (local
+/// or remote; changes that land while the app has not yet taken the previous update are
+/// delivered together as the newest state). Dropping it ends the subscription.
+#[derive(Debug)]
+pub struct Subscription<T = ()> {
+    rx: mpsc::Receiver<Update<T>>,
+}
+
+impl<T> Subscription<T> {
+    /// The next state, or `None` once the client has stopped.
+    pub async fn next(&mut self) -> Option<Update<T>> {
+        self.rx.recv().await
+    }
+}
+
+/// Decrements the live-subscription count when a subscription task ends.
+struct SubscriptionGuard(Arc<Shared>);
+
+impl Drop for SubscriptionGuard {
+    fn drop(&mut self) {
+        self.0.subscriptions.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -153,9 +247,13 @@ impl Client {
             .with_storage_id(storage_id)
             .with_limits(config.limits.clone());
         let (version, _) = watch::channel(0);
+        let (announce, announce_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             version,
+            announce,
+            subscriptions: AtomicUsize::new(0),
+            our_peer: config.peer_id.clone(),
         });
         let host = Host::start(
             Engine::new(engine_config),
@@ -164,6 +262,12 @@ impl Client {
             HostConfig::default(),
         );
         let (stop, _) = watch::channel(false);
+        tokio::spawn(presence_task(
+            host.clone(),
+            shared.clone(),
+            announce_rx,
+            stop.subscribe(),
+        ));
         Ok(Client {
             host,
             shared,
@@ -175,36 +279,35 @@ impl Client {
     /// Keeps a connection to the relay at `url` (e.g. `ws://127.0.0.1:8080/`), reconnecting
     /// with backoff until [`Client::shutdown`].
     pub fn connect(&self, url: &str) {
+        let transport = TungsteniteTransport::new(self.config.limits.max_frame_bytes);
+        self.connect_with(Arc::new(transport), url);
+    }
+
+    /// Like [`Client::connect`], dialling through the app's own `transport` (the phone's
+    /// platform websocket).
+    pub fn connect_with(&self, transport: Arc<dyn Transport>, url: &str) {
         let url = url.to_owned();
         let host = self.host.clone();
         let mut stop = self.stop.subscribe();
         let (min, max) = (self.config.min_backoff, self.config.max_backoff);
-        let max_frame = self.config.limits.max_frame_bytes;
         tokio::spawn(async move {
             let mut backoff = min;
             loop {
                 if *stop.borrow() {
                     return;
                 }
-                let ws_config = WebSocketConfig::default()
-                    .max_message_size(Some(max_frame))
-                    .max_frame_size(Some(max_frame))
-                    .read_buffer_size(16 * 1024)
-                    .write_buffer_size(16 * 1024)
-                    .max_write_buffer_size(max_frame + 1024 * 1024);
-                let dial = tokio_tungstenite::connect_async_with_config(
-                    url.as_str(),
-                    Some(ws_config),
-                    true,
-                );
-                match dial.await {
-                    Ok((ws, _)) => {
+                let dial = tokio::select! {
+                    d = transport.connect(&url) => d,
+                    _ = stop.changed() => return,
+                };
+                match dial {
+                    Ok(conn) => {
                         backoff = min;
                         let Ok(handle) = host.open(Direction::Outgoing, None).await else {
                             return;
                         };
                         tokio::select! {
-                            _ = pump(ws, handle) => {}
+                            _ = transport::pump(Arc::from(conn), handle) => {}
                             _ = stop.changed() => return,
                         }
                     }
@@ -290,10 +393,17 @@ impl Client {
         doc: DocumentId,
         f: impl FnOnce(&mut automerge::transaction::Transaction<'_>) -> Result<(), E> + Send + 'static,
     ) -> Result<Vec<ChangeHash>, ClientError> {
-        let heads = self
+        let (before, heads) = self
             .host
-            .call(move |e, now| e.change_document(now, doc, f))
+            .call(move |e, now| {
+                let before = e.document(&doc).map(|d| d.get_heads());
+                e.change_document(now, doc, f).map(|after| (before, after))
+            })
             .await??;
+        if before.as_ref() == Some(&heads) {
+            // The closure changed nothing: there is no write to wait for.
+            return Ok(heads);
+        }
         self.shared.with(|s| s.failed.remove(&doc));
         self.wait_durable(doc, heads.clone()).await?;
         Ok(heads)
@@ -398,6 +508,232 @@ impl Client {
         Ok(self.host.call(move |e, _| f(e)).await?)
     }
 
+    /// What to show about `doc`'s sync (see [`SyncStatus`]).
+    pub async fn status(&self, doc: DocumentId) -> Result<SyncStatus, ClientError> {
+        Ok(self.sync_state(doc).await?.0)
+    }
+
+    /// How many of our changes to `doc` the relay has not yet acknowledged (0 when safely
+    /// on the relay). Counts every change not reachable from the heads the relay last
+    /// showed; heads we do not know yet cannot be followed, so what they cover still
+    /// counts as pending.
+    pub async fn pending_changes(&self, doc: DocumentId) -> Result<usize, ClientError> {
+        Ok(self.sync_state(doc).await?.1)
+    }
+
+    async fn sync_state(&self, doc: DocumentId) -> Result<(SyncStatus, usize), ClientError> {
+        let theirs = self.shared.with(|s| s.remote_heads.get(&doc).cloned());
+        let state = self
+            .host
+            .call(move |e, _| {
+                let d = e.document(&doc)?;
+                let ours = d.get_heads();
+                let Some(theirs) = theirs else {
+                    return Some((SyncStatus::OnlyOnThisDevice, d.get_changes(&[]).len()));
+                };
+                if ours.iter().all(|h| theirs.contains(h)) {
+                    return Some((SyncStatus::SafelyOnRelay, 0));
+                }
+                let known: Vec<ChangeHash> = theirs
+                    .into_iter()
+                    .filter(|h| automerge::ReadDoc::get_change_by_hash(d, h).is_some())
+                    .collect();
+                Some((SyncStatus::Sending, d.get_changes(&known).len()))
+            })
+            .await?;
+        state.ok_or(ClientError::Engine(EngineError::NotLoaded(doc)))
+    }
+
+    /// Subscribes to `doc` (which must be loaded: [`Client::create`] or [`Client::find`]
+    /// first). Yields the current heads first, then an update per change.
+    pub async fn subscribe(&self, doc: DocumentId) -> Result<Subscription<()>, ClientError> {
+        self.subscribe_with(doc, |_| ()).await
+    }
+
+    /// Subscribes to `doc`, computing `view` (e.g. a model read function) for the current
+    /// state first and then for every change. `view` runs on the engine task: keep it to
+    /// reading.
+    pub async fn subscribe_with<T: Send + 'static>(
+        &self,
+        doc: DocumentId,
+        view: impl Fn(&Automerge) -> T + Send + Sync + 'static,
+    ) -> Result<Subscription<T>, ClientError> {
+        let view = Arc::new(view);
+        let first = {
+            let view = view.clone();
+            self.host
+                .call(move |e, _| e.document(&doc).map(|d| (d.get_heads(), view(d))))
+                .await?
+        };
+        let Some((heads, value)) = first else {
+            return Err(ClientError::Engine(EngineError::NotLoaded(doc)));
+        };
+        let (tx, rx) = mpsc::channel(16);
+        // The first update is in the channel before the caller sees the subscription.
+        let _ = tx.try_send(Update {
+            heads: heads.clone(),
+            value,
+        });
+        self.shared.subscriptions.fetch_add(1, Ordering::SeqCst);
+        let guard = SubscriptionGuard(self.shared.clone());
+        let host = self.host.clone();
+        let mut version = self.shared.version.subscribe();
+        let mut stop = self.stop.subscribe();
+        tokio::spawn(async move {
+            let _guard = guard;
+            let mut last = heads;
+            loop {
+                tokio::select! {
+                    changed = version.changed() => if changed.is_err() { return },
+                    _ = tx.closed() => return,
+                    _ = stop.changed() => return,
+                }
+                version.borrow_and_update();
+                let (view, seen) = (view.clone(), last.clone());
+                let next = host
+                    .call(move |e, _| {
+                        let d = e.document(&doc)?;
+                        let heads = d.get_heads();
+                        (heads != seen).then(|| (heads, view(d)))
+                    })
+                    .await;
+                match next {
+                    Ok(Some((heads, value))) => {
+                        last = heads.clone();
+                        if tx.send(Update { heads, value }).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(_) => return,
+                }
+            }
+        });
+        Ok(Subscription { rx })
+    }
+
+    /// Subscriptions whose tasks are still running (a dropped [`Subscription`] stops its
+    /// task at once).
+    pub fn active_subscriptions(&self) -> usize {
+        self.shared.subscriptions.load(Ordering::SeqCst)
+    }
+
+    /// Sets our whole presence state on `doc` (e.g. `{"cursor": {...}, "name": ...}`) and
+    /// sends it as a presence `snapshot` to everyone with the document open. Kept and
+    /// re-sent when new peers appear and after reconnecting; heartbeats keep it alive.
+    pub async fn set_presence(
+        &self,
+        doc: DocumentId,
+        state: serde_json::Value,
+    ) -> Result<(), ClientError> {
+        let data = PresenceMessage::Snapshot(state.clone()).encode();
+        self.shared.with(|s| s.presence.local.insert(doc, state));
+        self.host
+            .call(move |e, _| e.broadcast_ephemeral(doc, data))
+            .await?;
+        Ok(())
+    }
+
+    /// Updates one channel of our presence on `doc` (e.g. `"cursor"`) and sends it as a
+    /// presence `update`.
+    pub async fn update_presence(
+        &self,
+        doc: DocumentId,
+        channel: &str,
+        value: serde_json::Value,
+    ) -> Result<(), ClientError> {
+        let data = PresenceMessage::Update {
+            channel: channel.to_owned(),
+            value: value.clone(),
+        }
+        .encode();
+        self.shared.with(|s| {
+            let local = s
+                .presence
+                .local
+                .entry(doc)
+                .or_insert_with(|| serde_json::Value::Object(Default::default()));
+            if !local.is_object() {
+                *local = serde_json::Value::Object(Default::default());
+            }
+            if let Some(map) = local.as_object_mut() {
+                map.insert(channel.to_owned(), value);
+            }
+        });
+        self.host
+            .call(move |e, _| e.broadcast_ephemeral(doc, data))
+            .await?;
+        Ok(())
+    }
+
+    /// Leaves `doc`'s presence: sends `goodbye` (others forget us at once) and stops
+    /// heartbeats for it.
+    pub async fn leave_presence(&self, doc: DocumentId) -> Result<(), ClientError> {
+        let was = self.shared.with(|s| s.presence.local.remove(&doc));
+        if was.is_some() {
+            let data = PresenceMessage::Goodbye.encode();
+            self.host
+                .call(move |e, _| e.broadcast_ephemeral(doc, data))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Other peers present on `doc` now (silent ones drop out after [`PEER_TTL`]).
+    pub fn presence(&self, doc: DocumentId) -> Vec<PeerPresence> {
+        self.shared
+            .with(|s| s.presence.present(&doc, Instant::now()))
+    }
+
+    /// Adds saved Automerge bytes to `doc` under this id (creating it, or merging into the
+    /// copy on this device), as [`Engine::import_document`] does; returns the heads once
+    /// they are durable on this device.
+    pub async fn import(
+        &self,
+        doc: DocumentId,
+        bytes: Vec<u8>,
+    ) -> Result<Vec<ChangeHash>, ClientError> {
+        // A document kept on this device but not in memory must be loaded first, or the
+        // import would start a second, empty copy beside it.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let mut rx = self.shared.version.subscribe();
+        loop {
+            rx.borrow_and_update();
+            let ready = self
+                .host
+                .call(move |e, now| {
+                    if e.document(&doc).is_some() {
+                        return true;
+                    }
+                    if !e.document_ids().contains(&doc) {
+                        e.find(now, doc);
+                    }
+                    e.document(&doc).is_some()
+                })
+                .await?;
+            if ready {
+                break;
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Err(ClientError::Timeout);
+            }
+            self.settle(&mut rx, left).await;
+        }
+        let (before, heads) = self
+            .host
+            .call(move |e, now| {
+                let before = e.document(&doc).map(|d| d.get_heads()).unwrap_or_default();
+                e.import_document(now, doc, &bytes).map(|h| (before, h))
+            })
+            .await??;
+        self.shared.with(|s| s.failed.remove(&doc));
+        if heads != before {
+            self.wait_durable(doc, heads.clone()).await?;
+        }
+        Ok(heads)
+    }
+
     /// Disconnects, lets pending writes finish, and stops.
     pub async fn shutdown(&self) {
         let _ = self.stop.send(true);
@@ -405,53 +741,40 @@ impl Client {
     }
 }
 
-/// Pumps one websocket to and from the engine until either side closes.
-async fn pump<S>(
-    ws: tokio_tungstenite::WebSocketStream<S>,
-    handle: crate::runtime::ConnectionHandle,
-) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    let crate::runtime::ConnectionHandle {
-        input,
-        mut outbound,
-    } = handle;
-    let (mut sink, mut stream) = ws.split();
-    let writer = async {
-        while let Some(out) = outbound.recv().await {
-            match out {
-                Outbound::Frame(f) => {
-                    if sink
-                        .send(tungstenite::Message::Binary(f.into()))
-                        .await
-                        .is_err()
-                    {
-                        break;
-                    }
-                }
-                Outbound::Close(_) => {
-                    let _ = sink.close().await;
-                    break;
-                }
+/// Re-sends our presence snapshot when asked (a new peer appeared, we reconnected) and
+/// sends heartbeats for every document we are present on.
+async fn presence_task(
+    host: Host,
+    shared: Arc<Shared>,
+    mut announce: mpsc::UnboundedReceiver<DocumentId>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let sends: Vec<(DocumentId, Vec<u8>)> = tokio::select! {
+            doc = announce.recv() => {
+                let Some(doc) = doc else { return };
+                shared
+                    .with(|s| s.presence.local.get(&doc).cloned())
+                    .map(|state| (doc, PresenceMessage::Snapshot(state).encode()))
+                    .into_iter()
+                    .collect()
+            }
+            _ = heartbeat.tick() => {
+                let data = PresenceMessage::Heartbeat.encode();
+                shared.with(|s| s.presence.local.keys().map(|d| (*d, data.clone())).collect())
+            }
+            _ = stop.changed() => return,
+        };
+        for (doc, data) in sends {
+            if host
+                .call(move |e, _| e.broadcast_ephemeral(doc, data))
+                .await
+                .is_err()
+            {
+                return;
             }
         }
-    };
-    let reader = async {
-        while let Some(msg) = stream.next().await {
-            match msg {
-                Ok(tungstenite::Message::Binary(b)) => {
-                    if input.frame(b.to_vec()).await.is_err() {
-                        break;
-                    }
-                }
-                Ok(tungstenite::Message::Close(_)) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
-    };
-    tokio::select! {
-        _ = writer => {}
-        _ = reader => {}
     }
-    input.closed().await;
 }

@@ -280,6 +280,10 @@ enum DocState {
 
 struct PeerDoc {
     sync: sync::State,
+    /// The heads our last sync message to this peer carried. Automerge skips replying
+    /// when a peer's message shows heads equal to ours, but with writes held back that
+    /// peer has not yet heard us confirm them: we must still send our heads (the ack).
+    told: Vec<ChangeHash>,
     /// The peer told us it does not have the document.
     unavailable: bool,
 }
@@ -460,18 +464,25 @@ impl Engine {
         for conn in late {
             self.close(conn, CloseReason::HandshakeTimeout);
         }
-        let idle: Vec<DocumentId> = self
-            .docs
-            .iter()
-            .filter(|(_, d)| {
-                matches!(d.state, DocState::Ready(_))
-                    && d.last_active.plus(limits.idle_eviction) <= now
-                    && d.pending_writes == 0
-                    && !d.compacting
-                    && !d.needs_sync
-            })
-            .map(|(id, _)| *id)
-            .collect();
+        let mut idle: Vec<DocumentId> = Vec::new();
+        for (id, d) in self.docs.iter_mut() {
+            let DocState::Ready(am) = &d.state else {
+                continue;
+            };
+            if d.last_active.plus(limits.idle_eviction) > now {
+                continue;
+            }
+            // Changes Automerge holds back until their dependencies arrive live only in
+            // memory, and the sender will not send them again: keep such a document. Same
+            // for one with a write, a compaction or a sync still under way.
+            let busy = d.pending_writes > 0 || d.compacting || d.needs_sync;
+            if busy || !automerge::ReadDoc::get_missing_deps(am.as_ref(), &[]).is_empty() {
+                // Look again one idle period from now, so the deadline moves past `now`.
+                d.last_active = now;
+                continue;
+            }
+            idle.push(*id);
+        }
         for id in idle {
             let doc = self.docs.get_mut(&id).expect("collected above");
             if doc.peers.is_empty() && !doc.wanted {
@@ -912,6 +923,7 @@ impl Engine {
         };
         doc.peers.entry(conn).or_insert_with(|| PeerDoc {
             sync: sync::State::new(),
+            told: Vec::new(),
             unavailable: false,
         });
         doc.needs_sync = true;
@@ -1020,6 +1032,7 @@ impl Engine {
         };
         let pd = doc.peers.entry(conn).or_insert_with(|| PeerDoc {
             sync: sync::State::new(),
+            told: Vec::new(),
             unavailable: false,
         });
         pd.unavailable = false;
@@ -1120,7 +1133,13 @@ impl Engine {
             if pd.unavailable && empty {
                 continue;
             }
+            let ours = am.get_heads();
+            if pd.told != ours {
+                // Undo automerge's "they already know" shortcut (see `PeerDoc::told`).
+                pd.sync.last_sent_heads = pd.told.clone();
+            }
             if let Some(m) = am.generate_sync_message(&mut pd.sync) {
+                pd.told = m.heads.clone();
                 frames.push((*conn, m.encode()));
             }
         }

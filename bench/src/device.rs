@@ -1,0 +1,229 @@
+//! A simulated device: a cairn-core [`Engine`] in the client role with an in-memory store
+//! run inline, over one tokio-tungstenite websocket. The socket has a reader task and a
+//! writer task so the device never stops draining the server while it edits; everything
+//! else (engine, storage, bookkeeping) runs in the device's own task.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use cairn_core::engine::{Direction, Engine, EngineConfig, Event, Input, Output, Role};
+use cairn_core::ids::{ConnectionId, PeerId};
+use cairn_core::store::{MemoryStore, Storage};
+use cairn_core::time::Timestamp;
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+
+/// The one connection a device has.
+const LINK: ConnectionId = ConnectionId::new(1);
+
+/// What the reader task hands the device.
+enum Incoming {
+    Frame(Vec<u8>),
+    Closed,
+}
+
+/// See the module docs.
+pub(crate) struct Device {
+    pub(crate) engine: Engine,
+    store: MemoryStore,
+    epoch: Instant,
+    outgoing: Option<mpsc::UnboundedSender<Vec<u8>>>,
+    incoming: Option<mpsc::UnboundedReceiver<Incoming>>,
+    /// Events since the caller last took them.
+    pub(crate) events: Vec<Event>,
+    /// The server closed the socket.
+    pub(crate) closed: bool,
+}
+
+impl Device {
+    /// A device with no connection yet (it can create and edit documents offline).
+    pub(crate) fn offline(peer: &str, seed: u64, epoch: Instant) -> Device {
+        let engine = Engine::new(EngineConfig::new(Role::Client, PeerId::from(peer), seed));
+        Device {
+            engine,
+            store: MemoryStore::default(),
+            epoch,
+            outgoing: None,
+            incoming: None,
+            events: Vec::new(),
+            closed: false,
+        }
+    }
+
+    /// A new device connected to `url`, handshake done.
+    pub(crate) async fn connect(
+        url: &str,
+        peer: &str,
+        seed: u64,
+        epoch: Instant,
+    ) -> anyhow::Result<Device> {
+        let mut d = Device::offline(peer, seed, epoch);
+        d.attach(url).await?;
+        Ok(d)
+    }
+
+    /// Milliseconds since the bench epoch, as the engine's clock.
+    pub(crate) fn now(&self) -> Timestamp {
+        Timestamp::from_millis(self.epoch.elapsed().as_millis() as u64)
+    }
+
+    /// Opens the websocket (retrying refused connects a few times) and waits for the
+    /// handshake (at most 30 s).
+    pub(crate) async fn attach(&mut self, url: &str) -> anyhow::Result<()> {
+        // Small buffers keep 400 clients cheap; tungstenite's 128 KiB defaults would not.
+        let config = WebSocketConfig::default()
+            .read_buffer_size(16 * 1024)
+            .write_buffer_size(16 * 1024)
+            .max_write_buffer_size(64 * 1024 * 1024);
+        let mut attempt = 0;
+        let ws = loop {
+            attempt += 1;
+            match tokio_tungstenite::connect_async_with_config(url, Some(config), true).await {
+                Ok((ws, _)) => break ws,
+                Err(e) if attempt < 5 => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+                }
+                Err(e) => return Err(e).context("connecting the websocket"),
+            }
+        };
+        let (mut sink, mut stream) = ws.split();
+        let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        let (in_tx, in_rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(first) = out_rx.recv().await {
+                if sink.feed(Message::Binary(first.into())).await.is_err() {
+                    return;
+                }
+                while let Ok(more) = out_rx.try_recv() {
+                    if sink.feed(Message::Binary(more.into())).await.is_err() {
+                        return;
+                    }
+                }
+                if sink.flush().await.is_err() {
+                    return;
+                }
+            }
+            let _ = sink.send(Message::Close(None)).await;
+        });
+        tokio::spawn(async move {
+            while let Some(msg) = stream.next().await {
+                match msg {
+                    Ok(Message::Binary(b)) => {
+                        if in_tx.send(Incoming::Frame(b.into())).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(Message::Close(_)) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+            let _ = in_tx.send(Incoming::Closed);
+        });
+        self.outgoing = Some(out_tx);
+        self.incoming = Some(in_rx);
+        self.closed = false;
+        let now = self.now();
+        self.engine.handle_input(
+            now,
+            Input::Connected {
+                conn: LINK,
+                direction: Direction::Outgoing,
+                identity: None,
+            },
+        );
+        self.pump();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if self
+                .events
+                .iter()
+                .any(|e| matches!(e, Event::PeerConnected { .. }))
+            {
+                self.events
+                    .retain(|e| !matches!(e, Event::PeerConnected { .. }));
+                return Ok(());
+            }
+            if !self.step_until(deadline).await? {
+                bail!("no handshake from {url} within 30 s");
+            }
+        }
+    }
+
+    /// Drains the engine: frames to the writer, storage run inline, events kept.
+    pub(crate) fn pump(&mut self) {
+        while let Some(out) = self.engine.poll_output() {
+            match out {
+                Output::Send { frame, .. } => {
+                    if let Some(tx) = &self.outgoing {
+                        let _ = tx.send(frame);
+                    }
+                }
+                Output::Storage { task, op } => {
+                    let result = self.store.execute(op);
+                    let now = self.now();
+                    self.engine
+                        .handle_input(now, Input::StorageDone { task, result });
+                }
+                Output::Close { .. } => self.closed = true,
+                Output::Event(e) => self.events.push(e),
+            }
+        }
+    }
+
+    fn feed(&mut self, incoming: Incoming) {
+        let now = self.now();
+        match incoming {
+            Incoming::Frame(frame) => {
+                self.engine
+                    .handle_input(now, Input::Frame { conn: LINK, frame });
+            }
+            Incoming::Closed => {
+                self.closed = true;
+                self.engine
+                    .handle_input(now, Input::Disconnected { conn: LINK });
+            }
+        }
+        self.pump();
+    }
+
+    /// Feeds every frame that has already arrived, without waiting.
+    pub(crate) fn poll_ready(&mut self) {
+        while let Some(inc) = self.incoming.as_mut().and_then(|rx| rx.try_recv().ok()) {
+            self.feed(inc);
+        }
+    }
+
+    /// Waits for at least one frame (until `deadline`) and feeds it and every other
+    /// frame already waiting. `Ok(false)` on timeout; an error once the socket is closed.
+    pub(crate) async fn step_until(&mut self, deadline: Instant) -> anyhow::Result<bool> {
+        if self.closed {
+            bail!("the server closed the connection");
+        }
+        let rx = self
+            .incoming
+            .as_mut()
+            .ok_or_else(|| anyhow!("not connected"))?;
+        let got = tokio::time::timeout_at(deadline.into(), rx.recv()).await;
+        match got {
+            Err(_) => Ok(false),
+            Ok(None) => {
+                self.closed = true;
+                bail!("the connection's reader stopped");
+            }
+            Ok(Some(inc)) => {
+                self.feed(inc);
+                self.poll_ready();
+                Ok(true)
+            }
+        }
+    }
+
+    /// Closes the socket (the writer sends a close frame).
+    pub(crate) fn disconnect(&mut self) {
+        self.outgoing = None;
+        self.incoming = None;
+    }
+}

@@ -1,0 +1,284 @@
+//! The servers under test: start one as a child process on a free loopback port with a fresh
+//! data directory, sample its CPU time and peak memory from `/proc`, and kill it (by its own
+//! `Child` handle) when the scenario ends.
+
+use std::fmt;
+use std::fs;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+/// Which server implementation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// `cairn-relay serve --open`.
+    Cairn,
+    /// The official `@automerge/automerge-repo-sync-server`, bound to loopback.
+    NodeSync,
+    /// A plain server on `@automerge/automerge-repo` 2.5.6.
+    NodeRepo,
+}
+
+impl Kind {
+    pub(crate) fn parse(s: &str) -> anyhow::Result<Kind> {
+        Ok(match s {
+            "cairn" => Kind::Cairn,
+            "node-sync" => Kind::NodeSync,
+            "node-repo" => Kind::NodeRepo,
+            other => bail!("unknown server `{other}` (expected cairn, node-sync or node-repo)"),
+        })
+    }
+
+    pub(crate) fn is_node(self) -> bool {
+        self != Kind::Cairn
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Kind::Cairn => "cairn",
+            Kind::NodeSync => "node-sync",
+            Kind::NodeRepo => "node-repo",
+        })
+    }
+}
+
+/// Where the programs live.
+#[derive(Debug, Clone)]
+pub(crate) struct Programs {
+    relay: PathBuf,
+    js_dir: PathBuf,
+}
+
+impl Programs {
+    /// Finds `cairn-relay` beside this binary (unless `relay` names one) and `tests/js` in
+    /// the workspace above it.
+    pub(crate) fn locate(kinds: &[Kind], relay: Option<PathBuf>) -> anyhow::Result<Programs> {
+        let exe = std::env::current_exe().context("locating this binary")?;
+        let dir = exe.parent().context("this binary has no directory")?;
+        let relay = relay.unwrap_or_else(|| dir.join("cairn-relay"));
+        if kinds.contains(&Kind::Cairn) && !relay.is_file() {
+            bail!(
+                "{} not found: build it first with `cargo build --release -p cairn-relay -p cairn-bench`",
+                relay.display()
+            );
+        }
+        let js_dir = exe
+            .ancestors()
+            .map(|a| a.join("tests").join("js"))
+            .chain(std::iter::once(PathBuf::from("tests/js")))
+            .find(|p| p.join("package.json").is_file())
+            .unwrap_or_else(|| PathBuf::from("tests/js"));
+        if kinds.iter().any(|k| k.is_node()) && !js_dir.join("node_modules").is_dir() {
+            bail!(
+                "{}/node_modules is missing: run `npm ci` in tests/js first",
+                js_dir.display()
+            );
+        }
+        Ok(Programs { relay, js_dir })
+    }
+}
+
+/// A running server process. Killed on drop.
+#[derive(Debug)]
+pub(crate) struct Server {
+    pub(crate) kind: Kind,
+    pub(crate) addr: SocketAddr,
+    child: Child,
+    _data: tempfile::TempDir,
+}
+
+/// CPU time of a process tree, in seconds.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Cpu(pub(crate) f64);
+
+impl Server {
+    /// Starts a fresh server (new data directory, free port) and waits until it accepts
+    /// connections (at most 30 s).
+    pub(crate) fn start(kind: Kind, programs: &Programs) -> anyhow::Result<Server> {
+        let data = tempfile::Builder::new()
+            .prefix("cairn-bench-")
+            .tempdir()
+            .context("creating a data directory")?;
+        let port = free_port()?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let store = data.path().join("store");
+        let log = fs::File::create(data.path().join("server.log"))?;
+        let mut cmd = match kind {
+            Kind::Cairn => {
+                let mut c = Command::new(&programs.relay);
+                c.arg("serve")
+                    .arg("--open")
+                    .arg("--listen")
+                    .arg(addr.to_string())
+                    .arg("--data")
+                    .arg(&store)
+                    .env("CAIRN_LOG", "warn");
+                c
+            }
+            Kind::NodeSync | Kind::NodeRepo => {
+                let script = if kind == Kind::NodeSync {
+                    "sync-server-launcher.mjs"
+                } else {
+                    "repo-server.mjs"
+                };
+                let mut c = Command::new("node");
+                c.arg(programs.js_dir.join(script))
+                    .arg(port.to_string())
+                    .arg(&store)
+                    .current_dir(&programs.js_dir);
+                c
+            }
+        };
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting the {kind} server"))?;
+        let mut server = Server {
+            kind,
+            addr,
+            child,
+            _data: data,
+        };
+        server.wait_ready(Duration::from_secs(30))?;
+        Ok(server)
+    }
+
+    fn wait_ready(&mut self, limit: Duration) -> anyhow::Result<()> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "the {} server exited early ({status}); its log:\n{}",
+                    self.kind,
+                    self.log_tail()
+                );
+            }
+            if TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!(
+            "the {} server did not listen within {limit:?}; its log:\n{}",
+            self.kind,
+            self.log_tail()
+        )
+    }
+
+    /// The last lines the server wrote.
+    pub(crate) fn log_tail(&self) -> String {
+        let text = fs::read_to_string(self._data.path().join("server.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// The websocket URL.
+    pub(crate) fn url(&self) -> String {
+        format!("ws://{}/", self.addr)
+    }
+
+    /// utime+stime of the server and every descendant process still running.
+    pub(crate) fn cpu(&self) -> Cpu {
+        let ticks: u64 = tree(self.child.id()).iter().map(|&p| proc_ticks(p)).sum();
+        Cpu(ticks as f64 / clock_ticks())
+    }
+
+    /// Peak resident memory (VmHWM) of the server process tree, in MiB.
+    pub(crate) fn peak_rss_mb(&self) -> f64 {
+        let kb: u64 = tree(self.child.id()).iter().map(|&p| vm_hwm_kb(p)).sum();
+        kb as f64 / 1024.0
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// `pid` and its descendants (from `/proc/<pid>/task/*/children`).
+fn tree(pid: u32) -> Vec<u32> {
+    let mut all = vec![pid];
+    let mut i = 0;
+    while i < all.len() && all.len() < 1000 {
+        let p = all[i];
+        if let Ok(tasks) = fs::read_dir(format!("/proc/{p}/task")) {
+            for t in tasks.flatten() {
+                let children = fs::read_to_string(t.path().join("children")).unwrap_or_default();
+                all.extend(
+                    children
+                        .split_whitespace()
+                        .filter_map(|c| c.parse::<u32>().ok()),
+                );
+            }
+        }
+        i += 1;
+    }
+    all
+}
+
+/// utime + stime (fields 14 and 15 of `/proc/<pid>/stat`), in clock ticks.
+pub(crate) fn proc_ticks(pid: u32) -> u64 {
+    stat_ticks(Path::new(&format!("/proc/{pid}/stat")))
+}
+
+/// utime + stime of this process.
+pub(crate) fn own_cpu() -> Cpu {
+    Cpu(stat_ticks(Path::new("/proc/self/stat")) as f64 / clock_ticks())
+}
+
+fn stat_ticks(path: &Path) -> u64 {
+    let Ok(stat) = fs::read_to_string(path) else {
+        return 0;
+    };
+    // The command name (field 2) may hold spaces; fields after its closing paren are plain.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return 0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state), so utime (14) is index 11 and stime (15) index 12.
+    let get = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    get(11) + get(12)
+}
+
+fn vm_hwm_kb(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`, 100 when that fails).
+pub(crate) fn clock_ticks() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse::<f64>().ok())
+            .filter(|t| *t > 0.0)
+            .unwrap_or(100.0)
+    })
+}

@@ -1,0 +1,181 @@
+//! How the client reaches a relay: a [`Transport`] dials, a [`Connection`] carries binary
+//! frames. A phone app hands in its platform websocket (platform TLS, proxies, background
+//! rules); [`TungsteniteTransport`] serves tests, desktop and servers.
+
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use thiserror::Error;
+use tokio::sync::Mutex;
+use tokio_tungstenite::tungstenite::{self, protocol::WebSocketConfig};
+
+/// Why dialling or sending failed.
+#[derive(Debug, Error)]
+pub enum TransportError {
+    /// The relay could not be reached (DNS, TCP, TLS): offline, or a wrong URL.
+    #[error("the relay is unreachable: {reason}")]
+    Unreachable {
+        /// What the platform said (no content, no tokens).
+        reason: String,
+    },
+    /// The relay refused the websocket upgrade (e.g. 401 without a valid token, 403).
+    #[error("the relay refused the connection with HTTP status {status}")]
+    Rejected {
+        /// The HTTP status.
+        status: u16,
+    },
+    /// The connection is closed.
+    #[error("the connection is closed")]
+    Closed,
+}
+
+/// One open connection carrying binary frames, in order and without loss (a websocket).
+///
+/// `send` and `recv` are called concurrently from two tasks, so both take `&self`.
+pub trait Connection: Send + Sync {
+    /// Sends one binary frame. An error means the connection is unusable.
+    fn send(&self, frame: Vec<u8>) -> BoxFuture<'_, Result<(), TransportError>>;
+    /// The next binary frame, or `None` once the connection has closed.
+    fn recv(&self) -> BoxFuture<'_, Option<Vec<u8>>>;
+    /// Closes the connection (best effort).
+    fn close(&self) -> BoxFuture<'_, ()>;
+}
+
+/// Opens connections to a relay.
+pub trait Transport: Send + Sync {
+    /// Dials `url` (e.g. `wss://relay.example.org/`).
+    fn connect(&self, url: &str) -> BoxFuture<'_, Result<Box<dyn Connection>, TransportError>>;
+}
+
+/// The tokio-tungstenite transport, with buffers sized for the engine's frame limit.
+#[derive(Clone, Debug)]
+pub struct TungsteniteTransport {
+    max_frame_bytes: usize,
+}
+
+impl TungsteniteTransport {
+    /// A transport accepting frames up to `max_frame_bytes` (use the engine's
+    /// `Limits::max_frame_bytes`).
+    pub fn new(max_frame_bytes: usize) -> Self {
+        TungsteniteTransport { max_frame_bytes }
+    }
+
+    fn ws_config(&self) -> WebSocketConfig {
+        let max = self.max_frame_bytes;
+        // tungstenite's 128 KiB buffers per direction are more than a phone needs; the
+        // write buffer is capped so a stalled socket cannot grow without bound.
+        WebSocketConfig::default()
+            .max_message_size(Some(max))
+            .max_frame_size(Some(max))
+            .read_buffer_size(16 * 1024)
+            .write_buffer_size(16 * 1024)
+            .max_write_buffer_size(max + 1024 * 1024)
+    }
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+struct TungsteniteConnection {
+    sink: Mutex<SplitSink<Ws, tungstenite::Message>>,
+    stream: Mutex<SplitStream<Ws>>,
+}
+
+impl Transport for TungsteniteTransport {
+    fn connect(&self, url: &str) -> BoxFuture<'_, Result<Box<dyn Connection>, TransportError>> {
+        let url = url.to_owned();
+        Box::pin(async move {
+            let dial = tokio_tungstenite::connect_async_with_config(
+                url.as_str(),
+                Some(self.ws_config()),
+                true,
+            );
+            match dial.await {
+                Ok((ws, _)) => {
+                    let (sink, stream) = ws.split();
+                    Ok(Box::new(TungsteniteConnection {
+                        sink: Mutex::new(sink),
+                        stream: Mutex::new(stream),
+                    }) as Box<dyn Connection>)
+                }
+                Err(tungstenite::Error::Http(response)) => Err(TransportError::Rejected {
+                    status: response.status().as_u16(),
+                }),
+                Err(e) => Err(TransportError::Unreachable {
+                    reason: e.to_string(),
+                }),
+            }
+        })
+    }
+}
+
+impl Connection for TungsteniteConnection {
+    fn send(&self, frame: Vec<u8>) -> BoxFuture<'_, Result<(), TransportError>> {
+        Box::pin(async move {
+            self.sink
+                .lock()
+                .await
+                .send(tungstenite::Message::Binary(frame.into()))
+                .await
+                .map_err(|_| TransportError::Closed)
+        })
+    }
+
+    fn recv(&self) -> BoxFuture<'_, Option<Vec<u8>>> {
+        Box::pin(async move {
+            let mut stream = self.stream.lock().await;
+            loop {
+                match stream.next().await? {
+                    Ok(tungstenite::Message::Binary(b)) => return Some(b.to_vec()),
+                    Ok(tungstenite::Message::Close(_)) | Err(_) => return None,
+                    // Pings are answered by tungstenite; text frames are not ours.
+                    Ok(_) => {}
+                }
+            }
+        })
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let _ = self.sink.lock().await.close().await;
+        })
+    }
+}
+
+/// Pumps one connection to and from the engine until either side closes.
+pub(crate) async fn pump(conn: Arc<dyn Connection>, handle: crate::runtime::ConnectionHandle) {
+    use crate::runtime::Outbound;
+    let crate::runtime::ConnectionHandle {
+        input,
+        mut outbound,
+    } = handle;
+    let writer = async {
+        while let Some(out) = outbound.recv().await {
+            match out {
+                Outbound::Frame(f) => {
+                    if conn.send(f).await.is_err() {
+                        break;
+                    }
+                }
+                Outbound::Close(_) => {
+                    conn.close().await;
+                    break;
+                }
+            }
+        }
+    };
+    let reader = async {
+        while let Some(frame) = conn.recv().await {
+            if input.frame(frame).await.is_err() {
+                break;
+            }
+        }
+    };
+    tokio::select! {
+        _ = writer => {}
+        _ = reader => {}
+    }
+    input.closed().await;
+}

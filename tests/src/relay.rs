@@ -1,0 +1,425 @@
+//! Interop plumbing: a [`TestRelay`] (the real `cairn_relay::run` in-process on a loopback
+//! port with a temporary data directory) and [`NodeProcess`], which runs the Node programs in
+//! `tests/js` (`create.mjs`, `read.mjs`, `live.mjs`) with a time limit and parses the one JSON
+//! line they print.
+//!
+//! Node children inherit the environment, so `CAIRN_WIRE_LOG=1 cargo test ...` makes them log
+//! every frame to their stderr, which [`NodeError`] and [`NodeOutput`] carry.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use cairn_relay::{Config, RelayError};
+use thiserror::Error;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+
+/// Time limit for the relay to start and to stop.
+const RELAY_START_STOP: Duration = Duration::from_secs(10);
+
+/// A relay served by `cairn_relay::run` on `127.0.0.1:<ephemeral port>` in open (development)
+/// mode, with its sled store in a temporary directory removed on drop.
+pub struct TestRelay {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), RelayError>>>,
+    // Dropped last: the store must be closed before its directory goes.
+    data: tempfile::TempDir,
+}
+
+impl TestRelay {
+    /// Starts a relay and waits until it answers `/healthz`. Panics if it cannot start.
+    pub async fn start() -> TestRelay {
+        let data = tempfile::tempdir().expect("creating a temporary relay data directory");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding 127.0.0.1:0");
+        let addr = listener.local_addr().expect("listener address");
+        let config = Config::open_for_tests(addr, data.path().join("relay"));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(cairn_relay::run(config, listener, async move {
+            let _ = stopped.await;
+        }));
+        let mut relay = TestRelay {
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+            data,
+        };
+        relay.wait_healthy().await;
+        relay
+    }
+
+    async fn wait_healthy(&mut self) {
+        let deadline = tokio::time::Instant::now() + RELAY_START_STOP;
+        loop {
+            if self.task.as_ref().is_some_and(|t| t.is_finished()) {
+                let result = self.task.take().expect("task present").await;
+                panic!("the relay stopped while starting: {result:?}");
+            }
+            if healthz(self.addr).await {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the relay on {} did not answer /healthz within {RELAY_START_STOP:?}",
+                self.addr
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The websocket URL, `ws://127.0.0.1:<port>/`.
+    pub fn url(&self) -> String {
+        format!("ws://{}/", self.addr)
+    }
+
+    /// The listening address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The relay's data directory.
+    pub fn data_dir(&self) -> &Path {
+        self.data.path()
+    }
+
+    /// Stops the relay (closes sockets, flushes the store) and removes its data directory.
+    /// Panics if the relay returned an error or did not stop in time.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            match tokio::time::timeout(RELAY_START_STOP, task).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => panic!("the relay stopped with an error: {e}"),
+                Ok(Err(e)) => panic!("the relay task failed: {e}"),
+                Err(_) => panic!("the relay did not stop within {RELAY_START_STOP:?}"),
+            }
+        }
+    }
+}
+
+impl Drop for TestRelay {
+    fn drop(&mut self) {
+        // A test that panicked before `shutdown`: ask the relay to stop; the runtime ends it.
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// One `GET /healthz` over plain HTTP/1.0; true on a 200 answer.
+async fn healthz(addr: SocketAddr) -> bool {
+    let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+        return false;
+    };
+    if stream
+        .write_all(b"GET /healthz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut answer)).await;
+    matches!(read, Ok(Ok(_)))
+        && (answer.starts_with(b"HTTP/1.1 200") || answer.starts_with(b"HTTP/1.0 200"))
+}
+
+/// Why running a Node program failed.
+#[derive(Debug, Error)]
+pub enum NodeError {
+    /// The npm packages are not installed.
+    #[error("{0} has no node_modules/@automerge/automerge-repo: run `npm ci` in tests/js")]
+    MissingModules(PathBuf),
+    /// `node` could not be started.
+    #[error("starting `node {script}` failed (is Node.js installed and on PATH?): {source}")]
+    Spawn {
+        /// The program.
+        script: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The program did not finish (or print the awaited text) in time; it has been killed.
+    #[error("`node {script}` did not {what} within {limit:?}; stderr:\n{stderr}")]
+    Timeout {
+        /// The program.
+        script: String,
+        /// What we were waiting for.
+        what: String,
+        /// The time limit.
+        limit: Duration,
+        /// What it printed on stderr so far.
+        stderr: String,
+    },
+    /// The program exited without printing the awaited text.
+    #[error("`node {script}` exited ({status:?}) before printing {awaited:?}; stderr:\n{stderr}")]
+    ExitedEarly {
+        /// The program.
+        script: String,
+        /// The exit code (`None` if killed by a signal).
+        status: Option<i32>,
+        /// The text we waited for.
+        awaited: String,
+        /// Its stderr.
+        stderr: String,
+    },
+    /// The program failed (exit code not 0) where success was expected.
+    #[error("`node {script}` failed ({status:?}); stderr:\n{stderr}")]
+    Failed {
+        /// The program.
+        script: String,
+        /// The exit code (`None` if killed by a signal).
+        status: Option<i32>,
+        /// Its stderr.
+        stderr: String,
+    },
+    /// The program's stdout was not one JSON value.
+    #[error("`node {script}` printed no JSON ({source}); stdout: {stdout:?}; stderr:\n{stderr}")]
+    NotJson {
+        /// The program.
+        script: String,
+        /// The parse error.
+        source: serde_json::Error,
+        /// Its stdout.
+        stdout: String,
+        /// Its stderr.
+        stderr: String,
+    },
+}
+
+/// The directory holding the Node programs (`tests/js`).
+pub fn js_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("js")
+}
+
+/// Checks that `npm ci` has been run in `tests/js`.
+pub fn check_node_modules() -> Result<(), NodeError> {
+    let dir = js_dir();
+    if dir.join("node_modules/@automerge/automerge-repo").is_dir() {
+        Ok(())
+    } else {
+        Err(NodeError::MissingModules(dir))
+    }
+}
+
+/// What a finished Node program printed.
+#[derive(Debug, Clone)]
+pub struct NodeOutput {
+    /// The program and its arguments.
+    pub script: String,
+    /// The exit code (`None` if killed by a signal).
+    pub status: Option<i32>,
+    /// Everything on stdout.
+    pub stdout: String,
+    /// Everything on stderr.
+    pub stderr: String,
+}
+
+impl NodeOutput {
+    /// Whether it exited with code 0.
+    pub fn success(&self) -> bool {
+        self.status == Some(0)
+    }
+
+    /// The JSON value on stdout, if the program succeeded and printed one.
+    pub fn json(&self) -> Result<serde_json::Value, NodeError> {
+        if !self.success() {
+            return Err(NodeError::Failed {
+                script: self.script.clone(),
+                status: self.status,
+                stderr: self.stderr.clone(),
+            });
+        }
+        serde_json::from_str(self.stdout.trim()).map_err(|source| NodeError::NotJson {
+            script: self.script.clone(),
+            source,
+            stdout: self.stdout.clone(),
+            stderr: self.stderr.clone(),
+        })
+    }
+}
+
+/// A running Node program from `tests/js`; killed if dropped while running.
+pub struct NodeProcess {
+    script: String,
+    child: Child,
+    stdout: Option<std::thread::JoinHandle<String>>,
+    stderr: watch::Receiver<(String, bool)>,
+}
+
+impl NodeProcess {
+    /// Starts `node <script> <args...>` in `tests/js`.
+    pub fn spawn(script: &str, args: &[&str]) -> Result<NodeProcess, NodeError> {
+        check_node_modules()?;
+        let label = std::iter::once(script)
+            .chain(args.iter().copied())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut child = Command::new("node")
+            .arg(script)
+            .args(args)
+            .current_dir(js_dir())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| NodeError::Spawn {
+                script: label.clone(),
+                source,
+            })?;
+        let mut out = child.stdout.take().expect("piped stdout");
+        let stdout = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = out.read_to_string(&mut s);
+            s
+        });
+        // stderr accumulates line by line so a caller can wait for a marker such as "watching";
+        // the flag turns true at end of stream.
+        let err = child.stderr.take().expect("piped stderr");
+        let (tx, stderr) = watch::channel((String::new(), false));
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(err);
+            let mut line = String::new();
+            while matches!(reader.read_line(&mut line), Ok(n) if n > 0) {
+                tx.send_modify(|(all, _)| all.push_str(&line));
+                line.clear();
+            }
+            tx.send_modify(|(_, done)| *done = true);
+        });
+        Ok(NodeProcess {
+            script: label,
+            child,
+            stdout: Some(stdout),
+            stderr,
+        })
+    }
+
+    /// Everything printed on stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.borrow().0.clone()
+    }
+
+    /// Waits until stderr contains `needle` (e.g. `live.mjs watch` printing `watching`).
+    pub async fn wait_stderr(&mut self, needle: &str, limit: Duration) -> Result<(), NodeError> {
+        let found = tokio::time::timeout(limit, async {
+            loop {
+                let (ended, has) = {
+                    let seen = self.stderr.borrow_and_update();
+                    (seen.1, seen.0.contains(needle))
+                };
+                if has {
+                    return true;
+                }
+                if ended || self.stderr.changed().await.is_err() {
+                    return false;
+                }
+            }
+        })
+        .await;
+        match found {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                let status = self.wait_exit(Duration::from_secs(5)).await.ok().flatten();
+                Err(NodeError::ExitedEarly {
+                    script: self.script.clone(),
+                    status,
+                    awaited: needle.to_owned(),
+                    stderr: self.stderr(),
+                })
+            }
+            Err(_) => {
+                self.kill();
+                Err(NodeError::Timeout {
+                    script: self.script.clone(),
+                    what: format!("print {needle:?}"),
+                    limit,
+                    stderr: self.stderr(),
+                })
+            }
+        }
+    }
+
+    /// Waits for the exit code; `Err(())` on timeout.
+    async fn wait_exit(&mut self, limit: Duration) -> Result<Option<i32>, ()> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Ok(status.code());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits for the program to exit and collects its output; kills it after `limit`.
+    pub async fn finish(mut self, limit: Duration) -> Result<NodeOutput, NodeError> {
+        let Ok(status) = self.wait_exit(limit).await else {
+            self.kill();
+            return Err(NodeError::Timeout {
+                script: self.script.clone(),
+                what: "exit".into(),
+                limit,
+                stderr: self.stderr(),
+            });
+        };
+        let stdout = self.stdout.take().expect("stdout reader").join();
+        // The stderr reader ends with the pipe; wait for its end-of-stream mark.
+        let _ =
+            tokio::time::timeout(Duration::from_secs(5), self.stderr.wait_for(|(_, d)| *d)).await;
+        Ok(NodeOutput {
+            script: self.script.clone(),
+            status,
+            stdout: stdout.unwrap_or_default(),
+            stderr: self.stderr(),
+        })
+    }
+
+    fn kill(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Heads in the form automerge-repo 2.x prints them (`handle.heads()`, `UrlHeads`): each
+/// change hash as bs58check text, not hex.
+pub fn url_heads(heads: &[automerge::ChangeHash]) -> Vec<String> {
+    heads
+        .iter()
+        .map(|h| bs58::encode(h.0).with_check().into_string())
+        .collect()
+}
+
+/// Runs `node <script> <args...>` in `tests/js` to completion (killed after `limit`).
+pub async fn run_node(
+    script: &str,
+    args: &[&str],
+    limit: Duration,
+) -> Result<NodeOutput, NodeError> {
+    NodeProcess::spawn(script, args)?.finish(limit).await
+}
+
+/// Runs a Node program that must succeed and print one JSON line; returns that JSON.
+pub async fn run_node_json(
+    script: &str,
+    args: &[&str],
+    limit: Duration,
+) -> Result<serde_json::Value, NodeError> {
+    run_node(script, args, limit).await?.json()
+}
