@@ -21,7 +21,8 @@ const LINK: ConnectionId = ConnectionId::new(1);
 /// What the reader task hands the device.
 enum Incoming {
     Frame(Vec<u8>),
-    Closed,
+    /// Why the socket ended (close frame or error).
+    Closed(String),
 }
 
 /// See the module docs.
@@ -35,6 +36,8 @@ pub(crate) struct Device {
     pub(crate) events: Vec<Event>,
     /// The server closed the socket.
     pub(crate) closed: bool,
+    /// Why, when known.
+    close_reason: String,
 }
 
 impl Device {
@@ -49,6 +52,7 @@ impl Device {
             incoming: None,
             events: Vec::new(),
             closed: false,
+            close_reason: String::new(),
         }
     }
 
@@ -109,6 +113,7 @@ impl Device {
             let _ = sink.send(Message::Close(None)).await;
         });
         tokio::spawn(async move {
+            let mut why = "end of stream".to_owned();
             while let Some(msg) = stream.next().await {
                 match msg {
                     Ok(Message::Binary(b)) => {
@@ -116,11 +121,21 @@ impl Device {
                             return;
                         }
                     }
-                    Ok(Message::Close(_)) | Err(_) => break,
+                    Ok(Message::Close(frame)) => {
+                        why = match frame {
+                            Some(f) => format!("close frame {} {:?}", f.code, f.reason.as_str()),
+                            None => "close frame".into(),
+                        };
+                        break;
+                    }
+                    Err(e) => {
+                        why = format!("socket error: {e}");
+                        break;
+                    }
                     Ok(_) => {}
                 }
             }
-            let _ = in_tx.send(Incoming::Closed);
+            let _ = in_tx.send(Incoming::Closed(why));
         });
         self.outgoing = Some(out_tx);
         self.incoming = Some(in_rx);
@@ -167,7 +182,10 @@ impl Device {
                     self.engine
                         .handle_input(now, Input::StorageDone { task, result });
                 }
-                Output::Close { .. } => self.closed = true,
+                Output::Close { reason, .. } => {
+                    self.closed = true;
+                    self.close_reason = format!("engine closed it: {reason}");
+                }
                 Output::Event(e) => self.events.push(e),
             }
         }
@@ -180,8 +198,9 @@ impl Device {
                 self.engine
                     .handle_input(now, Input::Frame { conn: LINK, frame });
             }
-            Incoming::Closed => {
+            Incoming::Closed(why) => {
                 self.closed = true;
+                self.close_reason = why;
                 self.engine
                     .handle_input(now, Input::Disconnected { conn: LINK });
             }
@@ -200,7 +219,7 @@ impl Device {
     /// frame already waiting. `Ok(false)` on timeout; an error once the socket is closed.
     pub(crate) async fn step_until(&mut self, deadline: Instant) -> anyhow::Result<bool> {
         if self.closed {
-            bail!("the server closed the connection");
+            bail!("the connection closed ({})", self.close_reason);
         }
         let rx = self
             .incoming

@@ -567,7 +567,8 @@ pub(crate) async fn big(server: &Server, sizes: Sizes, epoch: Instant) -> anyhow
             }
             writer
                 .step_until(Instant::now() + Duration::from_millis(200))
-                .await?;
+                .await
+                .with_context(|| format!("after {i} edits"))?;
         }
         let ch = alphabet[i % alphabet.len()] as char;
         let now = writer.now();
@@ -583,7 +584,7 @@ pub(crate) async fn big(server: &Server, sizes: Sizes, epoch: Instant) -> anyhow
             tokio::task::yield_now().await;
         }
         if writer.closed {
-            bail!("the server closed the connection after {i} edits");
+            bail!("the connection closed after {i} edits");
         }
     }
     let heads = sorted(writer.engine.document(&id).expect("ours").get_heads());

@@ -257,3 +257,42 @@ async fn unknown_document_is_unavailable() {
 
     relay.shutdown().await;
 }
+
+/// A JS automerge-repo client opening a Cairn workspace document sees the co-edited fields
+/// (a group's name and purpose) as collaborative Text, not as immutable strings.
+#[tokio::test(flavor = "multi_thread")]
+async fn js_sees_co_edited_workspace_fields_as_text() {
+    use cairn_core::model::group;
+    let relay = cairn_tests::relay::TestRelay::start().await;
+    let client = cairn_core::client::Client::start(
+        std::sync::Arc::new(cairn_core::store::MemoryStore::default()),
+        cairn_core::client::ClientConfig::new("organiser/phone"),
+    )
+    .expect("client");
+    client.connect(&relay.url());
+    let doc = client
+        .create(|tx| {
+            group::init(tx, "Peer circle", "Monthly case collaboration", "Be kind.")
+                .expect("group");
+        })
+        .await
+        .expect("create");
+    client
+        .wait_acknowledged(doc, Duration::from_secs(20))
+        .await
+        .expect("on the relay");
+    let url = relay.url();
+    let id = doc.to_string();
+    let kinds = cairn_tests::relay::run_node_json(
+        "types.mjs",
+        &[url.as_str(), id.as_str()],
+        Duration::from_secs(40),
+    )
+    .await
+    .expect("types.mjs");
+    assert_eq!(kinds["name"], "text", "{kinds}");
+    assert_eq!(kinds["purpose"], "text", "{kinds}");
+    assert_eq!(kinds["schemaKind"], "immutable-string", "{kinds}");
+    client.shutdown().await;
+    relay.shutdown().await;
+}
