@@ -138,6 +138,10 @@ fn acked(dev: &mut Device, doc: DocumentId, heads: &[ChangeHash]) -> bool {
 
 // ------------------------------------------------------------------------------ fan-out
 
+/// How long after the last scheduled edit the fan-out waits for every peer to have every
+/// edit; what is still missing then is counted lost.
+const CONVERGE_LIMIT: Duration = Duration::from_secs(120);
+
 struct PeerOutcome {
     latencies_us: Vec<u32>,
     received: usize,
@@ -198,7 +202,7 @@ pub(crate) async fn fanout(server: &Server, sizes: Sizes, epoch: Instant) -> any
     let phase = Phase::begin(server);
     let _ = start_tx.send(true);
     let edit_span = sizes.edit_gap_ms.1 * (sizes.edits_per_peer as u64 + 1);
-    let deadline = Instant::now() + Duration::from_millis(edit_span) + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_millis(edit_span) + CONVERGE_LIMIT;
     let mut finished = 0;
     while finished < total {
         match tokio::time::timeout_at(deadline.into(), done_rx.recv()).await {
@@ -274,7 +278,7 @@ async fn fanout_peer(
     s.start.wait_for(|v| *v).await?;
     let sizes = s.sizes;
     let edit_span = sizes.edit_gap_ms.1 * (sizes.edits_per_peer as u64 + 1);
-    let deadline = Instant::now() + Duration::from_millis(edit_span) + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_millis(edit_span) + CONVERGE_LIMIT;
 
     let doc = match id_tx {
         Some(id_tx) => {
