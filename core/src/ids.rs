@@ -116,6 +116,8 @@ macro_rules! string_id {
     };
 }
 
+pub(crate) use string_id;
+
 string_id!(
     /// A peer's id as it appears in `senderId`/`targetId` (any string; per device, e.g. `member/device`).
     PeerId

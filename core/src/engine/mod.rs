@@ -284,6 +284,10 @@ struct PeerDoc {
     /// when a peer's message shows heads equal to ours, but with writes held back that
     /// peer has not yet heard us confirm them: we must still send our heads (the ack).
     told: Vec<ChangeHash>,
+    /// This peer sent us something that may need an answer. Only the sender of a message
+    /// is answered unless our heads changed (then everyone is): regenerating sync messages
+    /// for all peers of a document on every acknowledgement was most of the relay's CPU.
+    dirty: bool,
     /// The peer told us it does not have the document.
     unavailable: bool,
 }
@@ -924,6 +928,7 @@ impl Engine {
         doc.peers.entry(conn).or_insert_with(|| PeerDoc {
             sync: sync::State::new(),
             told: Vec::new(),
+            dirty: true,
             unavailable: false,
         });
         doc.needs_sync = true;
@@ -1033,6 +1038,7 @@ impl Engine {
         let pd = doc.peers.entry(conn).or_insert_with(|| PeerDoc {
             sync: sync::State::new(),
             told: Vec::new(),
+            dirty: true,
             unavailable: false,
         });
         pd.unavailable = false;
@@ -1075,10 +1081,13 @@ impl Engine {
                     heads: after,
                 });
             }
+            // New heads: `persist` flags every peer of the document.
             self.persist(id, &before);
         }
         let doc = self.docs.get_mut(&id).expect("still there");
-        doc.needs_sync = true;
+        if let Some(pd) = doc.peers.get_mut(&conn) {
+            pd.dirty = true;
+        }
         self.maybe_sync(id);
     }
 
@@ -1120,20 +1129,25 @@ impl Engine {
         let Some(doc) = self.docs.get_mut(&id) else {
             return;
         };
-        if !doc.needs_sync || doc.pending_writes > 0 {
+        let any_dirty = doc.peers.values().any(|p| p.dirty);
+        if (!doc.needs_sync && !any_dirty) || doc.pending_writes > 0 {
             return;
         }
         let DocState::Ready(am) = &doc.state else {
             return;
         };
-        doc.needs_sync = false;
+        let everyone = std::mem::replace(&mut doc.needs_sync, false);
         let empty = am.get_heads().is_empty();
+        let ours = am.get_heads();
         let mut frames = Vec::new();
         for (conn, pd) in doc.peers.iter_mut() {
+            let dirty = std::mem::replace(&mut pd.dirty, false);
+            if !everyone && !dirty && pd.told == ours {
+                continue;
+            }
             if pd.unavailable && empty {
                 continue;
             }
-            let ours = am.get_heads();
             if pd.told != ours {
                 // Undo automerge's "they already know" shortcut (see `PeerDoc::told`).
                 pd.sync.last_sent_heads = pd.told.clone();

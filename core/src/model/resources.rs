@@ -35,34 +35,10 @@ use crate::model::schema::{self, DocKind, SchemaError};
 /// The largest file a resource may hold, in bytes (256 KiB); see the module docs for why.
 pub const MAX_FILE_BYTES: usize = 256 * 1024;
 
-/// The id of a resource within the resources document.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ResourceId(String);
-
-impl ResourceId {
-    /// The id as text (what the group's "start here" pin stores).
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl From<&str> for ResourceId {
-    fn from(s: &str) -> Self {
-        ResourceId(s.to_owned())
-    }
-}
-
-impl From<String> for ResourceId {
-    fn from(s: String) -> Self {
-        ResourceId(s)
-    }
-}
-
-impl fmt::Display for ResourceId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+crate::ids::string_id!(
+    /// The id of a resource within the resources document.
+    ResourceId
+);
 
 /// Why a resources operation failed.
 #[derive(Debug, Error)]

@@ -29,28 +29,10 @@ use crate::model::group::{fields, Role};
 use crate::model::schema::{self, DocKind, SchemaError};
 use crate::model::thread::{self, Post, PostId, ThreadError};
 
-/// The id of a report.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ReportId(String);
-
-impl ReportId {
-    /// The id as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl From<&str> for ReportId {
-    fn from(s: &str) -> Self {
-        ReportId(s.to_owned())
-    }
-}
-
-impl fmt::Display for ReportId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+crate::ids::string_id!(
+    /// The id of a report.
+    ReportId
+);
 
 /// Why a safety operation failed.
 #[derive(Debug, Error)]

@@ -43,34 +43,10 @@ use crate::ids::{DocumentId, MemberId};
 use crate::model::group::{fields, Role};
 use crate::model::schema::{self, DocKind, SchemaError};
 
-/// The id of a post within its thread.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PostId(String);
-
-impl PostId {
-    /// The id as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl From<&str> for PostId {
-    fn from(s: &str) -> Self {
-        PostId(s.to_owned())
-    }
-}
-
-impl From<String> for PostId {
-    fn from(s: String) -> Self {
-        PostId(s)
-    }
-}
-
-impl fmt::Display for PostId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+crate::ids::string_id!(
+    /// The id of a post within its thread.
+    PostId
+);
 
 /// Who a post calls on.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
