@@ -13,6 +13,7 @@
 
 mod access;
 mod config;
+pub mod sync_check;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
