@@ -10,9 +10,9 @@
 //! count: the only buffers it fills are inflated chunks and columns, bounded by
 //! [`SyncLimits::max_expanded_bytes`] while they are being inflated.
 //!
-//! What it does not do: verify checksums, hashes, UTF-8 or the values inside columns.
-//! Automerge checks those itself and fails with an error, not a panic or an unbounded
-//! allocation, so a message that passes here may still be refused by automerge.
+//! It does not verify checksums, hashes, UTF-8 or most values inside columns: automerge
+//! checks those and fails with an error, so a message that passes may still be refused.
+//! The one column whose values it reads is a document's dependency indexes, see below.
 //!
 //! ## Upstream bug (automerge 0.12.0)
 //! `sync::Message::decode` accepts a Bloom filter whose `num_bits_per_entry` is 0 as long as
@@ -30,11 +30,23 @@
 //! `Message::decode` pushes one element per declared `have`, `need` and change without
 //! bounding the count by the input (`parse::length_prefixed`), so 8 million two-byte `have`
 //! entries cost hundreds of MB.
+//!
+//! A second panic: a document chunk whose dependency column (`DEPS_VAL_COL_SPEC`, 0x43)
+//! names a change index past the end of the change columns makes `ChangeGraph::load`
+//! (`src/change_graph.rs`, `max_ops[dep as usize]`) index out of bounds, both in
+//! `Automerge::load` and when a sync message carries that document. Reproduction: save a
+//! two-change document with `save_nocompress`, set the single dependency index to 63,
+//! recompute the chunk checksum, load it.
 
+use std::borrow::Cow;
 use std::io::Read;
 
 use flate2::bufread::DeflateDecoder;
 use thiserror::Error;
+
+use cursor::Cursor;
+
+mod cursor;
 
 /// Caps on what one sync message may declare. Every count, length and expansion that
 /// automerge would loop over or allocate for is checked against one of these fields.
@@ -45,48 +57,45 @@ pub struct SyncLimits {
     /// history, one per device that edited concurrently since anyone merged; each costs a
     /// lookup in the change graph.
     pub max_heads: u64,
-    /// Hashes the sender asks for by hash. Default 1,024: automerge asks only for the missing
+    /// Hashes the sender asks for. Default 1,024: automerge asks only for the missing
     /// dependencies of the heads it was told about, a list as short as the heads.
     pub max_need: u64,
-    /// `have` entries. Default 8: automerge writes at most one, and each one costs a Bloom
+    /// `have` entries. Default 8: automerge writes at most one, and each costs a Bloom
     /// lookup per change the sender lacks when the reply is generated.
     pub max_haves: u64,
-    /// Hashes in one `have`'s `last_sync`. Default 1,024: these are the heads both peers
-    /// shared last time, so the same bound as `max_heads`.
+    /// Hashes in one `have`'s `last_sync`. Default 1,024: the heads both peers shared last
+    /// time, so the same bound as `max_heads`.
     pub max_last_sync: u64,
-    /// Bloom filter probes per hash. Default 32: automerge writes 7; automerge allocates and
-    /// loops this many times for every change it considers sending.
+    /// Bloom filter probes per hash. Default 32: automerge writes 7, and allocates and loops
+    /// this many times for every change it considers sending.
     pub max_bloom_probes: u32,
-    /// Bloom filter bits per entry; 0 is always refused (it makes automerge divide by zero).
+    /// Bloom filter bits per entry; 0 is always refused (automerge divides by zero).
     /// Default 64: automerge writes 10.
     pub max_bloom_bits_per_entry: u32,
     /// Chunks in the change list (change, compressed change and document chunks). Default
-    /// 100,000: a peer catching up on a document sends every missing change in one message,
-    /// but a V2 peer receives the whole document in one chunk once it lacks a third of it;
-    /// automerge keeps a parsed copy of every chunk while applying them, so tiny chunks cost
-    /// about 20 times their wire size.
+    /// 100,000: a peer catching up sends every missing change in one message, but a V2 peer
+    /// gets the whole document as one chunk once it lacks a third of it; automerge keeps a
+    /// parsed copy of every chunk while applying, so tiny chunks cost ~20 times their size.
     pub max_changes: u64,
     /// Changes recorded inside document chunks, summed over the message. Default 1,000,000:
-    /// a change normally holds at least one operation, so the same bound as `max_ops`;
-    /// automerge materialises several integers per change when loading a document.
+    /// a change normally holds at least one operation, so the same bound as `max_ops`.
     pub max_document_changes: u64,
     /// Actor ids declared by one chunk. Default 65,536: every device session that ever
     /// edited a document is an actor in it; automerge allocates an id and index entry each.
     pub max_actors: u64,
-    /// Columns declared by one section of a chunk. Default 64: automerge writes at most 16
-    /// op columns and 9 change columns; the rest leaves room for columns added later.
+    /// Columns in one section of a chunk. Default 64: automerge writes at most 16 op columns
+    /// and 9 change columns; the rest leaves room for columns added later.
     pub max_columns: u64,
-    /// Bytes in the trailing flags section. Default 64: automerge writes 2, and parses the
+    /// Bytes in the trailing flags section. Default 64: automerge writes 2 and parses the
     /// section byte by byte.
     pub max_flag_bytes: u64,
-    /// Bytes of all chunks after inflating DEFLATE-compressed chunks and columns. Default
-    /// 16 MiB: the same as the largest document the engine accepts and about one frame, so
-    /// compression cannot make a message bigger than an uncompressed one could be.
+    /// Bytes of all chunks once compressed chunks and columns are inflated. Default 16 MiB:
+    /// the largest document the engine accepts and about one frame, so compression cannot
+    /// make a message bigger than an uncompressed one could be.
     pub max_expanded_bytes: u64,
-    /// Operations in the whole message, counted from the run lengths of each chunk's action
-    /// column; also the most rows any single column may declare. Default 1,000,000: applying
-    /// costs about 90 bytes and 1.6 µs per operation in automerge 0.12 (a 10-million-character
-    /// text took 888 MB and 16 s), so the worst message costs about 90 MB and 2 s.
+    /// Operations in the message (action column rows), and the most rows any one column may
+    /// declare. Default 1,000,000: automerge 0.12 spends about 90 bytes and 1.6 µs applying
+    /// an operation (a 10-million-character text took 888 MB and 16 s).
     pub max_ops: u64,
 }
 
@@ -113,7 +122,7 @@ impl Default for SyncLimits {
 /// What a message that passed [`check_sync_message`] carries.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SyncSummary {
-    /// Changes: one per change chunk plus those recorded in document chunks.
+    /// One per change chunk plus the changes recorded in document chunks.
     pub changes: usize,
     /// Operations in all chunks (action column rows).
     pub ops: u64,
@@ -130,41 +139,39 @@ pub enum SyncCheckError {
         /// Where the bytes ran out.
         field: &'static str,
     },
-    /// A LEB128 number is overlong, wider than 64 bits or wider than its field (automerge
-    /// refuses these too).
+    /// A LEB128 number is overlong or too wide for its field (automerge refuses these too).
     #[error("malformed number in {field}")]
     BadNumber {
-        /// The field holding the number.
+        /// The field holding it.
         field: &'static str,
     },
-    /// The first byte is neither 0x42 (V1) nor 0x43 (V2): not an automerge sync message.
+    /// The first byte is neither 0x42 (V1) nor 0x43 (V2).
     #[error("unknown sync message version byte {0:#04x}")]
     UnknownVersion(u8),
     /// A count exceeds its [`SyncLimits`] field.
     #[error("{field}: {count} is over the limit of {limit}")]
     TooMany {
-        /// What was counted (`heads`, `need`, `haves`, `changes`, ...).
+        /// What was counted: `heads`, `need`, `haves`, `changes`, `columns`, ...
         field: &'static str,
-        /// The count seen (declared or accumulated).
+        /// The count declared or accumulated.
         count: u64,
-        /// The limit it exceeds.
+        /// The limit.
         limit: u64,
     },
-    /// A Bloom filter parameter is 0 or above its limit (`max_bloom_bits_per_entry`,
-    /// `max_bloom_probes`).
+    /// A Bloom filter's bits per entry or probes is 0 or over its limit.
     #[error("Bloom filter {field} is {value}, allowed 1..={limit}")]
     BadBloom {
         /// `bits per entry` or `probes`.
         field: &'static str,
         /// The value declared.
         value: u64,
-        /// The largest allowed.
+        /// The limit.
         limit: u64,
     },
-    /// A Bloom filter's bit array is not the length its entry count and bits per entry imply.
+    /// A Bloom filter's bit array is not the length its header implies.
     #[error("Bloom filter has {actual} bytes of bits, its header implies {expected}")]
     BloomSize {
-        /// Bytes implied by the header.
+        /// Bytes implied by entries and bits per entry.
         expected: u64,
         /// Bytes present.
         actual: u64,
@@ -178,12 +185,12 @@ pub enum SyncCheckError {
     /// A compressed chunk or column is not a valid DEFLATE stream.
     #[error("compressed data is not a valid DEFLATE stream")]
     Inflate,
-    /// Chunks expand past `max_expanded_bytes`; inflating stopped one byte past the limit.
+    /// Chunks expand past `max_expanded_bytes`; inflating stops one byte past the limit.
     #[error("chunks expand to at least {expanded} bytes, over the limit of {limit}")]
     TooLarge {
         /// Bytes counted when checking stopped.
         expanded: u64,
-        /// `max_expanded_bytes`.
+        /// The limit.
         limit: u64,
     },
     /// The message holds more operations than `max_ops`.
@@ -191,14 +198,14 @@ pub enum SyncCheckError {
     TooManyOps {
         /// Operations counted when checking stopped.
         ops: u64,
-        /// `max_ops`.
+        /// The limit.
         limit: u64,
     },
-    /// One column declares more rows than `max_ops` (for example a run of a billion nulls,
-    /// which automerge would iterate).
+    /// One column declares more rows than `max_ops` (say a run of a billion nulls, which
+    /// automerge would iterate).
     #[error("column {column:#x} declares {rows} rows, over the limit of {limit}")]
     ColumnTooLong {
-        /// The column specification (id, type and compression bit).
+        /// The column specification (id, type, compression bit).
         column: u32,
         /// Rows declared.
         rows: u64,
@@ -211,8 +218,15 @@ pub enum SyncCheckError {
         /// The column specification.
         column: u32,
     },
-    /// Bytes follow where the format has none (after the flags, a Bloom filter's bits or a
-    /// document's head indexes). Automerge ignores some of these; no writer produces them.
+    /// A document names a dependency that is not one of its changes (automerge would panic).
+    #[error("document dependency index {index} is not below its {changes} changes")]
+    BadDependency {
+        /// The index named.
+        index: i128,
+        /// Changes in the document.
+        changes: u64,
+    },
+    /// Bytes follow where the format has none. Automerge ignores some; no writer adds them.
     #[error("{count} unexpected bytes after {field}")]
     TrailingBytes {
         /// What they follow.
@@ -224,11 +238,9 @@ pub enum SyncCheckError {
 
 type Result<T, E = SyncCheckError> = std::result::Result<T, E>;
 
-/// First byte of a V1 sync message.
 const MESSAGE_V1: u8 = 0x42;
-/// First byte of a V2 sync message (changes may be a whole document).
 const MESSAGE_V2: u8 = 0x43;
-/// Every automerge storage chunk starts with these (automerge `storage.rs` `MAGIC_BYTES`).
+/// Every automerge storage chunk starts with these (automerge `storage.rs`).
 const CHUNK_MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
 const CHUNK_DOCUMENT: u8 = 0;
 const CHUNK_CHANGE: u8 = 1;
@@ -240,17 +252,18 @@ const COLUMN_TYPE: u32 = 0x07;
 const TYPE_BOOLEAN: u32 = 4;
 const TYPE_STRING: u32 = 5;
 const TYPE_VALUE: u32 = 7;
-/// The action column (id 4, unsigned integer): one row per operation, in change chunks
-/// and document chunks alike.
+/// Action column (id 4, integer): one row per operation in change and document chunks.
 const ACTION_COLUMN: u32 = 0x42;
 /// A document's change actor column (id 0, actor): one row per change.
 const CHANGE_ACTOR_COLUMN: u32 = 0x01;
-/// Automerge's Bloom modulo is `8 * bits.len() as u32`; more bytes than this wrap it to 0.
+/// A document's dependency counts (id 4, group) and indexes (id 4, delta).
+const DEPS_COUNT_COLUMN: u32 = 0x40;
+const DEPS_INDEX_COLUMN: u32 = 0x43;
+/// Automerge's Bloom modulo is `8 * bits.len() as u32`: longer arrays wrap it to 0.
 const MAX_BLOOM_BYTES: u64 = (u32::MAX / 8) as u64;
 
-/// Checks `data`, the bytes of one automerge sync message, against `limits` without
-/// handing it to automerge. Call it before `automerge::sync::Message::decode`; on `Err` the
-/// message must not reach automerge.
+/// Checks `data`, the bytes of one automerge sync message, against `limits`. Call it before
+/// `automerge::sync::Message::decode`; on `Err` the message must not reach automerge.
 pub fn check_sync_message(data: &[u8], limits: &SyncLimits) -> Result<SyncSummary> {
     let mut c = Cursor::new(data);
     let version = c.byte("version")?;
@@ -260,14 +273,19 @@ pub fn check_sync_message(data: &[u8], limits: &SyncLimits) -> Result<SyncSummar
     hashes(&mut c, "heads", limits.max_heads)?;
     hashes(&mut c, "need", limits.max_need)?;
     // A `have` is at least two bytes: an empty `last_sync` and an empty filter.
-    let haves = c.count("haves", limits.max_haves, 2)?;
-    for _ in 0..haves {
+    for _ in 0..c.count("haves", limits.max_haves, 2)? {
         hashes(&mut c, "last_sync", limits.max_last_sync)?;
         check_bloom(c.prefixed("bloom")?, limits)?;
     }
-    let mut tally = Tally::new(limits);
-    let entries = c.count("changes", limits.max_changes, 1)?;
-    for _ in 0..entries {
+    let mut tally = Tally {
+        limits,
+        chunks: 0,
+        change_chunks: 0,
+        document_changes: 0,
+        ops: 0,
+        expanded: 0,
+    };
+    for _ in 0..c.count("changes", limits.max_changes, 1)? {
         // V2 concatenates chunks in one entry (a document, then orphaned changes).
         let mut entry = Cursor::new(c.prefixed("change list entry")?);
         loop {
@@ -295,8 +313,8 @@ pub fn check_sync_message(data: &[u8], limits: &SyncLimits) -> Result<SyncSummar
     })
 }
 
-/// Mirrors automerge's `BloomFilter::parse` and refuses what would make `get_probes`
-/// divide by zero or allocate by a declared number.
+/// Mirrors automerge's `BloomFilter::parse`, refusing what would make `get_probes` divide
+/// by zero or allocate by a declared number.
 fn check_bloom(bytes: &[u8], limits: &SyncLimits) -> Result<()> {
     if bytes.is_empty() {
         return Ok(());
@@ -305,21 +323,24 @@ fn check_bloom(bytes: &[u8], limits: &SyncLimits) -> Result<()> {
     let entries = c.uleb_u32("bloom entries")?;
     let bits_per_entry = c.uleb_u32("bloom bits per entry")?;
     let probes = c.uleb_u32("bloom probes")?;
-    // With zero entries automerge never probes the filter, so these are harmless there,
-    // but no writer produces them: one rule for all filters.
-    if !(1..=limits.max_bloom_bits_per_entry).contains(&bits_per_entry) {
-        return Err(SyncCheckError::BadBloom {
-            field: "bits per entry",
-            value: bits_per_entry.into(),
-            limit: limits.max_bloom_bits_per_entry.into(),
-        });
-    }
-    if !(1..=limits.max_bloom_probes).contains(&probes) {
-        return Err(SyncCheckError::BadBloom {
-            field: "probes",
-            value: probes.into(),
-            limit: limits.max_bloom_probes.into(),
-        });
+    // Automerge never probes a filter with zero entries, but no writer sends one with
+    // parameters either: one rule for all filters.
+    for (field, value, limit) in [
+        (
+            "bits per entry",
+            bits_per_entry,
+            limits.max_bloom_bits_per_entry,
+        ),
+        ("probes", probes, limits.max_bloom_probes),
+    ] {
+        if !(1..=limit).contains(&value) {
+            let (value, limit) = (value.into(), limit.into());
+            return Err(SyncCheckError::BadBloom {
+                field,
+                value,
+                limit,
+            });
+        }
     }
     // automerge's `bits_capacity`: ceil(entries * bits_per_entry / 8), exact in u64.
     let expected = (u64::from(entries) * u64::from(bits_per_entry)).div_ceil(8);
@@ -341,7 +362,11 @@ fn check_chunk(c: &mut Cursor<'_>, tally: &mut Tally<'_>) -> Result<()> {
     let kind = c.byte("chunk type")?;
     let body = c.prefixed("chunk body")?;
     let header = (c.pos - start - body.len()) as u64;
-    tally.add_chunk()?;
+    tally.chunks += 1;
+    let limit = tally.limits.max_changes;
+    if tally.chunks > limit {
+        return Err(too_many("changes", tally.chunks, limit));
+    }
     match kind {
         CHUNK_DOCUMENT => {
             tally.charge(header + body.len() as u64)?;
@@ -373,13 +398,12 @@ fn check_change(body: &[u8], tally: &mut Tally<'_>) -> Result<()> {
     c.uleb("change start op")?;
     c.skip_leb("change time")?;
     c.prefixed("change message")?;
-    let actors = c.count("change actors", limits.max_actors, 1)?;
-    for _ in 0..actors {
+    for _ in 0..c.count("change actors", limits.max_actors, 1)? {
         c.prefixed("change actor")?;
     }
     let columns = Columns::read(&mut c, limits)?;
+    // After the column data come the change's extra bytes, kept as they are.
     let data = c.take(columns.total, "change columns")?;
-    // What follows is the change's extra bytes, which automerge keeps as they are.
     let mut rows = Rows::counting(ACTION_COLUMN);
     columns.each(data, |spec, bytes| {
         if spec & COLUMN_DEFLATE != 0 {
@@ -388,19 +412,17 @@ fn check_change(body: &[u8], tally: &mut Tally<'_>) -> Result<()> {
         rows.add(spec, count_rows(spec, bytes)?);
         Ok(())
     })?;
-    tally.add_ops(rows.rows_of_id)?;
+    tally.add_ops(rows.counted)?;
     rows.check(limits)
 }
 
-/// A document chunk body (automerge `storage/document.rs` `Document::parse`): actors,
-/// heads, change column metadata, op column metadata, change data, op data, and optionally
-/// one head index per head. Compressed columns are inflated within the budget and every
-/// column's rows are counted from its run lengths.
+/// A document chunk body (automerge `storage/document.rs` `Document::parse`): actors, heads,
+/// change and op column metadata, change and op column data, then optionally one head
+/// index per head. Compressed columns are inflated within the budget.
 fn check_document(body: &[u8], tally: &mut Tally<'_>) -> Result<()> {
     let limits = tally.limits;
     let mut c = Cursor::new(body);
-    let actors = c.count("document actors", limits.max_actors, 1)?;
-    for _ in 0..actors {
+    for _ in 0..c.count("document actors", limits.max_actors, 1)? {
         c.prefixed("document actor")?;
     }
     let heads = hashes(&mut c, "document heads", limits.max_heads)?;
@@ -416,42 +438,90 @@ fn check_document(body: &[u8], tally: &mut Tally<'_>) -> Result<()> {
             return Err(c.trailing("document head indexes"));
         }
     }
+    // Columns are in ascending order (automerge refuses others), so the change count
+    // (column 0x01) is known before the dependency columns (0x40, 0x43).
     let mut changes = Rows::counting(CHANGE_ACTOR_COLUMN);
-    change_columns.each(change_data, |spec, bytes| {
-        changes.add(spec, tally.column_rows(spec, bytes)?);
+    change_columns.each(change_data, |spec, raw| {
+        let bytes = tally.inflated(spec, raw)?;
+        let rows = count_rows(spec, &bytes)?;
+        match spec & !COLUMN_DEFLATE {
+            DEPS_COUNT_COLUMN if rows > changes.counted => {
+                let limit = changes.counted;
+                return Err(too_many("document dependency counts", rows, limit));
+            }
+            DEPS_INDEX_COLUMN => check_dependencies(&bytes, changes.counted)?,
+            _ => {}
+        }
+        changes.add(spec, rows);
         Ok(())
     })?;
-    tally.add_document_changes(changes.rows_of_id)?;
+    tally.document_changes = tally.document_changes.saturating_add(changes.counted);
+    let limit = limits.max_document_changes;
+    if tally.document_changes > limit {
+        return Err(too_many("document changes", tally.document_changes, limit));
+    }
     changes.check(limits)?;
     let mut ops = Rows::counting(ACTION_COLUMN);
-    op_columns.each(op_data, |spec, bytes| {
-        ops.add(spec, tally.column_rows(spec, bytes)?);
+    op_columns.each(op_data, |spec, raw| {
+        ops.add(spec, count_rows(spec, &tally.inflated(spec, raw)?)?);
         Ok(())
     })?;
-    tally.add_ops(ops.rows_of_id)?;
+    tally.add_ops(ops.counted)?;
     ops.check(limits)
 }
 
-/// Rows per column of one chunk section: those of the column that counts what the section
-/// holds (changes or operations), and the longest column.
+/// Every dependency index (a delta-encoded column) must name one of the document's
+/// changes: automerge indexes its change list with them unchecked.
+fn check_dependencies(bytes: &[u8], changes: u64) -> Result<()> {
+    let mut c = Cursor::new(bytes);
+    let mut index = 0_i128;
+    let mut step = |delta: i64, times: u64| {
+        let first = index + i128::from(delta);
+        index += i128::from(delta) * i128::from(times);
+        // Values move in one direction within a run, so its ends bound it.
+        match [first, index]
+            .into_iter()
+            .find(|i| !(0..i128::from(changes)).contains(i))
+        {
+            Some(index) => Err(SyncCheckError::BadDependency { index, changes }),
+            None => Ok(()),
+        }
+    };
+    while !c.is_empty() {
+        match c.sleb("run length")? {
+            0 => drop(c.uleb("null run")?),
+            run if run > 0 => step(c.sleb("dependency")?, run.unsigned_abs())?,
+            run => {
+                for _ in 0..run.unsigned_abs() {
+                    step(c.sleb("dependency")?, 1)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Rows of one chunk section: those of the column that counts what the section holds
+/// (changes or operations; automerge omits empty columns), and the longest column.
 struct Rows {
     id: u32,
-    rows_of_id: u64,
+    counted: u64,
     longest: Option<(u32, u64)>,
 }
 
 impl Rows {
     fn counting(id: u32) -> Self {
+        let (counted, longest) = (0, None);
         Rows {
             id,
-            rows_of_id: 0, // automerge omits empty columns
-            longest: None,
+            counted,
+            longest,
         }
     }
 
     fn add(&mut self, spec: u32, rows: u64) {
         if spec & !COLUMN_DEFLATE == self.id {
-            self.rows_of_id = rows;
+            self.counted = rows;
         }
         if self.longest.is_none_or(|(_, r)| rows > r) {
             self.longest = Some((spec, rows));
@@ -461,63 +531,56 @@ impl Rows {
     /// No column may declare more rows than `max_ops`: automerge iterates every row.
     fn check(&self, limits: &SyncLimits) -> Result<()> {
         match self.longest {
-            Some((column, rows)) if rows > limits.max_ops => Err(SyncCheckError::ColumnTooLong {
-                column,
-                rows,
-                limit: limits.max_ops,
-            }),
+            Some((column, rows)) if rows > limits.max_ops => {
+                let limit = limits.max_ops;
+                Err(SyncCheckError::ColumnTooLong {
+                    column,
+                    rows,
+                    limit,
+                })
+            }
             _ => Ok(()),
         }
     }
 }
 
-/// Rows declared by one uncompressed column, from run lengths only (no value is kept).
+/// Rows declared by one uncompressed column, from run lengths only.
 ///
-/// Encodings by column type (automerge `columnar/encoding`, hexane): booleans are alternating
-/// uLEB run lengths; raw value bytes have no rows of their own; every other type is RLE: a
-/// signed LEB `n` then one value repeated `n` times (`n > 0`), `-n` literal values
-/// (`n < 0`), or a uLEB count of nulls (`n == 0`). Values are LEB128 numbers, or for strings
-/// a uLEB length and that many bytes.
+/// Encodings by column type (automerge `columnar/encoding`, hexane): booleans are
+/// alternating uLEB run lengths; raw values have no rows of their own; every other type is
+/// RLE: a signed LEB `n`, then one value repeated `n` times (`n > 0`), `-n` literal values
+/// (`n < 0`), or a uLEB count of nulls (`n == 0`). A value is a LEB128 number, or for
+/// strings a uLEB length and that many bytes.
 fn count_rows(spec: u32, bytes: &[u8]) -> Result<u64> {
     let mut c = Cursor::new(bytes);
     let mut rows = 0_u64;
-    match spec & COLUMN_TYPE {
-        TYPE_VALUE => {}
-        TYPE_BOOLEAN => {
-            while !c.is_empty() {
-                rows = rows.saturating_add(c.uleb("boolean run")?);
-            }
-        }
-        kind => {
-            let skip_value = |c: &mut Cursor<'_>| {
-                if kind == TYPE_STRING {
-                    c.prefixed("string value").map(drop)
-                } else {
-                    c.skip_leb("column value")
-                }
-            };
-            while !c.is_empty() {
-                let run = c.sleb("run length")?;
-                if run > 0 {
-                    skip_value(&mut c)?;
-                    rows = rows.saturating_add(run.unsigned_abs());
-                } else if run < 0 {
-                    // Each literal is at least one byte, so this loop is bounded by the input.
+    let kind = spec & COLUMN_TYPE;
+    let skip_value = |c: &mut Cursor<'_>| match kind {
+        TYPE_STRING => c.prefixed("string value").map(drop),
+        _ => c.skip_leb("column value"),
+    };
+    while !c.is_empty() && kind != TYPE_VALUE {
+        let run = match kind {
+            TYPE_BOOLEAN => c.uleb("boolean run")?,
+            _ => match c.sleb("run length")? {
+                0 => c.uleb("null run")?,
+                run if run > 0 => skip_value(&mut c).map(|()| run.unsigned_abs())?,
+                run => {
+                    // Each literal is at least one byte: the input bounds this loop.
                     for _ in 0..run.unsigned_abs() {
                         skip_value(&mut c)?;
                     }
-                    rows = rows.saturating_add(run.unsigned_abs());
-                } else {
-                    rows = rows.saturating_add(c.uleb("null run")?);
+                    run.unsigned_abs()
                 }
-            }
-        }
+            },
+        };
+        rows = rows.saturating_add(run);
     }
     Ok(rows)
 }
 
 /// Column metadata of one chunk section: a uLEB count, then (uLEB spec, uLEB length) pairs;
-/// the columns' bytes follow the metadata back to back. Read twice instead of collected.
+/// the columns' bytes follow back to back. Walked twice rather than collected.
 struct Columns<'a> {
     meta: Cursor<'a>,
     count: u64,
@@ -532,16 +595,16 @@ impl<'a> Columns<'a> {
         for _ in 0..count {
             c.uleb_u32("column spec")?;
             let len = c.uleb("column length")?;
-            total = total.checked_add(len).ok_or(SyncCheckError::Truncated {
-                field: "column length",
-            })?;
+            let field = "column length";
+            total = total
+                .checked_add(len)
+                .ok_or(SyncCheckError::Truncated { field })?;
         }
         Ok(Columns { meta, count, total })
     }
 
     fn each(&self, data: &'a [u8], mut f: impl FnMut(u32, &'a [u8]) -> Result<()>) -> Result<()> {
-        let mut meta = self.meta;
-        let mut data = Cursor::new(data);
+        let (mut meta, mut data) = (self.meta, Cursor::new(data));
         for _ in 0..self.count {
             let spec = meta.uleb_u32("column spec")?;
             let len = meta.uleb("column length")?;
@@ -551,7 +614,7 @@ impl<'a> Columns<'a> {
     }
 }
 
-/// Running totals over one message, checked against the limits as they grow.
+/// Running totals over one message.
 struct Tally<'l> {
     limits: &'l SyncLimits,
     chunks: u64,
@@ -561,59 +624,33 @@ struct Tally<'l> {
     expanded: u64,
 }
 
-impl<'l> Tally<'l> {
-    fn new(limits: &'l SyncLimits) -> Self {
-        Tally {
-            limits,
-            chunks: 0,
-            change_chunks: 0,
-            document_changes: 0,
-            ops: 0,
-            expanded: 0,
-        }
-    }
-
-    fn add_chunk(&mut self) -> Result<()> {
-        self.chunks += 1;
-        if self.chunks > self.limits.max_changes {
-            return Err(too_many("changes", self.chunks, self.limits.max_changes));
-        }
-        Ok(())
-    }
-
-    fn add_document_changes(&mut self, changes: u64) -> Result<()> {
-        self.document_changes = self.document_changes.saturating_add(changes);
-        let limit = self.limits.max_document_changes;
-        if self.document_changes > limit {
-            return Err(too_many("document changes", self.document_changes, limit));
-        }
-        Ok(())
-    }
-
+impl Tally<'_> {
     fn add_ops(&mut self, ops: u64) -> Result<()> {
         self.ops = self.ops.saturating_add(ops);
-        if self.ops > self.limits.max_ops {
-            return Err(SyncCheckError::TooManyOps {
+        let limit = self.limits.max_ops;
+        match self.ops > limit {
+            true => Err(SyncCheckError::TooManyOps {
                 ops: self.ops,
-                limit: self.limits.max_ops,
-            });
+                limit,
+            }),
+            false => Ok(()),
         }
-        Ok(())
     }
 
     fn charge(&mut self, bytes: u64) -> Result<()> {
         self.expanded = self.expanded.saturating_add(bytes);
-        if self.expanded > self.limits.max_expanded_bytes {
-            return Err(SyncCheckError::TooLarge {
+        let limit = self.limits.max_expanded_bytes;
+        match self.expanded > limit {
+            true => Err(SyncCheckError::TooLarge {
                 expanded: self.expanded,
-                limit: self.limits.max_expanded_bytes,
-            });
+                limit,
+            }),
+            false => Ok(()),
         }
-        Ok(())
     }
 
     /// Inflates a DEFLATE stream, reading at most one byte more than the budget left, so a
-    /// bomb costs no more than the limit; the buffer grows with what is actually produced.
+    /// bomb costs no more than the limit; the buffer grows only with what is produced.
     fn inflate(&mut self, compressed: &[u8]) -> Result<Vec<u8>> {
         let room = self.limits.max_expanded_bytes.saturating_sub(self.expanded);
         let mut out = Vec::new();
@@ -625,15 +662,14 @@ impl<'l> Tally<'l> {
         Ok(out)
     }
 
-    /// Rows of a document column, inflating it first if compressed. Its compressed bytes
-    /// were charged with the chunk; they are swapped for the inflated size.
-    fn column_rows(&mut self, spec: u32, bytes: &[u8]) -> Result<u64> {
+    /// A document column's bytes, inflated if compressed; its compressed bytes, charged
+    /// with the chunk, are swapped for the inflated size.
+    fn inflated<'a>(&mut self, spec: u32, raw: &'a [u8]) -> Result<Cow<'a, [u8]>> {
         if spec & COLUMN_DEFLATE == 0 {
-            return count_rows(spec, bytes);
+            return Ok(Cow::Borrowed(raw));
         }
-        self.expanded = self.expanded.saturating_sub(bytes.len() as u64);
-        let inflated = self.inflate(bytes)?;
-        count_rows(spec, &inflated)
+        self.expanded = self.expanded.saturating_sub(raw.len() as u64);
+        self.inflate(raw).map(Cow::Owned)
     }
 }
 
@@ -650,117 +686,6 @@ fn hashes(c: &mut Cursor<'_>, field: &'static str, limit: u64) -> Result<u64> {
     let n = c.count(field, limit, 32)?;
     c.take(n * 32, field)?;
     Ok(n)
-}
-
-/// A zero-copy reader over untrusted bytes; every read checks the bytes are there.
-#[derive(Clone, Copy)]
-struct Cursor<'a> {
-    bytes: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Cursor<'a> {
-    fn new(bytes: &'a [u8]) -> Self {
-        Cursor { bytes, pos: 0 }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.pos == self.bytes.len()
-    }
-
-    fn remaining(&self) -> u64 {
-        (self.bytes.len() - self.pos) as u64
-    }
-
-    fn trailing(&self, field: &'static str) -> SyncCheckError {
-        SyncCheckError::TrailingBytes {
-            field,
-            count: self.remaining(),
-        }
-    }
-
-    fn take(&mut self, n: u64, field: &'static str) -> Result<&'a [u8]> {
-        if n > self.remaining() {
-            return Err(SyncCheckError::Truncated { field });
-        }
-        let start = self.pos;
-        self.pos += n as usize;
-        Ok(&self.bytes[start..self.pos])
-    }
-
-    fn byte(&mut self, field: &'static str) -> Result<u8> {
-        Ok(self.take(1, field)?[0])
-    }
-
-    /// A uLEB length, then that many bytes.
-    fn prefixed(&mut self, field: &'static str) -> Result<&'a [u8]> {
-        let n = self.uleb(field)?;
-        self.take(n, field)
-    }
-
-    /// A uLEB count checked against `limit`, and against the bytes left given that each
-    /// item takes at least `min_bytes`, before anyone loops over it.
-    fn count(&mut self, field: &'static str, limit: u64, min_bytes: u64) -> Result<u64> {
-        let n = self.uleb(field)?;
-        if n > limit {
-            return Err(too_many(field, n, limit));
-        }
-        if n.saturating_mul(min_bytes) > self.remaining() {
-            return Err(SyncCheckError::Truncated { field });
-        }
-        Ok(n)
-    }
-
-    /// Unsigned LEB128 as automerge reads it (`parse/leb128.rs`): at most 64 bits, and no
-    /// redundant trailing zero byte.
-    fn uleb(&mut self, field: &'static str) -> Result<u64> {
-        let mut value = 0_u64;
-        for i in 0..10 {
-            let byte = self.byte(field)?;
-            let low = u64::from(byte & 0x7f);
-            if i == 9 && low > 1 {
-                break;
-            }
-            value |= low << (7 * i);
-            if byte & 0x80 == 0 {
-                if i > 0 && byte == 0 {
-                    break;
-                }
-                return Ok(value);
-            }
-        }
-        Err(SyncCheckError::BadNumber { field })
-    }
-
-    fn uleb_u32(&mut self, field: &'static str) -> Result<u32> {
-        u32::try_from(self.uleb(field)?).map_err(|_| SyncCheckError::BadNumber { field })
-    }
-
-    /// Signed LEB128 (run lengths), at most ten bytes.
-    fn sleb(&mut self, field: &'static str) -> Result<i64> {
-        let mut value = 0_i64;
-        for i in 0..10 {
-            let byte = self.byte(field)?;
-            value |= i64::from(byte & 0x7f) << (7 * i);
-            if byte & 0x80 == 0 {
-                if i < 9 && byte & 0x40 != 0 {
-                    value |= -1_i64 << (7 * (i + 1));
-                }
-                return Ok(value);
-            }
-        }
-        Err(SyncCheckError::BadNumber { field })
-    }
-
-    /// Skips one LEB128 number of either sign.
-    fn skip_leb(&mut self, field: &'static str) -> Result<()> {
-        for _ in 0..10 {
-            if self.byte(field)? & 0x80 == 0 {
-                return Ok(());
-            }
-        }
-        Err(SyncCheckError::BadNumber { field })
-    }
 }
 
 #[cfg(test)]
