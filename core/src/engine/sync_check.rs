@@ -306,7 +306,7 @@ pub fn check_sync_message(data: &[u8], limits: &SyncLimits) -> Result<SyncSummar
         }
     }
     Ok(SyncSummary {
-        changes: usize::try_from(tally.change_chunks + tally.document_changes)
+        changes: usize::try_from(tally.change_chunks.saturating_add(tally.document_changes))
             .unwrap_or(usize::MAX),
         ops: tally.ops,
         expanded_bytes: tally.expanded,
