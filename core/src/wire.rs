@@ -123,6 +123,112 @@ pub enum DecodeError {
     /// A `documentId` that is not a valid bs58check id.
     #[error("bad documentId: {0}")]
     DocumentId(#[from] DocumentIdError),
+    /// More CBOR items than [`MAX_FRAME_ITEMS`] or nesting deeper than [`MAX_FRAME_DEPTH`]:
+    /// no protocol message needs that, and decoding it would allocate per item.
+    #[error(
+        "frame has more than {MAX_FRAME_ITEMS} CBOR items or nests deeper than {MAX_FRAME_DEPTH}"
+    )]
+    TooComplex,
+}
+
+/// Most CBOR items (every map key, value, array element and tag counts) in one frame.
+/// 1,024: the largest protocol message has about a dozen. The byte strings that carry
+/// sync data count as one item each, whatever their length. Without this bound a 16 MiB
+/// frame holding an array of 16 million small integers decodes into ~600 MB of values.
+pub const MAX_FRAME_ITEMS: usize = 1024;
+
+/// Deepest nesting of CBOR arrays, maps and tags in one frame. 16: messages nest three deep.
+pub const MAX_FRAME_DEPTH: usize = 16;
+
+/// Walks the CBOR structure of a frame without allocating, counting items and depth.
+/// Only the shape is checked here; `ciborium` reports malformed content.
+fn check_shape(frame: &[u8]) -> Result<(), DecodeError> {
+    struct Walk<'a> {
+        bytes: &'a [u8],
+        pos: usize,
+        items: usize,
+    }
+    impl Walk<'_> {
+        fn byte(&mut self) -> Result<u8, DecodeError> {
+            let b = *self.bytes.get(self.pos).ok_or(DecodeError::Cbor)?;
+            self.pos += 1;
+            Ok(b)
+        }
+        fn skip(&mut self, n: u64) -> Result<(), DecodeError> {
+            let left = (self.bytes.len() - self.pos) as u64;
+            if n > left {
+                return Err(DecodeError::Cbor);
+            }
+            self.pos += n as usize;
+            Ok(())
+        }
+        /// The argument of a head whose low five bits are `info`; `None` for indefinite.
+        fn argument(&mut self, info: u8) -> Result<Option<u64>, DecodeError> {
+            let width = match info {
+                0..=23 => return Ok(Some(u64::from(info))),
+                24 => 1,
+                25 => 2,
+                26 => 4,
+                27 => 8,
+                31 => return Ok(None),
+                _ => return Err(DecodeError::Cbor),
+            };
+            let mut v = 0u64;
+            for _ in 0..width {
+                v = (v << 8) | u64::from(self.byte()?);
+            }
+            Ok(Some(v))
+        }
+        /// One item; `Ok(true)` if it was a "break" (end of an indefinite container).
+        fn item(&mut self, depth: usize) -> Result<bool, DecodeError> {
+            let head = self.byte()?;
+            if head == 0xff {
+                return Ok(true);
+            }
+            self.items += 1;
+            if self.items > MAX_FRAME_ITEMS || depth > MAX_FRAME_DEPTH {
+                return Err(DecodeError::TooComplex);
+            }
+            let (major, info) = (head >> 5, head & 0x1f);
+            let arg = self.argument(info)?;
+            match (major, arg) {
+                (0 | 1 | 7, _) => {}
+                (2 | 3, Some(len)) => self.skip(len)?,
+                (2 | 3, None) => while !self.item(depth + 1)? {},
+                (4, Some(n)) => {
+                    for _ in 0..n {
+                        if self.item(depth + 1)? {
+                            return Err(DecodeError::Cbor);
+                        }
+                    }
+                }
+                (5, Some(n)) => {
+                    for _ in 0..n.saturating_mul(2) {
+                        if self.item(depth + 1)? {
+                            return Err(DecodeError::Cbor);
+                        }
+                    }
+                }
+                (4 | 5, None) => while !self.item(depth + 1)? {},
+                (6, _) => {
+                    if self.item(depth + 1)? {
+                        return Err(DecodeError::Cbor);
+                    }
+                }
+                _ => return Err(DecodeError::Cbor),
+            }
+            Ok(false)
+        }
+    }
+    let mut walk = Walk {
+        bytes: frame,
+        pos: 0,
+        items: 0,
+    };
+    if walk.item(0)? {
+        return Err(DecodeError::Cbor);
+    }
+    Ok(())
 }
 
 /// Why a message could not be encoded (only an internal CBOR writer failure).
@@ -203,6 +309,7 @@ impl Fields {
 impl Message {
     /// Decodes one frame.
     pub fn decode(frame: &[u8]) -> Result<Message, DecodeError> {
+        check_shape(frame)?;
         let mut reader = frame;
         let value: Value = ciborium::from_reader(&mut reader).map_err(|_| DecodeError::Cbor)?;
         if !reader.is_empty() {
@@ -385,6 +492,53 @@ impl Message {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn array_of_zeros(n: usize) -> Vec<u8> {
+        let mut frame = vec![0x9a];
+        frame.extend_from_slice(&(n as u32).to_be_bytes());
+        frame.resize(5 + n, 0);
+        frame
+    }
+
+    #[test]
+    fn a_frame_of_millions_of_tiny_items_is_refused_before_it_is_decoded() {
+        // At the limit (the array itself is one item) it decodes (and is not a map);
+        // one past, it is refused without allocating a value per item.
+        assert_eq!(
+            Message::decode(&array_of_zeros(MAX_FRAME_ITEMS - 1)),
+            Err(DecodeError::NotAMap)
+        );
+        assert_eq!(
+            Message::decode(&array_of_zeros(MAX_FRAME_ITEMS)),
+            Err(DecodeError::TooComplex)
+        );
+        assert_eq!(
+            Message::decode(&array_of_zeros(16 * 1024 * 1024)),
+            Err(DecodeError::TooComplex)
+        );
+        // Indefinite-length containers count the same way.
+        let mut indefinite = vec![0x9f];
+        indefinite.resize(1 + 2 * MAX_FRAME_ITEMS, 0);
+        indefinite.push(0xff);
+        assert_eq!(Message::decode(&indefinite), Err(DecodeError::TooComplex));
+    }
+
+    #[test]
+    fn nesting_past_the_depth_limit_is_refused() {
+        let nested = |depth: usize| {
+            let mut f = vec![0x81; depth];
+            f.push(0);
+            f
+        };
+        assert_eq!(
+            Message::decode(&nested(MAX_FRAME_DEPTH)),
+            Err(DecodeError::NotAMap)
+        );
+        assert_eq!(
+            Message::decode(&nested(MAX_FRAME_DEPTH + 1)),
+            Err(DecodeError::TooComplex)
+        );
+    }
 
     fn doc() -> DocumentId {
         "488sijVLJ6Grs5PnrczSYBwfNg25".parse().unwrap()
