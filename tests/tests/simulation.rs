@@ -61,9 +61,16 @@ fn converges_twice(seed: u64) {
         "seed {seed}: {:?}",
         sim.problems()
     );
+    // A flapping link makes a phone rejoin while its old socket lingers: the newer socket
+    // takes over ("Replaced"), until the peer id's takeover budget is spent ("PeerIdInUse",
+    // which the phone hears as `error` and closes: "PeerLeft"), then it retries later.
     let closes = &sim.stats().closes;
+    let count = |r: &str| closes.get(r).copied().unwrap_or(0);
     assert!(
-        closes.keys().all(|reason| reason == "Replaced"),
+        closes
+            .keys()
+            .all(|reason| ["Replaced", "PeerIdInUse", "PeerLeft"].contains(&reason.as_str()))
+            && count("PeerLeft") <= count("PeerIdInUse"),
         "seed {seed}: Cairn engines closed connections on each other: {closes:?}"
     );
 }

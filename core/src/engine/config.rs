@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use automerge::TextEncoding;
 
+use super::sync_check::SyncLimits;
 use crate::ids::{PeerId, StorageId};
 
 /// Which side of the protocol this engine plays.
@@ -39,8 +40,55 @@ pub struct Limits {
     /// After this many incremental chunks a document is compacted into one snapshot.
     /// Default 64: keeps load (which concatenates chunks) fast while snapshots stay rare.
     pub compact_after_chunks: usize,
-    /// Ephemeral sessions remembered for de-duplication. Default 4,096.
+    /// Ephemeral sessions remembered per connection for de-duplication (the table is per
+    /// (document, session) of one socket and goes with it). Default 256: a phone has a few
+    /// documents open with one session each; past this the oldest-keyed entry is forgotten,
+    /// at worst letting one duplicate through.
     pub max_ephemeral_sessions: usize,
+    /// Longest ephemeral `sessionId`. Default 128 bytes: automerge-repo and Cairn write 16
+    /// to 36 characters. Longer ones close the connection as a protocol violation.
+    pub max_session_id_bytes: usize,
+    /// Largest ephemeral payload forwarded. Default 64 KiB: presence and cursors are tens
+    /// of bytes; larger ones are dropped (ephemeral data is lossy by design).
+    pub max_ephemeral_bytes: usize,
+    /// Ephemeral messages one socket may send in a burst. Default 120.
+    pub ephemeral_burst: u32,
+    /// One more ephemeral message is allowed per this interval once the burst is spent.
+    /// Default 16 ms (about 60 a second: cursor updates while typing are 10 to 30).
+    pub ephemeral_interval: Duration,
+    /// Longest peer id (and storage id) accepted in a handshake. Default 256 bytes.
+    pub max_peer_id_bytes: usize,
+    /// Largest frame before the handshake finished. Default 64 KiB: a `join` is ~100 bytes.
+    pub max_handshake_frame_bytes: usize,
+    /// Takeovers (a `join` with a peer id that another socket holds) one peer id may make
+    /// in a burst. Default 4: a phone switching networks rejoins once while its old socket
+    /// lingers. Past it the new socket gets `error` and is closed.
+    pub takeover_burst: u32,
+    /// One more takeover is allowed per this interval once the burst is spent. Default 5 s.
+    pub takeover_interval: Duration,
+    /// Documents one connection may have open at once. Default 4,096: a member of several
+    /// groups holds a few hundred (meetings, threads, resource lists). Past it further
+    /// documents get `doc-unavailable`.
+    pub max_documents_per_connection: usize,
+    /// New documents (first write of an id the store did not have) one identity may create
+    /// in a burst. Default 1,000: joining a busy group copies a few hundred.
+    pub new_documents_burst: u32,
+    /// One more new document is allowed per this interval once the burst is spent.
+    /// Default 3.6 s (1,000 an hour).
+    pub new_document_interval: Duration,
+    /// Identities whose creation budget is remembered. Default 10,000; past it a full (idle)
+    /// budget is forgotten first.
+    pub max_tracked_identities: usize,
+    /// Most Automerge operations in one document. Default 1,000,000: in memory an operation
+    /// costs ~90 bytes (a 10-million-character text took 888 MB), so this caps one document
+    /// near 90 MB; a year of a group's minutes is tens of thousands of operations.
+    pub max_document_ops: u64,
+    /// Automerge operations held by all loaded documents together. Default 4,000,000 (about
+    /// 360 MB). Past it idle-most documents are evicted early; if that cannot make room the
+    /// connection bringing more is closed (`overloaded`) and resyncs later.
+    pub max_loaded_ops: u64,
+    /// Checks on every Automerge sync message before Automerge sees it.
+    pub sync: SyncLimits,
 }
 
 impl Default for Limits {
@@ -52,7 +100,22 @@ impl Default for Limits {
             handshake_timeout: Duration::from_secs(10),
             max_queued_per_document: 1024,
             compact_after_chunks: 64,
-            max_ephemeral_sessions: 4096,
+            max_ephemeral_sessions: 256,
+            max_session_id_bytes: 128,
+            max_ephemeral_bytes: 64 * 1024,
+            ephemeral_burst: 120,
+            ephemeral_interval: Duration::from_millis(16),
+            max_peer_id_bytes: 256,
+            max_handshake_frame_bytes: 64 * 1024,
+            takeover_burst: 4,
+            takeover_interval: Duration::from_secs(5),
+            max_documents_per_connection: 4096,
+            new_documents_burst: 1000,
+            new_document_interval: Duration::from_millis(3600),
+            max_tracked_identities: 10_000,
+            max_document_ops: 1_000_000,
+            max_loaded_ops: 4_000_000,
+            sync: SyncLimits::default(),
         }
     }
 }

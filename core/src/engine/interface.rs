@@ -1,0 +1,338 @@
+//! What goes into the engine and what comes out: inputs, outputs, events, and the
+//! reasons behind every close and refusal (each with a stable label for metrics).
+
+use automerge::ChangeHash;
+use thiserror::Error;
+
+use crate::ids::{ConnectionId, DocumentId, PeerId, TaskId};
+use crate::store::{StorageOp, StorageOutcome, StoreError};
+use crate::wire::PeerMetadata;
+
+/// Who opened a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// The remote dialled us; we wait for its `join`.
+    Incoming,
+    /// We dialled; we send `join`.
+    Outgoing,
+}
+
+/// Something that happened outside the engine.
+#[derive(Debug)]
+pub enum Input {
+    /// A transport connection is open.
+    Connected {
+        /// Host-chosen handle.
+        conn: ConnectionId,
+        /// Who dialled.
+        direction: Direction,
+        /// The identity the host authenticated for this socket (e.g. a device id), if any.
+        /// When set, a `join` with a different `senderId` is refused.
+        identity: Option<String>,
+    },
+    /// A binary frame arrived.
+    Frame {
+        /// From which connection.
+        conn: ConnectionId,
+        /// The bytes.
+        frame: Vec<u8>,
+    },
+    /// The transport closed (for any reason, including our own `Close`).
+    Disconnected {
+        /// Which one.
+        conn: ConnectionId,
+    },
+    /// A storage task finished.
+    StorageDone {
+        /// The task.
+        task: TaskId,
+        /// Its result. Writes are `Ok` only once durable.
+        result: Result<StorageOutcome, StoreError>,
+    },
+}
+
+/// Something the host must do.
+#[derive(Debug)]
+pub enum Output {
+    /// Send a binary frame. Never drop it: if the connection cannot take it, close it.
+    Send {
+        /// To which connection.
+        conn: ConnectionId,
+        /// The bytes.
+        frame: Vec<u8>,
+    },
+    /// Close the connection (any frames emitted before this one go first).
+    Close {
+        /// Which one.
+        conn: ConnectionId,
+        /// Why.
+        reason: CloseReason,
+    },
+    /// Run a storage task and feed its result back as [`Input::StorageDone`].
+    Storage {
+        /// The task id to report back.
+        task: TaskId,
+        /// What to do.
+        op: StorageOp,
+    },
+    /// Tell the application.
+    Event(Event),
+}
+
+/// Why the engine closes a connection.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum CloseReason {
+    /// The peer sent something we could not decode or that breaks the protocol.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    /// No common protocol version.
+    #[error("unsupported protocol version")]
+    UnsupportedVersion,
+    /// The `join` named another peer than the socket's authenticated identity.
+    #[error("senderId does not match the authenticated identity")]
+    IdentityMismatch,
+    /// A newer connection joined with the same peer id.
+    #[error("replaced by a newer connection of the same peer")]
+    Replaced,
+    /// The handshake did not finish in time.
+    #[error("handshake timed out")]
+    HandshakeTimeout,
+    /// The peer said `leave` or `error`.
+    #[error("peer left")]
+    PeerLeft,
+    /// Too much queued for a loading document; the peer will resync on reconnect.
+    #[error("overloaded")]
+    Overloaded,
+    /// A write for a document this connection was syncing failed; closing makes the peer
+    /// resend what was not stored.
+    #[error("storage failed")]
+    StorageFailed,
+    /// The `join` used the relay's own peer id.
+    #[error("that peer id is reserved")]
+    ReservedPeerId,
+    /// The peer id is connected from another socket with another identity, or it has taken
+    /// its socket over too often lately (`Limits::takeover_burst`).
+    #[error("that peer id is already connected")]
+    PeerIdInUse,
+    /// Handling a message for a document failed inside Automerge (a bug it should not have);
+    /// the document is reloaded from storage and this peer resyncs when it reconnects.
+    #[error("internal error while handling a document; reconnect to resync")]
+    Internal,
+}
+
+impl CloseReason {
+    /// A stable, low-cardinality name for metrics and logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            CloseReason::Protocol(_) => "protocol",
+            CloseReason::UnsupportedVersion => "unsupported_version",
+            CloseReason::IdentityMismatch => "identity_mismatch",
+            CloseReason::Replaced => "replaced",
+            CloseReason::HandshakeTimeout => "handshake_timeout",
+            CloseReason::PeerLeft => "peer_left",
+            CloseReason::Overloaded => "overloaded",
+            CloseReason::StorageFailed => "storage_failed",
+            CloseReason::ReservedPeerId => "reserved_peer_id",
+            CloseReason::PeerIdInUse => "peer_id_in_use",
+            CloseReason::Internal => "internal",
+        }
+    }
+}
+
+/// Why a document was refused to a peer (answered with `doc-unavailable`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// The access policy said no.
+    Forbidden,
+    /// Accepting the changes would pass `max_document_bytes`.
+    TooLarge,
+    /// The stored document could not be loaded.
+    StorageFailed,
+    /// Accepting the changes would pass `max_document_ops`.
+    TooManyOps,
+    /// The connection already has `max_documents_per_connection` documents open.
+    TooManyDocuments,
+    /// The peer's identity has created `new_documents_burst` documents lately.
+    CreationQuota,
+}
+
+impl Rejection {
+    /// A stable, low-cardinality name for metrics and logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Rejection::Forbidden => "forbidden",
+            Rejection::TooLarge => "too_large",
+            Rejection::StorageFailed => "storage_failed",
+            Rejection::TooManyOps => "too_many_ops",
+            Rejection::TooManyDocuments => "too_many_documents",
+            Rejection::CreationQuota => "creation_quota",
+        }
+    }
+}
+
+/// Why an ephemeral message was not forwarded. Ephemeral data is lossy by design
+/// (presence, cursors), so these are dropped and counted rather than closing the socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EphemeralDrop {
+    /// The socket sent more than `Limits::ephemeral_burst` lately.
+    RateLimited,
+    /// The payload is larger than `Limits::max_ephemeral_bytes`.
+    TooLarge,
+    /// Already seen from this socket (same session, count not higher).
+    Duplicate,
+    /// `targetId` names no peer that has the document open.
+    NoTarget,
+}
+
+impl EphemeralDrop {
+    /// A stable, low-cardinality name for metrics and logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            EphemeralDrop::RateLimited => "rate_limited",
+            EphemeralDrop::TooLarge => "too_large",
+            EphemeralDrop::Duplicate => "duplicate",
+            EphemeralDrop::NoTarget => "no_target",
+        }
+    }
+}
+
+/// Something the application (or the host's metrics) may want to know.
+#[derive(Debug)]
+pub enum Event {
+    /// A handshake finished.
+    PeerConnected {
+        /// Connection.
+        conn: ConnectionId,
+        /// The remote peer id.
+        peer: PeerId,
+        /// What the remote said about its storage.
+        metadata: PeerMetadata,
+    },
+    /// A connection ended (after `Disconnected` or our own `Close`).
+    PeerDisconnected {
+        /// Connection.
+        conn: ConnectionId,
+    },
+    /// Changes from a peer were applied to a document (client role).
+    DocumentChanged {
+        /// Which.
+        doc: DocumentId,
+        /// Heads after the change.
+        heads: Vec<ChangeHash>,
+    },
+    /// A write completed: everything up to these heads is durable.
+    DocumentDurable {
+        /// Which.
+        doc: DocumentId,
+        /// The heads the write covered.
+        heads: Vec<ChangeHash>,
+    },
+    /// A peer showed (in a sync message) that it has these heads of a document: for a
+    /// client talking to a relay, "safely on the relay".
+    PeerHasHeads {
+        /// Connection.
+        conn: ConnectionId,
+        /// Which document.
+        doc: DocumentId,
+        /// The heads the peer reported.
+        heads: Vec<ChangeHash>,
+    },
+    /// Every connected peer said it does not have a document we asked for.
+    DocumentUnavailable {
+        /// Which.
+        doc: DocumentId,
+    },
+    /// A document was loaded from storage into memory.
+    DocumentLoaded {
+        /// Which.
+        doc: DocumentId,
+        /// Stored bytes read.
+        bytes: usize,
+    },
+    /// An idle document was dropped from memory.
+    DocumentEvicted {
+        /// Which.
+        doc: DocumentId,
+    },
+    /// A document was refused to a connection.
+    DocumentRejected {
+        /// Connection.
+        conn: ConnectionId,
+        /// Which.
+        doc: DocumentId,
+        /// Why.
+        reason: Rejection,
+    },
+    /// An ephemeral message for a document (client role).
+    Ephemeral {
+        /// Which document.
+        doc: DocumentId,
+        /// The originating peer.
+        sender: PeerId,
+        /// The payload.
+        data: Vec<u8>,
+    },
+    /// A storage task failed. For a failed write, the changes it carried were not made
+    /// durable and were not revealed to anyone.
+    StorageFailed {
+        /// The document, when the task was for one.
+        doc: Option<DocumentId>,
+        /// The error.
+        error: StoreError,
+    },
+    /// The engine closed a connection (after `Output::Close`), and why.
+    ConnectionClosed {
+        /// Connection.
+        conn: ConnectionId,
+        /// Why.
+        reason: CloseReason,
+    },
+    /// An ephemeral message was dropped.
+    EphemeralDropped {
+        /// From which connection.
+        conn: ConnectionId,
+        /// Why.
+        reason: EphemeralDrop,
+    },
+    /// Documents were evicted before they were idle because the loaded documents passed
+    /// `Limits::max_loaded_ops`.
+    BudgetEviction {
+        /// How many.
+        documents: usize,
+    },
+    /// A document was compacted into a snapshot.
+    Compacted {
+        /// Which.
+        doc: DocumentId,
+        /// Chunks the snapshot replaced.
+        chunks: usize,
+    },
+}
+
+/// Why an application call failed.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum EngineError {
+    /// The document is not in memory (call [`Engine::find`] and wait for it).
+    #[error("document {0} is not loaded")]
+    NotLoaded(DocumentId),
+    /// The change function returned an error; nothing was committed.
+    #[error("the change failed: {0}")]
+    Change(String),
+}
+
+/// A snapshot of the engine's counters, for metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// Open (handshaken) connections.
+    pub connections: usize,
+    /// Documents known (any state).
+    pub documents: usize,
+    /// Documents in memory.
+    pub documents_loaded: usize,
+    /// Storage tasks in flight.
+    pub storage_tasks: usize,
+    /// Automerge operations held by the documents in memory (see `Limits::max_loaded_ops`).
+    pub loaded_ops: u64,
+    /// Pending timers (handshakes, idle evictions).
+    pub timers: usize,
+}
