@@ -482,7 +482,9 @@ async fn engine_task(
         while let Some(out) = engine.poll_output() {
             match out {
                 Output::Send { conn, frame } => {
-                    let Some(out) = conns.get(&conn) else { continue };
+                    let Some(out) = conns.get(&conn) else {
+                        continue;
+                    };
                     let len = frame.len();
                     let refused = match out.push(frame, queue_bytes) {
                         Ok(()) => {
@@ -701,9 +703,7 @@ mod tests {
         let host = relay_host(Closes::default(), HostConfig::default());
         assert!(host.is_running());
         let handle = host.open(Direction::Incoming, None).await.unwrap();
-        let panicked = host
-            .call::<()>(|_, _| panic!("a bug in the engine"))
-            .await;
+        let panicked = host.call::<()>(|_, _| panic!("a bug in the engine")).await;
         assert!(panicked.is_err(), "the call returned after a panic");
         tokio::time::timeout(Duration::from_secs(10), host.stopped())
             .await
