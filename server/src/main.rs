@@ -27,6 +27,14 @@ const QUIET_TARGETS: &[&str] = &[
     "sled",
 ];
 
+/// mimalloc returns freed pages to the OS; glibc's malloc keeps them (the relay stayed at
+/// 850 MB resident after every document was evicted). 500 MB of automerge documents built
+/// and dropped in a live process left, in resident MB: glibc 475 after 15 s; mimalloc 7
+/// after 1 s (30 when other threads built them); jemalloc 12 after 15 s, but 465 when
+/// other threads built them, as the relay's storage thread and workers do.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     init_logging();
