@@ -5,14 +5,18 @@
 //! both sides run the same engine under the same rules:
 //! - a write is reported done only after `Storage::flush`; all writes that arrive while a
 //!   flush runs share the next one;
-//! - a frame is never dropped: when a connection's outbound queue is full the connection is
-//!   closed and the peer resyncs when it reconnects.
+//! - a frame is never dropped: when a connection's outbound queue is full (in frames or in
+//!   bytes) the connection is closed and the peer resyncs when it reconnects;
+//! - the engine task and the storage thread are supervised: when either ends without a
+//!   requested shutdown, [`Host::is_running`] turns false and [`Host::stopped`] resolves, so
+//!   the owner can report it and exit (a relay's supervisor then restarts it).
 
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::engine::{CloseReason, Direction, Engine, Event, Input, Output};
 use crate::ids::{ConnectionId, TaskId};
@@ -35,7 +39,7 @@ enum Command {
         conn: ConnectionId,
         direction: Direction,
         identity: Option<String>,
-        outbound: mpsc::Sender<Outbound>,
+        outbound: Outlet,
     },
     Frame {
         conn: ConnectionId,
@@ -58,9 +62,22 @@ pub trait Observer: Send + 'static {
     fn frame_out(&mut self, _bytes: usize) {}
     /// A frame arrived (bytes).
     fn frame_in(&mut self, _bytes: usize) {}
-    /// A connection was closed because its outbound queue was full.
+    /// A connection was closed because its outbound queue was full (in frames).
     fn backpressure_close(&mut self) {}
+    /// A connection was closed because its outbound queue would have passed
+    /// [`HostConfig::outbound_queue_bytes`].
+    fn queue_bytes_close(&mut self) {}
 }
+
+/// Default for [`HostConfig::outbound_queue_bytes`]: 8 MiB.
+///
+/// The frame bound alone let two sockets that never read hold 540 MB with 256 KiB
+/// ephemeral messages. 8 MiB is far more than a phone that keeps reading ever has queued
+/// (frames leave as fast as the socket takes them), while a thousand stalled sockets cost
+/// at most 8 GiB rather than 256 GiB. A single frame larger than the bound (a whole
+/// document's first sync may reach the largest frame, 16 MiB + 64 KiB) is still accepted
+/// when the queue is empty, so the bound never makes a document unsyncable.
+pub const DEFAULT_OUTBOUND_QUEUE_BYTES: usize = 8 * 1024 * 1024;
 
 /// Host settings.
 #[derive(Clone, Debug)]
@@ -69,6 +86,10 @@ pub struct HostConfig {
     /// a first sync of a whole group is a few dozen frames; a socket that falls a thousand
     /// frames behind is not keeping up and resyncs cheaper than it queues.
     pub outbound_queue: usize,
+    /// Bytes a connection may have queued for sending before it is closed; see
+    /// [`DEFAULT_OUTBOUND_QUEUE_BYTES`] for the default and why. A frame larger than this is
+    /// accepted only into an empty queue.
+    pub outbound_queue_bytes: usize,
     /// Storage ops taken into one batch (one flush). Default 512.
     pub max_batch: usize,
 }
@@ -77,17 +98,40 @@ impl Default for HostConfig {
     fn default() -> Self {
         HostConfig {
             outbound_queue: 1024,
+            outbound_queue_bytes: DEFAULT_OUTBOUND_QUEUE_BYTES,
             max_batch: 512,
         }
     }
+}
+
+/// Whether the engine task is still running, as the supervisor last saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RunState {
+    Running,
+    /// Ended because [`Host::shutdown`] asked it to, or every handle was dropped.
+    ShutDown,
+    /// Ended for any other reason: a panic, or the storage thread stopped.
+    Failed,
+}
+
+/// How the engine task's loop ended.
+#[derive(Debug)]
+enum EngineExit {
+    /// [`Host::shutdown`] was called and everything queued was flushed.
+    Requested,
+    /// Every [`Host`] handle was dropped.
+    HandlesDropped,
+    /// The storage thread ended (it panicked): nothing could be made durable any more.
+    StorageStopped,
 }
 
 /// A handle to a running host. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Host {
     commands: mpsc::Sender<Command>,
-    next_conn: Arc<std::sync::atomic::AtomicU64>,
+    next_conn: Arc<AtomicU64>,
     outbound_queue: usize,
+    state: watch::Receiver<RunState>,
 }
 
 /// The host has stopped.
@@ -101,7 +145,64 @@ pub struct ConnectionHandle {
     /// Where received frames go.
     pub input: ConnectionInput,
     /// Frames (and a final close) to write to the socket.
-    pub outbound: mpsc::Receiver<Outbound>,
+    pub outbound: OutboundQueue,
+}
+
+/// The writer's end of a connection's outbound queue. Taking a frame releases its bytes
+/// from the queue's byte bound.
+#[derive(Debug)]
+pub struct OutboundQueue {
+    rx: mpsc::Receiver<Outbound>,
+    bytes: Arc<AtomicUsize>,
+}
+
+impl OutboundQueue {
+    /// The next frame or close; `None` once the engine has let go of the connection and
+    /// everything queued was taken.
+    pub async fn recv(&mut self) -> Option<Outbound> {
+        let out = self.rx.recv().await;
+        if let Some(Outbound::Frame(f)) = &out {
+            self.bytes.fetch_sub(f.len(), Ordering::AcqRel);
+        }
+        out
+    }
+
+    /// Bytes of frames queued and not yet taken.
+    pub fn queued_bytes(&self) -> usize {
+        self.bytes.load(Ordering::Acquire)
+    }
+}
+
+/// The engine's end of a connection's outbound queue.
+struct Outlet {
+    tx: mpsc::Sender<Outbound>,
+    bytes: Arc<AtomicUsize>,
+}
+
+/// Why a frame could not be queued.
+enum Refused {
+    /// The frame bound ([`HostConfig::outbound_queue`]) was reached, or the writer is gone.
+    Frames,
+    /// The byte bound ([`HostConfig::outbound_queue_bytes`]) would have been passed.
+    Bytes,
+}
+
+impl Outlet {
+    /// Queues `frame` unless that would pass a bound. The byte bound admits one frame of
+    /// any size into an empty queue: a first sync can be larger than the bound.
+    fn push(&self, frame: Vec<u8>, max_bytes: usize) -> Result<(), Refused> {
+        let len = frame.len();
+        let queued = self.bytes.load(Ordering::Acquire);
+        if queued > 0 && queued.saturating_add(len) > max_bytes {
+            return Err(Refused::Bytes);
+        }
+        // Counted before the send so the writer's decrement never runs first.
+        self.bytes.fetch_add(len, Ordering::AcqRel);
+        self.tx.try_send(Outbound::Frame(frame)).map_err(|_| {
+            self.bytes.fetch_sub(len, Ordering::AcqRel);
+            Refused::Frames
+        })
+    }
 }
 
 /// The reader's side of a connection: hands frames to the engine.
@@ -148,13 +249,59 @@ impl Host {
             .spawn(move || storage_thread(storage, ops_rx, results_tx, batch_tx, max_batch))
             .expect("spawning the storage thread");
         let origin = Instant::now();
-        tokio::spawn(engine_task(
-            engine, rx, ops_tx, results_rx, batch_rx, observer, origin,
+        let engine = tokio::spawn(engine_task(
+            engine,
+            rx,
+            ops_tx,
+            results_rx,
+            batch_rx,
+            observer,
+            origin,
+            config.outbound_queue_bytes,
         ));
+        let (state_tx, state) = watch::channel(RunState::Running);
+        // The supervisor: a panic would otherwise end the engine task silently, every
+        // socket would drop and nothing would say why or recover.
+        tokio::spawn(async move {
+            let end = match engine.await {
+                Ok(EngineExit::Requested) | Ok(EngineExit::HandlesDropped) => RunState::ShutDown,
+                Ok(EngineExit::StorageStopped) => {
+                    tracing::error!("the storage thread stopped; the sync engine stopped with it");
+                    RunState::Failed
+                }
+                Err(e) if e.is_panic() => {
+                    // The panic message is not logged here: it may quote data.
+                    tracing::error!("the sync engine panicked and stopped");
+                    RunState::Failed
+                }
+                // Cancelled: the runtime itself is shutting down.
+                Err(_) => RunState::ShutDown,
+            };
+            let _ = state_tx.send(end);
+        });
         Host {
             commands,
-            next_conn: Arc::new(std::sync::atomic::AtomicU64::new(1)),
+            next_conn: Arc::new(AtomicU64::new(1)),
             outbound_queue: config.outbound_queue,
+            state,
+        }
+    }
+
+    /// True while the engine task runs: false after a requested [`Host::shutdown`] and
+    /// after the engine stopped on its own (see [`Host::stopped`]).
+    pub fn is_running(&self) -> bool {
+        *self.state.borrow() == RunState::Running
+    }
+
+    /// Resolves when the engine task has ended for any reason other than a requested
+    /// shutdown (a panic, or the storage thread stopped). Never resolves after a requested
+    /// [`Host::shutdown`].
+    pub async fn stopped(&self) {
+        let mut state = self.state.clone();
+        let failed = state.wait_for(|s| *s == RunState::Failed).await.is_ok();
+        if !failed {
+            // The supervisor ended with another state: the engine never fails from here.
+            std::future::pending::<()>().await;
         }
     }
 
@@ -168,16 +315,17 @@ impl Host {
         direction: Direction,
         identity: Option<String>,
     ) -> Result<ConnectionHandle, HostStopped> {
-        let conn = ConnectionId::new(
-            self.next_conn
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-        );
-        let (tx, outbound) = mpsc::channel(self.outbound_queue);
+        let conn = ConnectionId::new(self.next_conn.fetch_add(1, Ordering::Relaxed));
+        let (tx, rx) = mpsc::channel(self.outbound_queue);
+        let bytes = Arc::new(AtomicUsize::new(0));
         self.send(Command::Open {
             conn,
             direction,
             identity,
-            outbound: tx,
+            outbound: Outlet {
+                tx,
+                bytes: bytes.clone(),
+            },
         })
         .await?;
         Ok(ConnectionHandle {
@@ -185,7 +333,7 @@ impl Host {
                 conn,
                 host: self.clone(),
             },
-            outbound,
+            outbound: OutboundQueue { rx, bytes },
         })
     }
 
@@ -264,6 +412,10 @@ fn storage_thread(
     }
 }
 
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the task's channels and settings, passed once at start"
+)]
 async fn engine_task(
     mut engine: Engine,
     mut commands: mpsc::Receiver<Command>,
@@ -272,20 +424,22 @@ async fn engine_task(
     mut batches: mpsc::UnboundedReceiver<(usize, usize, Duration)>,
     mut observer: Box<dyn Observer>,
     origin: Instant,
-) {
+    queue_bytes: usize,
+) -> EngineExit {
     let now = || Timestamp::from_millis(origin.elapsed().as_millis() as u64);
-    let mut conns: std::collections::HashMap<ConnectionId, mpsc::Sender<Outbound>> =
-        Default::default();
+    let mut conns: std::collections::HashMap<ConnectionId, Outlet> = Default::default();
     let mut shutdown: Option<oneshot::Sender<()>> = None;
     let mut ops = Some(ops);
-    loop {
+    // The storage thread has ended and every result it sent was taken.
+    let mut storage_done = false;
+    let exit = loop {
         let deadline = engine.poll_timeout().map(|t| {
             let ms = t.as_millis().saturating_sub(now().as_millis());
             tokio::time::Instant::now() + Duration::from_millis(ms)
         });
         tokio::select! {
             cmd = commands.recv(), if shutdown.is_none() => match cmd {
-                None => break,
+                None => break EngineExit::HandlesDropped,
                 Some(Command::Open { conn, direction, identity, outbound }) => {
                     conns.insert(conn, outbound);
                     engine.handle_input(now(), Input::Connected { conn, direction, identity });
@@ -300,8 +454,8 @@ async fn engine_task(
                 }
                 Some(Command::Call(f)) => f(&mut engine, now()),
                 Some(Command::Shutdown(done)) => {
-                    for (_, tx) in conns.drain() {
-                        let _ = tx.try_send(Outbound::Close(CloseReason::PeerLeft));
+                    for (_, out) in conns.drain() {
+                        let _ = out.tx.try_send(Outbound::Close(CloseReason::PeerLeft));
                     }
                     shutdown = Some(done);
                     // Dropping the sender lets the storage thread finish what is queued,
@@ -309,35 +463,54 @@ async fn engine_task(
                     ops = None;
                 }
             },
-            Some((task, result)) = results.recv() => {
-                engine.handle_input(now(), Input::StorageDone { task, result });
-                while let Ok((task, result)) = results.try_recv() {
+            done = results.recv(), if !storage_done => match done {
+                Some((task, result)) => {
                     engine.handle_input(now(), Input::StorageDone { task, result });
+                    while let Ok((task, result)) = results.try_recv() {
+                        engine.handle_input(now(), Input::StorageDone { task, result });
+                    }
                 }
-            }
+                // Before a shutdown the thread only ends by panicking: nothing the engine
+                // acknowledges from now on could be durable, so stop and say so.
+                None if shutdown.is_none() => break EngineExit::StorageStopped,
+                None => storage_done = true,
+            },
             Some((n, writes, elapsed)) = batches.recv() => observer.storage_batch(n, writes, elapsed),
             _ = sleep_until(deadline), if deadline.is_some() => engine.handle_timeout(now()),
-            else => break,
+            else => break EngineExit::Requested,
         }
         while let Some(out) = engine.poll_output() {
             match out {
                 Output::Send { conn, frame } => {
-                    let Some(tx) = conns.get(&conn) else { continue };
+                    let Some(out) = conns.get(&conn) else {
+                        continue;
+                    };
                     let len = frame.len();
-                    match tx.try_send(Outbound::Frame(frame)) {
-                        Ok(()) => observer.frame_out(len),
-                        Err(_) => {
-                            // Full (or the writer is gone): close rather than drop a frame.
+                    let refused = match out.push(frame, queue_bytes) {
+                        Ok(()) => {
+                            observer.frame_out(len);
+                            continue;
+                        }
+                        Err(refused) => refused,
+                    };
+                    // Close rather than drop a frame: dropping the sender lets the writer
+                    // send what is queued, then close; the peer resyncs when it reconnects.
+                    match refused {
+                        Refused::Frames => {
                             tracing::info!(%conn, "outbound queue full; closing so the peer resyncs");
                             observer.backpressure_close();
-                            conns.remove(&conn);
-                            engine.handle_input(now(), Input::Disconnected { conn });
+                        }
+                        Refused::Bytes => {
+                            tracing::info!(%conn, queued_bytes = out.bytes.load(Ordering::Relaxed), frame_bytes = len, "outbound queue over its byte bound; closing so the peer resyncs");
+                            observer.queue_bytes_close();
                         }
                     }
+                    conns.remove(&conn);
+                    engine.handle_input(now(), Input::Disconnected { conn });
                 }
                 Output::Close { conn, reason } => {
-                    if let Some(tx) = conns.remove(&conn) {
-                        let _ = tx.try_send(Outbound::Close(reason));
+                    if let Some(out) = conns.remove(&conn) {
+                        let _ = out.tx.try_send(Outbound::Close(reason));
                     }
                 }
                 Output::Storage { task, op } => match &ops {
@@ -363,13 +536,14 @@ async fn engine_task(
                 Output::Event(e) => observer.event(&e),
             }
         }
-        if shutdown.is_some() && engine.stats().storage_tasks == 0 {
-            break;
+        if shutdown.is_some() && (engine.stats().storage_tasks == 0 || storage_done) {
+            break EngineExit::Requested;
         }
-    }
+    };
     if let Some(done) = shutdown {
         let _ = done.send(());
     }
+    exit
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
@@ -388,60 +562,198 @@ mod tests {
     use crate::wire::{DocMessage, Message, PeerMetadata};
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    struct Count(Arc<AtomicUsize>);
-    impl Observer for Count {
+    /// Counts closes: (frame bound, byte bound).
+    #[derive(Clone, Default)]
+    struct Closes(Arc<AtomicUsize>, Arc<AtomicUsize>);
+    impl Observer for Closes {
         fn event(&mut self, _: &Event) {}
         fn backpressure_close(&mut self) {
             self.0.fetch_add(1, Ordering::SeqCst);
+        }
+        fn queue_bytes_close(&mut self) {
+            self.1.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    impl Closes {
+        fn frames(&self) -> usize {
+            self.0.load(Ordering::SeqCst)
+        }
+        fn bytes(&self) -> usize {
+            self.1.load(Ordering::SeqCst)
+        }
+        /// Waits (bounded) until some close was counted.
+        async fn wait_any(&self) {
+            for _ in 0..500 {
+                if self.frames() + self.bytes() > 0 {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+
+    fn relay_host(observer: Closes, config: HostConfig) -> Host {
+        let store = Arc::new(MemoryStore::default());
+        let engine = Engine::new(EngineConfig::new(Role::Relay, PeerId::from("relay"), 1));
+        Host::start(engine, store, Box::new(observer), config)
+    }
+
+    fn join() -> Vec<u8> {
+        Message::Join {
+            sender_id: "p".into(),
+            peer_metadata: PeerMetadata::default(),
+            supported_protocol_versions: vec!["1".into()],
+        }
+        .encode()
+    }
+
+    /// A request for an unknown document: the relay answers each one (after a load).
+    fn request(i: u8) -> Vec<u8> {
+        use automerge::sync::SyncDoc;
+        let empty = automerge::Automerge::new();
+        Message::Request(DocMessage {
+            sender_id: "p".into(),
+            target_id: "relay".into(),
+            document_id: DocumentId::from_bytes([i; 16]),
+            data: empty
+                .generate_sync_message(&mut automerge::sync::State::new())
+                .unwrap()
+                .encode(),
+        })
+        .encode()
+    }
+
+    /// Takes everything left in the queue: the frames' lengths, until the queue ends.
+    async fn drain(outbound: &mut OutboundQueue) -> Vec<usize> {
+        let mut got = Vec::new();
+        while let Some(Outbound::Frame(f)) = outbound.recv().await {
+            Message::decode(&f).expect("a whole protocol message");
+            got.push(f.len());
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_holds_too_many_bytes_is_closed_not_dropped_frames() {
+        const BOUND: usize = 600;
+        let closes = Closes::default();
+        let host = relay_host(
+            closes.clone(),
+            HostConfig {
+                outbound_queue_bytes: BOUND,
+                ..HostConfig::default()
+            },
+        );
+        let mut handle = host.open(Direction::Incoming, None).await.unwrap();
+        handle.input.frame(join()).await.unwrap();
+        // Twenty answers are far more than BOUND bytes and far fewer than the frame bound.
+        for i in 0..20u8 {
+            let _ = handle.input.frame(request(i)).await;
+        }
+        closes.wait_any().await;
+        assert_eq!((closes.frames(), closes.bytes()), (0, 1));
+        let got = drain(&mut handle.outbound).await;
+        let total: usize = got.iter().sum();
+        assert!(
+            got.len() < 21,
+            "every answer was queued: {got:?} bytes (bound {BOUND})"
+        );
+        assert!(
+            total <= BOUND,
+            "{total} bytes were queued past the {BOUND}-byte bound: {got:?}"
+        );
+        assert_eq!(handle.outbound.queued_bytes(), 0);
+        host.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_frame_larger_than_the_byte_bound_goes_into_an_empty_queue_only() {
+        let closes = Closes::default();
+        let host = relay_host(
+            closes.clone(),
+            HostConfig {
+                // Every protocol message is larger than this.
+                outbound_queue_bytes: 1,
+                ..HostConfig::default()
+            },
+        );
+        let mut handle = host.open(Direction::Incoming, None).await.unwrap();
+        handle.input.frame(join()).await.unwrap();
+        let Some(Outbound::Frame(peer)) = handle.outbound.recv().await else {
+            panic!("the handshake answer was not delivered");
+        };
+        assert_eq!(Message::decode(&peer).unwrap().kind(), "peer");
+        // Taken as it comes: each answer finds the queue empty.
+        handle.input.frame(request(1)).await.unwrap();
+        assert!(matches!(
+            handle.outbound.recv().await,
+            Some(Outbound::Frame(_))
+        ));
+        // Not taken: the first answer fills the queue, the second closes the connection.
+        handle.input.frame(request(2)).await.unwrap();
+        handle.input.frame(request(3)).await.unwrap();
+        closes.wait_any().await;
+        assert_eq!((closes.frames(), closes.bytes()), (0, 1));
+        assert_eq!(drain(&mut handle.outbound).await.len(), 1);
+        host.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn an_engine_panic_is_reported_and_a_shutdown_is_not() {
+        let host = relay_host(Closes::default(), HostConfig::default());
+        assert!(host.is_running());
+        let handle = host.open(Direction::Incoming, None).await.unwrap();
+        let panicked = host.call::<()>(|_, _| panic!("a bug in the engine")).await;
+        assert!(panicked.is_err(), "the call returned after a panic");
+        tokio::time::timeout(Duration::from_secs(10), host.stopped())
+            .await
+            .expect("`stopped` resolves after the engine panicked");
+        assert!(!host.is_running());
+        // The connection's queue ends, so its writer closes the socket.
+        let mut outbound = handle.outbound;
+        assert!(outbound.recv().await.is_none());
+        assert!(host.call(|e, _| e.stats()).await.is_err());
+
+        let host = relay_host(Closes::default(), HostConfig::default());
+        host.shutdown().await;
+        for _ in 0..500 {
+            if !host.is_running() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!host.is_running());
+        tokio::select! {
+            biased;
+            _ = host.stopped() => panic!("a requested shutdown was reported as a failure"),
+            _ = tokio::task::yield_now() => {}
         }
     }
 
     #[tokio::test]
     async fn a_reader_that_falls_behind_is_closed_not_dropped_frames() {
-        let store = Arc::new(MemoryStore::default());
-        let engine = Engine::new(EngineConfig::new(Role::Relay, PeerId::from("relay"), 1));
-        let closes = Arc::new(AtomicUsize::new(0));
-        let host = Host::start(
-            engine,
-            store,
-            Box::new(Count(closes.clone())),
+        let closes = Closes::default();
+        let host = relay_host(
+            closes.clone(),
             HostConfig {
                 outbound_queue: 4,
                 ..HostConfig::default()
             },
         );
         let handle = host.open(Direction::Incoming, None).await.unwrap();
-        let join = Message::Join {
-            sender_id: "p".into(),
-            peer_metadata: PeerMetadata::default(),
-            supported_protocol_versions: vec!["1".into()],
-        };
-        handle.input.frame(join.encode()).await.unwrap();
+        handle.input.frame(join()).await.unwrap();
         // Each request for an unknown document is answered; nobody reads the answers.
         for i in 0..20u8 {
-            let req = Message::Request(DocMessage {
-                sender_id: "p".into(),
-                target_id: "relay".into(),
-                document_id: DocumentId::from_bytes([i; 16]),
-                data: {
-                    use automerge::sync::SyncDoc;
-                    let empty = automerge::Automerge::new();
-                    empty
-                        .generate_sync_message(&mut automerge::sync::State::new())
-                        .unwrap()
-                        .encode()
-                },
-            });
-            let _ = handle.input.frame(req.encode()).await;
+            let _ = handle.input.frame(request(i)).await;
         }
         // Answers come once each load finishes on the storage thread.
         for _ in 0..500 {
-            if closes.load(Ordering::SeqCst) > 0 {
+            if closes.frames() > 0 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert_eq!(closes.load(Ordering::SeqCst), 1);
+        assert_eq!((closes.frames(), closes.bytes()), (1, 0));
         // What was queued is delivered in full and in order, then the queue ends.
         let mut outbound = handle.outbound;
         let mut got = Vec::new();

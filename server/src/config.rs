@@ -47,12 +47,21 @@ pub struct ServeArgs {
     /// sled page cache in MiB.
     #[arg(long, env = "CAIRN_CACHE_MB", default_value_t = 64)]
     pub cache_mb: u64,
-    /// Most websocket connections at once; further upgrades get 503.
+    /// Most websocket connections at once; further upgrades get 503. Every TCP connection,
+    /// before and after its upgrade, also counts against a cap of this many plus 16 (room for
+    /// health probes and /metrics); past it a connection is closed as soon as it is accepted.
+    /// Lowered at start-up (with a warning) when the open-files limit cannot hold it.
     #[arg(long, env = "CAIRN_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
     /// Frames queued for one slow connection before it is closed (it resyncs on reconnect).
     #[arg(long, env = "CAIRN_OUTBOUND_QUEUE", default_value_t = 1024)]
     pub outbound_queue: usize,
+    /// MiB queued for one slow connection before it is closed (it resyncs on reconnect).
+    /// Default 8: far more than a socket that keeps reading ever has queued, while a
+    /// thousand stalled sockets hold at most 8 GiB. A single frame larger than this (a
+    /// whole document's first sync) still goes to a connection whose queue is empty.
+    #[arg(long, env = "CAIRN_OUTBOUND_QUEUE_MB", default_value_t = 8)]
+    pub outbound_queue_mb: usize,
     /// Largest document in MiB; larger ones are answered `doc-unavailable`.
     #[arg(long, env = "CAIRN_MAX_DOCUMENT_MB", default_value_t = 16)]
     pub max_document_mb: usize,
@@ -62,6 +71,17 @@ pub struct ServeArgs {
     /// Seconds of silence (no frame, no pong) after which a socket is closed.
     #[arg(long, env = "CAIRN_SOCKET_TIMEOUT_SECS", default_value_t = 60)]
     pub socket_timeout_secs: u64,
+    /// Seconds a TCP connection may take to send a request's headers (also the longest an
+    /// idle keep-alive connection is held). Default 10: a phone on a slow link sends a few
+    /// hundred bytes of headers in well under a second, and a connection that sends nothing
+    /// holds a file descriptor that the connection cap counts.
+    #[arg(long, env = "CAIRN_HEADER_TIMEOUT_SECS", default_value_t = 10)]
+    pub header_timeout_secs: u64,
+    /// Seconds a websocket may take to accept one frame before it is closed. Default 30:
+    /// long enough for the largest frame (16 MiB) at about 4 Mbit/s; a socket that takes
+    /// nothing for that long is not reading, and holds its queue and buffers.
+    #[arg(long, env = "CAIRN_SEND_TIMEOUT_SECS", default_value_t = 30)]
+    pub send_timeout_secs: u64,
 }
 
 /// A validated configuration.
@@ -79,12 +99,18 @@ pub struct Config {
     pub max_connections: usize,
     /// Outbound queue bound in frames.
     pub outbound_queue: usize,
+    /// Outbound queue bound in bytes.
+    pub outbound_queue_bytes: usize,
     /// Largest document in bytes.
     pub max_document_bytes: usize,
     /// Idle eviction.
     pub idle: Duration,
     /// Socket silence timeout (pings go out at a third of it).
     pub socket_timeout: Duration,
+    /// Time allowed to send a request's headers.
+    pub header_timeout: Duration,
+    /// Time a websocket may take to accept one frame.
+    pub send_timeout: Duration,
 }
 
 /// Why a configuration was refused.
@@ -110,6 +136,9 @@ impl ServeArgs {
             ("--max-document-mb", self.max_document_mb as u64),
             ("--idle-secs", self.idle_secs),
             ("--socket-timeout-secs", self.socket_timeout_secs),
+            ("--outbound-queue-mb", self.outbound_queue_mb as u64),
+            ("--header-timeout-secs", self.header_timeout_secs),
+            ("--send-timeout-secs", self.send_timeout_secs),
         ] {
             if v == 0 {
                 return Err(ConfigError::Zero(name));
@@ -122,9 +151,12 @@ impl ServeArgs {
             cache_bytes: self.cache_mb * 1024 * 1024,
             max_connections: self.max_connections,
             outbound_queue: self.outbound_queue,
+            outbound_queue_bytes: self.outbound_queue_mb * 1024 * 1024,
             max_document_bytes: self.max_document_mb * 1024 * 1024,
             idle: Duration::from_secs(self.idle_secs),
             socket_timeout: Duration::from_secs(self.socket_timeout_secs),
+            header_timeout: Duration::from_secs(self.header_timeout_secs),
+            send_timeout: Duration::from_secs(self.send_timeout_secs),
         })
     }
 }
@@ -139,9 +171,12 @@ impl Config {
             cache_mb: 16,
             max_connections: 10_000,
             outbound_queue: 1024,
+            outbound_queue_mb: 8,
             max_document_mb: 16,
             idle_secs: 120,
             socket_timeout_secs: 60,
+            header_timeout_secs: 10,
+            send_timeout_secs: 30,
         }
         .validate()
         .expect("loopback test config is valid")
@@ -170,5 +205,24 @@ mod tests {
         assert!(args("127.0.0.1:8080", true).validate().is_ok());
         assert!(args("[::1]:8080", true).validate().is_ok());
         assert!(args("0.0.0.0:8080", false).validate().is_ok());
+    }
+
+    #[test]
+    fn new_limits_refuse_zero_and_convert() {
+        for flag in [
+            "--outbound-queue-mb",
+            "--header-timeout-secs",
+            "--send-timeout-secs",
+        ] {
+            let Command::Serve(a) = Cli::parse_from(["cairn-relay", "serve", flag, "0"]).command
+            else {
+                unreachable!("parsed serve")
+            };
+            assert_eq!(a.validate().unwrap_err(), ConfigError::Zero(flag));
+        }
+        let c = args("127.0.0.1:8080", true).validate().unwrap();
+        assert_eq!(c.outbound_queue_bytes, 8 * 1024 * 1024);
+        assert_eq!(c.header_timeout, Duration::from_secs(10));
+        assert_eq!(c.send_timeout, Duration::from_secs(30));
     }
 }

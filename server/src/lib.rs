@@ -5,10 +5,13 @@
 //! batched fsync, `/healthz`, `/readyz` and Prometheus `/metrics`.
 //!
 //! [`run`] serves until `shutdown` resolves, then stops accepting, closes sockets, lets
-//! in-flight writes flush, and returns. [`app`] builds the router alone for tests.
+//! in-flight writes flush, and returns. If the sync engine stops on its own, `/healthz`
+//! turns 503 and [`run`] returns [`RelayError::EngineStopped`] so that the process exits
+//! and its supervisor restarts it. [`app`] builds the router alone for tests.
 
 pub mod config;
 pub mod metrics;
+pub mod tcp;
 mod ws;
 
 use std::future::Future;
@@ -40,6 +43,10 @@ pub enum RelayError {
     /// Serving failed.
     #[error("serving failed: {0}")]
     Serve(#[from] std::io::Error),
+    /// The sync engine stopped without being asked to (a panic, or the storage thread
+    /// stopped); the log says which. Restart the relay: clients reconnect and resync.
+    #[error("the sync engine stopped; restart the relay")]
+    EngineStopped,
 }
 
 /// Shared state of the HTTP handlers.
@@ -49,6 +56,13 @@ pub struct AppState {
     metrics: Arc<Metrics>,
     config: Arc<Config>,
     sockets: Arc<AtomicUsize>,
+}
+
+impl AppState {
+    /// The engine host, for tests and embedding (`call`, `is_running`).
+    pub fn host(&self) -> &Host {
+        &self.host
+    }
 }
 
 /// The relay's peer id.
@@ -83,6 +97,7 @@ pub fn start(config: &Config) -> Result<(AppState, SledStore), RelayError> {
         metrics.observer(),
         HostConfig {
             outbound_queue: config.outbound_queue,
+            outbound_queue_bytes: config.outbound_queue_bytes,
             ..HostConfig::default()
         },
     );
@@ -123,10 +138,19 @@ pub fn new_storage_id(data: &std::path::Path) -> Result<cairn_core::ids::Storage
 pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/", get(ws::upgrade))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_handler))
         .with_state(state)
+}
+
+/// Liveness: 503 once the engine has stopped, so a probe restarts a relay that cannot sync.
+async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
+    if state.host.is_running() {
+        (StatusCode::OK, "ok")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "engine stopped")
+    }
 }
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
@@ -146,6 +170,10 @@ async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
         .metrics
         .sockets
         .set(state.sockets.load(Ordering::Relaxed) as i64);
+    state
+        .metrics
+        .engine_up
+        .set(i64::from(state.host.is_running()));
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -156,7 +184,8 @@ async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 /// Serves on `listener` until `shutdown` resolves; then stops accepting, closes every
-/// socket, waits for in-flight writes to flush, and returns.
+/// socket, waits for in-flight writes to flush, and returns. Returns
+/// [`RelayError::EngineStopped`] as soon as the engine stops on its own.
 pub async fn run(
     config: Config,
     listener: TcpListener,
@@ -167,27 +196,94 @@ pub async fn run(
     } else {
         tracing::warn!("no membership is configured yet: every websocket is refused; use --open on loopback for development");
     }
+    let mut config = config;
+    let tcp_cap = fit_to_fd_limit(&mut config);
     let (state, store) = start(&config)?;
+    serve_with_cap(state, store, listener, shutdown, tcp_cap).await
+}
+
+/// Like [`run`], on a relay already started with [`start`] (tests reach its host first).
+pub async fn serve(
+    state: AppState,
+    store: SledStore,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RelayError> {
+    let tcp_cap = state
+        .config
+        .max_connections
+        .saturating_add(tcp::PROBE_HEADROOM);
+    serve_with_cap(state, store, listener, shutdown, tcp_cap).await
+}
+
+/// Lowers `--max-connections` when the TCP cap plus the store's reserve would not fit the
+/// open-files limit (a relay out of descriptors cannot even answer `/metrics`), and
+/// returns the TCP cap.
+fn fit_to_fd_limit(config: &mut Config) -> usize {
+    let Some(limit) = tcp::fd_soft_limit() else {
+        return config.max_connections.saturating_add(tcp::PROBE_HEADROOM);
+    };
+    let (tcp_cap, ws_cap) = tcp::fit_caps(config.max_connections, limit);
+    if ws_cap < config.max_connections {
+        tracing::warn!(
+            fd_limit = limit,
+            fd_reserve = tcp::FD_RESERVE,
+            max_connections = config.max_connections,
+            lowered_to = ws_cap,
+            tcp_cap,
+            "the open-files limit is too low for --max-connections; lowering it"
+        );
+        config.max_connections = ws_cap;
+    }
+    tcp_cap
+}
+
+/// Why serving ended.
+enum Stop {
+    Requested,
+    EngineStopped,
+}
+
+async fn serve_with_cap(
+    state: AppState,
+    store: SledStore,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    tcp_cap: usize,
+) -> Result<(), RelayError> {
     let host = state.host.clone();
-    let token = tokio_util::sync::CancellationToken::new();
-    let stop = token.clone();
-    tokio::spawn(async move {
-        shutdown.await;
-        stop.cancel();
-    });
-    let closing = token.clone();
-    let closer_host = host.clone();
-    let closer = tokio::spawn(async move {
-        closing.cancelled().await;
-        // Close sockets first so upgraded connections end and the server can drain.
-        closer_host.shutdown().await;
-    });
-    tracing::info!(addr = %listener.local_addr()?, "listening");
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(async move { token.cancelled().await })
-        .await?;
-    let _ = closer.await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    tracing::info!(addr = %listener.local_addr()?, tcp_cap, max_connections = state.config.max_connections, "listening");
+    let serving = tcp::Serving {
+        router: app(state.clone()),
+        gate: tcp::Gate::new(tcp_cap),
+        metrics: state.metrics.clone(),
+        header_timeout: state.config.header_timeout,
+        stop: stop.clone(),
+    };
+    let closer = host.clone();
+    // Upgraded websockets are not hyper's any more: the host closes them (and flushes)
+    // before the accept loop waits for every connection to end.
+    let accept = tokio::spawn(tcp::serve(listener, serving, async move {
+        closer.shutdown().await;
+    }));
+    let why = tokio::select! {
+        _ = shutdown => Stop::Requested,
+        _ = host.stopped() => Stop::EngineStopped,
+    };
+    if let Stop::EngineStopped = why {
+        tracing::error!(
+            "the sync engine stopped; shutting down so that a supervisor restarts the relay"
+        );
+    }
+    stop.cancel();
+    if let Err(e) = accept.await {
+        tracing::error!(error = %e, "the accept loop failed");
+    }
     store.flush()?;
     tracing::info!("stopped");
-    Ok(())
+    match why {
+        Stop::Requested => Ok(()),
+        Stop::EngineStopped => Err(RelayError::EngineStopped),
+    }
 }

@@ -33,6 +33,18 @@ pub struct Metrics {
     backpressure_closes: Counter,
     /// Sockets refused at the upgrade (closed mode, connection cap).
     pub refused: Counter,
+    /// Open TCP connections, before and after a websocket upgrade.
+    pub tcp_connections: Gauge,
+    /// TCP connections closed as soon as they were accepted: the TCP cap was reached.
+    pub tcp_refused: Counter,
+    /// Connections closed because a request's headers did not arrive in time (including
+    /// idle keep-alive connections and connections that never sent a byte).
+    pub header_timeouts: Counter,
+    /// Websockets closed because they did not take a frame within the send timeout.
+    pub send_timeouts: Counter,
+    queue_bytes_closes: Counter,
+    /// 1 while the sync engine runs, 0 once it has stopped.
+    pub engine_up: Gauge,
 }
 
 impl Default for Metrics {
@@ -63,6 +75,12 @@ impl Metrics {
             storage_errors: Counter::default(),
             backpressure_closes: Counter::default(),
             refused: Counter::default(),
+            tcp_connections: Gauge::default(),
+            tcp_refused: Counter::default(),
+            header_timeouts: Counter::default(),
+            send_timeouts: Counter::default(),
+            queue_bytes_closes: Counter::default(),
+            engine_up: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("sockets", "Open websocket connections", m.sockets.clone());
@@ -138,6 +156,38 @@ impl Metrics {
             m.backpressure_closes.clone(),
         );
         registry.register("refused", "Websocket upgrades refused", m.refused.clone());
+        registry.register(
+            "tcp_connections",
+            "Open TCP connections, before and after a websocket upgrade",
+            m.tcp_connections.clone(),
+        );
+        registry.register(
+            "tcp_refused",
+            "TCP connections closed at once because the TCP connection cap was reached",
+            m.tcp_refused.clone(),
+        );
+        registry.register(
+            "header_timeouts",
+            "Connections closed because request headers did not arrive within the header timeout",
+            m.header_timeouts.clone(),
+        );
+        registry.register(
+            "send_timeouts",
+            "Websockets closed because they did not take a frame within the send timeout",
+            m.send_timeouts.clone(),
+        );
+        registry.register(
+            "queue_bytes_closes",
+            "Connections closed because their outbound queue would pass its byte bound",
+            m.queue_bytes_closes.clone(),
+        );
+        registry.register(
+            "engine_up",
+            "1 while the sync engine runs, 0 once it has stopped (the relay then exits)",
+            m.engine_up.clone(),
+        );
+        // Up until the host says otherwise: the gauge is refreshed on every scrape.
+        m.engine_up.set(1);
         Metrics { registry, ..m }
     }
 
@@ -201,5 +251,8 @@ impl Observer for MetricsObserver {
     }
     fn backpressure_close(&mut self) {
         self.0.backpressure_closes.inc();
+    }
+    fn queue_bytes_close(&mut self) {
+        self.0.queue_bytes_closes.inc();
     }
 }

@@ -10,8 +10,9 @@ use axum::response::{IntoResponse, Response};
 use cairn_core::engine::Direction;
 use cairn_core::runtime::Outbound;
 use cairn_core::wire::Message as WireMessage;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{Sink, SinkExt, StreamExt};
 
+use crate::metrics::Metrics;
 use crate::AppState;
 
 /// Per-socket buffers: tungstenite's 128 KiB defaults would cost ~100 MB at 400 sockets.
@@ -42,40 +43,94 @@ pub(crate) async fn upgrade(ws: WebSocketUpgrade, State(state): State<AppState>)
 async fn serve_socket(socket: WebSocket, state: AppState) {
     state.sockets.fetch_add(1, Ordering::Relaxed);
     if let Ok(handle) = state.host.open(Direction::Incoming, None).await {
-        pump(socket, handle, state.config.socket_timeout).await;
+        let timeouts = Timeouts {
+            silence: state.config.socket_timeout,
+            send: state.config.send_timeout,
+        };
+        pump(socket, handle, timeouts, &state.metrics).await;
     }
     state.sockets.fetch_sub(1, Ordering::Relaxed);
 }
 
-async fn pump(socket: WebSocket, handle: cairn_core::runtime::ConnectionHandle, timeout: Duration) {
+/// The socket's time limits.
+#[derive(Clone, Copy)]
+struct Timeouts {
+    /// Silence (no frame, no pong) before the socket is closed; pings go out at a third.
+    silence: Duration,
+    /// Longest a frame may wait for the socket to take it.
+    send: Duration,
+}
+
+/// Why a send did not complete.
+#[derive(Debug, PartialEq, Eq)]
+enum SendFailed {
+    /// The socket took nothing for the whole send timeout.
+    TimedOut,
+    /// The socket is closed or broken.
+    Closed,
+}
+
+/// Sends one message, waiting at most `timeout` for the socket to take it.
+async fn send_within<S>(sink: &mut S, msg: Message, timeout: Duration) -> Result<(), SendFailed>
+where
+    S: Sink<Message> + Unpin,
+{
+    match tokio::time::timeout(timeout, sink.send(msg)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(SendFailed::Closed),
+        Err(_) => Err(SendFailed::TimedOut),
+    }
+}
+
+/// Writes queued frames (and pings) to the socket until the queue ends, the socket fails,
+/// or it takes nothing for a whole send timeout. Returns how it ended.
+async fn write<S>(
+    sink: &mut S,
+    outbound: &mut cairn_core::runtime::OutboundQueue,
+    timeouts: Timeouts,
+    conn: cairn_core::ids::ConnectionId,
+) -> Result<(), SendFailed>
+where
+    S: Sink<Message> + Unpin,
+{
+    let mut ping = tokio::time::interval(timeouts.silence / 3);
+    ping.tick().await;
+    loop {
+        tokio::select! {
+            out = outbound.recv() => match out {
+                Some(Outbound::Frame(f)) => {
+                    tracing::trace!(%conn, bytes = f.len(), "frame sent");
+                    send_within(sink, Message::Binary(f.into()), timeouts.send).await?;
+                }
+                Some(Outbound::Close(_)) | None => {
+                    return send_within(sink, Message::Close(None), timeouts.send).await;
+                }
+            },
+            _ = ping.tick() => {
+                send_within(sink, Message::Ping(Default::default()), timeouts.send).await?;
+            }
+        }
+    }
+}
+
+async fn pump(
+    socket: WebSocket,
+    handle: cairn_core::runtime::ConnectionHandle,
+    timeouts: Timeouts,
+    metrics: &Metrics,
+) {
     let cairn_core::runtime::ConnectionHandle {
         input,
         mut outbound,
     } = handle;
     let conn = input.conn;
+    let timeout = timeouts.silence;
     let (mut sink, mut stream) = socket.split();
     let writer = async {
-        let mut ping = tokio::time::interval(timeout / 3);
-        ping.tick().await;
-        loop {
-            tokio::select! {
-                out = outbound.recv() => match out {
-                    Some(Outbound::Frame(f)) => {
-                        if sink.send(Message::Binary(f.into())).await.is_err() {
-                            break;
-                        }
-                    }
-                    Some(Outbound::Close(_)) | None => {
-                        let _ = sink.send(Message::Close(None)).await;
-                        break;
-                    }
-                },
-                _ = ping.tick() => {
-                    if sink.send(Message::Ping(Default::default())).await.is_err() {
-                        break;
-                    }
-                }
-            }
+        if let Err(SendFailed::TimedOut) = write(&mut sink, &mut outbound, timeouts, conn).await {
+            // Dropping the socket discards what it did not take; the peer resyncs.
+            metrics.send_timeouts.inc();
+            tracing::debug!(%conn, queued_bytes = outbound.queued_bytes(), "socket took no frame within the send timeout; closing");
         }
     };
     let reader = async {
@@ -88,6 +143,7 @@ async fn pump(socket: WebSocket, handle: cairn_core::runtime::ConnectionHandle, 
                 Ok(None) | Ok(Some(Ok(Message::Close(_)))) => return None,
                 Ok(Some(Err(e))) => return Some(e),
                 Ok(Some(Ok(Message::Binary(b)))) => {
+                    tracing::trace!(%conn, bytes = b.len(), "frame received");
                     if input.frame(b.to_vec()).await.is_err() {
                         return None;
                     }

@@ -367,3 +367,55 @@ pub async fn load_stored(data: &Path, docs: &[DocumentId]) -> Vec<(DocumentId, A
         })
         .collect()
 }
+
+/// A raw `GET path` over its own TCP connection: `Some((status, body))`, or `None` if the
+/// relay closed or did not answer within a second.
+pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut s = TcpStream::connect(addr).await?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+        let mut response = Vec::new();
+        s.read_to_end(&mut response).await?;
+        std::io::Result::Ok(response)
+    };
+    let response = tokio::time::timeout(Duration::from_secs(1), exchange)
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((status, body))
+}
+
+/// Polls `/metrics` until `name` (an unlabelled metric) satisfies `ok`, or panics after
+/// [`SOON`] with the last value seen. Returns the value.
+pub async fn wait_metric(addr: SocketAddr, name: &str, ok: impl Fn(f64) -> bool) -> f64 {
+    let deadline = tokio::time::Instant::now() + SOON;
+    let mut last = None;
+    while tokio::time::Instant::now() < deadline {
+        if let Some((200, text)) = http_get(addr, "/metrics").await {
+            last = metric_value(&text, name);
+            if let Some(v) = last {
+                if ok(v) {
+                    return v;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{name} never reached the expected value (last seen {last:?})");
+}
+
+/// The value of an unlabelled metric in the text exposition.
+pub fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))?
+        .trim()
+        .parse()
+        .ok()
+}
