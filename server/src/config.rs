@@ -82,6 +82,26 @@ pub struct ServeArgs {
     /// nothing for that long is not reading, and holds its queue and buffers.
     #[arg(long, env = "CAIRN_SEND_TIMEOUT_SECS", default_value_t = 30)]
     pub send_timeout_secs: u64,
+    /// Documents one connection may have open at once; past it further documents get
+    /// `doc-unavailable`. Default 4,096: a member of several groups holds a few hundred.
+    #[arg(
+        long,
+        env = "CAIRN_MAX_DOCUMENTS_PER_CONNECTION",
+        default_value_t = 4096
+    )]
+    pub max_documents_per_connection: usize,
+    /// New documents one identity (a device; its peer id in `--open` mode) may create per
+    /// hour, also the burst. Default 1,000: joining a busy group copies a few hundred.
+    #[arg(long, env = "CAIRN_NEW_DOCUMENTS_PER_HOUR", default_value_t = 1000)]
+    pub new_documents_per_hour: u32,
+    /// Most Automerge operations in one document (about 90 bytes of memory each once
+    /// loaded). Default 1,000,000.
+    #[arg(long, env = "CAIRN_MAX_DOCUMENT_OPS", default_value_t = 1_000_000)]
+    pub max_document_ops: u64,
+    /// Automerge operations all loaded documents may hold together; past it idle-most
+    /// documents are evicted early. Default 4,000,000 (about 360 MB).
+    #[arg(long, env = "CAIRN_MAX_LOADED_OPS", default_value_t = 4_000_000)]
+    pub max_loaded_ops: u64,
 }
 
 /// A validated configuration.
@@ -111,6 +131,14 @@ pub struct Config {
     pub header_timeout: Duration,
     /// Time a websocket may take to accept one frame.
     pub send_timeout: Duration,
+    /// Documents open per connection.
+    pub max_documents_per_connection: usize,
+    /// New documents per identity per hour (and burst).
+    pub new_documents_per_hour: u32,
+    /// Operations per document.
+    pub max_document_ops: u64,
+    /// Operations held by all loaded documents.
+    pub max_loaded_ops: u64,
 }
 
 /// Why a configuration was refused.
@@ -139,6 +167,16 @@ impl ServeArgs {
             ("--outbound-queue-mb", self.outbound_queue_mb as u64),
             ("--header-timeout-secs", self.header_timeout_secs),
             ("--send-timeout-secs", self.send_timeout_secs),
+            (
+                "--max-documents-per-connection",
+                self.max_documents_per_connection as u64,
+            ),
+            (
+                "--new-documents-per-hour",
+                u64::from(self.new_documents_per_hour),
+            ),
+            ("--max-document-ops", self.max_document_ops),
+            ("--max-loaded-ops", self.max_loaded_ops),
         ] {
             if v == 0 {
                 return Err(ConfigError::Zero(name));
@@ -157,6 +195,10 @@ impl ServeArgs {
             socket_timeout: Duration::from_secs(self.socket_timeout_secs),
             header_timeout: Duration::from_secs(self.header_timeout_secs),
             send_timeout: Duration::from_secs(self.send_timeout_secs),
+            max_documents_per_connection: self.max_documents_per_connection,
+            new_documents_per_hour: self.new_documents_per_hour,
+            max_document_ops: self.max_document_ops,
+            max_loaded_ops: self.max_loaded_ops,
         })
     }
 }
@@ -177,6 +219,10 @@ impl Config {
             socket_timeout_secs: 60,
             header_timeout_secs: 10,
             send_timeout_secs: 30,
+            max_documents_per_connection: 4096,
+            new_documents_per_hour: 1000,
+            max_document_ops: 1_000_000,
+            max_loaded_ops: 4_000_000,
         }
         .validate()
         .expect("loopback test config is valid")

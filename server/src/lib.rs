@@ -24,7 +24,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use cairn_core::engine::{Engine, EngineConfig, Limits, Role};
+use cairn_core::engine::{Engine, EngineConfig, Limits, Role, SyncLimits};
 use cairn_core::ids::PeerId;
 use cairn_core::runtime::{Host, HostConfig};
 use cairn_core::store::{SledConfig, SledStore, Storage, StoreError};
@@ -82,6 +82,18 @@ pub fn start(config: &Config) -> Result<(AppState, SledStore), RelayError> {
         max_document_bytes: config.max_document_bytes,
         max_frame_bytes: config.max_document_bytes + 64 * 1024,
         idle_eviction: config.idle,
+        max_documents_per_connection: config.max_documents_per_connection,
+        new_documents_burst: config.new_documents_per_hour,
+        new_document_interval: Duration::from_secs(3600) / config.new_documents_per_hour,
+        max_document_ops: config.max_document_ops,
+        max_loaded_ops: config.max_loaded_ops,
+        sync: SyncLimits {
+            // A message may carry as many operations as a document may hold, and expand
+            // to as many bytes as a document may be stored in.
+            max_ops: config.max_document_ops,
+            max_expanded_bytes: config.max_document_bytes as u64,
+            ..SyncLimits::default()
+        },
         ..Limits::default()
     };
     let seed = u64::from_le_bytes(uuid_seed());

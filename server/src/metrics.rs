@@ -6,9 +6,17 @@ use cairn_core::engine::{Event, Stats};
 use cairn_core::runtime::Observer;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+
+/// A metric's labels: one `reason`, a fixed label from the engine (never an id).
+type Reason = Vec<(&'static str, &'static str)>;
+
+fn reason_label(reason: &'static str) -> Reason {
+    vec![("reason", reason)]
+}
 
 /// Every metric the relay exports.
 #[derive(Debug)]
@@ -28,7 +36,11 @@ pub struct Metrics {
     evictions: Counter,
     loads: Counter,
     compactions: Counter,
-    rejections: Counter,
+    rejections: Family<Reason, Counter>,
+    closes: Family<Reason, Counter>,
+    ephemeral_dropped: Family<Reason, Counter>,
+    budget_evictions: Counter,
+    loaded_ops: Gauge,
     storage_errors: Counter,
     backpressure_closes: Counter,
     /// Sockets refused at the upgrade (closed mode, connection cap).
@@ -71,7 +83,11 @@ impl Metrics {
             evictions: Counter::default(),
             loads: Counter::default(),
             compactions: Counter::default(),
-            rejections: Counter::default(),
+            rejections: Family::default(),
+            closes: Family::default(),
+            ephemeral_dropped: Family::default(),
+            budget_evictions: Counter::default(),
+            loaded_ops: Gauge::default(),
             storage_errors: Counter::default(),
             backpressure_closes: Counter::default(),
             refused: Counter::default(),
@@ -142,8 +158,28 @@ impl Metrics {
         );
         registry.register(
             "rejections",
-            "Documents refused to a peer",
+            "Documents refused to a peer (doc-unavailable), by reason",
             m.rejections.clone(),
+        );
+        registry.register(
+            "closes",
+            "Connections the engine closed, by reason",
+            m.closes.clone(),
+        );
+        registry.register(
+            "ephemeral_dropped",
+            "Ephemeral messages not forwarded, by reason",
+            m.ephemeral_dropped.clone(),
+        );
+        registry.register(
+            "budget_evictions",
+            "Documents evicted before they were idle because loaded documents passed --max-loaded-ops",
+            m.budget_evictions.clone(),
+        );
+        registry.register(
+            "loaded_ops",
+            "Automerge operations held by the documents in memory",
+            m.loaded_ops.clone(),
         );
         registry.register(
             "storage_errors",
@@ -193,6 +229,8 @@ impl Metrics {
 
     /// Sets the gauges that come from the engine.
     pub fn set_stats(&self, s: Stats) {
+        self.loaded_ops
+            .set(i64::try_from(s.loaded_ops).unwrap_or(i64::MAX));
         self.connections.set(s.connections as i64);
         self.documents.set(s.documents as i64);
         self.documents_loaded.set(s.documents_loaded as i64);
@@ -227,8 +265,21 @@ impl Observer for MetricsObserver {
             Event::Compacted { .. } => {
                 m.compactions.inc();
             }
-            Event::DocumentRejected { .. } => {
-                m.rejections.inc();
+            Event::DocumentRejected { reason, .. } => {
+                m.rejections
+                    .get_or_create(&reason_label(reason.label()))
+                    .inc();
+            }
+            Event::ConnectionClosed { reason, .. } => {
+                m.closes.get_or_create(&reason_label(reason.label())).inc();
+            }
+            Event::EphemeralDropped { reason, .. } => {
+                m.ephemeral_dropped
+                    .get_or_create(&reason_label(reason.label()))
+                    .inc();
+            }
+            Event::BudgetEviction { documents } => {
+                m.budget_evictions.inc_by(*documents as u64);
             }
             Event::StorageFailed { doc, error } => {
                 m.storage_errors.inc();
