@@ -24,6 +24,8 @@
 //!   relay's VmRSS is sampled every 100 ms;
 //! - 5 s after the attacker disconnected: the relay's VmRSS, whether the process is alive,
 //!   and what `/healthz` and `/readyz` answer;
+//! - if the relay is alive but not ready then, `/readyz` is polled (at most 60 s more) to
+//!   tell a stall that ends (and how long it lasted) from an engine that is gone;
 //! - the relay process is killed (through its own child handle) whatever happened.
 //!
 //! Columns: "victim p50/p99/max" are arrival delays of the edits made during the attack
@@ -44,7 +46,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use cairn_bench::server::{Kind, Launch, Programs, Server};
+use cairn_bench::server::{clock_ticks, proc_ticks, Kind, Launch, Programs, Server};
 use clap::Parser;
 
 use attacks::{Attack, Sizes, Target};
@@ -58,6 +60,8 @@ const MIN_WINDOW: Duration = Duration::from_secs(5);
 const AFTER: Duration = Duration::from_secs(5);
 /// An attack that has not returned by then is dropped (its sockets close).
 const ATTACK_LIMIT: Duration = Duration::from_secs(30);
+/// Longest wait for a stalled relay to become ready again, after the figures are taken.
+const RECOVERY_LIMIT: Duration = Duration::from_secs(60);
 /// Limit for each health request.
 const HEALTH_LIMIT: Duration = Duration::from_secs(3);
 
@@ -192,7 +196,7 @@ fn run_one(
     sleep_until(disconnected + AFTER);
     let rss_after = probe::rss_mb(pid);
     let fds_after = probe::open_fds(pid);
-    let hwm = probe::hwm_mb(pid);
+    let mut ready = false;
     let alive = match server.exit_status() {
         Some(status) => format!("no ({status})"),
         None => {
@@ -202,6 +206,7 @@ fn run_one(
                     probe::http_get(server.addr, "/readyz", HEALTH_LIMIT).await,
                 )
             });
+            ready = matches!(readyz, Ok((200, _)));
             let show = |r: anyhow::Result<(u16, Duration)>| match r {
                 Ok((code, _)) => code.to_string(),
                 Err(_) => "no answer".into(),
@@ -210,6 +215,13 @@ fn run_one(
         }
     };
     let report = victim.finish();
+    let recovery = if !ready && server.exit_status().is_none() {
+        Some(await_recovery(&mut server, rt, disconnected))
+    } else {
+        None
+    };
+    // The lifetime peak, including any growth while a stalled relay recovered.
+    let hwm = probe::hwm_mb(pid);
     let log = server.log_text();
     drop(server);
 
@@ -248,6 +260,7 @@ fn run_one(
             notes.push(format!("VmHWM {hwm:.0} MB"));
         }
     }
+    notes.extend(recovery);
     if let Some(why) = crash_lines(&log) {
         notes.push(format!("relay log: {why}"));
     }
@@ -273,6 +286,47 @@ fn victim_cells(r: &VictimReport) -> (String, String) {
             ms(a.quantile(1.0))
         ),
         format!("{}/{}", a.delivered, a.sent),
+    )
+}
+
+/// After the "after" figures, for a relay that is alive but not ready: polls `/readyz`
+/// (at most [`RECOVERY_LIMIT`]) to tell a stall that ends from an engine that is gone (not
+/// ready and using no CPU), and notes which, with the RSS at that point.
+fn await_recovery(server: &mut Server, rt: &tokio::runtime::Runtime, since: Instant) -> String {
+    let pid = server.pid();
+    let deadline = Instant::now() + RECOVERY_LIMIT;
+    let mut cpu = (Instant::now(), proc_ticks(pid));
+    while Instant::now() < deadline {
+        if let Some(status) = server.exit_status() {
+            return format!(
+                "relay exited {} s after the attacker left ({status})",
+                since.elapsed().as_secs()
+            );
+        }
+        let ready = rt.block_on(probe::http_get(server.addr, "/readyz", HEALTH_LIMIT));
+        let rss = probe::rss_mb(pid).map_or("-".into(), |v| format!("{v:.0}"));
+        if matches!(ready, Ok((200, _))) {
+            return format!(
+                "ready again {} s after the attacker left, RSS then {rss} MB",
+                since.elapsed().as_secs()
+            );
+        }
+        let ticks = proc_ticks(pid);
+        if cpu.0.elapsed() >= Duration::from_secs(2) {
+            if (ticks.saturating_sub(cpu.1) as f64) < 0.05 * clock_ticks() {
+                return format!(
+                    "still not ready {} s after the attacker left and idle: engine gone",
+                    since.elapsed().as_secs()
+                );
+            }
+            cpu = (Instant::now(), ticks);
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    format!(
+        "still not ready {} s after the attacker left (busy), RSS {} MB",
+        since.elapsed().as_secs(),
+        probe::rss_mb(pid).map_or("-".into(), |v| format!("{v:.0}"))
     )
 }
 
