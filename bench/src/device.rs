@@ -26,23 +26,25 @@ enum Incoming {
 }
 
 /// See the module docs.
-pub(crate) struct Device {
-    pub(crate) engine: Engine,
+pub struct Device {
+    /// The device's engine; callers create, find and change documents through it and
+    /// then call [`Device::pump`].
+    pub engine: Engine,
     store: MemoryStore,
     epoch: Instant,
     outgoing: Option<mpsc::UnboundedSender<Vec<u8>>>,
     incoming: Option<mpsc::UnboundedReceiver<Incoming>>,
     /// Events since the caller last took them.
-    pub(crate) events: Vec<Event>,
+    pub events: Vec<Event>,
     /// The server closed the socket.
-    pub(crate) closed: bool,
+    pub closed: bool,
     /// Why, when known.
     close_reason: String,
 }
 
 impl Device {
     /// A device with no connection yet (it can create and edit documents offline).
-    pub(crate) fn offline(peer: &str, seed: u64, epoch: Instant) -> Device {
+    pub fn offline(peer: &str, seed: u64, epoch: Instant) -> Device {
         let engine = Engine::new(EngineConfig::new(Role::Client, PeerId::from(peer), seed));
         Device {
             engine,
@@ -57,7 +59,7 @@ impl Device {
     }
 
     /// A new device connected to `url`, handshake done.
-    pub(crate) async fn connect(
+    pub async fn connect(
         url: &str,
         peer: &str,
         seed: u64,
@@ -69,13 +71,13 @@ impl Device {
     }
 
     /// Milliseconds since the bench epoch, as the engine's clock.
-    pub(crate) fn now(&self) -> Timestamp {
+    pub fn now(&self) -> Timestamp {
         Timestamp::from_millis(self.epoch.elapsed().as_millis() as u64)
     }
 
     /// Opens the websocket (retrying refused connects a few times) and waits for the
     /// handshake (at most 30 s).
-    pub(crate) async fn attach(&mut self, url: &str) -> anyhow::Result<()> {
+    pub async fn attach(&mut self, url: &str) -> anyhow::Result<()> {
         // Small buffers keep 400 clients cheap; tungstenite's 128 KiB defaults would not.
         let config = WebSocketConfig::default()
             .read_buffer_size(16 * 1024)
@@ -168,7 +170,7 @@ impl Device {
     }
 
     /// Drains the engine: frames to the writer, storage run inline, events kept.
-    pub(crate) fn pump(&mut self) {
+    pub fn pump(&mut self) {
         while let Some(out) = self.engine.poll_output() {
             match out {
                 Output::Send { frame, .. } => {
@@ -209,7 +211,7 @@ impl Device {
     }
 
     /// Feeds every frame that has already arrived, without waiting.
-    pub(crate) fn poll_ready(&mut self) {
+    pub fn poll_ready(&mut self) {
         while let Some(inc) = self.incoming.as_mut().and_then(|rx| rx.try_recv().ok()) {
             self.feed(inc);
         }
@@ -217,7 +219,7 @@ impl Device {
 
     /// Waits for at least one frame (until `deadline`) and feeds it and every other
     /// frame already waiting. `Ok(false)` on timeout; an error once the socket is closed.
-    pub(crate) async fn step_until(&mut self, deadline: Instant) -> anyhow::Result<bool> {
+    pub async fn step_until(&mut self, deadline: Instant) -> anyhow::Result<bool> {
         if self.closed {
             bail!("the connection closed ({})", self.close_reason);
         }
@@ -241,8 +243,23 @@ impl Device {
     }
 
     /// Closes the socket (the writer sends a close frame).
-    pub(crate) fn disconnect(&mut self) {
+    pub fn disconnect(&mut self) {
         self.outgoing = None;
         self.incoming = None;
+    }
+
+    /// Gives up on the current socket, e.g. after a reconnect attempt timed out half-way
+    /// through the handshake: closes it and tells the engine the link is gone (unless it
+    /// already knows), so the next [`Device::attach`] starts from a clean link.
+    pub fn abandon(&mut self) {
+        self.disconnect();
+        if !self.closed {
+            self.closed = true;
+            self.close_reason = "abandoned by the device".into();
+            let now = self.now();
+            self.engine
+                .handle_input(now, Input::Disconnected { conn: LINK });
+            self.pump();
+        }
     }
 }

@@ -11,17 +11,15 @@
 //! this process, one tokio task each. The bench and the server share the machine, so the
 //! bench's own CPU is printed beside each row.
 
-mod device;
 mod scenario;
-mod server;
 
 use std::time::Instant;
 
 use anyhow::bail;
 use clap::Parser;
 
+use cairn_bench::server::{Kind, Programs, Server};
 use scenario::{Row, Sizes};
-use server::{Kind, Programs, Server};
 
 /// Load benchmark: Cairn relay vs the Node automerge-repo servers.
 #[derive(Debug, Parser)]

@@ -12,8 +12,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tokio::sync::{mpsc, watch};
 
-use crate::device::Device;
-use crate::server::{own_cpu, Cpu, Server};
+use cairn_bench::device::Device;
+use cairn_bench::server::{own_cpu, Cpu, Server};
 
 /// How big each scenario is.
 #[derive(Clone, Copy, Debug)]

@@ -13,7 +13,7 @@ use anyhow::{bail, Context};
 
 /// Which server implementation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Kind {
+pub enum Kind {
     /// `cairn-relay serve --open`.
     Cairn,
     /// The official `@automerge/automerge-repo-sync-server`, bound to loopback.
@@ -23,7 +23,8 @@ pub(crate) enum Kind {
 }
 
 impl Kind {
-    pub(crate) fn parse(s: &str) -> anyhow::Result<Kind> {
+    /// `cairn`, `node-sync` or `node-repo`.
+    pub fn parse(s: &str) -> anyhow::Result<Kind> {
         Ok(match s {
             "cairn" => Kind::Cairn,
             "node-sync" => Kind::NodeSync,
@@ -32,7 +33,8 @@ impl Kind {
         })
     }
 
-    pub(crate) fn is_node(self) -> bool {
+    /// One of the two Node servers.
+    pub fn is_node(self) -> bool {
         self != Kind::Cairn
     }
 }
@@ -49,7 +51,7 @@ impl fmt::Display for Kind {
 
 /// Where the programs live.
 #[derive(Debug, Clone)]
-pub(crate) struct Programs {
+pub struct Programs {
     relay: PathBuf,
     js_dir: PathBuf,
 }
@@ -57,7 +59,7 @@ pub(crate) struct Programs {
 impl Programs {
     /// Finds `cairn-relay` beside this binary (unless `relay` names one) and `tests/js` in
     /// the workspace above it.
-    pub(crate) fn locate(kinds: &[Kind], relay: Option<PathBuf>) -> anyhow::Result<Programs> {
+    pub fn locate(kinds: &[Kind], relay: Option<PathBuf>) -> anyhow::Result<Programs> {
         let exe = std::env::current_exe().context("locating this binary")?;
         let dir = exe.parent().context("this binary has no directory")?;
         let relay = relay.unwrap_or_else(|| dir.join("cairn-relay"));
@@ -85,21 +87,75 @@ impl Programs {
 
 /// A running server process. Killed on drop.
 #[derive(Debug)]
-pub(crate) struct Server {
-    pub(crate) kind: Kind,
-    pub(crate) addr: SocketAddr,
+pub struct Server {
+    /// Which implementation.
+    pub kind: Kind,
+    /// Where it listens (loopback).
+    pub addr: SocketAddr,
     child: Child,
     _data: tempfile::TempDir,
 }
 
+/// How to run the Cairn relay beyond the defaults.
+#[derive(Clone, Debug, Default)]
+pub struct Launch {
+    /// Flags appended to `serve --open --listen .. --data ..`.
+    pub extra_args: Vec<String>,
+    /// Address-space limit (`ulimit -v`, KiB), so an attack that makes the relay ask for
+    /// tens of GiB fails inside the relay instead of starving the machine it shares.
+    pub max_vm_kib: Option<u64>,
+    /// Soft open-file limit (`ulimit -Sn`), e.g. the common default of 1024 so fd
+    /// exhaustion shows as it would under a stock service manager.
+    pub nofile: Option<u64>,
+}
+
+impl Launch {
+    /// The command that starts `program`: directly, or through `sh` setting the limits
+    /// and then `exec`ing it (so the child's pid is the program's). Without
+    /// `RUST_BACKTRACE` from the caller's shell: symbolising a backtrace on a panic
+    /// costs the relay ~120 MB of memory, which is not what a benchmark measures.
+    fn command(&self, program: &Path) -> Command {
+        let mut c = self.limited(program);
+        c.env_remove("RUST_BACKTRACE")
+            .env_remove("RUST_LIB_BACKTRACE");
+        c
+    }
+
+    fn limited(&self, program: &Path) -> Command {
+        if self.max_vm_kib.is_none() && self.nofile.is_none() {
+            return Command::new(program);
+        }
+        let mut script = String::new();
+        if let Some(kib) = self.max_vm_kib {
+            script += &format!("ulimit -v {kib} && ");
+        }
+        if let Some(n) = self.nofile {
+            script += &format!("ulimit -Sn {n} && ");
+        }
+        script += "exec \"$0\" \"$@\"";
+        let mut c = Command::new("sh");
+        c.arg("-c").arg(script).arg(program);
+        c
+    }
+}
+
 /// CPU time of a process tree, in seconds.
 #[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct Cpu(pub(crate) f64);
+pub struct Cpu(
+    /// Seconds.
+    pub f64,
+);
 
 impl Server {
     /// Starts a fresh server (new data directory, free port) and waits until it accepts
     /// connections (at most 30 s).
-    pub(crate) fn start(kind: Kind, programs: &Programs) -> anyhow::Result<Server> {
+    pub fn start(kind: Kind, programs: &Programs) -> anyhow::Result<Server> {
+        Server::start_with(kind, programs, &Launch::default())
+    }
+
+    /// [`Server::start`] with extra relay flags and process limits (`launch` applies to
+    /// the Cairn relay only).
+    pub fn start_with(kind: Kind, programs: &Programs, launch: &Launch) -> anyhow::Result<Server> {
         let data = tempfile::Builder::new()
             .prefix("cairn-bench-")
             .tempdir()
@@ -110,13 +166,14 @@ impl Server {
         let log = fs::File::create(data.path().join("server.log"))?;
         let mut cmd = match kind {
             Kind::Cairn => {
-                let mut c = Command::new(&programs.relay);
+                let mut c = launch.command(&programs.relay);
                 c.arg("serve")
                     .arg("--open")
                     .arg("--listen")
                     .arg(addr.to_string())
                     .arg("--data")
                     .arg(&store)
+                    .args(&launch.extra_args)
                     .env("CAIRN_LOG", "warn");
                 c
             }
@@ -172,26 +229,47 @@ impl Server {
         )
     }
 
+    /// Everything the server wrote (its last MiB).
+    pub fn log_text(&self) -> String {
+        let text = fs::read_to_string(self._data.path().join("server.log")).unwrap_or_default();
+        let mut from = text.len().saturating_sub(1 << 20);
+        while !text.is_char_boundary(from) {
+            from += 1;
+        }
+        text[from..].to_owned()
+    }
+
     /// The last lines the server wrote.
-    pub(crate) fn log_tail(&self) -> String {
+    pub fn log_tail(&self) -> String {
         let text = fs::read_to_string(self._data.path().join("server.log")).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(20)..].join("\n")
     }
 
+    /// The server's process id (for the Cairn relay under [`Launch`] limits: the relay
+    /// itself, since the shell `exec`s it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `None` while the process runs; how it ended otherwise.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// The websocket URL.
-    pub(crate) fn url(&self) -> String {
+    pub fn url(&self) -> String {
         format!("ws://{}/", self.addr)
     }
 
     /// utime+stime of the server and every descendant process still running.
-    pub(crate) fn cpu(&self) -> Cpu {
+    pub fn cpu(&self) -> Cpu {
         let ticks: u64 = tree(self.child.id()).iter().map(|&p| proc_ticks(p)).sum();
         Cpu(ticks as f64 / clock_ticks())
     }
 
     /// Peak resident memory (VmHWM) of the server process tree, in MiB.
-    pub(crate) fn peak_rss_mb(&self) -> f64 {
+    pub fn peak_rss_mb(&self) -> f64 {
         let kb: u64 = tree(self.child.id()).iter().map(|&p| vm_hwm_kb(p)).sum();
         kb as f64 / 1024.0
     }
@@ -231,12 +309,12 @@ fn tree(pid: u32) -> Vec<u32> {
 }
 
 /// utime + stime (fields 14 and 15 of `/proc/<pid>/stat`), in clock ticks.
-pub(crate) fn proc_ticks(pid: u32) -> u64 {
+pub fn proc_ticks(pid: u32) -> u64 {
     stat_ticks(Path::new(&format!("/proc/{pid}/stat")))
 }
 
 /// utime + stime of this process.
-pub(crate) fn own_cpu() -> Cpu {
+pub fn own_cpu() -> Cpu {
     Cpu(stat_ticks(Path::new("/proc/self/stat")) as f64 / clock_ticks())
 }
 
@@ -260,16 +338,21 @@ fn stat_ticks(path: &Path) -> u64 {
 }
 
 fn vm_hwm_kb(pid: u32) -> u64 {
+    status_kb(pid, "VmHWM:").unwrap_or(0)
+}
+
+/// A `kB` field (`VmRSS:`, `VmHWM:`, ...) of `/proc/<pid>/status`; `None` once the process
+/// is gone.
+pub fn status_kb(pid: u32, field: &str) -> Option<u64> {
     fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
+        .ok()?
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
 }
 
 /// Clock ticks per second (`getconf CLK_TCK`, 100 when that fails).
-pub(crate) fn clock_ticks() -> f64 {
+pub fn clock_ticks() -> f64 {
     static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
     *TICKS.get_or_init(|| {
         Command::new("getconf")
