@@ -441,6 +441,27 @@ fn engine_seeds() -> Vec<(&'static str, Vec<Step>)> {
             ],
         ),
         (
+            // A first message that carries its change and offers a Bloom filter, from a
+            // peer without v2 messages: the relay reads the filter while answering.
+            "crafted-first-message",
+            vec![
+                edit(0, 0, 1),
+                Step::Crafted {
+                    doc: 0,
+                    request: false,
+                    message: CraftedSync {
+                        v2: false,
+                        heads: Hashes::Ours,
+                        need: Hashes::Empty,
+                        have: vec![valid_bloom.clone()],
+                        changes: Changes::Ours,
+                        flags: None,
+                    },
+                },
+                sync(0),
+            ],
+        ),
+        (
             "crafted-need-v2",
             vec![
                 edit(1, 0, 1),
