@@ -4,8 +4,8 @@
 # when missing. The corpus is copied into target/fuzz-run/ first, so a run never changes the
 # repository; what the fuzzer adds there is thrown away.
 #
-#   CAIRN_FUZZ_SECONDS=N   seconds per target (default: 60 for decode_frame and 120 for
-#                          engine_frames, 3 CPU-minutes in all; the targets run side by side)
+#   CAIRN_FUZZ_SECONDS=N   seconds per target (default 90: 3 CPU-minutes in all, 90 s of
+#                          wall time since the two targets run side by side on two cores)
 #   CAIRN_FUZZ_TARGETS=".." which targets (default: every target in fuzz/Cargo.toml)
 #   CAIRN_FUZZ_SEED=N      libFuzzer's seed (default 1, so a run is repeatable as far as a
 #                          time budget allows)
@@ -35,15 +35,7 @@ ALL_TARGETS=(decode_frame engine_frames)
 BUILD_FLAGS=(-s none)
 read -r -a TARGETS <<<"${CAIRN_FUZZ_TARGETS:-${ALL_TARGETS[*]}}"
 
-budget() {
-  if [[ -n "${CAIRN_FUZZ_SECONDS:-}" ]]; then
-    echo "$CAIRN_FUZZ_SECONDS"
-  elif [[ "$1" == engine_frames ]]; then
-    echo 120
-  else
-    echo 60
-  fi
-}
+SECONDS_PER_TARGET="${CAIRN_FUZZ_SECONDS:-90}"
 
 if ! rustup toolchain list | grep -q nightly; then
   rustup toolchain install nightly --profile minimal
@@ -65,7 +57,7 @@ for t in "${TARGETS[@]}"; do
   if [[ -d "fuzz/corpus/$t" ]]; then
     cp fuzz/corpus/"$t"/* "$runs/$t/corpus/"
   fi
-  secs=$(budget "$t")
+  secs=$SECONDS_PER_TARGET
   echo "fuzzing $t for ${secs}s from $(ls "$runs/$t/corpus" | wc -l) corpus inputs (seed $SEED)"
   # Side by side: the budget is CPU time; the targets are independent.
   (
