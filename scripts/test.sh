@@ -38,8 +38,10 @@ cargo check -p cairn-core --no-default-features --locked
 step "cargo doc -D warnings"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 
-step "fuzz targets run from their corpus for a fixed budget (nightly, cargo-fuzz)"
-scripts/fuzz.sh
-
 step "tests"
 cargo test --workspace --locked
+
+# Last: the replay of every saved crasher (in the tests above) names a failure precisely;
+# the fuzzers look for new ones.
+step "fuzz targets run from their corpus for a fixed budget (nightly, cargo-fuzz)"
+scripts/fuzz.sh
