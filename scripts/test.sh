@@ -4,6 +4,7 @@
 #
 #   CAIRN_SIM_SEEDS=N         more simulator seeds (default in the test: 40)
 #   CAIRN_CRASH_ITERATIONS=N  more relay SIGKILL/restart rounds (default in the test: 8)
+#   CAIRN_FUZZ_SECONDS=N      fuzz each target this long (default: scripts/fuzz.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,8 +38,10 @@ cargo check -p cairn-core --no-default-features --locked
 step "cargo doc -D warnings"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 
-step "fuzz targets compile (nightly)"
-cargo +nightly check --manifest-path fuzz/Cargo.toml --locked --bins
-
 step "tests"
 cargo test --workspace --locked
+
+# Last: the replay of every saved crasher (in the tests above) names a failure precisely;
+# the fuzzers look for new ones.
+step "fuzz targets run from their corpus for a fixed budget (nightly, cargo-fuzz)"
+scripts/fuzz.sh
