@@ -401,10 +401,9 @@ impl Engine {
         tracing::debug!(%conn, doc = %id, reason = reason.label(), "document refused");
         self.reject_unavailable(conn, peer, id);
         if let Some(c) = self.conns.get_mut(&conn) {
-            let holds = self
-                .docs
-                .get(&id)
-                .is_some_and(|d| d.peers.contains_key(&conn));
+            let holds = self.docs.get(&id).is_some_and(|d| {
+                d.peers.contains_key(&conn) || d.queued.iter().any(|q| q.conn == conn)
+            });
             if !holds {
                 c.docs.remove(&id);
             }
@@ -486,6 +485,11 @@ impl Engine {
         };
         let pd = doc.peers.entry(conn).or_insert_with(PeerDoc::new);
         pd.unavailable = false;
+        // A connection's `docs` must name every document that holds it (a refusal of an
+        // earlier message in the same loaded batch may have taken the id out).
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.docs.insert(id);
+        }
         let their_heads = msg.heads.clone();
         let empty_here = am.get_heads().is_empty();
         if role == Role::Relay && request && empty_here && !has_changes {
