@@ -312,7 +312,7 @@ pub enum Event {
 /// Why an application call failed.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum EngineError {
-    /// The document is not in memory (call [`Engine::find`] and wait for it).
+    /// The document is not in memory (call [`Engine::find`](super::Engine::find) and wait for it).
     #[error("document {0} is not loaded")]
     NotLoaded(DocumentId),
     /// The change function returned an error; nothing was committed.
