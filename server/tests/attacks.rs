@@ -56,12 +56,7 @@ async fn get(relay: &Relay, path: &str) -> (u16, String) {
 /// The value of a metric line (`name` includes any labels) in `/metrics`.
 async fn metric(relay: &Relay, name: &str) -> f64 {
     let (_, body) = get(relay, "/metrics").await;
-    body.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("{name} missing from /metrics"))
-        .trim()
-        .parse()
-        .expect("numeric metric")
+    common::metric_value(&body, name).unwrap_or_else(|| panic!("{name} missing from /metrics"))
 }
 
 /// A sync message carrying one change of `chars` characters of text (one op each).

@@ -4,24 +4,10 @@
 
 mod common;
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
-use cairn_relay::{app, AppState, RelayError};
-use common::{config_from_flags, metric_value, Raw, Seen, SOON};
+use axum::http::StatusCode;
+use cairn_relay::RelayError;
+use common::{config_from_flags, metric_value, oneshot_get as get, Raw, Seen, SOON};
 use tokio::net::TcpListener;
-use tower::ServiceExt;
-
-async fn get(state: &AppState, path: &str) -> (StatusCode, String) {
-    let response = app(state.clone())
-        .oneshot(Request::get(path).body(Body::empty()).expect("request"))
-        .await
-        .expect("infallible router");
-    let status = response.status();
-    let body = axum::body::to_bytes(response.into_body(), 1 << 20)
-        .await
-        .expect("body");
-    (status, String::from_utf8(body.to_vec()).expect("utf-8"))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_engine_fails_healthz_and_ends_serving() {

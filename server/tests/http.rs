@@ -6,38 +6,17 @@ mod common;
 use std::time::Duration;
 
 use automerge::transaction::Transactable;
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::StatusCode;
 use cairn_relay::config::{Cli, Command};
 use cairn_relay::{app, AppState, ConfigError};
 use clap::Parser;
-use common::{client, config_from_flags, SOON};
+use common::{client, config_from_flags, oneshot_get as get, SOON};
 use tokio::net::TcpListener;
-use tower::ServiceExt;
-
-async fn get(state: &AppState, path: &str) -> (StatusCode, String) {
-    let response = app(state.clone())
-        .oneshot(Request::get(path).body(Body::empty()).expect("request"))
-        .await
-        .expect("infallible router");
-    let status = response.status();
-    let body = axum::body::to_bytes(response.into_body(), 1 << 20)
-        .await
-        .expect("body");
-    (
-        status,
-        String::from_utf8(body.to_vec()).expect("utf-8 body"),
-    )
-}
 
 /// The value of an unlabelled metric in the text exposition.
 fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+    common::metric_value(text, name)
         .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
-        .trim()
-        .parse()
-        .expect("numeric metric")
 }
 
 /// Serves `state` on a loopback port (as `run` would) and returns its websocket URL.

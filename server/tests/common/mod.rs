@@ -419,3 +419,26 @@ pub fn metric_value(text: &str, name: &str) -> Option<f64> {
         .parse()
         .ok()
 }
+
+/// Answers `GET path` through the router alone (`app(state).oneshot`): (status, body).
+pub async fn oneshot_get(
+    state: &cairn_relay::AppState,
+    path: &str,
+) -> (axum::http::StatusCode, String) {
+    use tower::ServiceExt;
+    let request = axum::http::Request::get(path)
+        .body(axum::body::Body::empty())
+        .expect("request");
+    let response = cairn_relay::app(state.clone())
+        .oneshot(request)
+        .await
+        .expect("infallible router");
+    let status = response.status();
+    let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .expect("body");
+    (
+        status,
+        String::from_utf8(body.to_vec()).expect("utf-8 body"),
+    )
+}
