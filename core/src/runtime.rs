@@ -92,6 +92,10 @@ pub struct HostConfig {
     pub outbound_queue_bytes: usize,
     /// Storage ops taken into one batch (one flush). Default 512.
     pub max_batch: usize,
+    /// A test control, never for use with real data: report writes done *before* flushing
+    /// them, so the crash tests can show they would see a lost acknowledgement. Default
+    /// false.
+    pub unsafe_ack_before_flush: bool,
 }
 
 impl Default for HostConfig {
@@ -100,6 +104,7 @@ impl Default for HostConfig {
             outbound_queue: 1024,
             outbound_queue_bytes: DEFAULT_OUTBOUND_QUEUE_BYTES,
             max_batch: 512,
+            unsafe_ack_before_flush: false,
         }
     }
 }
@@ -243,10 +248,21 @@ impl Host {
         let (results_tx, results_rx) = mpsc::unbounded_channel();
         let (ops_tx, ops_rx) = std_mpsc::channel::<(TaskId, StorageOp)>();
         let max_batch = config.max_batch;
+        if config.unsafe_ack_before_flush {
+            tracing::warn!(
+                "UNSAFE: writes are reported before they are flushed (a test control); \
+                 acknowledged changes WILL be lost in a crash"
+            );
+        }
+        let worker = StorageWorker {
+            storage,
+            unflushed: false,
+            ack_before_flush: config.unsafe_ack_before_flush,
+        };
         let (batch_tx, batch_rx) = mpsc::unbounded_channel();
         std::thread::Builder::new()
             .name("cairn-storage".into())
-            .spawn(move || storage_thread(storage, ops_rx, results_tx, batch_tx, max_batch))
+            .spawn(move || storage_thread(worker, ops_rx, results_tx, batch_tx, max_batch))
             .expect("spawning the storage thread");
         let origin = Instant::now();
         let engine = tokio::spawn(engine_task(
@@ -359,8 +375,95 @@ impl Host {
     }
 }
 
-fn storage_thread(
+/// Runs storage ops in batches with one flush per batch, and keeps the durability rules:
+/// a write is reported done only after a flush succeeded, and after a failed flush no read
+/// is answered until a flush succeeds again, so a reload never reveals a write that is not
+/// durable (sled, for one, keeps a write it could not flush readable in memory).
+struct StorageWorker {
     storage: Arc<dyn Storage>,
+    /// A flush failed and none has succeeded since: the store may hold writes that are not
+    /// durable, and reads would reveal them.
+    unflushed: bool,
+    /// The negative control of the durability tests: report writes before flushing them.
+    ack_before_flush: bool,
+}
+
+/// One op of a batch and its result.
+struct Done {
+    task: TaskId,
+    write: bool,
+    /// A read that ran after a write of the same batch (it may see that write).
+    after_write: bool,
+    result: Result<StorageOutcome, StoreError>,
+}
+
+/// The error every write of a batch whose flush failed gets: the flush's own kind, so a full
+/// disk still reads as one.
+fn flush_error(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Io(io) => StoreError::Io(std::io::Error::new(io.kind(), "flush failed")),
+        StoreError::Corrupt { detail } => StoreError::Corrupt {
+            detail: detail.clone(),
+        },
+        StoreError::Closed => StoreError::Closed,
+    }
+}
+
+impl StorageWorker {
+    /// Before a read: if an earlier flush failed, retry it; the read may run only once
+    /// everything the store holds is durable.
+    fn ready_to_read(&mut self) -> Result<(), StoreError> {
+        if self.unflushed {
+            self.storage.flush().map_err(|e| flush_error(&e))?;
+            tracing::info!("flush succeeded again after a failure; reads resume");
+            self.unflushed = false;
+        }
+        Ok(())
+    }
+
+    fn run_batch(&mut self, batch: Vec<(TaskId, StorageOp)>) -> (Vec<Done>, usize) {
+        let mut done = Vec::with_capacity(batch.len());
+        let mut writes = 0;
+        for (task, op) in batch {
+            let write = op.is_write();
+            let result = if write {
+                writes += 1;
+                self.storage.apply(&op)
+            } else {
+                self.ready_to_read().and_then(|()| self.storage.apply(&op))
+            };
+            done.push(Done {
+                task,
+                write,
+                after_write: !write && writes > 0,
+                result,
+            });
+        }
+        (done, writes)
+    }
+
+    fn flush(&mut self, done: &mut [Done], writes: usize) {
+        if writes == 0 {
+            return;
+        }
+        if let Err(e) = self.storage.flush() {
+            tracing::error!(error = %e, writes, disk_full = e.is_disk_full(), "flush failed");
+            self.unflushed = true;
+            // Nothing written in this batch is durable, and a read after one of its writes
+            // may have seen it.
+            for d in done.iter_mut() {
+                if d.result.is_ok() && (d.write || d.after_write) {
+                    d.result = Err(flush_error(&e));
+                }
+            }
+        } else {
+            self.unflushed = false;
+        }
+    }
+}
+
+fn storage_thread(
+    mut worker: StorageWorker,
     ops: std_mpsc::Receiver<(TaskId, StorageOp)>,
     results: mpsc::UnboundedSender<(TaskId, Result<StorageOutcome, StoreError>)>,
     batches: mpsc::UnboundedSender<(usize, usize, Duration)>,
@@ -375,37 +478,22 @@ fn storage_thread(
                 Err(_) => break,
             }
         }
-        let mut done = Vec::with_capacity(batch.len());
-        let mut writes = 0;
-        for (task, op) in batch {
-            if op.is_write() {
-                writes += 1;
-            }
-            let result = storage.apply(&op);
-            done.push((task, op.is_write(), result));
-        }
-        if writes > 0 {
-            if let Err(e) = storage.flush() {
-                // Nothing written in this batch can be called durable.
-                let kind = match &e {
-                    StoreError::Io(io) => Some(io.kind()),
-                    _ => None,
-                };
-                tracing::error!(error = %e, writes, "flush failed");
-                for (_, is_write, result) in done.iter_mut() {
-                    if *is_write && result.is_ok() {
-                        *result = Err(match kind {
-                            Some(k) => StoreError::Io(std::io::Error::new(k, "flush failed")),
-                            None => StoreError::Closed,
-                        });
-                    }
+        let (mut done, writes) = worker.run_batch(batch);
+        let n = done.len();
+        if worker.ack_before_flush {
+            // The negative control: results leave before the flush, as a broken host would.
+            for d in done {
+                if results.send((d.task, d.result)).is_err() {
+                    return;
                 }
             }
-        }
-        let n = done.len();
-        for (task, _, result) in done {
-            if results.send((task, result)).is_err() {
-                return;
+            worker.flush(&mut [], writes);
+        } else {
+            worker.flush(&mut done, writes);
+            for d in done {
+                if results.send((d.task, d.result)).is_err() {
+                    return;
+                }
             }
         }
         let _ = batches.send((n, writes, started.elapsed()));
@@ -558,7 +646,7 @@ mod tests {
     use super::*;
     use crate::engine::{EngineConfig, Role};
     use crate::ids::{DocumentId, PeerId};
-    use crate::store::MemoryStore;
+    use crate::store::{MemoryStore, StorageKey};
     use crate::wire::{DocMessage, Message, PeerMetadata};
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -763,5 +851,237 @@ mod tests {
         assert_eq!(got.first().map(String::as_str), Some("peer"));
         assert_eq!(got.len(), 4);
         host.shutdown().await;
+    }
+
+    /// How [`Gated`]'s flush behaves.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    enum FlushMode {
+        Succeed,
+        /// Fails with "no space left on device".
+        Fail,
+        /// Waits until the mode changes.
+        Block,
+    }
+
+    /// A memory store whose writes are readable at once (as sled's are) and whose flush the
+    /// test controls.
+    #[derive(Default)]
+    struct Gated {
+        inner: MemoryStore,
+        mode: std::sync::Mutex<Option<FlushMode>>,
+        changed: std::sync::Condvar,
+        in_flush: AtomicUsize,
+    }
+
+    impl Gated {
+        fn set(&self, mode: FlushMode) {
+            *self.mode.lock().unwrap() = Some(mode);
+            self.changed.notify_all();
+        }
+    }
+
+    impl Storage for Gated {
+        fn load(&self, key: &[String]) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.load(key)
+        }
+        fn load_range(&self, p: &[String]) -> Result<Vec<(StorageKey, Vec<u8>)>, StoreError> {
+            self.inner.load_range(p)
+        }
+        fn put(&self, key: &[String], data: &[u8]) -> Result<(), StoreError> {
+            self.inner.put(key, data)
+        }
+        fn delete(&self, key: &[String]) -> Result<(), StoreError> {
+            self.inner.delete(key)
+        }
+        fn flush(&self) -> Result<(), StoreError> {
+            let mut mode = self.mode.lock().unwrap();
+            self.in_flush.fetch_add(1, Ordering::SeqCst);
+            while *mode == Some(FlushMode::Block) {
+                mode = self.changed.wait(mode).unwrap();
+            }
+            match *mode {
+                Some(FlushMode::Fail) => Err(StoreError::Io(std::io::Error::from_raw_os_error(28))),
+                _ => Ok(()),
+            }
+        }
+    }
+
+    /// A peer's sync message carrying one new change, and that change's hash.
+    fn one_change(doc: DocumentId) -> (Vec<u8>, automerge::ChangeHash) {
+        use automerge::sync::SyncDoc;
+        use automerge::transaction::Transactable;
+        let mut am = automerge::Automerge::new();
+        let mut tx = am.transaction();
+        tx.put(automerge::ROOT, "agenda", "check-in").unwrap();
+        tx.commit();
+        let hash = am.get_heads()[0];
+        let mut state = automerge::sync::State::new();
+        // Tell the sender the relay has nothing, so the first message carries the change.
+        let empty = automerge::Automerge::new();
+        let mut theirs = automerge::sync::State::new();
+        let hello = empty.generate_sync_message(&mut theirs).unwrap();
+        am.receive_sync_message(&mut state, hello).unwrap();
+        let data = am.generate_sync_message(&mut state).unwrap().encode();
+        let frame = Message::Request(DocMessage {
+            sender_id: "p".into(),
+            target_id: "relay".into(),
+            document_id: doc,
+            data,
+        })
+        .encode();
+        (frame, hash)
+    }
+
+    /// Whether a frame is a sync message from the relay whose heads include `hash`.
+    fn reveals(frame: &[u8], hash: &automerge::ChangeHash) -> bool {
+        match Message::decode(frame) {
+            Ok(Message::Sync(d)) | Ok(Message::Request(d)) => {
+                automerge::sync::Message::decode(&d.data).is_ok_and(|m| m.heads.contains(hash))
+            }
+            _ => false,
+        }
+    }
+
+    /// Every frame queued right now (the engine has handled everything sent before).
+    async fn queued_now(host: &Host, outbound: &mut OutboundQueue) -> Vec<Vec<u8>> {
+        host.call(|_, _| ()).await.unwrap();
+        let mut got = Vec::new();
+        while let Ok(Some(Outbound::Frame(f))) =
+            tokio::time::timeout(Duration::from_millis(20), outbound.recv()).await
+        {
+            got.push(f);
+        }
+        got
+    }
+
+    fn gated_host(store: Arc<Gated>) -> Host {
+        let engine = Engine::new(EngineConfig::new(Role::Relay, PeerId::from("relay"), 1));
+        Host::start(
+            engine,
+            store,
+            Box::new(Closes::default()),
+            HostConfig::default(),
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_frame_reveals_a_change_while_its_flush_blocks() {
+        let store = Arc::new(Gated::default());
+        let host = gated_host(store.clone());
+        let mut handle = host.open(Direction::Incoming, None).await.unwrap();
+        handle.input.frame(join()).await.unwrap();
+        let doc = DocumentId::from_bytes([7; 16]);
+        let (frame, hash) = one_change(doc);
+        store.set(FlushMode::Block);
+        handle.input.frame(frame).await.unwrap();
+        for _ in 0..1000 {
+            if store.in_flush.load(Ordering::SeqCst) > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(
+            store.in_flush.load(Ordering::SeqCst) > 0,
+            "the write never reached flush"
+        );
+        let early = queued_now(&host, &mut handle.outbound).await;
+        assert!(
+            !early.iter().any(|f| reveals(f, &hash)),
+            "a frame revealed the change while its flush was still running"
+        );
+        store.set(FlushMode::Succeed);
+        let mut revealed = false;
+        for _ in 0..200 {
+            let frames = queued_now(&host, &mut handle.outbound).await;
+            if frames.iter().any(|f| reveals(f, &hash)) {
+                revealed = true;
+                break;
+            }
+        }
+        assert!(revealed, "the change was never acknowledged once durable");
+        host.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_change_whose_flush_failed_is_not_revealed_by_a_reload() {
+        let store = Arc::new(Gated::default());
+        let host = gated_host(store.clone());
+        let doc = DocumentId::from_bytes([8; 16]);
+        let (frame, hash) = one_change(doc);
+        store.set(FlushMode::Fail);
+        let mut writer = host.open(Direction::Incoming, None).await.unwrap();
+        writer.input.frame(join()).await.unwrap();
+        writer.input.frame(frame).await.unwrap();
+        // The write fails: the writer's connection is closed (its peer resends later) and
+        // nothing it received revealed the change.
+        let mut seen = Vec::new();
+        while let Ok(Some(Outbound::Frame(f))) =
+            tokio::time::timeout(Duration::from_secs(10), writer.outbound.recv()).await
+        {
+            seen.push(f);
+        }
+        assert!(!seen.iter().any(|f| reveals(f, &hash)));
+        // The change is still readable in the store's memory, as it is in sled's; a second
+        // peer asking for the document must not get it while the disk is still full.
+        assert!(!store.inner.keys().is_empty());
+        let mut reader = host.open(Direction::Incoming, None).await.unwrap();
+        reader.input.frame(join()).await.unwrap();
+        reader.input.frame(request_for(doc)).await.unwrap();
+        let mut answer = Vec::new();
+        for _ in 0..200 {
+            answer.extend(queued_now(&host, &mut reader.outbound).await);
+            if answer
+                .iter()
+                .any(|f| matches!(Message::decode(f), Ok(m) if m.kind() != "peer"))
+            {
+                break;
+            }
+        }
+        assert!(
+            !answer.iter().any(|f| reveals(f, &hash)),
+            "a reload revealed an unflushed change"
+        );
+        assert!(
+            answer
+                .iter()
+                .any(|f| matches!(Message::decode(f), Ok(Message::DocUnavailable { .. }))),
+            "the reader got no answer"
+        );
+        // Space again: the next flush makes the change durable, and then it may be served.
+        store.set(FlushMode::Succeed);
+        let mut later = host.open(Direction::Incoming, None).await.unwrap();
+        later.input.frame(join()).await.unwrap();
+        later.input.frame(request_for(doc)).await.unwrap();
+        let mut revealed = false;
+        for _ in 0..200 {
+            if queued_now(&host, &mut later.outbound)
+                .await
+                .iter()
+                .any(|f| reveals(f, &hash))
+            {
+                revealed = true;
+                break;
+            }
+        }
+        assert!(
+            revealed,
+            "the change was not served once the disk had room again"
+        );
+        host.shutdown().await;
+    }
+
+    fn request_for(doc: DocumentId) -> Vec<u8> {
+        use automerge::sync::SyncDoc;
+        let empty = automerge::Automerge::new();
+        Message::Request(DocMessage {
+            sender_id: "p".into(),
+            target_id: "relay".into(),
+            document_id: doc,
+            data: empty
+                .generate_sync_message(&mut automerge::sync::State::new())
+                .unwrap()
+                .encode(),
+        })
+        .encode()
     }
 }

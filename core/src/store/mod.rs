@@ -14,9 +14,13 @@ use thiserror::Error;
 use crate::ids::StorageId;
 
 #[cfg(feature = "sled")]
+mod durable_record;
+#[cfg(feature = "sled")]
 mod sled_store;
 #[cfg(feature = "sled")]
-pub use sled_store::{SledConfig, SledStore};
+pub use durable_record::RECORD_FILE;
+#[cfg(feature = "sled")]
+pub use sled_store::{SledConfig, SledDurability, SledStore, VerifyReport};
 
 /// A storage key: a list of path parts.
 pub type StorageKey = Vec<String>;

@@ -1,8 +1,47 @@
 //! The sled-backed store used by the relay and on the phone.
+//!
+//! sled 0.34's `flush` writes its log with `sync_file_range`, which persists neither the
+//! file's growing length nor the drive's write cache, and it never syncs the blob files it
+//! writes for large pages (over a quarter of a segment, about 128 KiB). So a
+//! [`SledStore`] flush is:
+//! 1. the durable record (see [`super::durable_record`]) of the state this flush makes
+//!    durable: generation, key count, digest — written and `fdatasync`ed first;
+//! 2. every write since the last flush, and the new generation, applied as one sled batch
+//!    (sled recovers a batch whole or not at all, so after a crash the database is exactly
+//!    at the old generation or the new one, and matches one of the record's slots);
+//! 3. sled's flush, then `fdatasync` of its log and of every new blob file, and `fsync` of
+//!    its directories. Only then is the flush reported done.
+//!
+//! At open the database must match the record: a database cut short, restored from an
+//! older copy, or that silently lost a page is refused with a clear error instead of
+//! passing for a whole one.
 
-use std::path::Path;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsString;
+use std::fs::File;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
-use super::{Storage, StorageKey, StoreError};
+use super::durable_record::{Contents, DurableRecord, Slot, RECORD_FILE};
+use super::{storage_id_key, Storage, StorageKey, StoreError};
+
+/// The key under which the store keeps its generation (bumped in every flush's batch). Not
+/// a document id (those are base58), so no document's key range reaches it; it is left out
+/// of the record's key count and digest.
+const GENERATION_KEY: &[u8] = b"cairn-durable-generation";
+
+/// How a [`SledStore`] makes writes durable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SledDurability {
+    /// The durable record, then sled's flush, then `fdatasync` of its log and new blob
+    /// files and `fsync` of its directories. The default, and the only safe choice.
+    #[default]
+    Fsync,
+    /// sled's flush alone (`sync_file_range`, no fsync, no record): a **test control** that
+    /// loses acknowledged writes on power loss, so the power-cut tests can show they see it.
+    SledFlushOnly,
+}
 
 /// Tuning for [`SledStore`].
 #[derive(Clone, Debug)]
@@ -10,21 +49,67 @@ pub struct SledConfig {
     /// sled's page cache in bytes. Default 64 MiB: sled's own default (1 GiB) would dwarf a
     /// phone's budget and a small relay's; documents are cached by the engine anyway.
     pub cache_capacity: u64,
+    /// How writes are made durable. Default [`SledDurability::Fsync`].
+    pub durability: SledDurability,
 }
 
 impl Default for SledConfig {
     fn default() -> Self {
         SledConfig {
             cache_capacity: 64 * 1024 * 1024,
+            durability: SledDurability::Fsync,
         }
     }
 }
 
+/// What the check at open found: the database matches its durable record.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Keys read (every one, with sled checking each page's checksum).
+    pub keys: u64,
+    /// Bytes of values read.
+    pub bytes: u64,
+    /// The generation the database is at.
+    pub generation: u64,
+}
+
 /// A [`Storage`] on an embedded sled database. Key parts are joined with a NUL byte, which
 /// cannot appear in document ids or the fixed key words.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct SledStore {
-    db: sled::Db,
+    inner: std::sync::Arc<Inner>,
+}
+
+/// Names the directory only: sled's own `Debug` prints every key and value.
+impl std::fmt::Debug for SledStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SledStore")
+            .field("dir", &self.inner.dir)
+            .field("durability", &self.inner.config.durability)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    dir: PathBuf,
+    config: SledConfig,
+    /// `None` after a failed flush: sled keeps an I/O error for good, so the next call
+    /// reopens the database from its files.
+    db: RwLock<Option<sled::Db>>,
+    state: Mutex<State>,
+}
+
+/// Writes not flushed yet, and what the flush path remembers between flushes.
+struct State {
+    /// Writes since the last flush (`None`: a removal); reads see them first.
+    pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// What the database holds once `pending` is applied.
+    contents: Contents,
+    /// The generation of the last flush that succeeded (or found at open).
+    generation: u64,
+    /// Blob files already synced (sled never rewrites one; it writes a new file).
+    synced_blobs: BTreeSet<OsString>,
+    record: Option<DurableRecord>,
 }
 
 fn encode_key(parts: &[String]) -> Vec<u8> {
@@ -61,61 +146,405 @@ impl From<sled::Error> for StoreError {
     }
 }
 
-impl SledStore {
-    /// Opens (or creates) the store in `dir`.
-    pub fn open(dir: &Path, config: &SledConfig) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
+fn corrupt(detail: impl Into<String>) -> StoreError {
+    StoreError::Corrupt {
+        detail: detail.into(),
+    }
+}
+
+/// `fsync` of a directory: makes the files created, renamed or removed in it durable.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// `fdatasync` of a file by name.
+fn sync_file(path: &Path) -> std::io::Result<()> {
+    File::open(path)?.sync_data()
+}
+
+/// Opens sled, turning a panic in its recovery (it panics on some damaged logs) into an
+/// error that names the directory.
+fn open_sled(dir: &Path, config: &SledConfig) -> Result<sled::Db, StoreError> {
+    let opened = catch_unwind(AssertUnwindSafe(|| {
+        sled::Config::new()
             .path(dir)
             .cache_capacity(config.cache_capacity)
-            // We flush explicitly (batched); sled's timer flush would only add fsyncs.
+            // We flush explicitly (batched); sled's timer flush would only add syncs.
             .flush_every_ms(None)
-            .open()?;
-        Ok(SledStore { db })
+            .open()
+    }));
+    match opened {
+        Ok(Ok(db)) => Ok(db),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => Err(corrupt(format!(
+            "sled could not recover the database in {} (it panicked reading its log): the \
+             files are damaged",
+            dir.display()
+        ))),
+    }
+}
+
+/// Reads every entry: the generation, and the contents and size of everything else.
+fn scan(db: &sled::Db) -> Result<(u64, Contents, VerifyReport), StoreError> {
+    let mut contents = Contents::default();
+    let mut report = VerifyReport::default();
+    let mut generation = 0;
+    for item in db.iter() {
+        let (k, v) = item.map_err(|e| match StoreError::from(e) {
+            StoreError::Corrupt { detail } => corrupt(format!(
+                "a value does not read back after {} good keys: {detail}",
+                report.keys
+            )),
+            other => other,
+        })?;
+        if k.as_ref() == GENERATION_KEY {
+            let bytes: [u8; 8] = v
+                .as_ref()
+                .try_into()
+                .map_err(|_| corrupt("the stored generation is not 8 bytes"))?;
+            generation = u64::from_be_bytes(bytes);
+            continue;
+        }
+        decode_key(&k)?;
+        contents.add(&k, &v);
+        report.keys += 1;
+        report.bytes += v.len() as u64;
+    }
+    report.generation = generation;
+    Ok((generation, contents, report))
+}
+
+/// Checks a freshly opened database against its durable record.
+fn check_against_record(
+    dir: &Path,
+    config: &SledConfig,
+    slots: &[Slot],
+    generation: u64,
+    contents: &Contents,
+    storage_id: &str,
+) -> Result<(), StoreError> {
+    let where_ = dir.display();
+    if slots.is_empty() {
+        if generation > 0 && config.durability == SledDurability::Fsync {
+            return Err(corrupt(format!(
+                "the database in {where_} is at generation {generation} but its durable \
+                 record ({RECORD_FILE}) is missing: it cannot be checked for lost writes"
+            )));
+        }
+        return Ok(());
+    }
+    let newest = slots.iter().map(|s| s.generation).max().unwrap_or(0);
+    let oldest = slots.iter().map(|s| s.generation).min().unwrap_or(0);
+    match slots.iter().find(|s| s.generation == generation) {
+        Some(slot) => {
+            if !slot.storage_id.is_empty() && slot.storage_id != storage_id {
+                return Err(corrupt(format!(
+                    "the database in {where_} does not belong to its durable record (the \
+                     storage ids differ): its files come from different copies"
+                )));
+            }
+            if slot.contents != *contents {
+                return Err(corrupt(format!(
+                    "the database in {where_} has lost or changed entries it had made \
+                     durable: it holds {} keys, its durable record says {} (and their \
+                     digests differ)",
+                    contents.keys, slot.contents.keys
+                )));
+            }
+            Ok(())
+        }
+        None if generation < oldest => Err(corrupt(format!(
+            "the database in {where_} has lost writes it had made durable: it is at \
+             generation {generation}, its durable record at {newest}"
+        ))),
+        None => {
+            // Newer than the record: it was last used without one (the sled-flush-only
+            // test control). Nothing can be checked; the next flush records it.
+            tracing::warn!(
+                generation,
+                recorded = newest,
+                "the durable record is older than the database"
+            );
+            Ok(())
+        }
+    }
+}
+
+impl SledStore {
+    /// Opens (or creates) the store in `dir` and checks it: sled must recover its log, every
+    /// entry must read back, and what the database holds must match its durable record
+    /// (generation, key count, digest). A damaged store is refused with
+    /// [`StoreError::Corrupt`], never opened with what is left.
+    pub fn open(dir: &Path, config: &SledConfig) -> Result<Self, StoreError> {
+        let (db, state, _) = Self::open_checked(dir, config)?;
+        let store = SledStore {
+            inner: std::sync::Arc::new(Inner {
+                dir: dir.to_owned(),
+                config: config.clone(),
+                db: RwLock::new(Some(db)),
+                state: Mutex::new(state),
+            }),
+        };
+        // Everything sled created or recovered is made durable before anything is served.
+        store.flush()?;
+        Ok(store)
+    }
+
+    /// Opens and checks the store in `dir` like [`SledStore::open`], and reports what it
+    /// read; writes nothing but what sled's own recovery writes.
+    pub fn check(dir: &Path, config: &SledConfig) -> Result<VerifyReport, StoreError> {
+        if !dir.join("db").exists() {
+            return Err(corrupt(format!("{} holds no database", dir.display())));
+        }
+        Self::open_checked(dir, config).map(|(_, _, report)| report)
+    }
+
+    fn open_checked(
+        dir: &Path,
+        config: &SledConfig,
+    ) -> Result<(sled::Db, State, VerifyReport), StoreError> {
+        let slots = DurableRecord::read(dir)?;
+        if !slots.is_empty() && !dir.join("db").exists() {
+            return Err(corrupt(format!(
+                "{} holds a durable record ({RECORD_FILE}) but no database: the database \
+                 files were removed or the directory was only partly restored",
+                dir.display()
+            )));
+        }
+        let db = open_sled(dir, config)?;
+        let (generation, contents, report) = scan(&db)?;
+        let storage_id = db
+            .get(encode_key(&storage_id_key()))?
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
+            .unwrap_or_default();
+        check_against_record(dir, config, &slots, generation, &contents, &storage_id)?;
+        let state = State {
+            pending: BTreeMap::new(),
+            contents,
+            generation,
+            synced_blobs: BTreeSet::new(),
+            record: None,
+        };
+        Ok((db, state, report))
+    }
+
+    /// The open database, reopening it first if a flush failed since (sled keeps an I/O
+    /// error for good). The reopened database is checked like a fresh open and made
+    /// durable before it is used.
+    fn db(&self) -> Result<RwLockReadGuard<'_, Option<sled::Db>>, StoreError> {
+        {
+            let guard = self.inner.db.read().unwrap_or_else(|e| e.into_inner());
+            if guard.is_some() {
+                return Ok(guard);
+            }
+        }
+        self.reopen()?;
+        Ok(self.inner.db.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn reopen(&self) -> Result<(), StoreError> {
+        let mut slot = self.inner.db.write().unwrap_or_else(|e| e.into_inner());
+        if slot.is_some() {
+            return Ok(());
+        }
+        let (db, fresh, _) = Self::open_checked(&self.inner.dir, &self.inner.config)?;
+        let mut state = self.state();
+        let record = state.record.take();
+        *state = State { record, ..fresh };
+        self.flush_db(&db, &mut state)?;
+        tracing::info!(
+            generation = state.generation,
+            "store reopened after a failed flush"
+        );
+        *slot = Some(db);
+        Ok(())
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn with_db<R>(
+        &self,
+        f: impl FnOnce(&sled::Db) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let guard = self.db()?;
+        let db = guard.as_ref().ok_or(StoreError::Closed)?;
+        f(db)
     }
 
     /// Bytes sled reports on disk.
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
-        Ok(self.db.size_on_disk()?)
+        self.with_db(|db| Ok(db.size_on_disk()?))
+    }
+
+    /// The generation of the last successful flush (it grows by one per flush).
+    pub fn generation(&self) -> u64 {
+        self.state().generation
+    }
+
+    /// The value `key` will have once pending writes are applied.
+    fn current(db: &sled::Db, state: &State, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        match state.pending.get(key) {
+            Some(v) => Ok(v.clone()),
+            None => Ok(db.get(key)?.map(|v| v.to_vec())),
+        }
+    }
+
+    fn stage(&self, key: Vec<u8>, value: Option<&[u8]>) -> Result<(), StoreError> {
+        self.with_db(|db| {
+            let mut state = self.state();
+            if let Some(old) = Self::current(db, &state, &key)? {
+                state.contents.remove(&key, &old);
+            }
+            if let Some(v) = value {
+                state.contents.add(&key, v);
+            }
+            state.pending.insert(key, value.map(<[u8]>::to_vec));
+            Ok(())
+        })
+    }
+
+    /// Writes the record, applies the pending writes and the new generation as one batch,
+    /// flushes sled and syncs its files.
+    fn flush_db(&self, db: &sled::Db, state: &mut State) -> Result<(), StoreError> {
+        let fsync = self.inner.config.durability == SledDurability::Fsync;
+        let next = state.generation + 1;
+        if fsync {
+            if state.record.is_none() {
+                let dir = &self.inner.dir;
+                std::fs::create_dir_all(dir)?;
+                // The directory itself may be new: make its name durable too.
+                if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    sync_dir(parent)?;
+                }
+                state.record = Some(DurableRecord::open(dir)?);
+            }
+            let storage_id = Self::current(db, state, &encode_key(&storage_id_key()))?
+                .map(|v| String::from_utf8_lossy(&v).into_owned())
+                .unwrap_or_default();
+            let slot = Slot {
+                generation: next,
+                contents: state.contents,
+                storage_id,
+            };
+            state.record.as_mut().expect("opened above").write(&slot)?;
+        }
+        let mut batch = sled::Batch::default();
+        for (k, v) in std::mem::take(&mut state.pending) {
+            match v {
+                Some(v) => batch.insert(k, v),
+                None => batch.remove(k),
+            }
+        }
+        batch.insert(GENERATION_KEY, &next.to_be_bytes());
+        db.apply_batch(batch)?;
+        db.flush()?;
+        if fsync {
+            let dir = &self.inner.dir;
+            sync_file(&dir.join("db"))?;
+            self.sync_blobs(state)?;
+            sync_dir(dir)?;
+        }
+        state.generation = next;
+        Ok(())
+    }
+
+    /// `fdatasync` of every blob file not synced yet, then of the blob directory.
+    fn sync_blobs(&self, state: &mut State) -> std::io::Result<()> {
+        let blobs = self.inner.dir.join("blobs");
+        let entries = match std::fs::read_dir(&blobs) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let mut present = BTreeSet::new();
+        let mut new = 0;
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name();
+            if !state.synced_blobs.contains(&name) {
+                match sync_file(&entry.path()) {
+                    Ok(()) => new += 1,
+                    // sled removed it between the listing and the open (garbage collection).
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            present.insert(name);
+        }
+        let first = state.synced_blobs.is_empty();
+        state.synced_blobs = present;
+        if new > 0 || first {
+            sync_dir(&blobs)?;
+        }
+        Ok(())
     }
 }
 
 impl Storage for SledStore {
     fn load(&self, key: &[String]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.db.get(encode_key(key))?.map(|v| v.to_vec()))
+        self.with_db(|db| Self::current(db, &self.state(), &encode_key(key)))
     }
 
     fn load_range(&self, prefix: &[String]) -> Result<Vec<(StorageKey, Vec<u8>)>, StoreError> {
-        let mut p = encode_key(prefix);
-        if !prefix.is_empty() {
-            p.push(0);
-        }
-        let mut out = Vec::new();
-        for item in self.db.scan_prefix(&p) {
-            let (k, v) = item?;
-            out.push((decode_key(&k)?, v.to_vec()));
-        }
-        // An exact match of the prefix itself (e.g. a one-part key) belongs to the range too.
-        if let Some(v) = self.db.get(encode_key(prefix))? {
+        self.with_db(|db| {
+            let state = self.state();
+            let mut p = encode_key(prefix);
             if !prefix.is_empty() {
-                out.insert(0, (prefix.to_vec(), v.to_vec()));
+                p.push(0);
             }
-        }
-        Ok(out)
+            let mut found: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+            for item in db.scan_prefix(&p) {
+                let (k, v) = item?;
+                found.insert(k.to_vec(), v.to_vec());
+            }
+            for (k, v) in state.pending.range(p.clone()..) {
+                if !k.starts_with(&p) {
+                    break;
+                }
+                match v {
+                    Some(v) => found.insert(k.clone(), v.clone()),
+                    None => found.remove(k),
+                };
+            }
+            let mut out = Vec::with_capacity(found.len() + 1);
+            // An exact match of the prefix itself (a one-part key) belongs to the range too.
+            if !prefix.is_empty() {
+                if let Some(v) = Self::current(db, &state, &encode_key(prefix))? {
+                    out.push((prefix.to_vec(), v));
+                }
+            }
+            for (k, v) in found {
+                out.push((decode_key(&k)?, v));
+            }
+            Ok(out)
+        })
     }
 
     fn put(&self, key: &[String], data: &[u8]) -> Result<(), StoreError> {
-        self.db.insert(encode_key(key), data)?;
-        Ok(())
+        self.stage(encode_key(key), Some(data))
     }
 
     fn delete(&self, key: &[String]) -> Result<(), StoreError> {
-        self.db.remove(encode_key(key))?;
-        Ok(())
+        self.stage(encode_key(key), None)
     }
 
     fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
-        Ok(())
+        let guard = self.db()?;
+        let db = guard.as_ref().ok_or(StoreError::Closed)?;
+        let mut state = self.state();
+        let result = self.flush_db(db, &mut state);
+        if result.is_err() {
+            // The writes of this flush were refused; sled keeps an I/O error for good and
+            // may hold some of them in memory only. The next call reopens the database
+            // from its files, which hold exactly the old generation or the new one.
+            state.pending.clear();
+            drop(state);
+            drop(guard);
+            *self.inner.db.write().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+        result
     }
 }
 
@@ -146,5 +575,157 @@ mod tests {
         assert_eq!(got[0].0, k(&["doc", "incremental", "h1"]));
         s.delete(&k(&["doc", "incremental", "h1"])).unwrap();
         assert_eq!(s.load_range(&k(&["doc"])).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn the_generation_grows_with_every_flush_and_is_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path(), &SledConfig::default()).unwrap();
+        let id = s.storage_id().unwrap();
+        let g = s.generation();
+        s.put(&k(&["doc", "incremental", "h1"]), b"one").unwrap();
+        s.flush().unwrap();
+        assert_eq!(s.generation(), g + 1);
+        let slots = DurableRecord::read(dir.path()).unwrap();
+        let newest = slots.last().unwrap();
+        assert_eq!(newest.generation, g + 1);
+        assert_eq!(newest.storage_id, id.as_str());
+    }
+
+    /// A copy of the directory taken earlier, with the newer durable record: the database
+    /// lost flushed writes, and opening it must say so rather than serve what is left.
+    #[test]
+    fn a_database_behind_its_durable_record_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = tempfile::tempdir().unwrap();
+        {
+            let s = SledStore::open(dir.path(), &SledConfig::default()).unwrap();
+            s.storage_id().unwrap();
+            s.put(&k(&["doc", "incremental", "h1"]), b"one").unwrap();
+            s.flush().unwrap();
+        }
+        copy_dir(dir.path(), old.path());
+        {
+            let s = SledStore::open(dir.path(), &SledConfig::default()).unwrap();
+            s.put(&k(&["doc", "incremental", "h2"]), b"two").unwrap();
+            s.flush().unwrap();
+        }
+        // Put the newer record beside the older database.
+        std::fs::copy(dir.path().join(RECORD_FILE), old.path().join(RECORD_FILE)).unwrap();
+        let err = SledStore::open(old.path(), &SledConfig::default()).unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Corrupt { detail } if detail.contains("lost writes")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_record_without_a_database_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        SledStore::open(dir.path(), &SledConfig::default()).unwrap();
+        std::fs::remove_file(dir.path().join("db")).unwrap();
+        let err = SledStore::open(dir.path(), &SledConfig::default()).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    }
+
+    pub(super) fn copy_dir(from: &Path, to: &Path) {
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                std::fs::create_dir_all(&target).unwrap();
+                copy_dir(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), target).unwrap();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod damage {
+    use super::*;
+
+    const DOCS: usize = 200;
+
+    fn doc_key(i: usize) -> StorageKey {
+        vec![
+            format!("doc{i:04}"),
+            "incremental".to_owned(),
+            "h".to_owned(),
+        ]
+    }
+
+    fn doc_value(i: usize) -> Vec<u8> {
+        vec![i as u8; 3000 + i]
+    }
+
+    /// A store with [`DOCS`] documents of a few KiB each, written over several flushes and
+    /// closed; returns its `db` file's bytes.
+    fn filled(dir: &Path) -> Vec<u8> {
+        let s = SledStore::open(dir, &SledConfig::default()).unwrap();
+        s.storage_id().unwrap();
+        for i in 0..DOCS {
+            s.put(&doc_key(i), &doc_value(i)).unwrap();
+            if i % 10 == 9 {
+                s.flush().unwrap();
+            }
+        }
+        s.flush().unwrap();
+        drop(s);
+        std::fs::read(dir.join("db")).unwrap()
+    }
+
+    /// Opens a damaged copy: either it is refused as corrupt, or every document is whole.
+    /// Never a panic, never a store that opens and silently misses a document.
+    fn refused_or_whole(dir: &Path, what: &str) -> bool {
+        match SledStore::open(dir, &SledConfig::default()) {
+            Err(StoreError::Corrupt { .. }) => true,
+            Err(other) => panic!("{what}: not reported as damage: {other}"),
+            Ok(s) => {
+                for i in 0..DOCS {
+                    assert!(
+                        s.load(&doc_key(i)).unwrap() == Some(doc_value(i)),
+                        "{what}: the store opened but document {i} is missing or wrong"
+                    );
+                }
+                false
+            }
+        }
+    }
+
+    #[test]
+    fn a_database_cut_short_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bytes = filled(dir.path());
+        bytes.truncate(bytes.len() - 4096);
+        std::fs::write(dir.path().join("db"), &bytes).unwrap();
+        assert!(
+            refused_or_whole(dir.path(), "cut by 4 KiB"),
+            "a cut-off database opened"
+        );
+    }
+
+    /// 4 KiB of zeros at every 32 KiB of the file, one copy each.
+    #[test]
+    fn zeroed_bytes_anywhere_are_refused_or_harmless() {
+        let original = tempfile::tempdir().unwrap();
+        let bytes = filled(original.path());
+        let mut refused = 0;
+        let mut offsets = 0;
+        for at in (0..bytes.len().saturating_sub(4096)).step_by(32 * 1024) {
+            let copy = tempfile::tempdir().unwrap();
+            super::tests::copy_dir(original.path(), copy.path());
+            let mut damaged = bytes.clone();
+            damaged[at..at + 4096].fill(0);
+            std::fs::write(copy.path().join("db"), &damaged).unwrap();
+            if refused_or_whole(copy.path(), &format!("zeros at {at}")) {
+                refused += 1;
+            }
+            offsets += 1;
+        }
+        eprintln!("{refused} of {offsets} damaged copies refused, the rest whole");
+        // Live data sits in the file; zeroing all of it unnoticed would mean no check at all.
+        assert!(refused > 0, "none of {offsets} damaged copies was refused");
     }
 }
