@@ -30,6 +30,7 @@ mod tree;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use fuser::{BackgroundSession, MountOption, SessionACL};
 use nix::errno::Errno;
@@ -47,6 +48,14 @@ const FUSE_DEVICE: &str = "/dev/fuse";
 /// Threads serving kernel requests. Two let one client's read proceed while another's
 /// write holds the model's lock only briefly; the model is one mutex, so more buy nothing.
 const FUSE_THREADS: usize = 2;
+
+/// How long a cut waits for a busy mount to come free before it reports it busy. The
+/// kernel closes a killed process's files during its exit, but a FUSE release can still be
+/// in flight just after the reap; a second is far more than that takes.
+const BUSY_GRACE: Duration = Duration::from_secs(1);
+
+/// Pause between unmount attempts within [`BUSY_GRACE`].
+const BUSY_RETRY: Duration = Duration::from_millis(20);
 
 /// Why the volatile filesystem could not be mounted, cut or unmounted.
 #[derive(Debug, Error)]
@@ -207,7 +216,13 @@ impl VolatileFs {
         };
         // A plain umount, not a lazy one: a busy mount must be an error, not a filesystem
         // that lives on, detached, for whoever still has it open.
-        if let Err(e) = nix::mount::umount(&self.mountpoint) {
+        let mut unmounted = nix::mount::umount(&self.mountpoint);
+        let deadline = Instant::now() + BUSY_GRACE;
+        while unmounted == Err(Errno::EBUSY) && Instant::now() < deadline {
+            std::thread::sleep(BUSY_RETRY);
+            unmounted = nix::mount::umount(&self.mountpoint);
+        }
+        if let Err(e) = unmounted {
             self.session = Some(session);
             return Err(if e == Errno::EBUSY {
                 VolatileFsError::Busy {
