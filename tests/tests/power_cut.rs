@@ -302,13 +302,9 @@ fn relay_binary() -> PathBuf {
             )
         });
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let sources = [
-        "server/src",
-        "server/Cargo.toml",
-        "core/src",
-        "core/Cargo.toml",
-        "Cargo.lock",
-    ];
+    // Sources only: cargo relinks the binary whenever they change, but not when an
+    // unrelated part of Cargo.lock does, so the lock file would make a fresh binary look stale.
+    let sources = ["server/src", "core/src"];
     if let Some(newer) = sources
         .iter()
         .filter_map(|s| newest_change(&root.join(s)))

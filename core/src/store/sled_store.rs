@@ -342,7 +342,16 @@ impl SledStore {
             )));
         }
         let db = open_sled(dir, config)?;
-        let (generation, contents, report) = scan(&db)?;
+        // sled also panics on some damage only when it reads the pages (a page table
+        // entry whose page is gone): a damaged store, not a crash.
+        let (generation, contents, report) = catch_unwind(AssertUnwindSafe(|| scan(&db)))
+            .unwrap_or_else(|_| {
+                Err(corrupt(format!(
+                    "sled could not read the database in {} (it panicked on a missing page): \
+                     the files are damaged",
+                    dir.display()
+                )))
+            })?;
         let storage_id = db
             .get(encode_key(&storage_id_key()))?
             .map(|v| String::from_utf8_lossy(&v).into_owned())
