@@ -646,8 +646,10 @@ async fn check(data: &Path, shared: &Shared, kill: usize, out: &mut Outcome) {
 /// Runs the writers against a relay killed `kills` times; checks the store after each kill.
 async fn run(seed: u64, kills: usize, durability: Durability, stop_at_first_loss: bool) -> Outcome {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let plan = schedule(&mut rng, kills);
     let docs: Vec<DocumentId> = (0..DOCS).map(|_| DocumentId::random(&mut rng)).collect();
+    let writer_seeds: Vec<u64> = (0..WRITERS).map(|_| rng.gen()).collect();
+    // Drawn last: a run with more kills replays a shorter one's kills first.
+    let plan = schedule(&mut rng, kills);
 
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
@@ -661,8 +663,8 @@ async fn run(seed: u64, kills: usize, durability: Durability, stop_at_first_loss
     });
     let mut done = Vec::new();
     let mut writers = Vec::new();
-    for i in 0..WRITERS {
-        let writer = Writer::new(i, rng.gen(), &docs, shared.clone());
+    for (i, writer_seed) in writer_seeds.into_iter().enumerate() {
+        let writer = Writer::new(i, writer_seed, &docs, shared.clone());
         let (done_tx, done_rx) = watch::channel(0);
         done.push(done_rx);
         writers.push(tokio::spawn(writer.run(
