@@ -22,6 +22,13 @@ if ! command -v node >/dev/null 2>&1; then
 fi
 (cd tests/js && npm ci --no-audit --no-fund --loglevel=error)
 
+# The power-cut tests mount an in-memory FUSE filesystem (tests/src/volatile_fs). As root
+# fuser mounts /dev/fuse directly; fusermount3 is its way in everywhere else.
+step "FUSE for the power-cut tests (fuse3)"
+if ! command -v fusermount3 >/dev/null 2>&1; then
+  apt-get update -qq && apt-get install -y -qq fuse3
+fi
+
 step "cargo fmt --check"
 cargo fmt --all --check
 

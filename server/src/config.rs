@@ -29,6 +29,14 @@ pub enum Command {
         #[arg(long, env = "CAIRN_DATA", default_value = "cairn-data")]
         data: PathBuf,
     },
+    /// Check a data directory (with the relay stopped): sled recovers its log, every entry
+    /// reads back, and the database holds what its durable record says was made durable.
+    /// Prints what it found; exits non-zero if the store is damaged.
+    Check {
+        /// Directory of the store.
+        #[arg(long, env = "CAIRN_DATA", default_value = "cairn-data")]
+        data: PathBuf,
+    },
 }
 
 /// Flags of `serve`; each is also an environment variable.
@@ -47,6 +55,12 @@ pub struct ServeArgs {
     /// sled page cache in MiB.
     #[arg(long, env = "CAIRN_CACHE_MB", default_value_t = 64)]
     pub cache_mb: u64,
+    /// MiB the data directory's filesystem must keep free (beyond twice a write); a change
+    /// that would go below is refused (`cairn_storage_errors_total{kind="disk_full"}`) and
+    /// its client resends it once there is room. sled cannot survive running out of space
+    /// mid-write, so the relay stops short of it.
+    #[arg(long, env = "CAIRN_MIN_FREE_MB", default_value_t = 64)]
+    pub min_free_mb: u64,
     /// Most websocket connections at once; further upgrades get 503. Every TCP connection,
     /// before and after its upgrade, also counts against a cap of this many plus 16 (room for
     /// health probes and /metrics); past it a connection is closed as soon as it is accepted.
@@ -102,6 +116,20 @@ pub struct ServeArgs {
     /// documents are evicted early. Default 4,000,000 (about 360 MB).
     #[arg(long, env = "CAIRN_MAX_LOADED_OPS", default_value_t = 4_000_000)]
     pub max_loaded_ops: u64,
+    /// A test control that LOSES acknowledged changes: `ack-before-flush` or
+    /// `sled-flush-only`. The crash and power-cut tests use it to show they would see a lost
+    /// acknowledgement. Hidden from `--help`; never set it on real data.
+    #[arg(long, env = "CAIRN_UNSAFE_DURABILITY", hide = true)]
+    pub unsafe_durability: Option<UnsafeDurability>,
+}
+
+/// The durability test controls (see `--unsafe-durability`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum UnsafeDurability {
+    /// Writes are reported done before they are flushed (loses changes in a crash).
+    AckBeforeFlush,
+    /// sled's flush alone, no fsync (loses changes in a power cut).
+    SledFlushOnly,
 }
 
 /// A validated configuration.
@@ -115,6 +143,8 @@ pub struct Config {
     pub open: bool,
     /// sled cache bytes.
     pub cache_bytes: u64,
+    /// Free bytes kept on the data directory's filesystem.
+    pub min_free_bytes: u64,
     /// Connection cap.
     pub max_connections: usize,
     /// Outbound queue bound in frames.
@@ -139,6 +169,8 @@ pub struct Config {
     pub max_document_ops: u64,
     /// Operations held by all loaded documents.
     pub max_loaded_ops: u64,
+    /// A durability test control, if one is set (never on real data).
+    pub unsafe_durability: Option<UnsafeDurability>,
 }
 
 /// Why a configuration was refused.
@@ -187,6 +219,7 @@ impl ServeArgs {
             data: self.data,
             open: self.open,
             cache_bytes: self.cache_mb * 1024 * 1024,
+            min_free_bytes: self.min_free_mb * 1024 * 1024,
             max_connections: self.max_connections,
             outbound_queue: self.outbound_queue,
             outbound_queue_bytes: self.outbound_queue_mb * 1024 * 1024,
@@ -199,6 +232,7 @@ impl ServeArgs {
             new_documents_per_hour: self.new_documents_per_hour,
             max_document_ops: self.max_document_ops,
             max_loaded_ops: self.max_loaded_ops,
+            unsafe_durability: self.unsafe_durability,
         })
     }
 }
@@ -211,6 +245,7 @@ impl Config {
             data,
             open: true,
             cache_mb: 16,
+            min_free_mb: 64,
             max_connections: 10_000,
             outbound_queue: 1024,
             outbound_queue_mb: 8,
@@ -223,6 +258,7 @@ impl Config {
             new_documents_per_hour: 1000,
             max_document_ops: 1_000_000,
             max_loaded_ops: 4_000_000,
+            unsafe_durability: None,
         }
         .validate()
         .expect("loopback test config is valid")

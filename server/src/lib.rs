@@ -27,19 +27,29 @@ use axum::Router;
 use cairn_core::engine::{Engine, EngineConfig, Limits, Role, SyncLimits};
 use cairn_core::ids::PeerId;
 use cairn_core::runtime::{Host, HostConfig};
-use cairn_core::store::{SledConfig, SledStore, Storage, StoreError};
+use cairn_core::store::{SledConfig, SledDurability, SledStore, Storage, StoreError};
 use thiserror::Error;
 use tokio::net::TcpListener;
 
-pub use config::{Config, ConfigError};
+pub use config::{Config, ConfigError, UnsafeDurability};
 use metrics::Metrics;
 
 /// Why the relay could not start or stopped with an error.
 #[derive(Debug, Error)]
 pub enum RelayError {
-    /// The data directory could not be opened (permissions, another relay holds its lock, corruption).
+    /// The data directory could not be opened or written (permissions, another relay
+    /// holds its lock, a full disk).
     #[error("opening the store failed: {0}")]
-    Store(#[from] StoreError),
+    Store(StoreError),
+    /// The store is damaged: it lost changes it had made durable, or its files do not read
+    /// back. The relay refuses to start rather than serve what is left, since clients that
+    /// remember its storage id would never resend what it lost.
+    #[error(
+        "the store is damaged: {0}. Run `cairn-relay check --data DIR` for a report; restore \
+         the directory from a backup, then run `cairn-relay new-storage-id --data DIR` so \
+         clients resend what the backup lacks"
+    )]
+    Damaged(String),
     /// Serving failed.
     #[error("serving failed: {0}")]
     Serve(#[from] std::io::Error),
@@ -47,6 +57,15 @@ pub enum RelayError {
     /// stopped); the log says which. Restart the relay: clients reconnect and resync.
     #[error("the sync engine stopped; restart the relay")]
     EngineStopped,
+}
+
+impl From<StoreError> for RelayError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Corrupt { detail } => RelayError::Damaged(detail),
+            other => RelayError::Store(other),
+        }
+    }
 }
 
 /// Shared state of the HTTP handlers.
@@ -71,10 +90,19 @@ pub const RELAY_PEER_ID: &str = "cairn-relay";
 /// Opens the store and starts the engine host (inside a tokio runtime).
 pub fn start(config: &Config) -> Result<(AppState, SledStore), RelayError> {
     std::fs::create_dir_all(&config.data).map_err(StoreError::Io)?;
+    let durability = match config.unsafe_durability {
+        Some(UnsafeDurability::SledFlushOnly) => SledDurability::SledFlushOnly,
+        _ => SledDurability::Fsync,
+    };
+    if let Some(control) = config.unsafe_durability {
+        tracing::warn!(?control, "UNSAFE durability test control: acknowledged changes WILL be lost in a crash or power cut");
+    }
     let store = SledStore::open(
         &config.data,
         &SledConfig {
             cache_capacity: config.cache_bytes,
+            durability,
+            reserve_bytes: config.min_free_bytes,
         },
     )?;
     let storage_id = store.storage_id()?;
@@ -110,6 +138,8 @@ pub fn start(config: &Config) -> Result<(AppState, SledStore), RelayError> {
         HostConfig {
             outbound_queue: config.outbound_queue,
             outbound_queue_bytes: config.outbound_queue_bytes,
+            unsafe_ack_before_flush: config.unsafe_durability
+                == Some(UnsafeDurability::AckBeforeFlush),
             ..HostConfig::default()
         },
     );
@@ -134,6 +164,11 @@ fn uuid_seed() -> [u8; 8] {
 fn uuid_bytes() -> [u8; 16] {
     // OS randomness through the uuid crate, which the store already uses for its id.
     *cairn_core::store::random_uuid().as_bytes()
+}
+
+/// Checks the store in `data` (the relay must be stopped): see [`SledStore::check`].
+pub fn check(data: &std::path::Path) -> Result<cairn_core::store::VerifyReport, RelayError> {
+    Ok(SledStore::check(data, &SledConfig::default())?)
 }
 
 /// Replaces the store's id (after a restore from backup) and returns the new one.

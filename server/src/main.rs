@@ -47,6 +47,22 @@ async fn main() -> anyhow::Result<()> {
             println!("new storage id: {id}");
             return Ok(());
         }
+        Command::Check { data } => match cairn_relay::check(&data) {
+            Ok(report) => {
+                println!(
+                    "{}: whole: {} keys, {} bytes of values, generation {}; matches its durable record",
+                    data.display(),
+                    report.keys,
+                    report.bytes,
+                    report.generation
+                );
+                return Ok(());
+            }
+            Err(e) => {
+                eprintln!("{}: DAMAGED: {e}", data.display());
+                std::process::exit(2);
+            }
+        },
     };
     let config = args.validate()?;
     raise_fd_limit();

@@ -11,10 +11,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-/// A metric's labels: one `reason`, a fixed label from the engine (never an id).
-type Reason = Vec<(&'static str, &'static str)>;
+/// A metric's labels: fixed words from the engine (a `reason`, a `kind`), never an id.
+type Labels = Vec<(&'static str, &'static str)>;
 
-fn reason_label(reason: &'static str) -> Reason {
+fn reason_label(reason: &'static str) -> Labels {
     vec![("reason", reason)]
 }
 
@@ -36,12 +36,12 @@ pub struct Metrics {
     evictions: Counter,
     loads: Counter,
     compactions: Counter,
-    rejections: Family<Reason, Counter>,
-    closes: Family<Reason, Counter>,
-    ephemeral_dropped: Family<Reason, Counter>,
+    rejections: Family<Labels, Counter>,
+    closes: Family<Labels, Counter>,
+    ephemeral_dropped: Family<Labels, Counter>,
     budget_evictions: Counter,
     loaded_ops: Gauge,
-    storage_errors: Counter,
+    storage_errors: Family<Labels, Counter>,
     backpressure_closes: Counter,
     /// Sockets refused at the upgrade (closed mode, connection cap).
     pub refused: Counter,
@@ -88,7 +88,7 @@ impl Metrics {
             ephemeral_dropped: Family::default(),
             budget_evictions: Counter::default(),
             loaded_ops: Gauge::default(),
-            storage_errors: Counter::default(),
+            storage_errors: Family::default(),
             backpressure_closes: Counter::default(),
             refused: Counter::default(),
             tcp_connections: Gauge::default(),
@@ -183,7 +183,8 @@ impl Metrics {
         );
         registry.register(
             "storage_errors",
-            "Failed storage operations",
+            "Failed storage operations by kind (disk_full, io, corrupt, closed); a disk_full \
+             write is a change refused to its peer",
             m.storage_errors.clone(),
         );
         registry.register(
@@ -282,7 +283,9 @@ impl Observer for MetricsObserver {
                 m.budget_evictions.inc_by(*documents as u64);
             }
             Event::StorageFailed { doc, error } => {
-                m.storage_errors.inc();
+                m.storage_errors
+                    .get_or_create(&vec![("kind", error.label())])
+                    .inc();
                 tracing::error!(doc = ?doc.map(|d| d.to_string()), error = %error, disk_full = error.is_disk_full(), "storage failed");
             }
             _ => {}

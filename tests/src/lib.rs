@@ -5,12 +5,18 @@
 //! - [`sim`]: a deterministic network simulator that drives one relay engine and several
 //!   client engines over simulated links and stores, with a virtual clock, a seeded RNG,
 //!   and fault injection (cut links, partitions, delays, relay power loss, disk-full writes).
+//! - [`volatile_fs`]: an in-memory FUSE filesystem that forgets, at a simulated power cut,
+//!   every write and directory change not made durable by an fsync.
 //!
 //! The integration tests: `simulation.rs` (convergence and quiet-when-idle over many seeds),
 //! `power_loss.rs` (no acknowledged change is lost when the relay loses power, with a
-//! negative control), `fuzz_regressions.rs` (replays `fuzz/regressions/`).
+//! negative control), `fuzz_regressions.rs` (replays `fuzz/regressions/`), `volatile_fs.rs`
+//! (the volatile filesystem forgets what it should, and sled runs on it), `power_cut.rs`
+//! (no acknowledged change is lost when the relay's or the phone's disk loses power, with
+//! negative controls).
 #![warn(missing_docs)]
 
 pub mod relay;
 pub mod samod_peer;
 pub mod sim;
+pub mod volatile_fs;

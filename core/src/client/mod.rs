@@ -33,6 +33,11 @@ pub use presence::{PeerPresence, HEARTBEAT_INTERVAL, PEER_TTL, PRESENCE_MARKER};
 use presence::{PresenceBook, PresenceMessage};
 pub use transport::{Connection, Transport, TransportError, TungsteniteTransport};
 
+/// How long [`Client::change`] waits for a document that is not in memory to load (from
+/// the device, or the relay if the device does not have it). 30 s: a device load takes
+/// milliseconds; the rest is for a slow network.
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Why a client call failed.
 #[derive(Debug, Error)]
 pub enum ClientError {
@@ -45,7 +50,12 @@ pub enum ClientError {
     /// No connected peer has the document.
     #[error("document {0} is unavailable")]
     Unavailable(DocumentId),
-    /// The device store failed (e.g. disk full); the change was not kept.
+    /// The device has no space left: the change was not kept (the document holds what it
+    /// held before). Free space and make the change again.
+    #[error("the device storage is full; the change to document {0} was not kept")]
+    StorageFull(DocumentId),
+    /// The device store failed for another reason (I/O error, damage); the change was not
+    /// kept.
     #[error("storage failed for document {0}")]
     StorageFailed(DocumentId),
     /// The engine refused the call.
@@ -95,7 +105,8 @@ struct State {
     durable: BTreeMap<DocumentId, BTreeSet<Vec<ChangeHash>>>,
     remote_heads: BTreeMap<DocumentId, Vec<ChangeHash>>,
     unavailable: BTreeSet<DocumentId>,
-    failed: BTreeSet<DocumentId>,
+    /// Documents whose last write failed, and whether because the disk was full.
+    failed: BTreeMap<DocumentId, bool>,
     connections: BTreeSet<ConnectionId>,
     presence: PresenceBook,
 }
@@ -146,7 +157,13 @@ impl Observer for ClientObserver {
                 true
             }
             Event::DocumentUnavailable { doc } => s.unavailable.insert(*doc),
-            Event::StorageFailed { doc: Some(doc), .. } => s.failed.insert(*doc),
+            Event::StorageFailed {
+                doc: Some(doc),
+                error,
+            } => {
+                s.failed.insert(*doc, error.is_disk_full());
+                true
+            }
             Event::PeerConnected { conn, .. } => {
                 // Whoever is on the relay learns we are here (our earlier snapshots went
                 // nowhere while offline).
@@ -359,8 +376,10 @@ impl Client {
         heads: Vec<ChangeHash>,
     ) -> Result<(), ClientError> {
         self.wait(Duration::from_secs(60), |s| {
-            if s.failed.contains(&doc) {
-                return Some(Err(ClientError::StorageFailed(doc)));
+            match s.failed.get(&doc) {
+                Some(true) => return Some(Err(ClientError::StorageFull(doc))),
+                Some(false) => return Some(Err(ClientError::StorageFailed(doc))),
+                None => {}
             }
             s.durable
                 .get(&doc)
@@ -393,6 +412,15 @@ impl Client {
         doc: DocumentId,
         f: impl FnOnce(&mut automerge::transaction::Transaction<'_>) -> Result<(), E> + Send + 'static,
     ) -> Result<Vec<ChangeHash>, ClientError> {
+        // Not in memory: evicted, or dropped after a write failed (it holds only what is
+        // durable on the device). Load it first, so a retry after `StorageFull` works.
+        if !self
+            .host
+            .call(move |e, _| e.document(&doc).is_some())
+            .await?
+        {
+            self.find(doc, RELOAD_TIMEOUT).await?;
+        }
         let (before, heads) = self
             .host
             .call(move |e, now| {

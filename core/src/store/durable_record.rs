@@ -3,14 +3,16 @@
 //!
 //! Before every flush the store writes the record of the state that flush makes durable:
 //! its generation (a counter the database stores with the data), how many keys it holds
-//! and a digest of all of them (see [`Contents`]). At open the database's generation must
-//! match one of the two slots, and its keys that slot's count and digest. Two fixed-size
-//! slots are written alternately (generation modulo 2), each checked by a CRC-32, so a
-//! write torn by a power cut leaves the other one intact.
+//! and a digest of all of them (see [`Contents`]); once the flush is done it writes the
+//! same slot again marked committed. At open the database's generation must match one of
+//! the two slots, with that slot's count and digest, and no committed slot may be newer
+//! (that flush was acknowledged, and the database lost it). Two fixed-size slots are
+//! written alternately (generation modulo 2), each checked by a CRC-32, so a write torn by
+//! a power cut leaves the other one intact.
 //!
 //! A slot (128 bytes): magic `CAIRNDR2`, generation (u64 big-endian), key count (u64),
-//! digest (16 bytes), storage id length (u8), storage id (up to 40 bytes, zero-padded),
-//! CRC-32 (big-endian) of everything before it, then zeros.
+//! digest (16 bytes), committed (u8), storage id length (u8), storage id (up to 40 bytes,
+//! zero-padded), CRC-32 (big-endian) of everything before it, then zeros.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -26,7 +28,9 @@ pub const RECORD_FILE: &str = "cairn-durable";
 const MAGIC: &[u8; 8] = b"CAIRNDR2";
 const SLOT: usize = 128;
 const MAX_ID: usize = 40;
-const ID_AT: usize = 41;
+const COMMITTED_AT: usize = 40;
+const ID_LEN_AT: usize = 41;
+const ID_AT: usize = 42;
 const CRC_AT: usize = ID_AT + MAX_ID;
 
 /// What a database holds: its key count and an order-independent digest of every entry
@@ -81,6 +85,10 @@ pub(crate) struct Slot {
     pub(crate) contents: Contents,
     /// The store's id (empty before the store had one).
     pub(crate) storage_id: String,
+    /// Whether the flush this slot describes completed (written again after it did). A
+    /// slot written ahead of a flush that a crash interrupted is not committed: the
+    /// database may be one generation behind it.
+    pub(crate) committed: bool,
 }
 
 fn encode(slot: &Slot) -> [u8; SLOT] {
@@ -90,7 +98,8 @@ fn encode(slot: &Slot) -> [u8; SLOT] {
     out[8..16].copy_from_slice(&slot.generation.to_be_bytes());
     out[16..24].copy_from_slice(&slot.contents.keys.to_be_bytes());
     out[24..40].copy_from_slice(&slot.contents.digest);
-    out[40] = id.len() as u8;
+    out[COMMITTED_AT] = u8::from(slot.committed);
+    out[ID_LEN_AT] = id.len() as u8;
     out[ID_AT..ID_AT + id.len()].copy_from_slice(id);
     let crc = crc32fast::hash(&out[..CRC_AT]);
     out[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
@@ -105,7 +114,7 @@ fn decode(bytes: &[u8]) -> Option<Slot> {
     if crc32fast::hash(&bytes[..CRC_AT]) != crc {
         return None;
     }
-    let len = usize::from(bytes[40]).min(MAX_ID);
+    let len = usize::from(bytes[ID_LEN_AT]).min(MAX_ID);
     Some(Slot {
         generation: u64::from_be_bytes(bytes[8..16].try_into().ok()?),
         contents: Contents {
@@ -113,6 +122,7 @@ fn decode(bytes: &[u8]) -> Option<Slot> {
             digest: bytes[24..40].try_into().ok()?,
         },
         storage_id: String::from_utf8(bytes[ID_AT..ID_AT + len].to_vec()).ok()?,
+        committed: bytes[COMMITTED_AT] == 1,
     })
 }
 
@@ -182,6 +192,7 @@ mod tests {
             generation,
             contents,
             storage_id: "id".to_owned(),
+            committed: true,
         }
     }
 

@@ -99,6 +99,16 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// A fixed label for metrics: `disk_full`, `io`, `corrupt` or `closed`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            e if e.is_disk_full() => "disk_full",
+            StoreError::Io(_) => "io",
+            StoreError::Corrupt { .. } => "corrupt",
+            StoreError::Closed => "closed",
+        }
+    }
+
     /// True when the failure is "no space left on device".
     pub fn is_disk_full(&self) -> bool {
         match self {

@@ -31,6 +31,11 @@ use super::{storage_id_key, Storage, StorageKey, StoreError};
 /// of the record's key count and digest.
 const GENERATION_KEY: &[u8] = b"cairn-durable-generation";
 
+/// Free bytes opening a store needs: its flush writes only the generation, but sled may
+/// start a new 512 KiB segment. Lower than the reserve for changes, so a nearly full phone
+/// can still open its store and read.
+const OPEN_RESERVE: u64 = 1024 * 1024;
+
 /// How a [`SledStore`] makes writes durable.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum SledDurability {
@@ -51,6 +56,12 @@ pub struct SledConfig {
     pub cache_capacity: u64,
     /// How writes are made durable. Default [`SledDurability::Fsync`].
     pub durability: SledDurability,
+    /// Free bytes the filesystem must keep beyond twice what a flush writes; a flush that
+    /// would go below is refused with "no space left" before sled sees it. Default 64 MiB.
+    /// Why: sled 0.34 does not return from a flush that meets a full disk (its writer
+    /// fails, its flush waits for it for ever), so the store must refuse first; sled also
+    /// writes more than the values (page rewrites, a new 512 KiB segment), hence the margin.
+    pub reserve_bytes: u64,
 }
 
 impl Default for SledConfig {
@@ -58,6 +69,7 @@ impl Default for SledConfig {
         SledConfig {
             cache_capacity: 64 * 1024 * 1024,
             durability: SledDurability::Fsync,
+            reserve_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -105,6 +117,8 @@ struct State {
     pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     /// What the database holds once `pending` is applied.
     contents: Contents,
+    /// What it held at the last successful flush.
+    committed: Contents,
     /// The generation of the last flush that succeeded (or found at open).
     generation: u64,
     /// Blob files already synced (sled never rewrites one; it writes a new file).
@@ -235,6 +249,16 @@ fn check_against_record(
     }
     let newest = slots.iter().map(|s| s.generation).max().unwrap_or(0);
     let oldest = slots.iter().map(|s| s.generation).min().unwrap_or(0);
+    if let Some(lost) = slots
+        .iter()
+        .find(|s| s.committed && s.generation > generation)
+    {
+        return Err(corrupt(format!(
+            "the database in {where_} has lost writes it had made durable: it is at \
+             generation {generation}, its durable record says generation {} was flushed",
+            lost.generation
+        )));
+    }
     match slots.iter().find(|s| s.generation == generation) {
         Some(slot) => {
             if !slot.storage_id.is_empty() && slot.storage_id != storage_id {
@@ -286,7 +310,13 @@ impl SledStore {
             }),
         };
         // Everything sled created or recovered is made durable before anything is served.
-        store.flush()?;
+        {
+            let guard = store.db()?;
+            let db = guard.as_ref().ok_or(StoreError::Closed)?;
+            let mut state = store.state();
+            store.check_space(&state, OPEN_RESERVE)?;
+            store.flush_db(db, &mut state)?;
+        }
         Ok(store)
     }
 
@@ -321,6 +351,7 @@ impl SledStore {
         let state = State {
             pending: BTreeMap::new(),
             contents,
+            committed: contents,
             generation,
             synced_blobs: BTreeSet::new(),
             record: None,
@@ -351,6 +382,7 @@ impl SledStore {
         let mut state = self.state();
         let record = state.record.take();
         *state = State { record, ..fresh };
+        self.check_space(&state, OPEN_RESERVE)?;
         self.flush_db(&db, &mut state)?;
         tracing::info!(
             generation = state.generation,
@@ -410,7 +442,7 @@ impl SledStore {
     fn flush_db(&self, db: &sled::Db, state: &mut State) -> Result<(), StoreError> {
         let fsync = self.inner.config.durability == SledDurability::Fsync;
         let next = state.generation + 1;
-        if fsync {
+        let ahead = if fsync {
             if state.record.is_none() {
                 let dir = &self.inner.dir;
                 std::fs::create_dir_all(dir)?;
@@ -427,9 +459,13 @@ impl SledStore {
                 generation: next,
                 contents: state.contents,
                 storage_id,
+                committed: false,
             };
             state.record.as_mut().expect("opened above").write(&slot)?;
-        }
+            Some(slot)
+        } else {
+            None
+        };
         let mut batch = sled::Batch::default();
         for (k, v) in std::mem::take(&mut state.pending) {
             match v {
@@ -446,7 +482,32 @@ impl SledStore {
             self.sync_blobs(state)?;
             sync_dir(dir)?;
         }
+        if let (Some(mut slot), Some(record)) = (ahead, state.record.as_mut()) {
+            slot.committed = true;
+            record.write(&slot)?;
+        }
         state.generation = next;
+        state.committed = state.contents;
+        Ok(())
+    }
+
+    /// Refuses a flush that would leave less than `reserve` free (see
+    /// [`SledConfig::reserve_bytes`]), before sled is touched.
+    fn check_space(&self, state: &State, reserve: u64) -> Result<(), StoreError> {
+        let pending: u64 = state
+            .pending
+            .iter()
+            .map(|(k, v)| (k.len() + v.as_ref().map_or(0, Vec::len)) as u64)
+            .sum();
+        let stat = rustix::fs::statvfs(&self.inner.dir).map_err(std::io::Error::from)?;
+        let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+        let needed = pending.saturating_mul(2) + reserve;
+        if free < needed {
+            return Err(StoreError::Io(std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                format!("{free} bytes free, a flush of {pending} bytes needs {needed}"),
+            )));
+        }
         Ok(())
     }
 
@@ -534,6 +595,16 @@ impl Storage for SledStore {
         let guard = self.db()?;
         let db = guard.as_ref().ok_or(StoreError::Closed)?;
         let mut state = self.state();
+        if state.pending.is_empty() {
+            // Nothing to make durable: everything sled holds was flushed and synced.
+            return Ok(());
+        }
+        if let Err(e) = self.check_space(&state, self.inner.config.reserve_bytes) {
+            // Refused before sled saw it: drop the writes, the database is as it was.
+            state.pending.clear();
+            state.contents = state.committed;
+            return Err(e);
+        }
         let result = self.flush_db(db, &mut state);
         if result.is_err() {
             // The writes of this flush were refused; sled keeps an I/O error for good and
