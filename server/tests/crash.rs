@@ -20,8 +20,9 @@
 //! and must lose an acknowledged change. A SIGKILL keeps the kernel's page cache, so that
 //! relay loses only what a kill catches between a reveal and the moment the flush hands the
 //! write to the kernel (the store's durable record is synced first: a few milliseconds of
-//! each flush). Killing the instant a reveal is seen aims at that window; about one kill in
-//! four hits it, so the control runs until its first loss (bounded).
+//! each flush). Killing the instant a reveal is seen aims at that window and hits it in
+//! about half of such kills here (a timed kill in about one of ten), so the control runs
+//! until its first loss (bounded).
 //!
 //! `CAIRN_CRASH_SEED=<n>` replays a schedule (kill times and kinds, document choices,
 //! change sizes; what the relay does in between still depends on timing);
