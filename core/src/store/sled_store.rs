@@ -6,7 +6,8 @@
 //! [`SledStore`] flush is:
 //! 1. the durable record (see [`super::durable_record`]) of the state this flush makes
 //!    durable: generation, key count, digest — written and `fdatasync`ed first;
-//! 2. every write since the last flush, and the new generation, applied as one sled batch
+//! 2. every write since the last flush (values over 4 KiB in pieces, so sled never writes
+//!    a blob file: see [`PIECE`]), and the new generation, applied as one sled batch
 //!    (sled recovers a batch whole or not at all, so after a crash the database is exactly
 //!    at the old generation or the new one, and matches one of the record's slots);
 //! 3. sled's flush, then `fdatasync` of its log and of every new blob file, and `fsync` of
@@ -30,6 +31,110 @@ use super::{storage_id_key, Storage, StorageKey, StoreError};
 /// a document id (those are base58), so no document's key range reaches it; it is left out
 /// of the record's key count and digest.
 const GENERATION_KEY: &[u8] = b"cairn-durable-generation";
+
+/// Values longer than this are stored in pieces of this size, so sled never writes a blob
+/// file. Why: sled 0.34 keeps any page over a quarter of a segment (about 128 KiB) in a
+/// blob file of its own, outside its log; a log entry that points at a blob lost in a
+/// power cut leaves a database sled cannot recover. A leaf page holds at most 17 entries
+/// before it splits, so with 4 KiB pieces no page comes near the blob threshold.
+const PIECE: usize = 4096;
+
+/// The first bytes of a stored value that stands for pieces: magic, then the value's
+/// length (u64), CRC-32 (u32) and number of pieces (u32), all big-endian. No Automerge
+/// chunk and no storage id starts with it.
+const MANIFEST_MAGIC: &[u8; 8] = b"CAIRNPC1";
+const MANIFEST_LEN: usize = 24;
+
+/// Where piece `index` of the value under `key` lives: a leading 0x01 (no key begins
+/// with it), the key's length, the key, the index.
+fn piece_key(key: &[u8], index: u32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(key.len() + 9);
+    out.push(1);
+    out.extend_from_slice(&(key.len() as u32).to_be_bytes());
+    out.extend_from_slice(key);
+    out.extend_from_slice(&index.to_be_bytes());
+    out
+}
+
+fn is_piece(physical: &[u8]) -> bool {
+    physical.first() == Some(&1)
+}
+
+/// (length, CRC-32, pieces) if `stored` is a manifest.
+fn manifest(stored: &[u8]) -> Option<(u64, u32, u32)> {
+    if stored.len() != MANIFEST_LEN || !stored.starts_with(MANIFEST_MAGIC) {
+        return None;
+    }
+    Some((
+        u64::from_be_bytes(stored[8..16].try_into().ok()?),
+        u32::from_be_bytes(stored[16..20].try_into().ok()?),
+        u32::from_be_bytes(stored[20..24].try_into().ok()?),
+    ))
+}
+
+/// The value stored under `key` whose main entry is `stored`: itself, or its pieces put
+/// back together and checked.
+fn assemble(db: &sled::Db, key: &[u8], stored: &[u8]) -> Result<Vec<u8>, StoreError> {
+    let Some((len, crc, pieces)) = manifest(stored) else {
+        return Ok(stored.to_vec());
+    };
+    let mut out = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    for i in 0..pieces {
+        let piece = db
+            .get(piece_key(key, i))?
+            .ok_or_else(|| corrupt(format!("piece {i} of {pieces} of a value is missing")))?;
+        out.extend_from_slice(&piece);
+    }
+    if out.len() as u64 != len || crc32fast::hash(&out) != crc {
+        return Err(corrupt("a value's pieces do not add up to it"));
+    }
+    Ok(out)
+}
+
+fn read(db: &sled::Db, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+    db.get(key)?.map(|v| assemble(db, key, &v)).transpose()
+}
+
+/// Adds to `batch` what stores `value` under `key` (or removes it), in pieces if long,
+/// removing pieces an earlier, longer value left.
+fn write(
+    db: &sled::Db,
+    batch: &mut sled::Batch,
+    key: &[u8],
+    value: Option<&[u8]>,
+) -> Result<(), StoreError> {
+    let old_pieces = db
+        .get(key)?
+        .and_then(|v| manifest(&v))
+        .map_or(0, |(_, _, n)| n);
+    let new_pieces = match value {
+        Some(v) if v.len() > PIECE => {
+            let n = v.len().div_ceil(PIECE) as u32;
+            let mut m = Vec::with_capacity(MANIFEST_LEN);
+            m.extend_from_slice(MANIFEST_MAGIC);
+            m.extend_from_slice(&(v.len() as u64).to_be_bytes());
+            m.extend_from_slice(&crc32fast::hash(v).to_be_bytes());
+            m.extend_from_slice(&n.to_be_bytes());
+            batch.insert(key, m);
+            for (i, piece) in v.chunks(PIECE).enumerate() {
+                batch.insert(piece_key(key, i as u32), piece);
+            }
+            n
+        }
+        Some(v) => {
+            batch.insert(key, v);
+            0
+        }
+        None => {
+            batch.remove(key);
+            0
+        }
+    };
+    for i in new_pieces..old_pieces {
+        batch.remove(piece_key(key, i));
+    }
+    Ok(())
+}
 
 /// Free bytes opening a store needs: its flush writes only the generation, but sled may
 /// start a new 512 KiB segment. Lower than the reserve for changes, so a nearly full phone
@@ -211,6 +316,9 @@ fn scan(db: &sled::Db) -> Result<(u64, Contents, VerifyReport), StoreError> {
             )),
             other => other,
         })?;
+        if is_piece(&k) {
+            continue;
+        }
         if k.as_ref() == GENERATION_KEY {
             let bytes: [u8; 8] = v
                 .as_ref()
@@ -220,6 +328,7 @@ fn scan(db: &sled::Db) -> Result<(u64, Contents, VerifyReport), StoreError> {
             continue;
         }
         decode_key(&k)?;
+        let v = assemble(db, &k, &v)?;
         contents.add(&k, &v);
         report.keys += 1;
         report.bytes += v.len() as u64;
@@ -428,7 +537,7 @@ impl SledStore {
     fn current(db: &sled::Db, state: &State, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         match state.pending.get(key) {
             Some(v) => Ok(v.clone()),
-            None => Ok(db.get(key)?.map(|v| v.to_vec())),
+            None => read(db, key),
         }
     }
 
@@ -477,10 +586,7 @@ impl SledStore {
         };
         let mut batch = sled::Batch::default();
         for (k, v) in std::mem::take(&mut state.pending) {
-            match v {
-                Some(v) => batch.insert(k, v),
-                None => batch.remove(k),
-            }
+            write(db, &mut batch, &k, v.as_deref())?;
         }
         batch.insert(GENERATION_KEY, &next.to_be_bytes());
         db.apply_batch(batch)?;
@@ -567,7 +673,11 @@ impl Storage for SledStore {
             let mut found: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
             for item in db.scan_prefix(&p) {
                 let (k, v) = item?;
-                found.insert(k.to_vec(), v.to_vec());
+                if is_piece(&k) || k.as_ref() == GENERATION_KEY {
+                    continue;
+                }
+                let v = assemble(db, &k, &v)?;
+                found.insert(k.to_vec(), v);
             }
             for (k, v) in state.pending.range(p.clone()..) {
                 if !k.starts_with(&p) {
@@ -655,6 +765,35 @@ mod tests {
         assert_eq!(got[0].0, k(&["doc", "incremental", "h1"]));
         s.delete(&k(&["doc", "incremental", "h1"])).unwrap();
         assert_eq!(s.load_range(&k(&["doc"])).unwrap().len(), 1);
+    }
+
+    /// Long values go in pieces: they read back whole, a shorter value replaces a longer
+    /// one, and sled writes no blob file (which a power cut could separate from its log).
+    #[test]
+    fn long_values_are_stored_in_pieces_and_never_as_blobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let long: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let key = k(&["doc", "snapshot", "h"]);
+        {
+            let s = SledStore::open(dir.path(), &SledConfig::default()).unwrap();
+            for i in 0..20u8 {
+                let mut v = long.clone();
+                v[0] = i;
+                s.put(&k(&["doc", "incremental", &i.to_string()]), &v).unwrap();
+            }
+            s.put(&key, &long).unwrap();
+            s.flush().unwrap();
+        }
+        let blobs = std::fs::read_dir(dir.path().join("blobs")).map_or(0, |d| d.count());
+        assert_eq!(blobs, 0, "sled wrote blob files");
+        let s = SledStore::open(dir.path(), &SledConfig::default()).unwrap();
+        assert_eq!(s.load(&key).unwrap(), Some(long.clone()));
+        assert_eq!(s.load_range(&k(&["doc"])).unwrap().len(), 21);
+        s.put(&key, b"short").unwrap();
+        s.flush().unwrap();
+        drop(s);
+        let s = SledStore::open(dir.path(), &SledConfig::default()).unwrap();
+        assert_eq!(s.load(&key).unwrap(), Some(b"short".to_vec()));
     }
 
     #[test]
