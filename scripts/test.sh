@@ -3,7 +3,8 @@
 # every gate and every test. README.md's test command and .ci/run both call this.
 #
 #   CAIRN_SIM_SEEDS=N         more simulator seeds (default in the test: 40)
-#   CAIRN_CRASH_ITERATIONS=N  more relay SIGKILL/restart rounds (default in the test: 8)
+#   CAIRN_CRASH_ITERATIONS=N  more relay SIGKILL/restart rounds (default in the test: 20)
+#   CAIRN_POWER_CUTS=N        more power cuts in the FUSE power-cut tests (default: 6)
 #   CAIRN_FUZZ_SECONDS=N      fuzz each target this long (default: scripts/fuzz.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
