@@ -226,8 +226,11 @@ struct State {
     committed: Contents,
     /// The generation of the last flush that succeeded (or found at open).
     generation: u64,
-    /// Blob files already synced (sled never rewrites one; it writes a new file).
+    /// Blob files already synced (sled never rewrites one; it writes a new file). With
+    /// values in pieces sled writes none; a store from before the pieces may hold some.
     synced_blobs: BTreeSet<OsString>,
+    /// The blob directory's own entry and contents were synced once since open.
+    blobs_dir_synced: bool,
     record: Option<DurableRecord>,
 }
 
@@ -472,6 +475,7 @@ impl SledStore {
             committed: contents,
             generation,
             synced_blobs: BTreeSet::new(),
+            blobs_dir_synced: false,
             record: None,
         };
         Ok((db, state, report))
@@ -649,10 +653,10 @@ impl SledStore {
             }
             present.insert(name);
         }
-        let first = state.synced_blobs.is_empty();
         state.synced_blobs = present;
-        if new > 0 || first {
+        if new > 0 || !state.blobs_dir_synced {
             sync_dir(&blobs)?;
+            state.blobs_dir_synced = true;
         }
         Ok(())
     }
