@@ -673,6 +673,9 @@ impl Sim {
                     return;
                 }
                 let (result, finished) = n.host.finish(begun);
+                if self.trace && result.is_err() {
+                    eprintln!("{:>8} node {node} task {} failed", self.now, task.get());
+                }
                 if finished.flush_failed && write {
                     self.stats.write_failures += 1;
                 }
