@@ -103,8 +103,8 @@ pub enum CloseReason {
     /// Too much queued for a loading document; the peer will resync on reconnect.
     #[error("overloaded")]
     Overloaded,
-    /// A write for a document this connection was syncing failed; closing makes the peer
-    /// resend what was not stored.
+    /// A write or a read for a document this connection was syncing failed; closing makes
+    /// the peer redial, resend what was not stored and ask again.
     #[error("storage failed")]
     StorageFailed,
     /// The `join` used the relay's own peer id.

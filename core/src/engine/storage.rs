@@ -183,11 +183,17 @@ impl Engine {
             Ok(StorageOutcome::Range(chunks)) => chunks,
             Ok(_) => Vec::new(),
             Err(error) => {
+                // A read that failed (a full disk, say: a host serves no read after a failed
+                // flush) says nothing about whether the document exists. Answering
+                // `doc-unavailable` would make the peers give up on it for as long as their
+                // connection lasts, with their changes unsent. Drop it and close their
+                // connections, as for a failed write: they redial and retry.
+                tracing::error!(doc = %id, error = %error, "read failed; closing the connections that wait for it");
                 self.emit(Event::StorageFailed {
                     doc: Some(id),
                     error,
                 });
-                self.load_failed(id);
+                self.drop_document(id, CloseReason::StorageFailed);
                 return;
             }
         };

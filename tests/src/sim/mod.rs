@@ -10,15 +10,15 @@
 //!   it at different times, the client redials with a new [`ConnectionId`]); a client can be
 //!   partitioned for a while (it keeps editing offline); the relay can lose power (its
 //!   unflushed writes are lost, its engine is rebuilt from what survived, every client
-//!   redials); a relay write can fail with "disk full".
-//! - **Storage** tasks complete in order per store after a small random delay. Under
-//!   [`Durability::FlushThenAck`] a write is reported only after a flush.
+//!   redials); the relay's disk can fill up for a while (writes still land in memory, every
+//!   flush fails, so the writes are reported failed).
+//! - **Storage** tasks complete in order per store after a small random delay, through a
+//!   [`StorageHost`] that keeps the real runtime's rules: under [`Durability::FlushThenAck`]
+//!   a write is reported only after a flush, and after a failed flush no read is served
+//!   until a flush succeeds.
 //! - **Users** create documents, edit them (puts and text splices through
 //!   [`Engine::change_document`]), and send ephemeral messages. A document's link is shared
 //!   with the other users once its creator has seen the relay acknowledge it.
-//!
-//! Everything the relay reveals (the `heads` of each sync message it sends) is recorded, so a
-//! test can check that a crash never loses an acknowledged change.
 //!
 //! ```
 //! use cairn_tests::sim::{Sim, SimConfig};
@@ -27,23 +27,40 @@
 //! sim.run_until_quiet();
 //! sim.check_converged().unwrap();
 //! sim.check_quiet_when_idle().unwrap();
+//! assert!(sim.violations().is_empty());
 //! ```
+//!
+//! # The durability invariant
+//!
+//! Every change hash the relay names as one of its `heads` in a message it sends loads, at
+//! the moment it sends that message, from the relay's flushed data (what a power cut then
+//! would leave). In Automerge's sync protocol the heads are a peer's only acknowledgement,
+//! so this is "acknowledged means durable"; the changes a message carries are ancestors of
+//! its heads, so they are covered too. It is stated on what the relay sends, not on how its
+//! engine keeps it, so it holds whatever replaces today's mechanism.
+//!
+//! The simulator checks it on every message the relay sends, and checks everything the
+//! relay ever revealed again after each power cut and at the end, so a change that was
+//! durable when revealed and lost later shows up too. Breaches are in [`Sim::violations`]
+//! and counted in [`Stats::violations`].
 
 pub mod content;
+mod durability;
+pub mod host;
 pub mod seeds;
 pub mod store;
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::time::Duration;
 
-use automerge::{Automerge, ChangeHash, ReadDoc};
+use automerge::{Automerge, ChangeHash};
 use cairn_core::engine::{
     CloseReason, Direction, Engine, EngineConfig, Event, Input, Limits, Output, Role,
 };
 use cairn_core::ids::{ConnectionId, DocumentId, PeerId, StorageId, TaskId};
-use cairn_core::store::{Storage, StorageOp, StorageOutcome, StoreError};
+use cairn_core::store::{Storage, StorageOp};
 use cairn_core::time::Timestamp;
 use cairn_core::wire::Message;
 use rand::seq::IteratorRandom;
@@ -51,7 +68,26 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 pub use content::Content;
+pub use durability::{Found, Violation};
+pub use host::{AfterFailedFlush, StorageHost};
 pub use store::{Durability, SimStore};
+
+use durability::FlushedDocs;
+use host::Begun;
+
+/// The chance that a relay write finds the disk full, when write failures are on. Default
+/// 1 in 100: a run of a few hundred writes sees a few full disks, and most of its writes
+/// still succeed, so the run still converges in its usual time.
+const DISK_FULL_CHANCE: f64 = 0.01;
+
+/// How long a full disk stays full, in virtual milliseconds. 100–2,000: often long enough
+/// that the engine reloads the failed document (after its peers redial) while the disk is
+/// still full, so the host's read rule is exercised, and short enough that the run heals.
+const DISK_FULL_MILLIS: std::ops::RangeInclusive<u64> = 100..=2_000;
+
+/// Violations kept for inspection; the rest are only counted (in [`Stats::violations`]). A
+/// broken host violates the invariant on nearly every message; 64 is plenty to read.
+const MAX_RECORDED_VIOLATIONS: usize = 64;
 
 /// Index of the relay among the simulator's nodes; clients are `1..=clients`.
 pub const RELAY: usize = 0;
@@ -67,7 +103,8 @@ pub struct Faults {
     pub delay_spikes: bool,
     /// Cut the relay's power.
     pub relay_crashes: bool,
-    /// Make some relay writes fail with "disk full".
+    /// Fill the relay's disk for a while now and then: writes still land in memory, every
+    /// flush fails with "disk full", so the host reports those writes failed.
     pub write_failures: bool,
 }
 
@@ -88,6 +125,8 @@ pub struct SimConfig {
     pub faults: Faults,
     /// When stores report writes done.
     pub durability: Durability,
+    /// What the hosts read after a failed flush.
+    pub after_failed_flush: AfterFailedFlush,
     /// In a crash, the chance that each unflushed write makes it to disk anyway.
     pub crash_survival: f64,
     /// Engine limits (small eviction and compaction thresholds exercise those paths).
@@ -100,9 +139,9 @@ pub struct SimConfig {
 }
 
 impl SimConfig {
-    /// A configuration drawn from `seed`: 1–5 clients, 1–4 documents, 5–25 s of activity,
-    /// each network fault on with probability 3/4, no relay crashes, and in half the runs
-    /// short eviction and compaction thresholds.
+    /// A configuration drawn from `seed`: 1–5 clients, 1–4 documents, 2–12 s of activity,
+    /// each fault (relay power cuts and full disks included) on with probability 3/4, a
+    /// correct host, and in half the runs short eviction and compaction thresholds.
     pub fn random(seed: u64) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_c0f1_9000_0000);
         let mut limits = Limits::default();
@@ -112,11 +151,11 @@ impl SimConfig {
         if rng.gen_bool(0.5) {
             limits.compact_after_chunks = rng.gen_range(3..=20);
         }
-        SimConfig {
+        let mut config = SimConfig {
             seed,
             clients: rng.gen_range(1..=5),
             documents: rng.gen_range(1..=4),
-            active_millis: rng.gen_range(5_000..=25_000),
+            active_millis: rng.gen_range(2_000..=12_000),
             action_gap_millis: rng.gen_range(10..=80),
             faults: Faults {
                 link_drops: rng.gen_bool(0.75),
@@ -126,16 +165,20 @@ impl SimConfig {
                 write_failures: false,
             },
             durability: Durability::FlushThenAck,
+            after_failed_flush: AfterFailedFlush::RefuseReads,
             crash_survival: if rng.gen_bool(0.5) { 0.0 } else { 0.5 },
             limits,
             step_bound: 200_000,
             quiet_bound_millis: 120_000,
-        }
+        };
+        config.faults.relay_crashes = rng.gen_bool(0.75);
+        config.faults.write_failures = rng.gen_bool(0.75);
+        config
     }
 }
 
 /// Counters describing a run, for sanity checks ("the faults did happen") and for
-/// `CAIRN_SIM_VERBOSE`.
+/// `CAIRN_SIM_VERBOSE`. [`Stats::add`] sums runs.
 #[derive(Clone, Debug, Default)]
 pub struct Stats {
     /// Events and timer firings processed.
@@ -164,8 +207,12 @@ pub struct Stats {
     pub relay_crashes: u64,
     /// Unflushed writes the crashes destroyed.
     pub writes_lost: u64,
-    /// Relay writes failed on purpose.
+    /// Times the relay's disk filled up.
+    pub disk_full: u64,
+    /// Relay writes reported failed because their flush failed.
     pub write_failures: u64,
+    /// Relay reads refused because a flush had failed and its retry failed too.
+    pub reads_refused: u64,
     /// Documents dropped from memory for idleness.
     pub evictions: u64,
     /// Snapshots written.
@@ -176,28 +223,51 @@ pub struct Stats {
     pub stale_timeouts: u64,
     /// Distinct change hashes the relay revealed in sync messages.
     pub revealed: u64,
+    /// Relay messages checked against the durability invariant.
+    pub messages_checked: u64,
+    /// Times the checker (re)loaded a document from the relay's flushed data.
+    pub flushed_loads: u64,
+    /// Revealed changes that were not durable: the invariant broken (each message, crash
+    /// or end check counts its own).
+    pub violations: u64,
+    /// Of those, revealed changes found missing from the disk by a later check (after a
+    /// crash, or at the end): acknowledged changes actually lost.
+    pub lost: u64,
     /// Connection closes requested by engines, by reason.
     pub closes: BTreeMap<String, u64>,
 }
 
-/// A change the relay acknowledged that was missing from its store after a crash.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Violation {
-    /// The document.
-    pub doc: DocumentId,
-    /// The acknowledged change that was lost.
-    pub hash: ChangeHash,
-    /// When the check ran.
-    pub when: String,
-}
-
-impl fmt::Display for Violation {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}: change {} of {} was acknowledged but is not in the relay's store",
-            self.when, self.hash, self.doc
-        )
+impl Stats {
+    /// Adds another run's counters to these (virtual time and steps add up too).
+    pub fn add(&mut self, other: &Stats) {
+        self.steps += other.steps;
+        self.now_millis += other.now_millis;
+        self.frames_sent += other.frames_sent;
+        self.frames_delivered += other.frames_delivered;
+        self.frames_lost += other.frames_lost;
+        self.sends_after_close += other.sends_after_close;
+        self.edits += other.edits;
+        self.ephemeral_sent += other.ephemeral_sent;
+        self.ephemeral_received += other.ephemeral_received;
+        self.link_drops += other.link_drops;
+        self.partitions += other.partitions;
+        self.relay_crashes += other.relay_crashes;
+        self.writes_lost += other.writes_lost;
+        self.disk_full += other.disk_full;
+        self.write_failures += other.write_failures;
+        self.reads_refused += other.reads_refused;
+        self.evictions += other.evictions;
+        self.compactions += other.compactions;
+        self.unavailable += other.unavailable;
+        self.stale_timeouts += other.stale_timeouts;
+        self.revealed += other.revealed;
+        self.messages_checked += other.messages_checked;
+        self.flushed_loads += other.flushed_loads;
+        self.violations += other.violations;
+        self.lost += other.lost;
+        for (reason, n) in &other.closes {
+            *self.closes.entry(reason.clone()).or_default() += n;
+        }
     }
 }
 
@@ -233,7 +303,7 @@ struct Node {
     peer: PeerId,
     config: EngineConfig,
     engine: Engine,
-    store: SimStore,
+    host: StorageHost,
     /// Bumped when the node loses power; older storage completions are void.
     epoch: u32,
     storage_free_at: u64,
@@ -269,11 +339,14 @@ enum Ev {
         epoch: u32,
         task: TaskId,
         write: bool,
-        result: Result<StorageOutcome, StoreError>,
+        begun: Begun,
     },
     Flush {
         node: usize,
         epoch: u32,
+    },
+    DiskFreed {
+        node: usize,
     },
     Connect {
         client: usize,
@@ -315,6 +388,9 @@ pub struct Sim {
     healed: bool,
     active_until: u64,
     revealed: BTreeMap<DocumentId, BTreeSet<ChangeHash>>,
+    /// What the relay's disk holds, as the checker last loaded it (`RefCell`: the read-only
+    /// checks reuse it too).
+    flushed: RefCell<FlushedDocs>,
     violations: Vec<Violation>,
     problems: Vec<String>,
     stats: Stats,
@@ -353,7 +429,11 @@ impl Sim {
                 peer,
                 engine: Engine::new(engine_config.clone()),
                 config: engine_config,
-                store: SimStore::with_storage_id(&storage_id),
+                host: StorageHost::new(
+                    SimStore::with_storage_id(&storage_id),
+                    config.durability,
+                    config.after_failed_flush,
+                ),
                 epoch: 0,
                 storage_free_at: 0,
                 timer_fired_at: None,
@@ -376,6 +456,7 @@ impl Sim {
             healed: false,
             active_until: 0,
             revealed: BTreeMap::new(),
+            flushed: RefCell::default(),
             violations: Vec::new(),
             problems: Vec::new(),
             stats: Stats::default(),
@@ -409,7 +490,9 @@ impl Sim {
         &self.stats
     }
 
-    /// Acknowledged changes found missing after a crash (or at the end).
+    /// Breaches of the durability invariant: changes the relay revealed that did not load
+    /// from its flushed data when it sent the message, after a crash, or at the end (the
+    /// first few; [`Stats::violations`] counts them all).
     pub fn violations(&self) -> &[Violation] {
         &self.violations
     }
@@ -457,9 +540,20 @@ impl Sim {
     /// When it takes more than `step_bound` steps, or runs `quiet_bound_millis` of virtual
     /// time past the active phase (a livelock), naming the seed.
     pub fn run_until_quiet(&mut self) {
+        self.run_while(|_| true);
+    }
+
+    /// Like [`Sim::run_until_quiet`], but stops at the first breach of the durability
+    /// invariant (a negative control needs no more) and returns it.
+    pub fn run_until_violation(&mut self) -> Option<&Violation> {
+        self.run_while(|sim| sim.stats.violations == 0);
+        self.violations.first()
+    }
+
+    fn run_while(&mut self, go_on: impl Fn(&Sim) -> bool) {
         let start = self.stats.steps;
         let deadline = self.now.max(self.active_until) + self.config.quiet_bound_millis;
-        while self.step() {
+        while go_on(self) && self.step() {
             if self.stats.steps - start > self.config.step_bound || self.now > deadline {
                 panic!(
                     "livelock: not quiet after {} steps and {} ms (now t={} ms; seed {}, {} events queued)",
@@ -572,16 +666,21 @@ impl Sim {
                 epoch,
                 task,
                 write,
-                result,
+                begun,
             } => {
                 let n = &mut self.nodes[node];
                 if n.epoch != epoch {
                     return;
                 }
-                if write && result.is_ok() && self.config.durability == Durability::FlushThenAck {
-                    n.store
-                        .flush()
-                        .expect("the simulated store cannot fail to flush");
+                let (result, finished) = n.host.finish(begun);
+                if self.trace && result.is_err() {
+                    eprintln!("{:>8} node {node} task {} failed", self.now, task.get());
+                }
+                if finished.flush_failed && write {
+                    self.stats.write_failures += 1;
+                }
+                if finished.read_refused {
+                    self.stats.reads_refused += 1;
                 }
                 n.engine
                     .handle_input(now, Input::StorageDone { task, result });
@@ -590,11 +689,11 @@ impl Sim {
             Ev::Flush { node, epoch } => {
                 let n = &mut self.nodes[node];
                 if n.epoch == epoch {
-                    n.store
-                        .flush()
-                        .expect("the simulated store cannot fail to flush");
+                    // A broken host's late flush; if it fails, a later one carries the writes.
+                    let _ = n.host.flush();
                 }
             }
+            Ev::DiskFreed { node } => self.nodes[node].host.store().set_full(false),
             Ev::Connect { client } => self.connect(client),
             Ev::Online { client } => {
                 let n = &mut self.nodes[client];
@@ -657,19 +756,15 @@ impl Sim {
             }
             Ev::Disconnect { conn, to } => eprintln!("{t:>8} disconnect {conn} at {to:?}"),
             Ev::StorageDone {
-                node,
-                task,
-                write,
-                result,
-                ..
+                node, task, write, ..
             } => {
                 eprintln!(
-                    "{t:>8} storage-done node {node} task {} write {write} ok {}",
+                    "{t:>8} storage-done node {node} task {} write {write}",
                     task.get(),
-                    result.is_ok()
                 )
             }
             Ev::Flush { node, .. } => eprintln!("{t:>8} flush node {node}"),
+            Ev::DiskFreed { node } => eprintln!("{t:>8} disk freed node {node}"),
             Ev::Connect { client } => eprintln!("{t:>8} connect client {client}"),
             Ev::Online { client } => eprintln!("{t:>8} online client {client}"),
             Ev::Find { client, doc } => eprintln!("{t:>8} find client {client} {doc}"),
@@ -711,7 +806,7 @@ impl Sim {
             eprintln!("{:>8} {} sends on {conn}", self.now, self.nodes[node].peer);
         }
         if node == RELAY {
-            self.record_reveal(&frame);
+            self.check_message(conn, &frame);
         }
         let from = if node == RELAY {
             End::Relay
@@ -768,16 +863,19 @@ impl Sim {
 
     fn on_storage(&mut self, node: usize, task: TaskId, op: StorageOp) {
         let write = op.is_write();
-        let fail = node == RELAY
+        if node == RELAY
+            && write
+            && !self.healed
             && self.config.faults.write_failures
-            && matches!(&op, StorageOp::Put { key, .. } if key.get(1).map(String::as_str) == Some("incremental"))
-            && self.rng.gen_bool(0.03);
-        let result = if fail {
-            self.stats.write_failures += 1;
-            Err(StoreError::Io(std::io::Error::from_raw_os_error(28)))
-        } else {
-            self.nodes[node].store.apply(&op)
-        };
+            && !self.nodes[node].host.store().is_full()
+            && self.rng.gen_bool(DISK_FULL_CHANCE)
+        {
+            self.stats.disk_full += 1;
+            self.nodes[node].host.store().set_full(true);
+            let until = self.now + self.rng.gen_range(DISK_FULL_MILLIS);
+            self.schedule(until, Ev::DiskFreed { node });
+        }
+        let begun = self.nodes[node].host.begin(&op);
         let delay = if self.rng.gen_bool(0.03) {
             self.rng.gen_range(100..=800)
         } else {
@@ -795,7 +893,7 @@ impl Sim {
                 epoch,
                 task,
                 write,
-                result,
+                begun,
             },
         );
         if write && self.config.durability == Durability::AckBeforeFlush {
@@ -871,7 +969,9 @@ impl Sim {
         }
     }
 
-    fn record_reveal(&mut self, frame: &[u8]) {
+    /// The durability invariant, on one message the relay sends: every head it names loads
+    /// from its flushed data now.
+    fn check_message(&mut self, conn: ConnectionId, frame: &[u8]) {
         let (Message::Sync(d) | Message::Request(d)) = (match Message::decode(frame) {
             Ok(m) => m,
             Err(e) => {
@@ -882,18 +982,50 @@ impl Sim {
         }) else {
             return;
         };
-        match automerge::sync::Message::decode(&d.data) {
-            Ok(msg) => {
-                let set = self.revealed.entry(d.document_id).or_default();
-                for h in msg.heads {
-                    if set.insert(h) {
-                        self.stats.revealed += 1;
-                    }
-                }
+        let heads = match automerge::sync::Message::decode(&d.data) {
+            Ok(msg) => msg.heads,
+            Err(e) => {
+                self.problems
+                    .push(format!("the relay sent an undecodable sync message: {e}"));
+                return;
             }
-            Err(e) => self
-                .problems
-                .push(format!("the relay sent an undecodable sync message: {e}")),
+        };
+        self.stats.messages_checked += 1;
+        let store = self.nodes[RELAY].host.store();
+        let missing = self
+            .flushed
+            .get_mut()
+            .missing(store, &d.document_id, &heads);
+        self.stats.flushed_loads = self.flushed.get_mut().loads;
+        if !missing.is_empty() {
+            let found = Found::InMessage {
+                at_millis: self.now,
+                conn,
+            };
+            self.violate(d.document_id, missing, found);
+        }
+        let set = self.revealed.entry(d.document_id).or_default();
+        for h in heads {
+            if set.insert(h) {
+                self.stats.revealed += 1;
+            }
+        }
+    }
+
+    fn violate(&mut self, doc: DocumentId, hashes: Vec<ChangeHash>, found: Found) {
+        self.stats.violations += hashes.len() as u64;
+        if matches!(found, Found::Later { .. }) {
+            self.stats.lost += hashes.len() as u64;
+        }
+        for hash in hashes {
+            if self.violations.len() == MAX_RECORDED_VIOLATIONS {
+                return;
+            }
+            self.violations.push(Violation {
+                doc,
+                hash,
+                found: found.clone(),
+            });
         }
     }
 
@@ -1007,7 +1139,7 @@ impl Sim {
         }
         let survival = self.config.crash_survival;
         let relay = &mut self.nodes[RELAY];
-        self.stats.writes_lost += relay.store.crash(&mut self.rng, survival) as u64;
+        self.stats.writes_lost += relay.host.crash(&mut self.rng, survival) as u64;
         relay.epoch += 1;
         relay.storage_free_at = self.now;
         relay.timer_fired_at = None;
@@ -1035,7 +1167,7 @@ impl Sim {
             choices.push((3, Act::Partition));
         }
         if faults.relay_crashes {
-            choices.push((2, Act::CrashRelay));
+            choices.push((1, Act::CrashRelay));
         }
         let total: u32 = choices.iter().map(|c| c.0).sum();
         let mut pick = self.rng.gen_range(0..total);
@@ -1148,21 +1280,20 @@ impl Sim {
     /// Checks that every change the relay ever revealed is on its disk (flushed), recording
     /// a [`Violation`] for each that is not.
     pub fn check_durability(&mut self, when: &str) {
-        let store = &self.nodes[RELAY].store;
-        for (doc, hashes) in &self.revealed {
-            let chunks = store.flushed_range(&[doc.to_string()]);
-            let loaded = content::load_chunks(&chunks)
-                .unwrap_or_else(|e| panic!("{when}: the stored chunks of {doc} do not load: {e}"));
-            for hash in hashes {
-                if loaded.get_change_by_hash(hash).is_none() {
-                    self.violations.push(Violation {
-                        doc: *doc,
-                        hash: *hash,
-                        when: when.to_owned(),
-                    });
-                }
+        let revealed = std::mem::take(&mut self.revealed);
+        for (doc, hashes) in &revealed {
+            let heads: Vec<ChangeHash> = hashes.iter().copied().collect();
+            let store = self.nodes[RELAY].host.store();
+            let missing = self.flushed.get_mut().missing(store, doc, &heads);
+            if !missing.is_empty() {
+                let found = Found::Later {
+                    when: when.to_owned(),
+                };
+                self.violate(*doc, missing, found);
             }
         }
+        self.stats.flushed_loads = self.flushed.get_mut().loads;
+        self.revealed = revealed;
     }
 
     /// A node's copy of a document: in memory, or else loaded from its store.
@@ -1172,7 +1303,8 @@ impl Sim {
             Some(doc) => Cow::Borrowed(doc),
             None => {
                 let chunks = n
-                    .store
+                    .host
+                    .store()
                     .load_range(&[id.to_string()])
                     .expect("the simulated store cannot fail");
                 Cow::Owned(
@@ -1205,10 +1337,10 @@ impl Sim {
                 return Err(format!("{id}: the relay has no changes"));
             }
             let content = content::materialise(&relay);
-            let on_disk =
-                content::load_chunks(&self.nodes[RELAY].store.flushed_range(&[id.to_string()]))
-                    .map_err(|e| format!("{id}: the relay's disk does not load: {e}"))?;
-            let mut disk_heads = on_disk.get_heads();
+            let mut disk_heads = self
+                .flushed
+                .borrow_mut()
+                .heads(self.nodes[RELAY].host.store(), id);
             disk_heads.sort();
             if disk_heads != heads {
                 return Err(format!(
@@ -1267,7 +1399,7 @@ impl Sim {
     pub fn summary(&self) -> String {
         let s = &self.stats;
         format!(
-            "seed {} clients {} docs {} t={}ms steps {} frames {}/{} lost {} edits {} drops {} partitions {} crashes {} lost-writes {} write-failures {} evictions {} compactions {} revealed {} stale-timeouts {} closes {:?}",
+            "seed {} clients {} docs {} t={}ms steps {} frames {}/{} lost {} edits {} drops {} partitions {} crashes {} lost-writes {} disk-full {} write-failures {} reads-refused {} evictions {} compactions {} revealed {} checked {} violations {} stale-timeouts {} closes {:?}",
             self.config.seed,
             self.config.clients,
             self.docs.len(),
@@ -1281,10 +1413,14 @@ impl Sim {
             s.partitions,
             s.relay_crashes,
             s.writes_lost,
+            s.disk_full,
             s.write_failures,
+            s.reads_refused,
             s.evictions,
             s.compactions,
             s.revealed,
+            s.messages_checked,
+            s.violations,
             s.stale_timeouts,
             s.closes,
         )

@@ -1,8 +1,13 @@
 //! A simulated key-value store with an explicit page cache, so a test can pull the plug.
 //!
-//! Writes land in `unflushed` (the OS page cache); [`Storage::flush`] moves them to `flushed`
-//! (the disk). [`SimStore::crash`] throws the cache away, as a power cut would. Reads see the
-//! cache over the disk, like a real file system.
+//! Writes land in `unflushed` (the OS page cache, or sled's memory); [`Storage::flush`] moves
+//! them to `flushed` (the disk). [`SimStore::crash`] throws the cache away, as a power cut
+//! would. Reads see the cache over the disk, like a real file system.
+//!
+//! A full disk ([`SimStore::set_full`]) fails every flush and leaves the writes where they
+//! were: still unflushed and still readable, as sled keeps a write it could not flush in
+//! memory. What a host may read after such a failure is the host's rule (see
+//! [`super::host`]), not the store's.
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
@@ -26,7 +31,28 @@ struct Maps {
     flushed: BTreeMap<StorageKey, Vec<u8>>,
     /// `None` is a delete not yet on disk.
     unflushed: BTreeMap<StorageKey, Option<Vec<u8>>>,
+    /// Bumped, per first key part (a document id), whenever `flushed` changes under it: lets
+    /// a checker cache what it loaded from the disk.
+    versions: BTreeMap<String, u64>,
+    /// The disk is full: every flush fails.
+    full: bool,
 }
+
+impl Maps {
+    /// Puts one write on the disk.
+    fn settle(&mut self, key: StorageKey, value: Option<Vec<u8>>) {
+        if let Some(first) = key.first() {
+            *self.versions.entry(first.clone()).or_default() += 1;
+        }
+        match value {
+            Some(v) => self.flushed.insert(key, v),
+            None => self.flushed.remove(&key),
+        };
+    }
+}
+
+/// The `errno` of a full disk (`ENOSPC` on Linux), as the real store would report it.
+const ENOSPC: i32 = 28;
 
 /// An in-memory store with separate flushed and unflushed state.
 #[derive(Default, Debug)]
@@ -68,10 +94,7 @@ impl SimStore {
         let mut lost = 0;
         for (key, value) in pending {
             if rng.gen_bool(survival) {
-                match value {
-                    Some(v) => maps.flushed.insert(key, v),
-                    None => maps.flushed.remove(&key),
-                };
+                maps.settle(key, value);
             } else {
                 lost += 1;
             }
@@ -90,6 +113,32 @@ impl SimStore {
     /// Writes not yet flushed.
     pub fn unflushed_len(&self) -> usize {
         self.lock().unflushed.len()
+    }
+
+    /// The keys on disk under `prefix`, in key order.
+    pub fn flushed_keys(&self, prefix: &[String]) -> Vec<StorageKey> {
+        in_range(&self.lock().flushed, prefix).cloned().collect()
+    }
+
+    /// The value on disk under `key`.
+    pub fn flushed_value(&self, key: &[String]) -> Option<Vec<u8>> {
+        self.lock().flushed.get(key).cloned()
+    }
+
+    /// A number that changes whenever what is on disk under keys starting with `first`
+    /// changes (and only then).
+    pub fn flushed_version(&self, first: &str) -> u64 {
+        self.lock().versions.get(first).copied().unwrap_or(0)
+    }
+
+    /// Fills the disk (every flush fails with `ENOSPC` and changes nothing) or frees it.
+    pub fn set_full(&self, full: bool) {
+        self.lock().full = full;
+    }
+
+    /// Whether the disk is full.
+    pub fn is_full(&self) -> bool {
+        self.lock().full
     }
 }
 
@@ -130,11 +179,11 @@ impl Storage for SimStore {
 
     fn flush(&self) -> Result<(), StoreError> {
         let mut maps = self.lock();
+        if maps.full && !maps.unflushed.is_empty() {
+            return Err(StoreError::Io(std::io::Error::from_raw_os_error(ENOSPC)));
+        }
         for (key, value) in std::mem::take(&mut maps.unflushed) {
-            match value {
-                Some(v) => maps.flushed.insert(key, v),
-                None => maps.flushed.remove(&key),
-            };
+            maps.settle(key, value);
         }
         Ok(())
     }
@@ -168,6 +217,29 @@ mod tests {
             s.load_range(&k(&["d"])).unwrap(),
             vec![(k(&["d", "incremental", "1"]), b"one".to_vec())]
         );
+    }
+
+    #[test]
+    fn a_full_disk_fails_the_flush_and_keeps_the_write_readable() {
+        let s = SimStore::default();
+        s.set_full(true);
+        s.put(&k(&["d", "incremental", "1"]), b"one").unwrap();
+        let error = s.flush().expect_err("a full disk fails the flush");
+        assert!(error.is_disk_full(), "{error}");
+        assert_eq!(
+            s.load(&k(&["d", "incremental", "1"])).unwrap(),
+            Some(b"one".to_vec()),
+            "the write stays readable, as in sled's memory"
+        );
+        assert!(
+            s.flushed_range(&k(&["d"])).is_empty(),
+            "nothing reached the disk"
+        );
+        s.set_full(false);
+        let before = s.flushed_version("d");
+        s.flush().unwrap();
+        assert_eq!(s.flushed_range(&k(&["d"])).len(), 1);
+        assert_ne!(s.flushed_version("d"), before, "the disk under d changed");
     }
 
     #[test]

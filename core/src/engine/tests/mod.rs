@@ -260,6 +260,75 @@ fn idle_documents_are_evicted_and_reloaded() {
     assert_eq!(title(&relay.engine, &doc).as_deref(), Some("Agenda"));
 }
 
+/// Found by the simulator once its host refused reads after a failed flush (a full disk):
+/// the relay answered a failed read with `doc-unavailable`, the phones stopped syncing the
+/// document, and the changes they held never reached the relay after the disk was freed.
+#[test]
+fn a_failed_read_closes_the_connection_instead_of_calling_the_document_unavailable() {
+    let mut phone = Side::new(Role::Client, "phone", 1);
+    let mut relay = Side::new(Role::Relay, "relay", 2);
+    let doc = phone.engine.create_document(T0, |tx| {
+        tx.put(automerge::ROOT, "title", "Minutes").unwrap();
+    });
+    connect(&mut phone, &mut relay);
+    pump(&mut phone, &mut relay);
+    let later = T0.plus(relay.engine.config().limits.idle_eviction);
+    relay.engine.handle_timeout(later);
+    relay.drain(later);
+    assert!(relay.engine.document(&doc).is_none(), "evicted");
+    phone
+        .engine
+        .change_document(later, doc, |tx| tx.put(automerge::ROOT, "title", "Agenda"))
+        .unwrap();
+    // The phone's sync makes the relay reload the document; the disk is full, so the read
+    // fails.
+    for frame in phone.drain(later) {
+        relay
+            .engine
+            .handle_input(later, Input::Frame { conn: LINK, frame });
+    }
+    let mut reads = 0;
+    while let Some(out) = relay.engine.poll_output() {
+        match out {
+            Output::Storage { task, op } if !op.is_write() => {
+                reads += 1;
+                let full = std::io::Error::from_raw_os_error(28);
+                let result = Err(StoreError::Io(full));
+                relay
+                    .engine
+                    .handle_input(later, Input::StorageDone { task, result });
+            }
+            Output::Storage { .. } => panic!("nothing to write before the document loads"),
+            Output::Send { frame, .. } => relay.sent.push(Message::decode(&frame).unwrap()),
+            Output::Close { reason, .. } => relay.closed.push(reason),
+            Output::Event(e) => relay.events.push(e),
+        }
+    }
+    assert_eq!(reads, 1);
+    assert!(
+        !relay
+            .sent
+            .iter()
+            .any(|m| matches!(m, Message::DocUnavailable { .. })),
+        "a failed read was answered as if the document did not exist"
+    );
+    assert_eq!(
+        relay.closed,
+        vec![CloseReason::StorageFailed],
+        "the phone must be made to retry"
+    );
+    // The phone redials once the disk has room: the change gets through.
+    relay
+        .engine
+        .handle_input(later, Input::Disconnected { conn: LINK });
+    phone
+        .engine
+        .handle_input(later, Input::Disconnected { conn: LINK });
+    connect(&mut phone, &mut relay);
+    pump(&mut phone, &mut relay);
+    assert_eq!(title(&relay.engine, &doc).as_deref(), Some("Agenda"));
+}
+
 #[test]
 fn compaction_writes_the_snapshot_before_deleting() {
     let mut phone = Side::new(Role::Client, "phone", 1);
