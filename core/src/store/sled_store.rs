@@ -783,7 +783,8 @@ mod tests {
             for i in 0..20u8 {
                 let mut v = long.clone();
                 v[0] = i;
-                s.put(&k(&["doc", "incremental", &i.to_string()]), &v).unwrap();
+                s.put(&k(&["doc", "incremental", &i.to_string()]), &v)
+                    .unwrap();
             }
             s.put(&key, &long).unwrap();
             s.flush().unwrap();
