@@ -1,6 +1,7 @@
 //! Which seeds a simulation test runs, and how a failing one is reported.
 //!
-//! - `CAIRN_SIM_SEED=n` replays exactly seed `n`.
+//! - `CAIRN_SIM_SEED=n` replays exactly seed `n` (tests whose claim is about a set of
+//!   seeds, like "at least one seed catches it", always run their set).
 //! - `CAIRN_SIM_SEEDS=n` runs seeds `0..n` (the longer simulation mode).
 //! - Otherwise each test runs its default number of seeds.
 //! - `CAIRN_SIM_THREADS=n` runs the seeds on `n` threads (default: one per core).
@@ -43,7 +44,12 @@ pub fn for_each_seed<T: Send>(
     default_count: u64,
     run: impl Fn(u64) -> T + Sync,
 ) -> Vec<T> {
-    let seeds = seeds(default_count);
+    for_seeds(test, &seeds(default_count), run)
+}
+
+/// [`for_each_seed`] over exactly `seeds`, whatever the environment says (for a claim about
+/// a set of seeds, which one replayed seed cannot make).
+pub fn for_seeds<T: Send>(test: &str, seeds: &[u64], run: impl Fn(u64) -> T + Sync) -> Vec<T> {
     let threads = threads().min(seeds.len()).max(1);
     let next = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
