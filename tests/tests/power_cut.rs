@@ -463,6 +463,79 @@ fn watch_ack(
     })
 }
 
+/// One power-cut test's settings.
+struct Run {
+    control: bool,
+    seed: u64,
+    started: Instant,
+    /// Whose store: "relay" or "phone".
+    who: &'static str,
+    /// What a recorded change is: "acknowledged" or "durable".
+    changes: &'static str,
+}
+
+/// What a power-cut test carries from cut to cut.
+#[derive(Default)]
+struct Kept {
+    figures: Figures,
+    cache: Loaded,
+    /// Every change acknowledged so far, checked at every cut.
+    acked: Vec<Acked>,
+    /// Documents the next round writes to.
+    docs: Vec<DocumentId>,
+}
+
+/// Cuts the power and checks the store before anything restarts: every change recorded so
+/// far must be there. A real run fails on a loss (with `context` in the message); a control
+/// counts the loss and forgets those documents, so each loss counts once.
+fn cut_and_check(
+    fs: &mut VolatileFs,
+    data: &Path,
+    run: &Run,
+    round: u64,
+    kept: &mut Kept,
+    context: &dyn Fn() -> String,
+) {
+    let cut = fs
+        .cut()
+        .unwrap_or_else(|e| panic!("power cut {round}: {e}"));
+    kept.figures.cuts += 1;
+    let checked = check_store(data, durability(run.control), &kept.acked, &mut kept.cache);
+    kept.figures.checks += checked.changes;
+    kept.figures.lost += checked.lost.len();
+    kept.figures.blob_files = kept.figures.blob_files.max(checked.blob_files);
+    eprintln!(
+        "  cut {round} at {:.1} s: {} {} changes checked, {} lost; the cut forgot {cut:?}",
+        run.started.elapsed().as_secs_f64(),
+        checked.changes,
+        run.changes,
+        checked.lost.len()
+    );
+    let (who, seed) = (run.who, run.seed);
+    if !run.control {
+        if let Some(why) = &checked.unopenable {
+            panic!("the {who}'s store does not open after power cut {round} (seed {seed}): {why}");
+        }
+        assert!(
+            checked.lost.is_empty(),
+            "{} {} changes are missing from the {who}'s store after power cut {round} (seed \
+             {seed}), e.g. {:?}\n{}",
+            checked.lost.len(),
+            run.changes,
+            &checked.lost[..checked.lost.len().min(3)],
+            context()
+        );
+    } else {
+        // Count each loss once; a store sled cannot open starts again empty.
+        let lost: BTreeSet<DocumentId> = checked.lost.iter().map(|a| a.doc).collect();
+        kept.acked.retain(|a| !lost.contains(&a.doc));
+        kept.docs.retain(|d| !lost.contains(d));
+        if checked.unopenable.is_some() {
+            std::fs::remove_dir_all(data).expect("clear the unopenable store");
+        }
+    }
+}
+
 async fn relay_power_cuts(control: bool) -> Figures {
     let what = if control {
         "relay, negative control: sled-flush-only"
@@ -478,10 +551,14 @@ async fn relay_power_cuts(control: bool) -> Figures {
     let mut fs = mount();
     let logs = tempfile::tempdir().expect("a directory for relay logs");
     let data = fs.path().join("relay");
-    let mut figures = Figures::default();
-    let mut acked_so_far: Vec<Acked> = Vec::new();
-    let mut docs: Vec<DocumentId> = Vec::new();
-    let mut cache = Loaded::new();
+    let mut kept = Kept::default();
+    let run = Run {
+        control,
+        seed,
+        started,
+        who: "relay",
+        changes: "acknowledged",
+    };
 
     for round in 1..=cuts {
         let port = free_port();
@@ -495,7 +572,7 @@ async fn relay_power_cuts(control: bool) -> Figures {
 
         // Every client opens what the relay still holds; the first adds documents if needed.
         let mut live = Vec::new();
-        for doc in &docs {
+        for doc in &kept.docs {
             let mut found = true;
             for c in &clients {
                 found &= c.find(*doc, SOON).await.is_ok();
@@ -534,7 +611,7 @@ async fn relay_power_cuts(control: bool) -> Figures {
             }
             live.push(doc);
         }
-        docs = live.clone();
+        kept.docs = live.clone();
         // One large change every round, in a document of its own (the shared ones stay small
         // and quick to sync), acknowledged before the others start: each cut checks values
         // over sled's blob threshold.
@@ -604,49 +681,13 @@ async fn relay_power_cuts(control: bool) -> Figures {
             c.shutdown().await;
         }
         let new = std::mem::take(&mut *acked.lock().expect("lock"));
-        figures.acknowledged += new.len();
-        acked_so_far.extend(new);
+        kept.figures.acknowledged += new.len();
+        kept.acked.extend(new);
 
-        let cut = fs
-            .cut()
-            .unwrap_or_else(|e| panic!("power cut {round}: {e}"));
-        figures.cuts += 1;
-        let checked = check_store(&data, durability(control), &acked_so_far, &mut cache);
-        figures.checks += checked.changes;
-        figures.lost += checked.lost.len();
-        figures.blob_files = figures.blob_files.max(checked.blob_files);
-        eprintln!(
-            "  cut {round} at {:.1} s: {} acknowledged changes checked, {} lost; the cut forgot \
-             {cut:?}",
-            started.elapsed().as_secs_f64(),
-            checked.changes,
-            checked.lost.len()
-        );
-        if !control {
-            if let Some(why) = &checked.unopenable {
-                panic!(
-                    "the relay's store does not open after power cut {round} (seed {seed}): {why}"
-                );
-            }
-            assert!(
-                checked.lost.is_empty(),
-                "{} acknowledged changes are missing from the relay's store after power cut \
-                 {round} (seed {seed}), e.g. {:?}",
-                checked.lost.len(),
-                &checked.lost[..checked.lost.len().min(3)]
-            );
-        } else {
-            // Count each loss once; a store sled cannot open starts again empty.
-            let lost: BTreeSet<DocumentId> = checked.lost.iter().map(|a| a.doc).collect();
-            acked_so_far.retain(|a| !lost.contains(&a.doc));
-            docs.retain(|d| !lost.contains(d));
-            if checked.unopenable.is_some() {
-                std::fs::remove_dir_all(&data).expect("clear the unopenable store");
-            }
-        }
+        cut_and_check(&mut fs, &data, &run, round, &mut kept, &String::new);
     }
-    report(what, seed, &figures, &fs.stats(), started);
-    figures
+    report(what, seed, &kept.figures, &fs.stats(), started);
+    kept.figures
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -769,63 +810,36 @@ fn phone_power_cuts(control: bool) -> Figures {
     let mut fs = mount();
     let logs = tempfile::tempdir().expect("a directory for phone logs");
     let data = fs.path().join("phone");
-    let mut figures = Figures::default();
-    let mut acked_so_far: Vec<Acked> = Vec::new();
-    let mut docs: Vec<DocumentId> = Vec::new();
-    let mut cache = Loaded::new();
+    let mut kept = Kept::default();
+    let run = Run {
+        control,
+        seed,
+        started,
+        who: "phone",
+        changes: "durable",
+    };
 
     for round in 1..=cuts {
         let up = Duration::from_millis(rng.gen_range(UP_MS));
         let log = logs.path().join(format!("phone-{round}.log"));
-        let new = phone_round(&data, control, rng.gen(), &docs, up, &log);
-        figures.acknowledged += new.len();
+        let new = phone_round(&data, control, rng.gen(), &kept.docs, up, &log);
+        kept.figures.acknowledged += new.len();
         for a in &new {
-            if !a.large && !docs.contains(&a.doc) {
-                docs.push(a.doc);
+            if !a.large && !kept.docs.contains(&a.doc) {
+                kept.docs.push(a.doc);
             }
         }
-        acked_so_far.extend(new);
+        kept.acked.extend(new);
 
-        let cut = fs
-            .cut()
-            .unwrap_or_else(|e| panic!("power cut {round}: {e}"));
-        figures.cuts += 1;
-        let checked = check_store(&data, durability(control), &acked_so_far, &mut cache);
-        figures.checks += checked.changes;
-        figures.lost += checked.lost.len();
-        figures.blob_files = figures.blob_files.max(checked.blob_files);
-        eprintln!(
-            "  cut {round} at {:.1} s: {} durable changes checked, {} lost; the cut forgot \
-             {cut:?}",
-            started.elapsed().as_secs_f64(),
-            checked.changes,
-            checked.lost.len()
-        );
-        if !control {
-            if let Some(why) = &checked.unopenable {
-                panic!(
-                    "the phone's store does not open after power cut {round} (seed {seed}): {why}"
-                );
-            }
-            assert!(
-                checked.lost.is_empty(),
-                "{} changes `Client::change` reported durable are missing from the phone's \
-                 store after power cut {round} (seed {seed}), e.g. {:?}\nchild log:\n{}",
-                checked.lost.len(),
-                &checked.lost[..checked.lost.len().min(3)],
+        cut_and_check(&mut fs, &data, &run, round, &mut kept, &|| {
+            format!(
+                "child log:\n{}",
                 std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        } else {
-            let lost: BTreeSet<DocumentId> = checked.lost.iter().map(|a| a.doc).collect();
-            acked_so_far.retain(|a| !lost.contains(&a.doc));
-            docs.retain(|d| !lost.contains(d));
-            if checked.unopenable.is_some() {
-                std::fs::remove_dir_all(&data).expect("clear the unopenable store");
-            }
-        }
+            )
+        });
     }
-    report(what, seed, &figures, &fs.stats(), started);
-    figures
+    report(what, seed, &kept.figures, &fs.stats(), started);
+    kept.figures
 }
 
 #[test]
