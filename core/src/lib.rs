@@ -76,6 +76,7 @@ pub mod calendar;
 pub mod engine;
 pub mod export;
 pub mod ids;
+pub mod membership;
 pub mod model;
 pub mod reflection;
 pub mod store;

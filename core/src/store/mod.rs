@@ -137,6 +137,19 @@ pub trait Storage: Send + Sync {
     /// Makes every earlier write durable.
     fn flush(&self) -> Result<(), StoreError>;
 
+    /// Writes (`Some`) or deletes (`None`) every key and flushes, as one step: durable when
+    /// it returns, and no concurrent flush can take the writes and fail them unseen. For
+    /// writers outside the engine's storage thread (the relay's membership records).
+    fn write_batch(&self, writes: &[(StorageKey, Option<Vec<u8>>)]) -> Result<(), StoreError> {
+        for (key, value) in writes {
+            match value {
+                Some(v) => self.put(key, v)?,
+                None => self.delete(key)?,
+            }
+        }
+        self.flush()
+    }
+
     /// Runs one op without flushing.
     fn apply(&self, op: &StorageOp) -> Result<StorageOutcome, StoreError> {
         Ok(match op {
