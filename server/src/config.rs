@@ -1,11 +1,13 @@
 //! Command line and environment configuration.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgAction, Args, Parser, Subcommand};
 use thiserror::Error;
+
+use crate::limits::{Rate, RateLimits};
 
 /// `cairn-relay`: the self-hostable Cairn sync relay.
 #[derive(Debug, Parser)]
@@ -29,6 +31,12 @@ pub enum Command {
         #[arg(long, env = "CAIRN_DATA", default_value = "cairn-data")]
         data: PathBuf,
     },
+    /// Create the first group on a new relay (with the relay stopped) and print its first
+    /// organiser invite: the code and its `cairn://invite/…` link, to this terminal only.
+    /// Whoever redeems it becomes the group's organiser. On a relay that has groups it
+    /// refuses, unless `--new-organiser-invite GROUP` asks for a fresh organiser invite to an
+    /// existing group (when every organiser has lost their devices).
+    Bootstrap(BootstrapArgs),
     /// Check a data directory (with the relay stopped): sled recovers its log, every entry
     /// reads back, and the database holds what its durable record says was made durable.
     /// Prints what it found; exits non-zero if the store is damaged.
@@ -37,6 +45,24 @@ pub enum Command {
         #[arg(long, env = "CAIRN_DATA", default_value = "cairn-data")]
         data: PathBuf,
     },
+}
+
+/// Flags of `bootstrap`.
+#[derive(Debug, Args, Clone)]
+pub struct BootstrapArgs {
+    /// Directory of the relay's store (created if missing).
+    #[arg(long, env = "CAIRN_DATA", default_value = "cairn-data")]
+    pub data: PathBuf,
+    /// A UTF-8 file with the group's code of conduct, which members read and accept before
+    /// they see anything (organisers can change it later). Without it, a short generic text.
+    #[arg(long)]
+    pub code_of_conduct_file: Option<PathBuf>,
+    /// Hours the invite works. Default 72: time to pass it to the first organiser.
+    #[arg(long, default_value_t = 72)]
+    pub invite_hours: u64,
+    /// Recovery: a new organiser invite to this existing group instead of a new group.
+    #[arg(long, value_name = "GROUP")]
+    pub new_organiser_invite: Option<String>,
 }
 
 /// Flags of `serve`; each is also an environment variable.
@@ -48,8 +74,10 @@ pub struct ServeArgs {
     /// Directory of the embedded store (created if missing).
     #[arg(long, env = "CAIRN_DATA", default_value = "cairn-data")]
     pub data: PathBuf,
-    /// Development mode: accept any peer without authentication. Refused unless the listen
-    /// address is loopback.
+    /// Development mode: accept any peer without authentication, read and write any
+    /// document, and serve no membership API. Refused unless the listen address is
+    /// loopback. Without it every websocket presents a device credential and every document
+    /// belongs to a group (see `cairn-relay bootstrap`).
     #[arg(long, env = "CAIRN_OPEN", default_value_t = false)]
     pub open: bool,
     /// sled page cache in MiB.
@@ -116,6 +144,64 @@ pub struct ServeArgs {
     /// documents are evicted early. Default 4,000,000 (about 360 MB).
     #[arg(long, env = "CAIRN_MAX_LOADED_OPS", default_value_t = 4_000_000)]
     pub max_loaded_ops: u64,
+    /// Whether a member who organises a group may create more groups. Default true; with
+    /// false only `cairn-relay bootstrap` creates groups.
+    #[arg(long, env = "CAIRN_ORGANISERS_CREATE_GROUPS", default_value_t = true, action = ArgAction::Set)]
+    pub organisers_create_groups: bool,
+    /// Comma-separated addresses of reverse proxies in front of the relay. Only for
+    /// requests from these is the last `X-Forwarded-For` hop taken as the source address
+    /// that rate limits count by; otherwise the TCP peer is. Default: none.
+    #[arg(long, env = "CAIRN_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<IpAddr>,
+    /// Websocket upgrades one source address may make at once. Default 60: a household or
+    /// office behind one address, every phone reconnecting after a network change.
+    #[arg(long, env = "CAIRN_UPGRADES_PER_ADDRESS_BURST", default_value_t = 60)]
+    pub upgrades_per_address_burst: u32,
+    /// Milliseconds for one more upgrade per source address after the burst. Default 500
+    /// (2 a second): a steady stream of reconnects, while a flood is held to 2 a second.
+    #[arg(
+        long,
+        env = "CAIRN_UPGRADES_PER_ADDRESS_INTERVAL_MS",
+        default_value_t = 500
+    )]
+    pub upgrades_per_address_interval_ms: u64,
+    /// Websocket upgrades one device may make at once. Default 10: a client reconnects
+    /// with back-off, so 10 in a row is already a loop.
+    #[arg(long, env = "CAIRN_UPGRADES_PER_DEVICE_BURST", default_value_t = 10)]
+    pub upgrades_per_device_burst: u32,
+    /// Milliseconds for one more upgrade per device after the burst. Default 1,000.
+    #[arg(
+        long,
+        env = "CAIRN_UPGRADES_PER_DEVICE_INTERVAL_MS",
+        default_value_t = 1000
+    )]
+    pub upgrades_per_device_interval_ms: u64,
+    /// Invite previews, redemptions and device links one source address may make at once.
+    /// Default 10: a few people joining from one place, each maybe mistyping a code.
+    #[arg(long, env = "CAIRN_INVITES_PER_ADDRESS_BURST", default_value_t = 10)]
+    pub invites_per_address_burst: u32,
+    /// Milliseconds for one more invite call per source address after the burst. Default
+    /// 30,000: a code of 100 random bits cannot be guessed anyway; this keeps a guesser
+    /// from even trying at scale, while a real person retries within a minute.
+    #[arg(
+        long,
+        env = "CAIRN_INVITES_PER_ADDRESS_INTERVAL_MS",
+        default_value_t = 30_000
+    )]
+    pub invites_per_address_interval_ms: u64,
+    /// Wrong credentials one source address may present at once; past it the address gets
+    /// 429 for everything that authenticates, good credentials included, until it cools
+    /// down. Default 10: a device with a stale token retries a few times.
+    #[arg(long, env = "CAIRN_FAILED_CREDENTIALS_BURST", default_value_t = 10)]
+    pub failed_credentials_burst: u32,
+    /// Milliseconds for one more wrong credential per source address after the burst.
+    /// Default 10,000.
+    #[arg(
+        long,
+        env = "CAIRN_FAILED_CREDENTIALS_INTERVAL_MS",
+        default_value_t = 10_000
+    )]
+    pub failed_credentials_interval_ms: u64,
     /// A test control that LOSES acknowledged changes: `ack-before-flush` or
     /// `sled-flush-only`. The crash and power-cut tests use it to show they would see a lost
     /// acknowledgement. Hidden from `--help`; never set it on real data.
@@ -171,6 +257,12 @@ pub struct Config {
     pub max_loaded_ops: u64,
     /// A durability test control, if one is set (never on real data).
     pub unsafe_durability: Option<UnsafeDurability>,
+    /// Whether organisers may create groups.
+    pub organisers_create_groups: bool,
+    /// Reverse proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpAddr>,
+    /// Rate limits.
+    pub rate_limits: RateLimits,
 }
 
 /// Why a configuration was refused.
@@ -209,6 +301,38 @@ impl ServeArgs {
             ),
             ("--max-document-ops", self.max_document_ops),
             ("--max-loaded-ops", self.max_loaded_ops),
+            (
+                "--upgrades-per-address-burst",
+                u64::from(self.upgrades_per_address_burst),
+            ),
+            (
+                "--upgrades-per-address-interval-ms",
+                self.upgrades_per_address_interval_ms,
+            ),
+            (
+                "--upgrades-per-device-burst",
+                u64::from(self.upgrades_per_device_burst),
+            ),
+            (
+                "--upgrades-per-device-interval-ms",
+                self.upgrades_per_device_interval_ms,
+            ),
+            (
+                "--invites-per-address-burst",
+                u64::from(self.invites_per_address_burst),
+            ),
+            (
+                "--invites-per-address-interval-ms",
+                self.invites_per_address_interval_ms,
+            ),
+            (
+                "--failed-credentials-burst",
+                u64::from(self.failed_credentials_burst),
+            ),
+            (
+                "--failed-credentials-interval-ms",
+                self.failed_credentials_interval_ms,
+            ),
         ] {
             if v == 0 {
                 return Err(ConfigError::Zero(name));
@@ -233,6 +357,26 @@ impl ServeArgs {
             max_document_ops: self.max_document_ops,
             max_loaded_ops: self.max_loaded_ops,
             unsafe_durability: self.unsafe_durability,
+            organisers_create_groups: self.organisers_create_groups,
+            trusted_proxies: self.trusted_proxies,
+            rate_limits: RateLimits {
+                upgrades_per_address: Rate {
+                    burst: self.upgrades_per_address_burst,
+                    interval: Duration::from_millis(self.upgrades_per_address_interval_ms),
+                },
+                upgrades_per_device: Rate {
+                    burst: self.upgrades_per_device_burst,
+                    interval: Duration::from_millis(self.upgrades_per_device_interval_ms),
+                },
+                invites_per_address: Rate {
+                    burst: self.invites_per_address_burst,
+                    interval: Duration::from_millis(self.invites_per_address_interval_ms),
+                },
+                failed_credentials: Rate {
+                    burst: self.failed_credentials_burst,
+                    interval: Duration::from_millis(self.failed_credentials_interval_ms),
+                },
+            },
         })
     }
 }
@@ -259,6 +403,16 @@ impl Config {
             max_document_ops: 1_000_000,
             max_loaded_ops: 4_000_000,
             unsafe_durability: None,
+            organisers_create_groups: true,
+            trusted_proxies: Vec::new(),
+            upgrades_per_address_burst: 60,
+            upgrades_per_address_interval_ms: 500,
+            upgrades_per_device_burst: 10,
+            upgrades_per_device_interval_ms: 1000,
+            invites_per_address_burst: 10,
+            invites_per_address_interval_ms: 30_000,
+            failed_credentials_burst: 10,
+            failed_credentials_interval_ms: 10_000,
         }
         .validate()
         .expect("loopback test config is valid")

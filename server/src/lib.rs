@@ -4,13 +4,28 @@
 //! automerge-repo protocol through `cairn-core`'s engine, an embedded sled store with
 //! batched fsync, `/healthz`, `/readyz` and Prometheus `/metrics`.
 //!
+//! Unless it runs with `--open` (development, loopback only), the relay decides who may do
+//! what: every websocket presents a device credential (`Authorization: Bearer` or
+//! `?token=`) checked before the upgrade, the engine checks every message against the
+//! relay's membership (groups, roles, devices, document bindings), and the membership API
+//! under `/v1` ([`api`]) manages it. A call that takes access away answers only once the
+//! affected sockets are closed. `cairn-relay bootstrap` ([`bootstrap`]) creates the first
+//! group offline. Upgrades, invite calls and wrong credentials are rate limited
+//! ([`limits`]).
+//!
 //! [`run`] serves until `shutdown` resolves, then stops accepting, closes sockets, lets
 //! in-flight writes flush, and returns. If the sync engine stops on its own, `/healthz`
 //! turns 503 and [`run`] returns [`RelayError::EngineStopped`] so that the process exits
 //! and its supervisor restarts it. [`app`] builds the router alone for tests.
 
+pub mod api;
+mod auth;
+pub mod bootstrap;
 pub mod config;
+pub mod limits;
+pub mod members;
 pub mod metrics;
+pub mod sockets;
 pub mod tcp;
 mod ws;
 
@@ -26,13 +41,17 @@ use axum::routing::get;
 use axum::Router;
 use cairn_core::engine::{Engine, EngineConfig, Limits, Role, SyncLimits};
 use cairn_core::ids::PeerId;
+use cairn_core::membership::{KvMembershipStore, Membership, MembershipError, Quotas};
 use cairn_core::runtime::{Host, HostConfig};
 use cairn_core::store::{SledConfig, SledDurability, SledStore, Storage, StoreError};
 use thiserror::Error;
 use tokio::net::TcpListener;
 
 pub use config::{Config, ConfigError, UnsafeDurability};
+use limits::Limiters;
+use members::Members;
 use metrics::Metrics;
+use sockets::Sockets;
 
 /// Why the relay could not start or stopped with an error.
 #[derive(Debug, Error)]
@@ -50,6 +69,21 @@ pub enum RelayError {
          clients resend what the backup lacks"
     )]
     Damaged(String),
+    /// Another process (a running relay) holds the data directory's lock.
+    #[error("the store is in use: stop the relay running on it first")]
+    Locked,
+    /// The membership state could not be loaded or changed.
+    #[error("membership: {0}")]
+    Membership(MembershipError),
+    /// `bootstrap` on a relay that already has groups, without `--new-organiser-invite`.
+    #[error(
+        "this relay already has groups; to invite a new organiser to one (when every \
+         organiser has lost their devices) run `cairn-relay bootstrap --new-organiser-invite GROUP`"
+    )]
+    AlreadyBootstrapped,
+    /// The code-of-conduct file could not be read.
+    #[error("reading the code of conduct file failed: {0}")]
+    CodeOfConduct(std::io::Error),
     /// Serving failed.
     #[error("serving failed: {0}")]
     Serve(#[from] std::io::Error),
@@ -63,7 +97,20 @@ impl From<StoreError> for RelayError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Corrupt { detail } => RelayError::Damaged(detail),
+            // sled's message when another process holds the directory's lock.
+            StoreError::Io(io) if io.to_string().contains("could not acquire lock") => {
+                RelayError::Locked
+            }
             other => RelayError::Store(other),
+        }
+    }
+}
+
+impl From<MembershipError> for RelayError {
+    fn from(e: MembershipError) -> Self {
+        match e {
+            MembershipError::Store(s) => s.into(),
+            other => RelayError::Membership(other),
         }
     }
 }
@@ -74,13 +121,23 @@ pub struct AppState {
     host: Host,
     metrics: Arc<Metrics>,
     config: Arc<Config>,
-    sockets: Arc<AtomicUsize>,
+    /// Open websockets (checked against `--max-connections`).
+    socket_count: Arc<AtomicUsize>,
+    /// The live websockets, to close those whose access is taken away.
+    sockets: Arc<Sockets>,
+    /// The membership; `None` in `--open` mode.
+    members: Option<Arc<Members>>,
 }
 
 impl AppState {
     /// The engine host, for tests and embedding (`call`, `is_running`).
     pub fn host(&self) -> &Host {
         &self.host
+    }
+
+    /// The membership service (`None` in `--open` mode), for tests and embedding.
+    pub fn membership(&self) -> Option<&cairn_core::membership::Membership> {
+        self.members.as_ref().map(|m| &m.membership)
     }
 }
 
@@ -144,12 +201,32 @@ pub fn start(config: &Config) -> Result<(AppState, SledStore), RelayError> {
         },
     );
     tracing::info!(storage_id = %storage_id, data_bytes = store.size_on_disk().unwrap_or(0), "store opened");
+    let members = if config.open {
+        None
+    } else {
+        let membership = Membership::open(
+            Arc::new(KvMembershipStore::new(Arc::new(store.clone()))),
+            Quotas {
+                organisers_create_groups: config.organisers_create_groups,
+                ..Quotas::default()
+            },
+        )?;
+        if !membership.has_groups() {
+            tracing::warn!("this relay has no group yet: run `cairn-relay bootstrap` (with the relay stopped) to create the first one");
+        }
+        Some(Arc::new(Members::new(
+            membership,
+            Limiters::new(&config.rate_limits),
+        )))
+    };
     Ok((
         AppState {
             host,
             metrics,
             config: Arc::new(config.clone()),
-            sockets: Arc::new(AtomicUsize::new(0)),
+            socket_count: Arc::new(AtomicUsize::new(0)),
+            sockets: Arc::new(Sockets::default()),
+            members,
         },
         store,
     ))
@@ -181,14 +258,20 @@ pub fn new_storage_id(data: &std::path::Path) -> Result<cairn_core::ids::Storage
     Ok(id)
 }
 
-/// The router: `/` (websocket), `/healthz`, `/readyz`, `/metrics`.
+/// The router: `/` (websocket), `/healthz`, `/readyz`, `/metrics`, and the membership
+/// API under `/v1` (not in `--open` mode).
 pub fn app(state: AppState) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/", get(ws::upgrade))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_handler))
-        .with_state(state)
+        .route("/metrics", get(metrics_handler));
+    let router = if state.members.is_some() {
+        router.merge(api::routes())
+    } else {
+        router
+    };
+    router.with_state(state)
 }
 
 /// Liveness: 503 once the engine has stopped, so a probe restarts a relay that cannot sync.
@@ -216,7 +299,7 @@ async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
     state
         .metrics
         .sockets
-        .set(state.sockets.load(Ordering::Relaxed) as i64);
+        .set(state.socket_count.load(Ordering::Relaxed) as i64);
     state
         .metrics
         .engine_up
@@ -240,8 +323,6 @@ pub async fn run(
 ) -> Result<(), RelayError> {
     if config.open {
         tracing::warn!(listen = %config.listen, "development mode (--open): every peer is accepted without authentication");
-    } else {
-        tracing::warn!("no membership is configured yet: every websocket is refused; use --open on loopback for development");
     }
     let mut config = config;
     let tcp_cap = fit_to_fd_limit(&mut config);
@@ -300,6 +381,14 @@ async fn serve_with_cap(
 ) -> Result<(), RelayError> {
     let host = state.host.clone();
     let stop = tokio_util::sync::CancellationToken::new();
+    if let Some(members) = &state.members {
+        tokio::spawn(members::expire_guests(
+            state.clone(),
+            members.clone(),
+            stop.clone(),
+        ));
+        tokio::spawn(members::limiter_housekeeping(members.clone(), stop.clone()));
+    }
     tracing::info!(addr = %listener.local_addr()?, tcp_cap, max_connections = state.config.max_connections, "listening");
     let serving = tcp::Serving {
         router: app(state.clone()),

@@ -47,6 +47,12 @@ async fn main() -> anyhow::Result<()> {
             println!("new storage id: {id}");
             return Ok(());
         }
+        Command::Bootstrap(args) => {
+            let made = cairn_relay::bootstrap::bootstrap(&args)
+                .with_context(|| format!("bootstrapping {}", args.data.display()))?;
+            print_invite(&made);
+            return Ok(());
+        }
         Command::Check { data } => match cairn_relay::check(&data) {
             Ok(report) => {
                 println!(
@@ -71,6 +77,30 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", config.listen))?;
     cairn_relay::run(config, listener, shutdown_signal()).await?;
     Ok(())
+}
+
+/// Shows the organiser invite on the operator's terminal (stdout, never the log).
+fn print_invite(made: &cairn_relay::bootstrap::Bootstrapped) {
+    if made.new_group {
+        println!("Created group {}.", made.group);
+    } else {
+        println!("New organiser invite for group {}.", made.group);
+    }
+    println!();
+    println!("Organiser invite (one use; give it only to the group's first organiser):");
+    println!("  code: {}", made.invite.code);
+    println!("  link: {}", made.invite.link);
+    let hours = made
+        .invite
+        .expires_ms
+        .saturating_sub(cairn_relay::api::now_ms())
+        .div_ceil(3_600_000);
+    println!(
+        "  expires in about {hours} hours (Unix ms {})",
+        made.invite.expires_ms
+    );
+    println!();
+    println!("Whoever redeems it in the app becomes the group's organiser. Start the relay with `cairn-relay serve`.");
 }
 
 /// `CAIRN_LOG` (default `info`) with [`QUIET_TARGETS`] capped at `info`; plain text when

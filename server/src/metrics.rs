@@ -43,7 +43,8 @@ pub struct Metrics {
     loaded_ops: Gauge,
     storage_errors: Family<Labels, Counter>,
     backpressure_closes: Counter,
-    /// Sockets refused at the upgrade (closed mode, connection cap).
+    /// Sockets refused at the upgrade (no or a bad credential, a rate limit, the connection
+    /// cap).
     pub refused: Counter,
     /// Open TCP connections, before and after a websocket upgrade.
     pub tcp_connections: Gauge,
@@ -57,6 +58,14 @@ pub struct Metrics {
     queue_bytes_closes: Counter,
     /// 1 while the sync engine runs, 0 once it has stopped.
     pub engine_up: Gauge,
+    /// Credentials refused (missing, wrong, rotated or revoked).
+    pub auth_failures: Counter,
+    /// Calls refused by a rate limit, by `limit`.
+    pub rate_limited: Family<Labels, Counter>,
+    /// Membership changes, by `kind`.
+    pub membership_changes: Family<Labels, Counter>,
+    /// Sockets closed because their access was taken away.
+    pub access_revocations: Counter,
 }
 
 impl Default for Metrics {
@@ -97,6 +106,10 @@ impl Metrics {
             send_timeouts: Counter::default(),
             queue_bytes_closes: Counter::default(),
             engine_up: Gauge::default(),
+            auth_failures: Counter::default(),
+            rate_limited: Family::default(),
+            membership_changes: Family::default(),
+            access_revocations: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("sockets", "Open websocket connections", m.sockets.clone());
@@ -222,6 +235,26 @@ impl Metrics {
             "engine_up",
             "1 while the sync engine runs, 0 once it has stopped (the relay then exits)",
             m.engine_up.clone(),
+        );
+        registry.register(
+            "auth_failures",
+            "Credentials refused: missing, wrong, rotated or revoked",
+            m.auth_failures.clone(),
+        );
+        registry.register(
+            "rate_limited",
+            "Calls refused with 429 by a rate limit, by limit",
+            m.rate_limited.clone(),
+        );
+        registry.register(
+            "membership_changes",
+            "Membership changes committed, by kind",
+            m.membership_changes.clone(),
+        );
+        registry.register(
+            "access_revocations",
+            "Sockets closed because a membership change took their access away",
+            m.access_revocations.clone(),
         );
         // Up until the host says otherwise: the gauge is refreshed on every scrape.
         m.engine_up.set(1);

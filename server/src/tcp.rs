@@ -11,15 +11,18 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::extract::ConnectInfo;
 use axum::Router;
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
+use hyper::Request;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 
 use crate::metrics::Metrics;
 
@@ -173,10 +176,10 @@ pub(crate) async fn serve(
     http.timer(TokioTimer::new())
         .header_read_timeout(header_timeout);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Per-connection errors (reset before accept) are harmless; running
                     // out of descriptors is not, and retrying at once would spin.
@@ -202,8 +205,14 @@ pub(crate) async fn serve(
             _permit: permit,
             open: metrics.tcp_connections.clone(),
         };
+        // Each request carries its TCP peer, the source address rate limits count by.
+        let router = router.clone();
+        let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            router.clone().oneshot(req)
+        });
         let conn = http
-            .serve_connection(TokioIo::new(io), TowerToHyperService::new(router.clone()))
+            .serve_connection(TokioIo::new(io), service)
             .with_upgrades();
         let stop = stop.clone();
         let metrics = metrics.clone();

@@ -1,33 +1,46 @@
-//! The websocket endpoint: one reader and one writer per socket around the engine host.
+//! The websocket endpoint: the credential check before the upgrade, then one reader and
+//! one writer per socket around the engine host.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use cairn_core::engine::Direction;
+use cairn_core::membership::Identity;
 use cairn_core::runtime::Outbound;
 use cairn_core::wire::Message as WireMessage;
 use futures_util::{Sink, SinkExt, StreamExt};
 
+use crate::api::ApiError;
+use crate::auth::{authenticate, presented_token, Source};
 use crate::metrics::Metrics;
 use crate::AppState;
 
 /// Per-socket buffers: tungstenite's 128 KiB defaults would cost ~100 MB at 400 sockets.
 const SOCKET_BUFFER: usize = 16 * 1024;
 
-pub(crate) async fn upgrade(ws: WebSocketUpgrade, State(state): State<AppState>) -> Response {
-    if !state.config.open {
-        state.metrics.refused.inc();
-        return (
-            StatusCode::FORBIDDEN,
-            "this relay has no membership configured yet",
-        )
-            .into_response();
-    }
-    if state.sockets.load(Ordering::Relaxed) >= state.config.max_connections {
+pub(crate) async fn upgrade(
+    State(state): State<AppState>,
+    Source(source): Source,
+    headers: HeaderMap,
+    uri: Uri,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let identity = if state.config.open {
+        None
+    } else {
+        match admit(&state, source, &headers, &uri) {
+            Ok(identity) => Some(identity),
+            Err(refusal) => {
+                state.metrics.refused.inc();
+                return refusal.into_response();
+            }
+        }
+    };
+    if state.socket_count.load(Ordering::Relaxed) >= state.config.max_connections {
         state.metrics.refused.inc();
         return (StatusCode::SERVICE_UNAVAILABLE, "connection limit reached").into_response();
     }
@@ -37,19 +50,72 @@ pub(crate) async fn upgrade(ws: WebSocketUpgrade, State(state): State<AppState>)
         .max_write_buffer_size(max_frame + 1024 * 1024)
         .max_message_size(max_frame)
         .max_frame_size(max_frame)
-        .on_upgrade(move |socket| serve_socket(socket, state))
+        .on_upgrade(move |socket| serve_socket(socket, state, identity))
 }
 
-async fn serve_socket(socket: WebSocket, state: AppState) {
-    state.sockets.fetch_add(1, Ordering::Relaxed);
-    if let Ok(handle) = state.host.open(Direction::Incoming, None).await {
+/// The checks before a websocket upgrade in membership mode: the source's upgrade rate,
+/// its failed credentials, the credential, then the device's upgrade rate.
+fn admit(
+    state: &AppState,
+    source: std::net::IpAddr,
+    headers: &HeaderMap,
+    uri: &Uri,
+) -> Result<Identity, ApiError> {
+    let members = state.members()?;
+    members
+        .limiters
+        .upgrade_from(source)
+        .map_err(|l| state.limited(l))?;
+    let token = presented_token(headers, uri);
+    let identity = authenticate(state, source, token.as_deref())?;
+    members
+        .limiters
+        .upgrade_by(&identity.to_string())
+        .map_err(|l| state.limited(l))?;
+    Ok(identity)
+}
+
+async fn serve_socket(socket: WebSocket, state: AppState, identity: Option<Identity>) {
+    state.socket_count.fetch_add(1, Ordering::Relaxed);
+    let peer = identity.as_ref().map(Identity::to_string);
+    if let Ok(handle) = state.host.open(Direction::Incoming, peer).await {
+        let conn = handle.input.conn;
+        let input = handle.input.clone();
+        let guard = state.sockets.insert(conn, identity);
         let timeouts = Timeouts {
             silence: state.config.socket_timeout,
             send: state.config.send_timeout,
         };
-        pump(socket, handle, timeouts, &state.metrics).await;
+        // Dropping the pump drops the socket: that is the abort past the close wait.
+        let aborted = tokio::select! {
+            _ = pump(socket, handle, timeouts, &state.metrics, &guard.close) => false,
+            _ = guard.abort.cancelled() => true,
+        };
+        if aborted {
+            input.closed().await;
+        }
+        state.sockets.remove(conn);
+        // The guard goes last: whoever waits for this socket to end wakes after the socket
+        // itself is dropped.
+        drop(guard);
     }
-    state.sockets.fetch_sub(1, Ordering::Relaxed);
+    state.socket_count.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// The `error` message a socket whose access was taken away gets before its close: the
+/// engine's words for the same event.
+const ACCESS_REVOKED: &str = "access revoked";
+
+/// How a socket's pump ended.
+enum End {
+    /// The writer ended: the engine closed the connection, or the socket failed.
+    Written,
+    /// The peer closed, or went silent.
+    Read,
+    /// The peer sent something that is not a valid frame.
+    ReadFailed(axum::Error),
+    /// The relay took the socket's access away.
+    Revoked,
 }
 
 /// The socket's time limits.
@@ -118,6 +184,7 @@ async fn pump(
     handle: cairn_core::runtime::ConnectionHandle,
     timeouts: Timeouts,
     metrics: &Metrics,
+    revoked: &tokio_util::sync::CancellationToken,
 ) {
     let cairn_core::runtime::ConnectionHandle {
         input,
@@ -158,19 +225,31 @@ async fn pump(
             }
         }
     };
-    let read_error = tokio::select! {
-        _ = writer => None,
-        e = reader => e,
+    let end = tokio::select! {
+        _ = writer => End::Written,
+        e = reader => e.map_or(End::Read, End::ReadFailed),
+        _ = revoked.cancelled() => End::Revoked,
     };
-    if let Some(e) = read_error {
-        // tungstenite refuses a frame over the size limit (or a broken one) before the
-        // engine sees it, and would drop the socket silently; tell the peer why, as the
-        // engine does for bad messages. A peer that has gone away just fails the send.
-        tracing::debug!(%conn, error = %e, "websocket read failed");
+    let said = match end {
+        End::Written | End::Read => None,
+        End::ReadFailed(e) => {
+            // tungstenite refuses a frame over the size limit (or a broken one) before the
+            // engine sees it, and would drop the socket silently; tell the peer why, as the
+            // engine does for bad messages.
+            tracing::debug!(%conn, error = %e, "websocket read failed");
+            Some("protocol violation: frame too large or not a valid websocket frame")
+        }
+        End::Revoked => {
+            tracing::debug!(%conn, "access revoked; closing");
+            Some(ACCESS_REVOKED)
+        }
+    };
+    if let Some(message) = said {
         let frame = WireMessage::Error {
-            message: "protocol violation: frame too large or not a valid websocket frame".into(),
+            message: message.into(),
         }
         .encode();
+        // A peer that has gone away just fails the send.
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
             sink.send(Message::Binary(frame.into())).await?;
             sink.send(Message::Close(None)).await

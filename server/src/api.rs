@@ -1,0 +1,530 @@
+//! The membership HTTP API under `/v1` (see `cairn_core::membership::api` for the paths
+//! and bodies).
+//!
+//! Every change is committed durably by [`Membership`](cairn_core::membership::Membership)
+//! before it answers; the calls run on the blocking pool because a commit waits for an
+//! fsync. A call that takes access away (remove, leave, suspend, a role change, a new code
+//! of conduct, revoking or rotating a device) then has the engine re-check every
+//! connection and closes the affected sockets, and answers only once they are gone.
+//! Errors are `{"error", "message"}` with the status of their code; messages never carry
+//! content, names or tokens.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Path, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use axum::{Json, Router};
+use cairn_core::ids::{DeviceId, DocumentId, MemberId};
+use cairn_core::membership::api::{
+    AcceptCodeOfConduct, CreateGroup, CreateInvite, LinkDevice, RedeemInvite, RegisterDocument,
+    Rotated, SetCodeOfConduct, SetPseudonym, SetRole,
+};
+use cairn_core::membership::{GroupId, MembershipError};
+use serde::de::DeserializeOwned;
+
+use crate::auth::{Caller, MaybeCaller, Source};
+use crate::limits::Limited;
+use crate::sockets::Whose;
+use crate::AppState;
+
+/// Largest request body: 128 KiB. The largest legitimate one is a code of conduct (at
+/// most 64 KiB of text, a little more once escaped as JSON).
+pub const MAX_BODY_BYTES: usize = 128 * 1024;
+
+/// `Retry-After` for a quota (not a rate): 3,600 s. A quota frees only when something is
+/// removed or expires, so a client should not retry soon.
+const QUOTA_RETRY_SECS: u64 = 3600;
+
+/// A failed API call: status, code and a message for developers.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    retry_after: Option<u64>,
+}
+
+impl ApiError {
+    pub(crate) fn unauthorized(message: &str) -> ApiError {
+        ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            code: "unauthorized",
+            message: message.to_owned(),
+            retry_after: None,
+        }
+    }
+
+    pub(crate) fn bad_request(message: &str) -> ApiError {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: "bad_request",
+            message: message.to_owned(),
+            retry_after: None,
+        }
+    }
+
+    pub(crate) fn unavailable(message: &str) -> ApiError {
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "unavailable",
+            message: message.to_owned(),
+            retry_after: None,
+        }
+    }
+
+    pub(crate) fn not_found() -> ApiError {
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            code: "not_found",
+            message: "not found".to_owned(),
+            retry_after: None,
+        }
+    }
+
+    pub(crate) fn rate_limited(limited: Limited) -> ApiError {
+        ApiError {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            code: "quota_exceeded",
+            message: format!("rate limited ({})", limited.limit.label()),
+            retry_after: Some(limited.retry_after_secs),
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+}
+
+impl From<MembershipError> for ApiError {
+    fn from(e: MembershipError) -> Self {
+        let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let message = match &e {
+            MembershipError::Store(inner) => {
+                // Logged once, here; the caller learns only that it may retry.
+                tracing::error!(error = %inner, "a membership change could not be stored");
+                "the relay could not store the change; nothing was changed, try again".to_owned()
+            }
+            other => other.to_string(),
+        };
+        ApiError {
+            status,
+            code: e.code(),
+            message,
+            retry_after: matches!(e, MembershipError::QuotaExceeded(_)).then_some(QUOTA_RETRY_SECS),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        tracing::debug!(
+            status = self.status.as_u16(),
+            code = self.code,
+            "membership call refused"
+        );
+        let body = cairn_core::membership::api::ApiError {
+            error: self.code.to_owned(),
+            message: self.message,
+        };
+        let mut response = (self.status, Json(body)).into_response();
+        let headers = response.headers_mut();
+        if self.status == StatusCode::UNAUTHORIZED {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(secs) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+/// A JSON body of at most [`MAX_BODY_BYTES`]; anything else is a `bad_request`.
+pub(crate) struct Body<T>(pub(crate) T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
+        let bytes: Bytes = axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES)
+            .await
+            .map_err(|_| ApiError::bad_request("the body is too large or was cut off"))?;
+        serde_json::from_slice(&bytes)
+            .map(Body)
+            .map_err(|_| ApiError::bad_request("the body is not the expected JSON"))
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// The `/v1` routes.
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/invites/redeem", post(redeem))
+        .route("/v1/invites/{code}", get(invite_preview))
+        .route("/v1/groups", post(create_group).get(groups))
+        .route(
+            "/v1/groups/{g}/code-of-conduct",
+            get(code_of_conduct).put(set_code_of_conduct),
+        )
+        .route("/v1/groups/{g}/code-of-conduct/accept", post(accept))
+        .route("/v1/groups/{g}/members", get(members))
+        .route("/v1/groups/{g}/members/{m}", delete(remove))
+        .route("/v1/groups/{g}/members/{m}/role", put(set_role))
+        .route("/v1/groups/{g}/members/{m}/suspend", post(suspend))
+        .route("/v1/groups/{g}/members/{m}/reinstate", post(reinstate))
+        .route("/v1/groups/{g}/me/pseudonym", put(set_pseudonym))
+        .route("/v1/groups/{g}/invites", post(create_invite))
+        .route("/v1/groups/{g}/documents", post(register_document))
+        .route("/v1/devices", get(devices))
+        .route("/v1/devices/link-codes", post(create_link_code))
+        .route("/v1/devices/link", post(link_device))
+        .route("/v1/devices/self/rotate", post(rotate))
+        .route("/v1/devices/{d}", delete(revoke))
+        .fallback(|| async { ApiError::not_found() })
+}
+
+/// Wall time in Unix ms, as the membership core takes it.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Runs a membership call on the blocking pool (a change waits for an fsync).
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, MembershipError> + Send + 'static,
+) -> ApiResult<T> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result.map_err(ApiError::from),
+        Err(_) => {
+            tracing::error!("a membership call panicked");
+            Err(ApiError::unavailable(
+                "the relay failed this call; try again",
+            ))
+        }
+    }
+}
+
+// ------------------------------------------------------------------ invites
+
+async fn invite_preview(
+    State(state): State<AppState>,
+    Source(source): Source,
+    Path(code): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let members = state.members()?;
+    members
+        .limiters
+        .invite_from(source)
+        .map_err(|l| state.limited(l))?;
+    Ok(Json(members.membership.invite_preview(&code, now_ms())?))
+}
+
+async fn redeem(
+    State(state): State<AppState>,
+    Source(source): Source,
+    MaybeCaller(who): MaybeCaller,
+    Body(req): Body<RedeemInvite>,
+) -> ApiResult<impl IntoResponse> {
+    let members = state.members()?;
+    members
+        .limiters
+        .invite_from(source)
+        .map_err(|l| state.limited(l))?;
+    let membership = members.membership.clone();
+    let redeemed =
+        blocking(move || membership.redeem(who.as_ref(), &req.code, &req.pseudonym, now_ms()))
+            .await?;
+    state.changed("redeemed");
+    if let Some(group) = &redeemed.group {
+        tracing::info!(group = %group.group_id, member = %redeemed.member_id, new_device = redeemed.token.is_some(), "invite redeemed");
+        state.roster_changed(&group.group_id);
+    }
+    members.expiry.notify_one();
+    Ok(Json(redeemed))
+}
+
+// ------------------------------------------------------------------ groups
+
+async fn create_group(
+    State(state): State<AppState>,
+    Caller { identity }: Caller,
+    Body(req): Body<CreateGroup>,
+) -> ApiResult<impl IntoResponse> {
+    let membership = state.members()?.membership.clone();
+    let roster = new_document_id();
+    let who = identity.clone();
+    let info = blocking(move || {
+        membership.create_group(&who, &req.pseudonym, &req.code_of_conduct, roster, now_ms())
+    })
+    .await?;
+    state.changed("group_created");
+    tracing::info!(group = %info.group_id, member = %identity.member, "group created");
+    state.roster_changed(&info.group_id);
+    Ok((StatusCode::CREATED, Json(info)))
+}
+
+/// A fresh document id from the OS RNG (a group's roster).
+pub(crate) fn new_document_id() -> DocumentId {
+    DocumentId::from_bytes(cairn_core::store::random_uuid().into_bytes())
+}
+
+async fn groups(
+    State(state): State<AppState>,
+    Caller { identity }: Caller,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(
+        state.members()?.membership.groups_of(&identity, now_ms())?,
+    ))
+}
+
+async fn code_of_conduct(
+    State(state): State<AppState>,
+    Caller { identity }: Caller,
+    Path(g): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let group = GroupId::from(g);
+    Ok(Json(state.members()?.membership.code_of_conduct(
+        &identity,
+        &group,
+        now_ms(),
+    )?))
+}
+
+async fn set_code_of_conduct(
+    State(state): State<AppState>,
+    Caller { identity }: Caller,
+    Path(g): Path<String>,
+    Body(req): Body<SetCodeOfConduct>,
+) -> ApiResult<impl IntoResponse> {
+    let membership = state.members()?.membership.clone();
+    let group = GroupId::from(g);
+    let (who, gr) = (identity.clone(), group.clone());
+    let coc =
+        blocking(move || membership.set_code_of_conduct(&who, &gr, &req.text, now_ms())).await?;
+    state.changed("code_of_conduct_changed");
+    tracing::info!(group = %group, version = coc.version, bytes = coc.text.len(), "code of conduct changed");
+    // Every member but its author must accept the new version before reading on.
+    state.access_reduced(None).await;
+    state.roster_changed(&group);
+    Ok(Json(coc))
+}
+
+async fn accept(
+    State(state): State<AppState>,
+    Caller { identity }: Caller,
+    Path(g): Path<String>,
+    Body(req): Body<AcceptCodeOfConduct>,
+) -> ApiResult<impl IntoResponse> {
+    let membership = state.members()?.membership.clone();
+    let group = GroupId::from(g);
+    let gr = group.clone();
+    blocking(move || membership.accept_code_of_conduct(&identity, &gr, req.version, now_ms()))
+        .await?;
+    state.changed("code_of_conduct_accepted");
+    state.roster_changed(&group);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ------------------------------------------------------------------ members
+
+async fn members(
+    State(state): State<AppState>,
+    Caller { identity }: Caller,
+    Path(g): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let group = GroupId::from(g);
+    Ok(Json(state.members()?.membership.members(
+        &identity,
+        &group,
+        now_ms(),
+    )?))
+}
+
+async fn set_role(
+    State(state): State<AppState>,
+    Caller { identity }: Caller,
+    Path((g, m)): Path<(String, String)>,
+    Body(req): Body<SetRole>,
+) -> ApiResult<impl IntoResponse> {
+    let membership = state.members()?.membership.clone();
+    let (group, member) = (GroupId::from(g), MemberId::from(m));
+    let (gr, mb) = (group.clone(), member.clone());
+    let info =
+        blocking(move || membership.set_role(&identity, &gr, &mb, req.role, now_ms())).await?;
+    state.changed("role_changed");
+    tracing::info!(group = %group, member = %member, role = info.role.name(), "role changed");
+    // A lower role writes less; the engine checks every write against the new role, and
+    // re-checks reads now.
+    state.access_reduced(None).await;
+    state.roster_changed(&group);
+    Ok(Json(info))
+}
+
+async fn suspend(
+    State(state): State<AppState>,
+    Caller { identity }: Caller,
+    Path((g, m)): Path<(String, String)>,
+) -> ApiResult<impl IntoResponse> {
+    let membership = state.members()?.membership.clone();
+    let (group, member) = (GroupId::from(g), MemberId::from(m));
+    let (gr, mb) = (group.clone(), member.clone());
+    let info = blocking(move || membership.suspend(&identity, &gr, &mb, now_ms())).await?;
+    state.changed("suspended");
+    tracing::info!(group = %group, member = %member, "member suspended");
+    state.access_reduced(Some(Whose::Member(member))).await;
+    state.roster_changed(&group);
+    Ok(Json(info))
+}
+
+async fn reinstate(
+    State(state): State<AppState>,
+    Caller { identity }: Caller,
+    Path((g, m)): Path<(String, String)>,
+) -> ApiResult<impl IntoResponse> {
+    let membership = state.members()?.membership.clone();
+    let (group, member) = (GroupId::from(g), MemberId::from(m));
+    let (gr, mb) = (group.clone(), member.clone());
+    let info = blocking(move || membership.reinstate(&identity, &gr, &mb, now_ms())).await?;
+    state.changed("reinstated");
+    tracing::info!(group = %group, member = %member, "member reinstated");
+    state.roster_changed(&group);
+    Ok(Json(info))
+}
+
+async fn remove(
+    State(state): State<AppState>,
+    Caller { identity }: Caller,
+    Path((g, m)): Path<(String, String)>,
+) -> ApiResult<impl IntoResponse> {
+    let membership = state.members()?.membership.clone();
+    let (group, member) = (GroupId::from(g), MemberId::from(m));
+    let leaving = identity.member == member;
+    let (gr, mb) = (group.clone(), member.clone());
+    blocking(move || membership.remove(&identity, &gr, &mb, now_ms())).await?;
+    state.changed(if leaving { "left" } else { "removed" });
+    tracing::info!(group = %group, member = %member, leaving, "member removed");
+    state.access_reduced(Some(Whose::Member(member))).await;
+    state.roster_changed(&group);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn set_pseudonym(
+    State(state): State<AppState>,
+    Caller { identity }: Caller,
+    Path(g): Path<String>,
+    Body(req): Body<SetPseudonym>,
+) -> ApiResult<impl IntoResponse> {
+    let membership = state.members()?.membership.clone();
+    let group = GroupId::from(g);
+    let gr = group.clone();
+    blocking(move || membership.set_pseudonym(&identity, &gr, &req.pseudonym, now_ms())).await?;
+    state.changed("pseudonym_changed");
+    state.roster_changed(&group);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn create_invite(
+    State(state): State<AppState>,
+    Caller { identity }: Caller,
+    Path(g): Path<String>,
+    Body(req): Body<CreateInvite>,
+) -> ApiResult<impl IntoResponse> {
+    let membership = state.members()?.membership.clone();
+    let group = GroupId::from(g);
+    let gr = group.clone();
+    let invite = blocking(move || membership.create_invite(&identity, &gr, &req, now_ms())).await?;
+    state.changed("invite_created");
+    tracing::info!(group = %group, max_uses = invite.max_uses, "invite created");
+    Ok((StatusCode::CREATED, Json(invite)))
+}
+
+async fn register_document(
+    State(state): State<AppState>,
+    Caller { identity }: Caller,
+    Path(g): Path<String>,
+    Body(req): Body<RegisterDocument>,
+) -> ApiResult<impl IntoResponse> {
+    let membership = state.members()?.membership.clone();
+    let group = GroupId::from(g);
+    let gr = group.clone();
+    let answer = req.clone();
+    blocking(move || {
+        membership.register_document(&identity, &gr, req.document_id, req.kind, now_ms())
+    })
+    .await?;
+    state.changed("document_registered");
+    tracing::info!(group = %group, doc = %answer.document_id, kind = answer.kind.name(), "document registered");
+    Ok((StatusCode::CREATED, Json(answer)))
+}
+
+// ------------------------------------------------------------------ devices
+
+async fn devices(
+    State(state): State<AppState>,
+    Caller { identity }: Caller,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(state.members()?.membership.devices(&identity)?))
+}
+
+async fn create_link_code(
+    State(state): State<AppState>,
+    Caller { identity }: Caller,
+) -> ApiResult<impl IntoResponse> {
+    let membership = state.members()?.membership.clone();
+    let code = blocking(move || membership.create_link_code(&identity, now_ms())).await?;
+    state.changed("link_code_created");
+    Ok((StatusCode::CREATED, Json(code)))
+}
+
+async fn link_device(
+    State(state): State<AppState>,
+    Source(source): Source,
+    Body(req): Body<LinkDevice>,
+) -> ApiResult<impl IntoResponse> {
+    let members = state.members()?;
+    members
+        .limiters
+        .invite_from(source)
+        .map_err(|l| state.limited(l))?;
+    let membership = members.membership.clone();
+    let linked = blocking(move || membership.link_device(&req.code, now_ms())).await?;
+    state.changed("device_linked");
+    tracing::info!(member = %linked.member_id, device = %linked.device_id, "device linked");
+    Ok(Json(linked))
+}
+
+async fn rotate(
+    State(state): State<AppState>,
+    Caller { identity }: Caller,
+) -> ApiResult<impl IntoResponse> {
+    let membership = state.members()?.membership.clone();
+    let who = identity.clone();
+    let token = blocking(move || membership.rotate(&who, now_ms())).await?;
+    state.changed("device_rotated");
+    tracing::info!(member = %identity.member, device = %identity.device, "credential rotated");
+    // The old credential may have been stolen: its sockets go too.
+    state.access_reduced(Some(Whose::Device(identity))).await;
+    Ok(Json(Rotated { token }))
+}
+
+async fn revoke(
+    State(state): State<AppState>,
+    Caller { identity }: Caller,
+    Path(d): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let membership = state.members()?.membership.clone();
+    let device = DeviceId::from(d);
+    let (who, dv) = (identity.clone(), device.clone());
+    blocking(move || membership.revoke_device(&who, &dv, now_ms())).await?;
+    state.changed("device_revoked");
+    tracing::info!(member = %identity.member, device = %device, "device revoked");
+    let revoked = cairn_core::membership::Identity {
+        member: identity.member.clone(),
+        device,
+    };
+    state.access_reduced(Some(Whose::Device(revoked))).await;
+    Ok(StatusCode::NO_CONTENT)
+}

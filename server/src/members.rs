@@ -1,0 +1,169 @@
+//! The relay's membership: the service, its rate limiters, and what happens after a change
+//! that takes access away (the engine re-checks every connection, affected sockets close,
+//! and the call answers only once they are gone), including when a guest's access expires.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_core::ids::{ConnectionId, MemberId};
+use cairn_core::membership::{GroupId, MemberStatus, Membership};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{now_ms, ApiError};
+use crate::limits::{Limited, Limiters, HOUSEKEEPING_EVERY};
+use crate::sockets::Whose;
+use crate::AppState;
+
+/// Membership and what guards it.
+#[derive(Debug)]
+pub struct Members {
+    /// The membership service.
+    pub membership: Membership,
+    pub(crate) limiters: Limiters,
+    /// Woken after every change, so the guest-expiry task looks again at the next expiry.
+    pub(crate) expiry: Notify,
+}
+
+impl Members {
+    pub(crate) fn new(membership: Membership, limiters: Limiters) -> Members {
+        Members {
+            membership,
+            limiters,
+            expiry: Notify::new(),
+        }
+    }
+}
+
+impl AppState {
+    /// The membership, or 404 on a relay in `--open` mode (it serves none).
+    pub(crate) fn members(&self) -> Result<&Arc<Members>, ApiError> {
+        self.members.as_ref().ok_or_else(ApiError::not_found)
+    }
+
+    /// Counts a refusal by a rate limit and turns it into the 429 answer.
+    pub(crate) fn limited(&self, limited: Limited) -> ApiError {
+        self.metrics
+            .rate_limited
+            .get_or_create(&vec![("limit", limited.limit.label())])
+            .inc();
+        ApiError::rate_limited(limited)
+    }
+
+    /// Counts a membership change of `kind`.
+    pub(crate) fn changed(&self, kind: &'static str) {
+        self.metrics
+            .membership_changes
+            .get_or_create(&vec![("kind", kind)])
+            .inc();
+    }
+
+    /// The membership view of `group` changed (members, roles, statuses, pseudonyms,
+    /// acceptances or the code of conduct): the relay rewrites the group's roster document.
+    ///
+    /// The hook where the roster document is written (through `Engine::update_document`
+    /// and the model's roster reconciliation); a no-op until that lands.
+    pub(crate) fn roster_changed(&self, group: &GroupId) {
+        let _ = group;
+    }
+
+    /// After a committed change that took access away: the engine re-checks every
+    /// connection (closing those no longer allowed and dropping documents no longer
+    /// readable), the sockets of `whose` are closed whatever the engine decided, and this
+    /// returns once every closed socket has ended (bounded by
+    /// [`CLOSE_WAIT`](crate::sockets::CLOSE_WAIT) per round).
+    pub(crate) async fn access_reduced(&self, whose: Option<Whose>) {
+        let mut conns = self.revalidate().await;
+        if let Some(whose) = &whose {
+            conns.extend(self.sockets.revoke(whose));
+        }
+        conns.sort();
+        conns.dedup();
+        if !conns.is_empty() {
+            self.metrics.access_revocations.inc_by(conns.len() as u64);
+            let aborted = self.sockets.wait_closed(&conns).await;
+            tracing::info!(
+                sockets = conns.len(),
+                aborted,
+                "closed sockets whose access was taken away"
+            );
+        }
+        if let Some(members) = &self.members {
+            members.expiry.notify_one();
+        }
+    }
+
+    /// Has the engine re-check every connection against the membership now; returns the
+    /// connections it closed.
+    async fn revalidate(&self) -> Vec<ConnectionId> {
+        // Engine::revalidate_access lands with the engine's membership contract; until then
+        // the relay closes the affected sockets itself (see `access_reduced`).
+        Vec::new()
+    }
+}
+
+/// Runs until `stop`: sleeps until the next guest expiry (or a change), then closes the
+/// sockets of every guest whose access ended and has the engine re-check the rest.
+pub(crate) async fn expire_guests(state: AppState, members: Arc<Members>, stop: CancellationToken) {
+    let mut checked = now_ms();
+    loop {
+        let next = members.membership.next_expiry(checked);
+        let wait = match next {
+            // One millisecond past the expiry: access ends at `expires_ms` itself.
+            Some(t) => Duration::from_millis(t.saturating_sub(now_ms()).saturating_add(1)),
+            None => Duration::from_secs(3600),
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = members.expiry.notified() => continue,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        let now = now_ms();
+        let expired = expired_between(&members.membership, checked, now);
+        checked = now;
+        if expired.is_empty() {
+            continue;
+        }
+        state.changed_by(expired.len(), "guest_expired");
+        tracing::info!(guests = expired.len(), "guest access expired");
+        for member in expired {
+            state.access_reduced(Some(Whose::Member(member))).await;
+        }
+    }
+}
+
+/// Members whose guest access ended in `(after, until]`.
+fn expired_between(membership: &Membership, after: u64, until: u64) -> Vec<MemberId> {
+    let mut members: Vec<MemberId> = membership
+        .snapshot()
+        .memberships
+        .values()
+        .filter(|m| m.status == MemberStatus::Active)
+        .filter(|m| m.expires_ms.is_some_and(|t| t > after && t <= until))
+        .map(|m| m.member.clone())
+        .collect();
+    members.sort();
+    members.dedup();
+    members
+}
+
+impl AppState {
+    fn changed_by(&self, n: usize, kind: &'static str) {
+        self.metrics
+            .membership_changes
+            .get_or_create(&vec![("kind", kind)])
+            .inc_by(n as u64);
+    }
+}
+
+/// Runs until `stop`: drops rate-limit keys whose buckets have refilled.
+pub(crate) async fn limiter_housekeeping(members: Arc<Members>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(HOUSEKEEPING_EVERY);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => members.limiters.housekeeping(),
+        }
+    }
+}
