@@ -136,3 +136,6 @@ pub(crate) mod role_name {
         Role::from_name(&name).ok_or_else(|| serde::de::Error::custom("unknown role"))
     }
 }
+
+#[cfg(test)]
+mod tests;
