@@ -39,7 +39,9 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use cairn_core::engine::{Engine, EngineConfig, Limits, Role, SyncLimits};
+use cairn_core::engine::{
+    Access, Engine, EngineConfig, Limits, Operation, PeerInfo, Role, SyncLimits,
+};
 use cairn_core::ids::PeerId;
 use cairn_core::membership::{KvMembershipStore, Membership, MembershipError, Quotas};
 use cairn_core::runtime::{Host, HostConfig};
@@ -97,6 +99,11 @@ impl From<StoreError> for RelayError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Corrupt { detail } => RelayError::Damaged(detail),
+            // A store file that ends early is damage, whichever layer noticed (sled
+            // reports some cuts in its log as a short read).
+            StoreError::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+                RelayError::Damaged(format!("a store file ends early ({io})"))
+            }
             // sled's message when another process holds the directory's lock.
             StoreError::Io(io) if io.to_string().contains("could not acquire lock") => {
                 RelayError::Locked
@@ -144,8 +151,9 @@ impl AppState {
 /// The relay's peer id.
 pub const RELAY_PEER_ID: &str = "cairn-relay";
 
-/// Opens the store and starts the engine host (inside a tokio runtime).
-pub fn start(config: &Config) -> Result<(AppState, SledStore), RelayError> {
+/// Opens the store and starts the engine host (inside a tokio runtime). Without `--open`,
+/// loads the membership and makes it the engine's access policy before returning.
+pub async fn start(config: &Config) -> Result<(AppState, SledStore), RelayError> {
     std::fs::create_dir_all(&config.data).map_err(StoreError::Io)?;
     let durability = match config.unsafe_durability {
         Some(UnsafeDurability::SledFlushOnly) => SledDurability::SledFlushOnly,
@@ -182,11 +190,15 @@ pub fn start(config: &Config) -> Result<(AppState, SledStore), RelayError> {
         ..Limits::default()
     };
     let seed = u64::from_le_bytes(uuid_seed());
-    let engine = Engine::new(
+    let mut engine = Engine::new(
         EngineConfig::new(Role::Relay, PeerId::from(RELAY_PEER_ID), seed)
             .with_storage_id(storage_id.clone())
             .with_limits(limits),
     );
+    if !config.open {
+        // Nobody may do anything until the membership is loaded and takes over.
+        engine.set_access(Box::new(NoAccess));
+    }
     let metrics = Arc::new(Metrics::new());
     let host = Host::start(
         engine,
@@ -204,16 +216,25 @@ pub fn start(config: &Config) -> Result<(AppState, SledStore), RelayError> {
     let members = if config.open {
         None
     } else {
-        let membership = Membership::open(
-            Arc::new(KvMembershipStore::new(Arc::new(store.clone()))),
-            Quotas {
-                organisers_create_groups: config.organisers_create_groups,
-                ..Quotas::default()
-            },
-        )?;
+        // Membership commits go through the host's storage thread: they never race a
+        // flush of document writes, and follow the same durability rule.
+        let writer = host.storage_writer();
+        let quotas = Quotas {
+            organisers_create_groups: config.organisers_create_groups,
+            ..Quotas::default()
+        };
+        let membership = tokio::task::spawn_blocking(move || {
+            Membership::open(Arc::new(KvMembershipStore::new(writer)), quotas)
+        })
+        .await
+        .map_err(|_| RelayError::EngineStopped)??;
         if !membership.has_groups() {
             tracing::warn!("this relay has no group yet: run `cairn-relay bootstrap` (with the relay stopped) to create the first one");
         }
+        let access = membership.access(host.origin_unix_ms());
+        host.call(move |engine, _| engine.set_access(Box::new(access)))
+            .await
+            .map_err(|_| RelayError::EngineStopped)?;
         Some(Arc::new(Members::new(
             membership,
             Limiters::new(&config.rate_limits),
@@ -230,6 +251,25 @@ pub fn start(config: &Config) -> Result<(AppState, SledStore), RelayError> {
         },
         store,
     ))
+}
+
+/// The access policy of a relay with membership until the membership is loaded.
+struct NoAccess;
+
+impl Access for NoAccess {
+    fn allows(
+        &self,
+        _: &PeerInfo<'_>,
+        _: &cairn_core::ids::DocumentId,
+        _: Operation,
+        _: cairn_core::time::Timestamp,
+    ) -> bool {
+        false
+    }
+
+    fn connection_allowed(&self, _: &PeerInfo<'_>, _: cairn_core::time::Timestamp) -> bool {
+        false
+    }
 }
 
 fn uuid_seed() -> [u8; 8] {
@@ -326,7 +366,7 @@ pub async fn run(
     }
     let mut config = config;
     let tcp_cap = fit_to_fd_limit(&mut config);
-    let (state, store) = start(&config)?;
+    let (state, store) = start(&config).await?;
     serve_with_cap(state, store, listener, shutdown, tcp_cap).await
 }
 
@@ -381,13 +421,17 @@ async fn serve_with_cap(
 ) -> Result<(), RelayError> {
     let host = state.host.clone();
     let stop = tokio_util::sync::CancellationToken::new();
+    let mut background = Vec::new();
     if let Some(members) = &state.members {
-        tokio::spawn(members::expire_guests(
+        background.push(tokio::spawn(members::expire_guests(
             state.clone(),
             members.clone(),
             stop.clone(),
-        ));
-        tokio::spawn(members::limiter_housekeeping(members.clone(), stop.clone()));
+        )));
+        background.push(tokio::spawn(members::limiter_housekeeping(
+            members.clone(),
+            stop.clone(),
+        )));
     }
     tracing::info!(addr = %listener.local_addr()?, tcp_cap, max_connections = state.config.max_connections, "listening");
     let serving = tcp::Serving {
@@ -415,6 +459,10 @@ async fn serve_with_cap(
     stop.cancel();
     if let Err(e) = accept.await {
         tracing::error!(error = %e, "the accept loop failed");
+    }
+    // They hold the store (through the membership): done before `run` returns.
+    for task in background {
+        let _ = task.await;
     }
     store.flush()?;
     tracing::info!("stopped");

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{now_ms, ApiError};
 use crate::limits::{Limited, Limiters, HOUSEKEEPING_EVERY};
-use crate::sockets::Whose;
+use crate::sockets::{Sockets, Whose};
 use crate::AppState;
 
 /// Membership and what guards it.
@@ -73,17 +73,16 @@ impl AppState {
     /// returns once every closed socket has ended (bounded by
     /// [`CLOSE_WAIT`](crate::sockets::CLOSE_WAIT) per round).
     pub(crate) async fn access_reduced(&self, whose: Option<Whose>) {
-        let mut conns = self.revalidate().await;
+        let closed = self.revalidate().await;
+        let mut closing = self.sockets.of_connections(&closed);
         if let Some(whose) = &whose {
-            conns.extend(self.sockets.revoke(whose));
+            closing = Sockets::union(closing, self.sockets.revoke(whose));
         }
-        conns.sort();
-        conns.dedup();
-        if !conns.is_empty() {
-            self.metrics.access_revocations.inc_by(conns.len() as u64);
-            let aborted = self.sockets.wait_closed(&conns).await;
+        if !closing.is_empty() {
+            self.metrics.access_revocations.inc_by(closing.len() as u64);
+            let aborted = self.sockets.wait_closed(&closing).await;
             tracing::info!(
-                sockets = conns.len(),
+                sockets = closing.len(),
                 aborted,
                 "closed sockets whose access was taken away"
             );
@@ -96,9 +95,11 @@ impl AppState {
     /// Has the engine re-check every connection against the membership now; returns the
     /// connections it closed.
     async fn revalidate(&self) -> Vec<ConnectionId> {
-        // Engine::revalidate_access lands with the engine's membership contract; until then
-        // the relay closes the affected sockets itself (see `access_reduced`).
-        Vec::new()
+        // An engine that has stopped is closing every socket anyway.
+        self.host
+            .call(|engine, now| engine.revalidate_access(now))
+            .await
+            .unwrap_or_default()
     }
 }
 

@@ -1,12 +1,16 @@
-//! The live websockets, by connection and by device, so that a call that takes access away
-//! can close the affected sockets and wait until they are gone before it answers.
+//! The live websockets, by device, so that a call that takes access away can close the
+//! affected sockets and wait until they are gone before it answers.
 //!
-//! A socket is "gone" when its task has ended: its close frame was sent (or could not be)
-//! and the TCP connection was dropped. Each socket holds the sending end of a `watch`
-//! channel for as long as it lives; waiting on the receiving end ends when it is dropped.
+//! A socket is registered with its identity before its upgrade is answered (so a socket
+//! whose credential is rotated or revoked a moment later is found) and gets its engine
+//! connection id once the engine knows it. It is "gone" when its task has ended: its close
+//! frame was sent (or could not be) and the TCP connection was dropped. Each socket's
+//! [`SocketGuard`] holds the sending end of a `watch` channel for as long as it lives;
+//! waiting on the receiving end ends when the guard is dropped.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use cairn_core::ids::{ConnectionId, MemberId};
@@ -14,23 +18,47 @@ use cairn_core::membership::Identity;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-/// How long a call that took access away waits for each closed socket to end: 2 s. A
-/// socket that keeps the peer's close frame waiting longer is dropped without it.
+/// How long a call that took access away waits for its closed sockets to end: 2 s. A
+/// socket that keeps its close frame waiting longer is dropped without it.
 pub const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
-/// What a live socket's task watches.
+/// A registered socket; dropping it unregisters the socket and wakes its waiters.
 #[derive(Debug)]
 pub(crate) struct SocketGuard {
+    sockets: Arc<Sockets>,
+    key: u64,
+    identity: Option<Identity>,
     /// Cancelled when access is taken away: send `error` and a close frame, then end.
     pub(crate) close: CancellationToken,
     /// Cancelled when the polite close took too long: drop the socket at once.
     pub(crate) abort: CancellationToken,
-    /// Dropped when the task ends, which is what waiters wait for.
+    /// Dropped with the guard, which is what waiters wait for.
     _alive: watch::Sender<()>,
+}
+
+impl SocketGuard {
+    /// The identity the socket authenticated as.
+    pub(crate) fn identity(&self) -> Option<Identity> {
+        self.identity.clone()
+    }
+
+    /// Records the engine's id for this socket's connection.
+    pub(crate) fn bind(&self, conn: ConnectionId) {
+        if let Some(e) = self.sockets.live().get_mut(&self.key) {
+            e.conn = Some(conn);
+        }
+    }
+}
+
+impl Drop for SocketGuard {
+    fn drop(&mut self) {
+        self.sockets.live().remove(&self.key);
+    }
 }
 
 struct Entry {
     identity: Option<Identity>,
+    conn: Option<ConnectionId>,
     close: CancellationToken,
     abort: CancellationToken,
     alive: watch::Receiver<()>,
@@ -39,7 +67,8 @@ struct Entry {
 /// Every live socket.
 #[derive(Default)]
 pub struct Sockets {
-    live: Mutex<HashMap<ConnectionId, Entry>>,
+    next: AtomicU64,
+    live: Mutex<HashMap<u64, Entry>>,
 }
 
 impl std::fmt::Debug for Sockets {
@@ -50,7 +79,7 @@ impl std::fmt::Debug for Sockets {
     }
 }
 
-/// Which sockets to close.
+/// Whose sockets to close.
 #[derive(Clone, Debug)]
 pub(crate) enum Whose {
     /// Every device of a member.
@@ -59,90 +88,120 @@ pub(crate) enum Whose {
     Device(Identity),
 }
 
+/// Sockets to wait for (registry keys).
+#[derive(Debug, Default)]
+pub(crate) struct Closing(Vec<u64>);
+
+impl Closing {
+    /// How many sockets.
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 impl Sockets {
-    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<ConnectionId, Entry>> {
+    fn live(&self) -> MutexGuard<'_, HashMap<u64, Entry>> {
         self.live.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Registers a socket; it stays registered until [`Sockets::remove`].
-    pub(crate) fn insert(&self, conn: ConnectionId, identity: Option<Identity>) -> SocketGuard {
+    /// Registers a socket of `identity` (`None` in `--open` mode).
+    pub(crate) fn insert(self: &Arc<Self>, identity: Option<Identity>) -> SocketGuard {
+        let key = self.next.fetch_add(1, Ordering::Relaxed);
+        let identity_copy = identity.clone();
         let (tx, rx) = watch::channel(());
         let close = CancellationToken::new();
         let abort = CancellationToken::new();
         self.live().insert(
-            conn,
+            key,
             Entry {
                 identity,
+                conn: None,
                 close: close.clone(),
                 abort: abort.clone(),
                 alive: rx,
             },
         );
         SocketGuard {
+            sockets: self.clone(),
+            key,
+            identity: identity_copy,
             close,
             abort,
             _alive: tx,
         }
     }
 
-    /// Forgets a socket whose task is ending.
-    pub(crate) fn remove(&self, conn: ConnectionId) {
-        self.live().remove(&conn);
-    }
-
-    /// Asks the sockets of `whose` to close (with `error` "access revoked") and returns
-    /// their connections.
-    pub(crate) fn revoke(&self, whose: &Whose) -> Vec<ConnectionId> {
+    /// Asks the sockets of `whose` to close (with `error` "access revoked").
+    pub(crate) fn revoke(&self, whose: &Whose) -> Closing {
         let live = self.live();
-        live.iter()
-            .filter(|(_, e)| match (whose, &e.identity) {
-                (Whose::Member(m), Some(id)) => &id.member == m,
-                (Whose::Device(d), Some(id)) => id == d,
-                _ => false,
-            })
-            .map(|(conn, e)| {
-                e.close.cancel();
-                *conn
-            })
-            .collect()
+        Closing(
+            live.iter()
+                .filter(|(_, e)| match (whose, &e.identity) {
+                    (Whose::Member(m), Some(id)) => &id.member == m,
+                    (Whose::Device(d), Some(id)) => id == d,
+                    _ => false,
+                })
+                .map(|(key, e)| {
+                    e.close.cancel();
+                    *key
+                })
+                .collect(),
+        )
     }
 
-    /// Waits until each of `conns` has ended, at most [`CLOSE_WAIT`] in all; those still
-    /// alive then are dropped without a close handshake, and waited for again (briefly:
-    /// dropping is immediate once their task runs). Returns how many had to be aborted.
-    pub(crate) async fn wait_closed(&self, conns: &[ConnectionId]) -> usize {
-        let waiting: Vec<(ConnectionId, watch::Receiver<()>)> = {
+    /// The sockets of engine connections (that the engine is closing).
+    pub(crate) fn of_connections(&self, conns: &[ConnectionId]) -> Closing {
+        let live = self.live();
+        Closing(
+            live.iter()
+                .filter(|(_, e)| e.conn.is_some_and(|c| conns.contains(&c)))
+                .map(|(key, _)| *key)
+                .collect(),
+        )
+    }
+
+    /// Both sets, each socket once.
+    pub(crate) fn union(mut a: Closing, b: Closing) -> Closing {
+        a.0.extend(b.0);
+        a.0.sort_unstable();
+        a.0.dedup();
+        a
+    }
+
+    /// Waits until each socket in `closing` has ended, at most [`CLOSE_WAIT`]; those still
+    /// alive then are dropped without a close handshake and waited for again (dropping is
+    /// immediate once their task runs). Returns how many had to be dropped.
+    pub(crate) async fn wait_closed(&self, closing: &Closing) -> usize {
+        let waiting: Vec<(u64, watch::Receiver<()>)> = {
             let live = self.live();
-            conns
+            closing
+                .0
                 .iter()
-                .filter_map(|c| live.get(c).map(|e| (*c, e.alive.clone())))
+                .filter_map(|k| live.get(k).map(|e| (*k, e.alive.clone())))
                 .collect()
         };
-        if waiting.is_empty() {
-            return 0;
-        }
-        let all = futures_util::future::join_all(waiting.iter().map(|(_, rx)| ended(rx.clone())));
-        if tokio::time::timeout(CLOSE_WAIT, all).await.is_ok() {
+        let all =
+            || futures_util::future::join_all(waiting.iter().map(|(_, rx)| ended(rx.clone())));
+        if waiting.is_empty() || tokio::time::timeout(CLOSE_WAIT, all()).await.is_ok() {
             return 0;
         }
         let mut aborted = 0;
-        {
-            let live = self.live();
-            for (conn, rx) in &waiting {
-                if rx.has_changed().is_ok() {
-                    if let Some(e) = live.get(conn) {
-                        e.abort.cancel();
-                        aborted += 1;
-                    }
-                }
+        for (key, _) in &waiting {
+            if let Some(e) = self.live().get(key) {
+                e.abort.cancel();
+                aborted += 1;
             }
         }
         tracing::warn!(
             aborted,
             "sockets did not close within the wait; dropped them"
         );
-        let all = futures_util::future::join_all(waiting.iter().map(|(_, rx)| ended(rx.clone())));
-        if tokio::time::timeout(CLOSE_WAIT, all).await.is_err() {
+        if tokio::time::timeout(CLOSE_WAIT, all()).await.is_err() {
             tracing::error!("dropped sockets did not end; their tasks are stuck");
         }
         aborted
@@ -159,7 +218,7 @@ impl Sockets {
     }
 }
 
-/// Resolves when the socket's task has dropped its guard.
+/// Resolves when the socket's guard has been dropped.
 async fn ended(mut rx: watch::Receiver<()>) {
     while rx.changed().await.is_ok() {}
 }

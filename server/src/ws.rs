@@ -9,7 +9,6 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use cairn_core::engine::Direction;
-use cairn_core::membership::Identity;
 use cairn_core::runtime::Outbound;
 use cairn_core::wire::Message as WireMessage;
 use futures_util::{Sink, SinkExt, StreamExt};
@@ -17,6 +16,7 @@ use futures_util::{Sink, SinkExt, StreamExt};
 use crate::api::ApiError;
 use crate::auth::{authenticate, presented_token, Source};
 use crate::metrics::Metrics;
+use crate::sockets::SocketGuard;
 use crate::AppState;
 
 /// Per-socket buffers: tungstenite's 128 KiB defaults would cost ~100 MB at 400 sockets.
@@ -29,11 +29,11 @@ pub(crate) async fn upgrade(
     uri: Uri,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let identity = if state.config.open {
-        None
+    let guard = if state.config.open {
+        state.sockets.insert(None)
     } else {
         match admit(&state, source, &headers, &uri) {
-            Ok(identity) => Some(identity),
+            Ok(guard) => guard,
             Err(refusal) => {
                 state.metrics.refused.inc();
                 return refusal.into_response();
@@ -50,17 +50,18 @@ pub(crate) async fn upgrade(
         .max_write_buffer_size(max_frame + 1024 * 1024)
         .max_message_size(max_frame)
         .max_frame_size(max_frame)
-        .on_upgrade(move |socket| serve_socket(socket, state, identity))
+        .on_upgrade(move |socket| serve_socket(socket, state, guard))
 }
 
 /// The checks before a websocket upgrade in membership mode: the source's upgrade rate,
-/// its failed credentials, the credential, then the device's upgrade rate.
+/// its failed credentials, the credential, then the device's upgrade rate. Registers the
+/// socket under its identity.
 fn admit(
     state: &AppState,
     source: std::net::IpAddr,
     headers: &HeaderMap,
     uri: &Uri,
-) -> Result<Identity, ApiError> {
+) -> Result<SocketGuard, ApiError> {
     let members = state.members()?;
     members
         .limiters
@@ -72,16 +73,25 @@ fn admit(
         .limiters
         .upgrade_by(&identity.to_string())
         .map_err(|l| state.limited(l))?;
-    Ok(identity)
+    let guard = state.sockets.insert(Some(identity.clone()));
+    // Checked again once registered: a rotation or revocation committed after the first
+    // check closes the sockets it finds registered, and this one is registered now.
+    let still = token
+        .as_deref()
+        .and_then(|t| members.membership.authenticate(t).ok());
+    if still.as_ref() != Some(&identity) {
+        state.metrics.auth_failures.inc();
+        return Err(ApiError::unauthorized("the credential was revoked"));
+    }
+    Ok(guard)
 }
 
-async fn serve_socket(socket: WebSocket, state: AppState, identity: Option<Identity>) {
+async fn serve_socket(socket: WebSocket, state: AppState, guard: SocketGuard) {
     state.socket_count.fetch_add(1, Ordering::Relaxed);
-    let peer = identity.as_ref().map(Identity::to_string);
+    let peer = guard.identity().map(|id| id.to_string());
     if let Ok(handle) = state.host.open(Direction::Incoming, peer).await {
-        let conn = handle.input.conn;
         let input = handle.input.clone();
-        let guard = state.sockets.insert(conn, identity);
+        guard.bind(input.conn);
         let timeouts = Timeouts {
             silence: state.config.socket_timeout,
             send: state.config.send_timeout,
@@ -94,12 +104,11 @@ async fn serve_socket(socket: WebSocket, state: AppState, identity: Option<Ident
         if aborted {
             input.closed().await;
         }
-        state.sockets.remove(conn);
-        // The guard goes last: whoever waits for this socket to end wakes after the socket
-        // itself is dropped.
-        drop(guard);
     }
     state.socket_count.fetch_sub(1, Ordering::Relaxed);
+    // The guard goes last: whoever waits for this socket to end wakes after the socket
+    // itself is dropped and no longer counted.
+    drop(guard);
 }
 
 /// The `error` message a socket whose access was taken away gets before its close: the

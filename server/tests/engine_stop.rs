@@ -17,7 +17,7 @@ async fn a_stopped_engine_fails_healthz_and_ends_serving() {
     let listen = addr.to_string();
     let data = dir.path().to_str().expect("utf-8 path");
     let config = config_from_flags(&["--open", "--listen", &listen, "--data", data]);
-    let (state, store) = cairn_relay::start(&config).expect("start");
+    let (state, store) = cairn_relay::start(&config).await.expect("start");
     let serving = tokio::spawn(cairn_relay::serve(
         state.clone(),
         store,

@@ -1,5 +1,5 @@
-//! The HTTP surface: health, readiness, metrics (through `app(state).oneshot`), the closed
-//! relay's refusal of websockets, and config validation.
+//! The HTTP surface: health, readiness, metrics (through `app(state).oneshot`), a
+//! membership relay's refusal of websockets without a credential, and config validation.
 
 mod common;
 
@@ -34,7 +34,7 @@ async fn health_and_readiness_answer() {
         "127.0.0.1:0".parse().expect("addr"),
         dir.path().into(),
     );
-    let (state, _store) = cairn_relay::start(&config).expect("start");
+    let (state, _store) = cairn_relay::start(&config).await.expect("start");
     assert_eq!(get(&state, "/healthz").await, (StatusCode::OK, "ok".into()));
     assert_eq!(
         get(&state, "/readyz").await,
@@ -52,7 +52,7 @@ async fn metrics_count_peers_and_documents_without_naming_them() {
         "127.0.0.1:0".parse().expect("addr"),
         dir.path().into(),
     );
-    let (state, _store) = cairn_relay::start(&config).expect("start");
+    let (state, _store) = cairn_relay::start(&config).await.expect("start");
     let (status, before) = get(&state, "/metrics").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(metric(&before, "cairn_peers"), 0.0);
@@ -91,12 +91,12 @@ async fn metrics_count_peers_and_documents_without_naming_them() {
 }
 
 #[tokio::test]
-async fn a_relay_without_open_refuses_websockets() {
+async fn a_relay_without_open_refuses_websockets_without_a_credential() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().to_str().expect("utf-8 path");
     let config = config_from_flags(&["--listen", "127.0.0.1:0", "--data", data]);
     assert!(!config.open);
-    let (state, _store) = cairn_relay::start(&config).expect("start");
+    let (state, _store) = cairn_relay::start(&config).await.expect("start");
     let url = serve(state.clone()).await;
     for _ in 0..3 {
         match tokio::time::timeout(SOON, tokio_tungstenite::connect_async(url.as_str()))
@@ -104,14 +104,22 @@ async fn a_relay_without_open_refuses_websockets() {
             .expect("answer in time")
         {
             Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
-                assert_eq!(response.status(), StatusCode::FORBIDDEN);
+                assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+                assert_eq!(
+                    response
+                        .headers()
+                        .get("www-authenticate")
+                        .map(|v| v.as_bytes()),
+                    Some(&b"Bearer"[..])
+                );
             }
-            Ok(_) => panic!("a closed relay accepted a websocket"),
-            Err(other) => panic!("expected 403, got {other}"),
+            Ok(_) => panic!("a relay with membership accepted a websocket without a credential"),
+            Err(other) => panic!("expected 401, got {other}"),
         }
     }
     let (_, text) = get(&state, "/metrics").await;
     assert_eq!(metric(&text, "cairn_refused_total"), 3.0);
+    assert_eq!(metric(&text, "cairn_auth_failures_total"), 3.0);
     assert_eq!(metric(&text, "cairn_sockets"), 0.0);
     // Health does not depend on membership.
     assert_eq!(get(&state, "/readyz").await.0, StatusCode::OK);

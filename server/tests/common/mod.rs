@@ -7,6 +7,8 @@
     reason = "each test crate uses a different subset of these helpers"
 )]
 
+pub mod members;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -52,11 +54,23 @@ pub struct Relay {
 impl Relay {
     /// Binds `127.0.0.1:0` and runs an open relay on `data` with extra flags.
     pub async fn start(data: &Path, extra: &[&str]) -> Relay {
+        Relay::start_with(data, true, extra).await
+    }
+
+    /// Binds `127.0.0.1:0` and runs a relay with membership (no `--open`) on `data`.
+    pub async fn start_members(data: &Path, extra: &[&str]) -> Relay {
+        Relay::start_with(data, false, extra).await
+    }
+
+    async fn start_with(data: &Path, open: bool, extra: &[&str]) -> Relay {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let listen = addr.to_string();
         let data = data.to_str().expect("utf-8 temp path");
-        let mut flags = vec!["--open", "--listen", &listen, "--data", data];
+        let mut flags = vec!["--listen", &listen, "--data", data];
+        if open {
+            flags.push("--open");
+        }
         flags.extend_from_slice(extra);
         let config = config_from_flags(&flags);
         let (tx, rx) = oneshot::channel::<()>();
