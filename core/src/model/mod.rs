@@ -22,6 +22,7 @@
 //! - Members are referred to by [`crate::ids::MemberId`]; display names (pseudonyms, per
 //!   group) live only in the group document's membership view.
 
+pub(crate) mod fields;
 pub mod group;
 pub mod meeting;
 pub mod minutes;

@@ -25,7 +25,8 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::ids::{DocumentId, MemberId};
-use crate::model::group::{fields, Role};
+use crate::model::fields;
+use crate::model::group::Role;
 use crate::model::schema::{self, DocKind, SchemaError};
 use crate::model::thread::{self, Post, PostId, ThreadError};
 

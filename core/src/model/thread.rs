@@ -40,7 +40,8 @@ use automerge::{AutomergeError, ObjId, ObjType, ReadDoc, ROOT};
 use thiserror::Error;
 
 use crate::ids::{DocumentId, MemberId};
-use crate::model::group::{fields, Role};
+use crate::model::fields;
+use crate::model::group::Role;
 use crate::model::schema::{self, DocKind, SchemaError};
 
 crate::ids::string_id!(
