@@ -171,3 +171,31 @@ pub(crate) fn list_in<E: From<AutomergeError> + From<SchemaError>>(
         None => Ok(tx.put_object(obj, key, ObjType::List)?),
     }
 }
+
+/// Declares an enum stored in documents by name: `name()`/`from_name()` give the stored
+/// text and serde uses the same text, so documents and JSON agree. Every `$text` must be
+/// the camelCase form of its variant, which is what serde writes.
+macro_rules! named_enum {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::serde::Serialize, ::serde::Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        pub enum $name {
+            $($(#[$vdoc])* $variant),+
+        }
+
+        impl $name {
+            /// The name stored in the document.
+            pub const fn name(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+
+            /// Parses a stored name.
+            pub fn from_name(name: &str) -> Option<Self> {
+                match name { $($text => Some($name::$variant),)+ _ => None }
+            }
+        }
+    };
+}
+
+pub(crate) use named_enum;
