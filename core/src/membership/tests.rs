@@ -456,3 +456,17 @@ fn the_engine_policy_uses_the_socket_identity_and_wall_time() {
     r.m.revoke_device(&guest, &guest.device, T0).unwrap();
     assert!(!access.connection_allowed(&info, at(HOUR)), "revoked");
 }
+
+#[test]
+fn facilitators_find_every_report_and_a_member_only_their_own() {
+    let r = relay();
+    let (org, g) = group(&r.m);
+    let (mem, _, _) = join(&r.m, &invite(&r.m, &org, &g, Role::Member, 1), T0);
+    let (other, _, _) = join(&r.m, &invite(&r.m, &org, &g, Role::Member, 1), T0);
+    r.m.register_document(&mem, &g, doc(40), BoundKind::Report, T0)
+        .unwrap();
+    let reports = |who: &Identity| r.m.groups_of(who, T0).unwrap()[0].documents.reports.clone();
+    assert_eq!(reports(&org), vec![doc(40)]);
+    assert_eq!(reports(&mem), vec![doc(40)]);
+    assert_eq!(reports(&other), Vec::<DocumentId>::new());
+}
