@@ -408,3 +408,65 @@ fn the_state_is_what_was_committed_and_a_failed_commit_changes_nothing() {
         .snapshot()
         .allows(&mem, &doc(3), Operation::Read, T0));
 }
+
+#[test]
+fn the_engine_policy_uses_the_socket_identity_and_wall_time() {
+    use crate::engine::{Access, PeerInfo};
+    use crate::time::Timestamp;
+    let r = relay();
+    let (org, g) = group(&r.m);
+    r.m.register_document(&org, &g, doc(30), BoundKind::Meeting, T0)
+        .unwrap();
+    let code =
+        r.m.create_invite(
+            &org,
+            &g,
+            &CreateInvite {
+                role: Role::Observer,
+                expires_in_secs: 3600,
+                max_uses: 1,
+                meeting: Some(doc(30)),
+                access_expires_in_secs: Some(3600),
+            },
+            T0,
+        )
+        .unwrap();
+    let (guest, _, _) = join(&r.m, &code.code, T0);
+    // The host's clock started an hour before T0.
+    let access = r.m.access(T0 - HOUR);
+    let peer = guest.peer_id();
+    let id = guest.to_string();
+    let info = PeerInfo {
+        peer_id: &peer,
+        identity: Some(&id),
+    };
+    let at = |ms| Timestamp::from_millis(ms);
+    assert!(access.allows(&info, &doc(30), Operation::Read, at(HOUR)));
+    assert!(
+        !access.allows(&info, &doc(30), Operation::Read, at(2 * HOUR)),
+        "expired"
+    );
+    assert!(access.connection_allowed(&info, at(HOUR)));
+    let anonymous = PeerInfo {
+        peer_id: &peer,
+        identity: None,
+    };
+    assert!(!access.allows(&anonymous, &doc(30), Operation::Read, at(HOUR)));
+    assert!(!access.connection_allowed(&anonymous, at(HOUR)));
+    r.m.revoke_device(&guest, &guest.device, T0).unwrap();
+    assert!(!access.connection_allowed(&info, at(HOUR)), "revoked");
+}
+
+#[test]
+fn facilitators_find_every_report_and_a_member_only_their_own() {
+    let r = relay();
+    let (org, g) = group(&r.m);
+    let (mem, _, _) = join(&r.m, &invite(&r.m, &org, &g, Role::Member, 1), T0);
+    let (other, _, _) = join(&r.m, &invite(&r.m, &org, &g, Role::Member, 1), T0);
+    r.m.register_document(&mem, &g, doc(40), BoundKind::Report, T0)
+        .unwrap();
+    let reports = |who: &Identity| r.m.groups_of(who, T0).unwrap()[0].documents.reports.clone();
+    assert_eq!(reports(&org), vec![doc(40)]);
+    assert_eq!(reports(&mem), vec![doc(40)]);
+    assert_eq!(reports(&other), Vec::<DocumentId>::new());
+}
