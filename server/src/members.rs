@@ -75,14 +75,17 @@ impl AppState {
     pub(crate) async fn access_reduced(&self, whose: Option<Whose>) {
         let closed = self.revalidate().await;
         let mut closing = self.sockets.of_connections(&closed);
+        let mut revoked = closed.len();
         if let Some(whose) = &whose {
-            closing = Sockets::union(closing, self.sockets.revoke(whose));
+            let theirs = self.sockets.revoke(whose);
+            revoked += theirs.outside(&closed);
+            closing = Sockets::union(closing, theirs);
         }
+        self.metrics.access_revocations.inc_by(revoked as u64);
         if !closing.is_empty() {
-            self.metrics.access_revocations.inc_by(closing.len() as u64);
             let aborted = self.sockets.wait_closed(&closing).await;
             tracing::info!(
-                sockets = closing.len(),
+                sockets = revoked,
                 aborted,
                 "closed sockets whose access was taken away"
             );

@@ -90,17 +90,20 @@ pub(crate) enum Whose {
 
 /// Sockets to wait for (registry keys).
 #[derive(Debug, Default)]
-pub(crate) struct Closing(Vec<u64>);
+pub(crate) struct Closing(Vec<(u64, Option<ConnectionId>)>);
 
 impl Closing {
-    /// How many sockets.
-    pub(crate) fn len(&self) -> usize {
-        self.0.len()
-    }
-
     /// Whether there are none.
     pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// How many are not among `conns`.
+    pub(crate) fn outside(&self, conns: &[ConnectionId]) -> usize {
+        self.0
+            .iter()
+            .filter(|(_, c)| !c.is_some_and(|c| conns.contains(&c)))
+            .count()
     }
 }
 
@@ -148,7 +151,7 @@ impl Sockets {
                 })
                 .map(|(key, e)| {
                     e.close.cancel();
-                    *key
+                    (*key, e.conn)
                 })
                 .collect(),
         )
@@ -160,7 +163,7 @@ impl Sockets {
         Closing(
             live.iter()
                 .filter(|(_, e)| e.conn.is_some_and(|c| conns.contains(&c)))
-                .map(|(key, _)| *key)
+                .map(|(key, e)| (*key, e.conn))
                 .collect(),
         )
     }
@@ -168,8 +171,8 @@ impl Sockets {
     /// Both sets, each socket once.
     pub(crate) fn union(mut a: Closing, b: Closing) -> Closing {
         a.0.extend(b.0);
-        a.0.sort_unstable();
-        a.0.dedup();
+        a.0.sort_unstable_by_key(|(key, _)| *key);
+        a.0.dedup_by_key(|(key, _)| *key);
         a
     }
 
@@ -182,7 +185,7 @@ impl Sockets {
             closing
                 .0
                 .iter()
-                .filter_map(|k| live.get(k).map(|e| (*k, e.alive.clone())))
+                .filter_map(|(k, _)| live.get(k).map(|e| (*k, e.alive.clone())))
                 .collect()
         };
         let all =
