@@ -242,7 +242,6 @@ async fn redeem(
         tracing::info!(group = %group.group_id, member = %redeemed.member_id, new_device = redeemed.token.is_some(), "invite redeemed");
         state.roster_changed(&group.group_id);
     }
-    members.expiry.notify_one();
     Ok(Json(redeemed))
 }
 

@@ -444,6 +444,49 @@ mod tests {
     }
 
     #[test]
+    fn membership_flags_parse() {
+        let Command::Serve(a) = Cli::parse_from([
+            "cairn-relay",
+            "serve",
+            "--organisers-create-groups",
+            "false",
+            "--trusted-proxies",
+            "10.0.0.1,::1",
+            "--invites-per-address-burst",
+            "3",
+        ])
+        .command
+        else {
+            unreachable!("parsed serve")
+        };
+        let c = a.validate().unwrap();
+        assert!(!c.organisers_create_groups);
+        assert_eq!(
+            c.trusted_proxies,
+            [
+                "10.0.0.1".parse::<IpAddr>().unwrap(),
+                "::1".parse().unwrap()
+            ]
+        );
+        assert_eq!(c.rate_limits.invites_per_address.burst, 3);
+        assert_eq!(
+            c.rate_limits.invites_per_address.interval,
+            Duration::from_secs(30)
+        );
+        let d = args("127.0.0.1:8080", false).validate().unwrap();
+        assert!(d.organisers_create_groups && d.trusted_proxies.is_empty());
+        let Command::Serve(z) =
+            Cli::parse_from(["cairn-relay", "serve", "--failed-credentials-burst", "0"]).command
+        else {
+            unreachable!("parsed serve")
+        };
+        assert_eq!(
+            z.validate().unwrap_err(),
+            ConfigError::Zero("--failed-credentials-burst")
+        );
+    }
+
+    #[test]
     fn new_limits_refuse_zero_and_convert() {
         for flag in [
             "--outbound-queue-mb",

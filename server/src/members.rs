@@ -50,12 +50,16 @@ impl AppState {
         ApiError::rate_limited(limited)
     }
 
-    /// Counts a membership change of `kind`.
+    /// Counts a membership change of `kind`, and wakes the guest-expiry task (a change
+    /// may add or move the next expiry).
     pub(crate) fn changed(&self, kind: &'static str) {
         self.metrics
             .membership_changes
             .get_or_create(&vec![("kind", kind)])
             .inc();
+        if let Some(members) = &self.members {
+            members.expiry.notify_one();
+        }
     }
 
     /// The membership view of `group` changed (members, roles, statuses, pseudonyms,

@@ -2,6 +2,9 @@
 //! (through a websocket upgrade), request headers must arrive within a timeout, and a
 //! shutdown stops accepting and lets connections finish within a bound.
 //!
+//! Each request carries its TCP peer address as a [`ConnectInfo`] extension: the source
+//! address rate limits count by (see [`crate::limits::source_address`]).
+//!
 //! `axum::serve` had none of these: half-sent requests were held for as long as the peer
 //! liked, and silent connections used up the open-files limit until `/metrics` hung.
 

@@ -74,13 +74,23 @@ pub async fn call_with(
         let mut s = TcpStream::connect(addr).await?;
         s.write_all(request.as_bytes()).await?;
         let mut response = Vec::new();
-        s.read_to_end(&mut response).await?;
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(n) => response.extend_from_slice(&buf[..n]),
+                Err(e) => panic!(
+                    "{method} {path}: {e} after {:?}",
+                    String::from_utf8_lossy(&response)
+                ),
+            }
+        }
         std::io::Result::Ok(response)
     };
     let raw = tokio::time::timeout(SOON, exchange)
         .await
         .expect("the relay answers in time")
-        .expect("the exchange works");
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
     let text = String::from_utf8(raw).expect("utf-8 response");
     let (head, body) = text.split_once("\r\n\r\n").expect("a full response");
     let mut lines = head.split("\r\n");
@@ -155,17 +165,25 @@ pub async fn redeem(addr: SocketAddr, code: &str, pseudonym: &str) -> Resp {
     call(addr, "POST", "/v1/invites/redeem", None, Some(&body)).await
 }
 
-/// Waits until no process holds the store in `data` (a stopped relay's last tasks may
-/// still hold it for a moment).
+/// Waits until nothing holds the store in `data` (sled releases its lock from a
+/// background thread a moment after the last handle is dropped, so a store closed in
+/// this process may still be locked when the next relay opens it). Probes sled's lock
+/// (an exclusive `flock` on `db`) without taking the store.
 pub async fn wait_unlocked(data: &std::path::Path) {
     let deadline = tokio::time::Instant::now() + SOON;
+    let Ok(db) = std::fs::File::open(data.join("db")) else {
+        return;
+    };
     loop {
-        match cairn_core::store::SledStore::open(data, &cairn_core::store::SledConfig::default()) {
-            Ok(_) => return,
+        match db.try_lock() {
+            Ok(()) => {
+                let _ = db.unlock();
+                return;
+            }
             Err(e) if tokio::time::Instant::now() >= deadline => {
                 panic!("the store stays locked: {e}")
             }
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
         }
     }
 }
@@ -191,6 +209,7 @@ impl Group {
             new_organiser_invite: None,
         })
         .expect("bootstrap");
+        wait_unlocked(&dir.path().join("relay")).await;
         let relay = Relay::start_members(&dir.path().join("relay"), flags).await;
         let redeemed = redeem(relay.addr, &made.invite.code, "organiser")
             .await
