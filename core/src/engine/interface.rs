@@ -267,7 +267,8 @@ pub enum Event {
         /// Which.
         doc: DocumentId,
     },
-    /// A document was refused to a connection.
+    /// A document was refused to a connection, or (with [`Rejection::ReadOnly`]) the
+    /// changes it sent for a document it may only read were dropped.
     DocumentRejected {
         /// Connection.
         conn: ConnectionId,

@@ -32,6 +32,7 @@
 pub mod api;
 mod credential;
 mod policy;
+mod roster;
 mod service;
 mod state;
 mod store;

@@ -470,3 +470,51 @@ fn facilitators_find_every_report_and_a_member_only_their_own() {
     assert_eq!(reports(&mem), vec![doc(40)]);
     assert_eq!(reports(&other), Vec::<DocumentId>::new());
 }
+
+#[test]
+fn the_roster_document_shows_the_membership_state_and_rewrites_only_changes() {
+    use crate::model::roster;
+    let r = relay();
+    let (org, g) = group(&r.m);
+    let (mem, _, _) = join(&r.m, &invite(&r.m, &org, &g, Role::Member, 1), T0);
+    let mut am = automerge::Automerge::new();
+    let apply = |am: &mut automerge::Automerge| {
+        let (doc, update) = r.m.roster_update(&g).unwrap();
+        assert_eq!(doc, doc_roster(&r.m, &g));
+        let mut tx = am.transaction();
+        update(&mut tx);
+        tx.commit();
+    };
+    apply(&mut am);
+    let view = roster::view(&am).unwrap();
+    assert_eq!(view.members.len(), 2);
+    assert_eq!(view.code_of_conduct.text, "Be kind.");
+    let shown = view
+        .members
+        .iter()
+        .find(|m| m.member_id == mem.member)
+        .unwrap();
+    assert_eq!(shown.pseudonym, "Wren");
+    assert_eq!(shown.role, Role::Member);
+    r.m.set_role(&org, &g, &mem.member, Role::Recorder, T0)
+        .unwrap();
+    apply(&mut am);
+    let heads = am.get_heads();
+    apply(&mut am);
+    assert_eq!(
+        am.get_heads(),
+        heads,
+        "nothing to write when it already matches"
+    );
+    let view = roster::view(&am).unwrap();
+    let shown = view
+        .members
+        .iter()
+        .find(|m| m.member_id == mem.member)
+        .unwrap();
+    assert_eq!(shown.role, Role::Recorder);
+}
+
+fn doc_roster(m: &Membership, g: &GroupId) -> DocumentId {
+    m.snapshot().groups[g].roster
+}
