@@ -911,6 +911,30 @@ async fn revocation_survives_a_sigkill_and_no_secret_reaches_the_log() {
     };
     ws.peer = phone.peer().into();
     ws.join().await;
+    // It accepts the code of conduct and writes a document whose text is a canary.
+    call(
+        addr,
+        "POST",
+        &format!("/v1/groups/{group}/code-of-conduct/accept"),
+        Some(&phone.token),
+        Some(&json!({"version": 1})),
+    )
+    .await
+    .expect(204);
+    let doc = doc_id(90);
+    let register = json!({"document_id": doc.to_string(), "kind": "meeting"});
+    call(
+        addr,
+        "POST",
+        &format!("/v1/groups/{group}/documents"),
+        Some(&phone.token),
+        Some(&register),
+    )
+    .await
+    .expect(201);
+    let content = format!("canary-content-{unique}");
+    push(&mut ws, doc, &mut doc_with("minutes", &content)).await;
+    let (_, metrics) = http_get(addr, "/metrics").await.expect("/metrics answers");
 
     call(
         addr,
@@ -970,7 +994,12 @@ async fn revocation_survives_a_sigkill_and_no_secret_reaches_the_log() {
         link_code,
         pseudonym,
         coc_text,
+        content,
     ] {
         assert!(!text.contains(&canary), "the relay's log holds {canary:?}");
+        assert!(!metrics.contains(&canary), "/metrics holds {canary:?}");
+    }
+    for id in [&organiser.member, &phone.device, &group] {
+        assert!(!metrics.contains(id.as_str()), "/metrics names {id}");
     }
 }
