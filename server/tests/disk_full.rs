@@ -190,6 +190,8 @@ async fn a_phone_change_on_a_full_disk_returns_storage_full_and_loses_nothing() 
     assert_ne!(Some(heads.clone()), kept);
     ana.shutdown().await;
     drop(ana);
+    // sled lets go of its lock from a background thread a moment after the last handle.
+    common::members::wait_unlocked(&disk.path("phone")).await;
     // What the phone said was kept is on its disk.
     let store = SledStore::open(&disk.path("phone"), &config()).unwrap();
     let chunks = cairn_core::store::Storage::load_range(&store, &[doc.to_string()]).unwrap();
