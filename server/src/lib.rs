@@ -235,6 +235,11 @@ pub async fn start(config: &Config) -> Result<(AppState, SledStore), RelayError>
         host.call(move |engine, _| engine.set_access(Box::new(access)))
             .await
             .map_err(|_| RelayError::EngineStopped)?;
+        // The roster documents show the committed membership: a change committed just
+        // before a crash or a failed write is shown from the first start after it.
+        for group in membership.group_ids() {
+            members::write_roster(&host, &membership, &group);
+        }
         Some(Arc::new(Members::new(
             membership,
             Limiters::new(&config.rate_limits),

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use cairn_core::ids::{ConnectionId, MemberId};
 use cairn_core::membership::{GroupId, MemberStatus, Membership};
+use cairn_core::runtime::Host;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -33,6 +34,22 @@ impl Members {
             expiry: Notify::new(),
         }
     }
+}
+
+/// Queues the rewrite of `group`'s roster document in the engine (`Engine::update_document`).
+/// The update reads the membership state when it runs, so rewrites that overtake each other
+/// still end with the latest view; a rewrite lost to a failed write is made again by the
+/// next change of the group or at the next start.
+pub(crate) fn write_roster(host: &Host, membership: &Membership, group: &GroupId) {
+    let Some((doc, update)) = membership.roster_update(group) else {
+        return;
+    };
+    let host = host.clone();
+    tokio::spawn(async move {
+        let _ = host
+            .call(move |engine, now| engine.update_document(now, doc, update))
+            .await;
+    });
 }
 
 impl AppState {
@@ -68,7 +85,9 @@ impl AppState {
     /// The hook where the roster document is written (through `Engine::update_document`
     /// and the model's roster reconciliation); a no-op until that lands.
     pub(crate) fn roster_changed(&self, group: &GroupId) {
-        let _ = group;
+        if let Some(members) = &self.members {
+            write_roster(&self.host, &members.membership, group);
+        }
     }
 
     /// After a committed change that took access away: the engine re-checks every

@@ -11,10 +11,31 @@ use crate::model::roster::{
 impl Membership {
     /// The roster document of `group` and the update that makes it equal to the membership
     /// state (idempotent: an update of a roster that already matches writes nothing). The
-    /// host hands it to `Engine::update_document`.
+    /// host hands it to `Engine::update_document`. The update reads the state when it runs,
+    /// not when it was made, so updates that run out of order still leave the latest view.
     pub fn roster_update(&self, group: &GroupId) -> Option<(DocumentId, DocumentUpdate)> {
-        let (doc, members, coc) = self.roster(group)?;
-        let view = RosterView {
+        let (doc, _, _) = self.roster(group)?;
+        let membership = self.clone();
+        let group = group.clone();
+        let update: DocumentUpdate = Box::new(move |tx| {
+            let Some(view) = membership.roster_view(&group) else {
+                return;
+            };
+            match roster::reconcile(tx, &view) {
+                Ok(ops) => tracing::debug!(%group, doc = %doc, ops, "roster written"),
+                // Ids only: the view holds pseudonyms and the code of conduct.
+                Err(e) => {
+                    tracing::error!(%group, doc = %doc, error = %e, "the roster could not be written")
+                }
+            }
+        });
+        Some((doc, update))
+    }
+
+    /// The membership view of `group` as its roster document shows it.
+    pub fn roster_view(&self, group: &GroupId) -> Option<RosterView> {
+        let (_, members, coc) = self.roster(group)?;
+        Some(RosterView {
             members: members
                 .into_iter()
                 .map(|m| RosterMember {
@@ -36,15 +57,6 @@ impl Membership {
                 version: coc.version,
                 text: coc.text,
             },
-        };
-        let group = group.clone();
-        let update: DocumentUpdate = Box::new(move |tx| match roster::reconcile(tx, &view) {
-            Ok(ops) => tracing::debug!(%group, doc = %doc, ops, "roster written"),
-            // Ids only: the view holds pseudonyms and the code of conduct.
-            Err(e) => {
-                tracing::error!(%group, doc = %doc, error = %e, "the roster could not be written")
-            }
-        });
-        Some((doc, update))
+        })
     }
 }
