@@ -35,11 +35,44 @@ impl TestRelay {
     /// Starts a relay and waits until it answers `/healthz`. Panics if it cannot start.
     pub async fn start() -> TestRelay {
         let data = tempfile::tempdir().expect("creating a temporary relay data directory");
+        Self::start_in(data, true).await
+    }
+
+    /// Starts a relay with membership (no `--open`) on a store bootstrapped with one group,
+    /// and returns it with the group's first organiser invite.
+    pub async fn start_with_membership() -> (TestRelay, cairn_core::membership::api::Invite) {
+        let data = tempfile::tempdir().expect("creating a temporary relay data directory");
+        let args = cairn_relay::config::BootstrapArgs {
+            data: data.path().join("relay"),
+            code_of_conduct_file: None,
+            invite_hours: 1,
+            new_organiser_invite: None,
+        };
+        let made = tokio::task::spawn_blocking(move || cairn_relay::bootstrap::bootstrap(&args))
+            .await
+            .expect("bootstrap ran")
+            .expect("bootstrap succeeded");
+        // sled lets go of its lock (a `flock` on `db`) from a background thread just after
+        // the last handle is dropped: wait for it without taking the store.
+        let db = std::fs::File::open(data.path().join("relay").join("db")).expect("the store's db");
+        let deadline = tokio::time::Instant::now() + RELAY_START_STOP;
+        while db.try_lock().is_err() {
+            assert!(tokio::time::Instant::now() < deadline, "the bootstrapped store stays locked");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let _ = db.unlock();
+        drop(db);
+        let relay = Self::start_in(data, false).await;
+        (relay, made.invite)
+    }
+
+    async fn start_in(data: tempfile::TempDir, open: bool) -> TestRelay {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("binding 127.0.0.1:0");
         let addr = listener.local_addr().expect("listener address");
-        let config = Config::open_for_tests(addr, data.path().join("relay"));
+        let mut config = Config::open_for_tests(addr, data.path().join("relay"));
+        config.open = open;
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(cairn_relay::run(config, listener, async move {
             let _ = stopped.await;
