@@ -6,9 +6,38 @@
 //! ("safely on the relay"), and [`Client::status`] tells an app which of "only on this
 //! device", "sending" and "safely on the relay" to show.
 //!
-//! The relay is reached through a [`Transport`]: a phone app hands in its platform
-//! websocket with [`Client::connect_with`]; [`Client::connect`] uses
-//! [`TungsteniteTransport`].
+//! The relay is reached through a [`RelayEndpoint`]: a [`Transport`] for the websocket
+//! and a [`RelayApi`] (over an [`HttpTransport`]) for the membership calls. A phone app
+//! hands in its platform websocket and HTTP stack with [`Client::connect_to`];
+//! [`Client::connect`] uses [`TungsteniteTransport`] and [`HyperTransport`] (plain HTTP).
+//!
+//! ## Membership
+//! A device enrols with an invite ([`RelayApi::redeem_invite`], no client needed yet) or a
+//! device-link code ([`RelayApi::link_device`]) and gets its [`Credential`] once; the app
+//! keeps it in the platform keystore and starts the client with
+//! [`ClientConfig::for_device`]. Every connect presents it. [`Client::connection_status`]
+//! says when the relay refuses it ([`ConnectionStatus::Unauthorized`]: the client stops
+//! dialling rather than spin). [`Client::api`] gives the membership calls with the current
+//! credential; [`Client::rotate_credential`] hands the app its new one.
+//!
+//! ## Nothing is lost
+//! A document is bound to its group before its first sync ([`Client::create_in_group`],
+//! [`Client::register`]); the registration is kept durably on the device until the relay
+//! accepts it (see [Registration](self#registration) below). Edits are durable on the device
+//! before any call returns, whatever the relay says: made offline, or refused (not yet
+//! registered, a read-only role), they stay in the device store and sync on a later
+//! connection once access allows.
+//!
+//! ## Registration
+//! Pending registrations live in the device store under
+//! `["cairn-client", "pending-registration", <document id>]` ([`CLIENT_KEY_PREFIX`],
+//! [`PENDING_REGISTRATION_TABLE`]), written with a flush. They are sent when created,
+//! before every (re)connect and, while connected, every
+//! [`ClientConfig::registration_retry`]; removed once the relay accepts (2xx: repeating the
+//! same registration is accepted too); kept with the reason on a refusal
+//! ([`PendingRegistration::refused`]). When the relay accepts a document it has already
+//! answered `doc-unavailable` for on the open connection, the client reconnects so the
+//! document is offered afresh.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,24 +48,47 @@ use automerge::{Automerge, ChangeHash};
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 
-use crate::engine::{Direction, Engine, EngineConfig, EngineError, Event, Limits, Role};
+use crate::engine::{Engine, EngineConfig, EngineError, Event, Limits, Role};
 use crate::ids::{ConnectionId, DocumentId, PeerId};
+use crate::membership::{BoundKind, Credential, GroupId};
 use crate::runtime::{Host, HostConfig, Observer};
 use crate::store::{Storage, StoreError};
 
+mod connection;
+mod http;
+mod membership;
 mod presence;
+mod registration;
+#[cfg(test)]
+mod relay_tests;
 #[cfg(test)]
 mod tests;
 mod transport;
 
+pub use connection::{ConnectionStatus, RelayEndpoint};
+pub use http::{
+    HttpRequest, HttpResponse, HttpTransport, HyperTransport, Method, MAX_RESPONSE_BYTES,
+};
+pub use membership::{
+    api_base_for, invite_link, Enrolled, RelayApi, API_TIMEOUT, INVITE_LINK_PREFIX,
+};
 pub use presence::{PeerPresence, HEARTBEAT_INTERVAL, PEER_TTL, PRESENCE_MARKER};
 use presence::{PresenceBook, PresenceMessage};
+pub use registration::{
+    PendingRegistration, RegistrationRefused, CLIENT_KEY_PREFIX, PENDING_REGISTRATION_TABLE,
+};
+use registration::{Registrations, Retry};
 pub use transport::{Connection, Transport, TransportError, TungsteniteTransport};
 
 /// How long [`Client::change`] waits for a document that is not in memory to load (from
 /// the device, or the relay if the device does not have it). 30 s: a device load takes
 /// milliseconds; the rest is for a slow network.
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long [`Client::create_in_group`] waits for the relay to accept the registration
+/// before creating the document anyway: 5 s. Registered first, the document syncs from
+/// its first offer; later, the client has to reconnect to offer it again.
+const INLINE_REGISTRATION_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a client call failed.
 #[derive(Debug, Error)]
@@ -64,6 +116,68 @@ pub enum ClientError {
     /// Opening the store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The relay refused the device credential (none, a wrong one, rotated away or
+    /// revoked). Enrol the device again or restore its credential
+    /// ([`Client::set_credential`]).
+    #[error("the relay refused the device credential")]
+    Unauthorized,
+    /// The caller's role or state does not allow this (not an organiser, a read-only role,
+    /// the code of conduct not yet accepted: `reason` says which).
+    #[error("not allowed: {reason}")]
+    Forbidden {
+        /// The relay's explanation (no content).
+        reason: String,
+    },
+    /// No such group, member, device or invite, as far as this device may know.
+    #[error("not found")]
+    NotFound,
+    /// The relay's state does not allow it (an id already bound, an outdated code of
+    /// conduct version, the last organiser leaving).
+    #[error("conflict: {reason}")]
+    Conflict {
+        /// The relay's explanation.
+        reason: String,
+    },
+    /// The invite or link code has expired or been used up: ask for a new one.
+    #[error("the invite has expired or been used up")]
+    InviteExpired,
+    /// Too many attempts: try again after `retry_after`.
+    #[error("too many attempts; try again later")]
+    QuotaExceeded {
+        /// How long the relay asked to wait.
+        retry_after: Option<Duration>,
+    },
+    /// The relay refused the request as malformed (a too long pseudonym, an empty code).
+    #[error("bad request: {reason}")]
+    BadRequest {
+        /// The relay's explanation.
+        reason: String,
+    },
+    /// The relay could not complete the call (5xx): nothing changed; try again later.
+    #[error("the relay is unavailable")]
+    RelayUnavailable {
+        /// How long the relay asked to wait, if it said.
+        retry_after: Option<Duration>,
+    },
+    /// The relay could not be reached (no network, a wrong address) or did not answer in
+    /// [`API_TIMEOUT`].
+    #[error("the relay cannot be reached")]
+    Offline,
+    /// The relay's answer is not this API's (a proxy's error page, another version).
+    #[error("unexpected answer from the relay (HTTP {status}): {reason}")]
+    InvalidResponse {
+        /// The HTTP status.
+        status: u16,
+        /// What did not fit.
+        reason: String,
+    },
+    /// The call needs the relay's membership API, and the client was connected without
+    /// one ([`Client::connect_with`]): use [`Client::connect_to`] with an API.
+    #[error("no relay API is configured")]
+    NoRelayApi,
+    /// The credential belongs to another device than this client's peer id.
+    #[error("the credential belongs to another device")]
+    CredentialMismatch,
 }
 
 impl From<crate::runtime::HostStopped> for ClientError {
@@ -72,11 +186,19 @@ impl From<crate::runtime::HostStopped> for ClientError {
     }
 }
 
+/// How often a registration the relay has not accepted yet is sent again while connected:
+/// 30 s. The relay answered 429 or 503, or the call got lost; each (re)connect sends it
+/// too, so this only covers a long-lived connection.
+pub const REGISTRATION_RETRY: Duration = Duration::from_secs(30);
+
 /// Client settings.
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
-    /// This device's peer id (per device, e.g. `member/device`).
+    /// This device's peer id (`member/device`; from the credential when there is one).
     pub peer_id: PeerId,
+    /// The device credential presented on every connect and membership call. When set,
+    /// its peer id must be `peer_id` ([`ClientError::CredentialMismatch`] otherwise).
+    pub credential: Option<Credential>,
     /// Engine limits.
     pub limits: Limits,
     /// First reconnect delay; doubles up to `max_backoff`. Default 250 ms.
@@ -85,17 +207,31 @@ pub struct ClientConfig {
     pub max_backoff: Duration,
     /// Seed for the engine's RNG; `None` draws one from the OS.
     pub seed: Option<u64>,
+    /// How often pending registrations are retried while connected. Default
+    /// [`REGISTRATION_RETRY`].
+    pub registration_retry: Duration,
 }
 
 impl ClientConfig {
-    /// Defaults for a device with this peer id.
+    /// Defaults for a device with this peer id and no credential (a relay in `--open`
+    /// mode, tests).
     pub fn new(peer_id: impl Into<PeerId>) -> Self {
         ClientConfig {
             peer_id: peer_id.into(),
+            credential: None,
             limits: Limits::default(),
             min_backoff: Duration::from_millis(250),
             max_backoff: Duration::from_secs(5),
             seed: None,
+            registration_retry: REGISTRATION_RETRY,
+        }
+    }
+
+    /// Defaults for the device holding `credential` (its peer id is the credential's).
+    pub fn for_device(credential: Credential) -> Self {
+        ClientConfig {
+            credential: Some(credential.clone()),
+            ..ClientConfig::new(credential.peer_id())
         }
     }
 }
@@ -119,11 +255,34 @@ struct Shared {
     /// Subscription tasks still running.
     subscriptions: AtomicUsize,
     our_peer: PeerId,
+    /// The credential presented from the next connect on.
+    credential: watch::Sender<Option<Credential>>,
+    /// Where we stand with the relay.
+    connection: watch::Sender<ConnectionStatus>,
+    /// The membership API of the last endpoint connected to (without a credential).
+    api: Mutex<Option<RelayApi>>,
+    registrations: Registrations,
+    /// Asks the open connection to reconnect: a document it offered was registered since.
+    reoffer: tokio::sync::Notify,
 }
 
 impl Shared {
     fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
         f(&mut self.state.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Wakes every waiter (registrations and the connection are part of what they see).
+    fn bump(&self) {
+        self.version.send_modify(|v| *v += 1);
+    }
+
+    fn set_connection(&self, status: ConnectionStatus) {
+        self.connection.send_if_modified(|s| {
+            let changed = *s != status;
+            *s = status;
+            changed
+        });
+        self.bump();
     }
 }
 
@@ -254,7 +413,15 @@ impl std::fmt::Debug for Client {
 impl Client {
     /// Starts a client on `store` (must be called inside a tokio runtime).
     pub fn start(store: Arc<dyn Storage>, config: ClientConfig) -> Result<Client, ClientError> {
+        if config
+            .credential
+            .as_ref()
+            .is_some_and(|c| c.peer_id() != config.peer_id)
+        {
+            return Err(ClientError::CredentialMismatch);
+        }
         let storage_id = store.storage_id()?;
+        let registrations = Registrations::load(store.clone())?;
         let seed = config.seed.unwrap_or_else(|| {
             let mut b = [0u8; 8];
             b.copy_from_slice(&uuid::Uuid::new_v4().as_bytes()[..8]);
@@ -271,6 +438,11 @@ impl Client {
             announce,
             subscriptions: AtomicUsize::new(0),
             our_peer: config.peer_id.clone(),
+            credential: watch::channel(config.credential.clone()).0,
+            connection: watch::channel(ConnectionStatus::Idle).0,
+            api: Mutex::new(None),
+            registrations,
+            reoffer: tokio::sync::Notify::new(),
         });
         let host = Host::start(
             Engine::new(engine_config),
@@ -294,49 +466,101 @@ impl Client {
     }
 
     /// Keeps a connection to the relay at `url` (e.g. `ws://127.0.0.1:8080/`), reconnecting
-    /// with backoff until [`Client::shutdown`].
+    /// with backoff until [`Client::shutdown`], over tokio-tungstenite, with the membership
+    /// API over plain HTTP on the same host ([`RelayEndpoint::over_tcp`]).
     pub fn connect(&self, url: &str) {
-        let transport = TungsteniteTransport::new(self.config.limits.max_frame_bytes);
-        self.connect_with(Arc::new(transport), url);
+        self.connect_to(RelayEndpoint::over_tcp(
+            url,
+            self.config.limits.max_frame_bytes,
+        ));
     }
 
     /// Like [`Client::connect`], dialling through the app's own `transport` (the phone's
-    /// platform websocket).
+    /// platform websocket), without a membership API: document registrations wait on
+    /// the device. Use [`Client::connect_to`] to give both.
     pub fn connect_with(&self, transport: Arc<dyn Transport>, url: &str) {
-        let url = url.to_owned();
-        let host = self.host.clone();
-        let mut stop = self.stop.subscribe();
-        let (min, max) = (self.config.min_backoff, self.config.max_backoff);
-        tokio::spawn(async move {
-            let mut backoff = min;
-            loop {
-                if *stop.borrow() {
-                    return;
-                }
-                let dial = tokio::select! {
-                    d = transport.connect(&url) => d,
-                    _ = stop.changed() => return,
-                };
-                match dial {
-                    Ok(conn) => {
-                        backoff = min;
-                        let Ok(handle) = host.open(Direction::Outgoing, None).await else {
-                            return;
-                        };
-                        tokio::select! {
-                            _ = transport::pump(Arc::from(conn), handle) => {}
-                            _ = stop.changed() => return,
-                        }
-                    }
-                    Err(e) => tracing::debug!(error = %e, "dial failed"),
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = stop.changed() => return,
-                }
-                backoff = (backoff * 2).min(max);
-            }
+        self.connect_to(RelayEndpoint {
+            url: url.to_owned(),
+            transport,
+            api: None,
         });
+    }
+
+    /// Keeps a connection to `relay`: presents the credential on every connect, sends
+    /// pending registrations before each one, and reports through
+    /// [`Client::connection_status`] (see [`ConnectionStatus`]).
+    pub fn connect_to(&self, relay: RelayEndpoint) {
+        if let Some(api) = &relay.api {
+            *self.shared.api.lock().unwrap_or_else(|e| e.into_inner()) = Some(api.clone());
+        }
+        let dialler = connection::Dialler {
+            endpoint: relay,
+            host: self.host.clone(),
+            shared: self.shared.clone(),
+            stop: self.stop.subscribe(),
+            min_backoff: self.config.min_backoff,
+            max_backoff: self.config.max_backoff,
+            registration_retry: self.config.registration_retry,
+        };
+        tokio::spawn(dialler.run());
+    }
+
+    /// Where the client stands with the relay now.
+    pub fn connection_status(&self) -> ConnectionStatus {
+        self.shared.connection.borrow().clone()
+    }
+
+    /// A receiver that sees every change of [`Client::connection_status`] (`changed()`).
+    pub fn watch_connection(&self) -> watch::Receiver<ConnectionStatus> {
+        self.shared.connection.subscribe()
+    }
+
+    /// The credential presented from the next connect on.
+    pub fn credential(&self) -> Option<Credential> {
+        self.shared.credential.borrow().clone()
+    }
+
+    /// Presents `credential` from the next connect on (restored from the keystore, or
+    /// after [`ConnectionStatus::Unauthorized`]: the client dials again at once). It must
+    /// be this device's ([`ClientError::CredentialMismatch`] otherwise).
+    pub fn set_credential(&self, credential: Credential) -> Result<(), ClientError> {
+        if credential.peer_id() != self.config.peer_id {
+            return Err(ClientError::CredentialMismatch);
+        }
+        self.shared.credential.send_replace(Some(credential));
+        self.shared.connection.send_if_modified(|s| {
+            // A new credential is worth presenting: leave the "refused" state.
+            let refused = *s == ConnectionStatus::Unauthorized;
+            if refused {
+                *s = ConnectionStatus::Offline;
+            }
+            refused
+        });
+        Ok(())
+    }
+
+    /// The relay's membership API with this device's current credential.
+    pub fn api(&self) -> Result<RelayApi, ClientError> {
+        let api = self
+            .shared
+            .api
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or(ClientError::NoRelayApi)?;
+        Ok(match self.credential() {
+            Some(c) => api.with_credential(c),
+            None => api,
+        })
+    }
+
+    /// Replaces this device's credential at the relay and returns the new one: keep it in
+    /// the platform keystore now (the old one is refused from here on). The client
+    /// presents it from the next connect.
+    pub async fn rotate_credential(&self) -> Result<Credential, ClientError> {
+        let credential = self.api()?.rotate().await?;
+        self.set_credential(credential.clone())?;
+        Ok(credential)
     }
 
     /// Number of relays we are currently connected to (handshake done).
@@ -404,6 +628,112 @@ impl Client {
             .await?;
         self.wait_durable(id, heads).await?;
         Ok(id)
+    }
+
+    /// Creates a document of `group` as `kind`; returns once it is durable on this device.
+    ///
+    /// The registration that binds it to the group is written to the device store first
+    /// and, when the client is connected, sent before the document exists, so the relay
+    /// serves it from its first sync. Offline or refused, the document is created all the
+    /// same and the registration is retried (see [`Client::registration`]).
+    pub async fn create_in_group(
+        &self,
+        group: &GroupId,
+        kind: BoundKind,
+        init: impl FnOnce(&mut automerge::transaction::Transaction<'_>) + Send + 'static,
+    ) -> Result<DocumentId, ClientError> {
+        let doc = random_document_id();
+        self.shared
+            .registrations
+            .add(doc, group.clone(), kind)
+            .await?;
+        if self.connection_status() == ConnectionStatus::Connected {
+            if let Ok(api) = self.api() {
+                // Bounded: a slow network must not hold up creating a document; a later
+                // retry covers it.
+                let attempt = self.shared.registrations.attempt(&api, doc);
+                let _ = tokio::time::timeout(INLINE_REGISTRATION_TIMEOUT, attempt).await;
+                self.shared.bump();
+            }
+        }
+        let mut first = Automerge::new();
+        let mut tx = first.transaction();
+        init(&mut tx);
+        tx.commit();
+        let bytes = first.save();
+        let heads = self
+            .host
+            .call(move |e, now| e.import_document(now, doc, &bytes))
+            .await??;
+        if !heads.is_empty() {
+            self.wait_durable(doc, heads).await?;
+        }
+        Ok(doc)
+    }
+
+    /// Binds an existing document (imported, or created with [`Client::create`]) to
+    /// `group` as `kind`. Kept on the device until the relay accepts it; returns `None`
+    /// once accepted, or the registration as it stands (waiting, or refused with the
+    /// reason). A document the relay refused earlier on the open connection is offered
+    /// again once accepted.
+    pub async fn register(
+        &self,
+        doc: DocumentId,
+        group: &GroupId,
+        kind: BoundKind,
+    ) -> Result<Option<PendingRegistration>, ClientError> {
+        self.shared
+            .registrations
+            .add(doc, group.clone(), kind)
+            .await?;
+        if let Ok(api) = self.api() {
+            if self.shared.registrations.attempt(&api, doc).await.is_ok() {
+                self.reoffer(vec![doc]).await?;
+            }
+            self.shared.bump();
+        }
+        Ok(self.shared.registrations.get(&doc))
+    }
+
+    /// Registrations the relay has not accepted yet (waiting or refused).
+    pub fn registrations(&self) -> Vec<PendingRegistration> {
+        self.shared.registrations.list()
+    }
+
+    /// `doc`'s registration if the relay has not accepted it yet (`None`: accepted, or
+    /// never registered through this client).
+    pub fn registration(&self, doc: DocumentId) -> Option<PendingRegistration> {
+        self.shared.registrations.get(&doc)
+    }
+
+    /// Sends every pending registration now, refused ones included (after the app fixed
+    /// the cause: accepted the code of conduct, got a writing role). Returns what is
+    /// still pending.
+    pub async fn retry_registrations(&self) -> Result<Vec<PendingRegistration>, ClientError> {
+        let api = self.api()?;
+        let round = self.shared.registrations.retry(&api, Retry::All).await;
+        self.shared.bump();
+        self.reoffer(round.registered).await?;
+        Ok(self.registrations())
+    }
+
+    /// Asks the open connection to reconnect if one of `docs` is loaded (and so was
+    /// offered to the relay before it was registered).
+    async fn reoffer(&self, docs: Vec<DocumentId>) -> Result<(), ClientError> {
+        if docs.is_empty() {
+            return Ok(());
+        }
+        let loaded = self
+            .host
+            .call(move |e, _| {
+                let known = e.document_ids();
+                docs.iter().any(|d| known.contains(d))
+            })
+            .await?;
+        if loaded {
+            self.shared.reoffer.notify_waiters();
+        }
+        Ok(())
     }
 
     /// Applies a change; returns the new heads once durable on this device.
@@ -767,6 +1097,15 @@ impl Client {
         let _ = self.stop.send(true);
         self.host.shutdown().await;
     }
+}
+
+/// A fresh document id from the OS RNG (the engine's own ids come from its seeded RNG;
+/// ids made outside it must not repeat across restarts).
+fn random_document_id() -> DocumentId {
+    use rand::SeedableRng;
+    let mut seed = [0u8; 32];
+    crate::membership::os_random(&mut seed);
+    DocumentId::random(&mut rand_chacha::ChaCha20Rng::from_seed(seed))
 }
 
 /// Re-sends our presence snapshot when asked (a new peer appeared, we reconnected) and
