@@ -52,8 +52,8 @@ impl Method {
     }
 }
 
-/// One call to the relay. `Debug` never shows the credential or the body (pseudonyms and
-/// codes of conduct are content).
+/// One call to the relay. `Debug` never shows the credential, the body (pseudonyms and
+/// codes of conduct are content) or an invite code in the URL.
 #[derive(Clone, PartialEq, Eq)]
 pub struct HttpRequest {
     /// The method.
@@ -71,10 +71,18 @@ impl fmt::Debug for HttpRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HttpRequest")
             .field("method", &self.method)
-            .field("url", &self.url)
+            .field("url", &redacted(&self.url))
             .field("authenticated", &self.bearer.is_some())
             .field("json_bytes", &self.json.as_ref().map(Vec::len))
             .finish()
+    }
+}
+
+/// `url` with the invite code of `…/invites/{code}` hidden (a code is a capability).
+fn redacted(url: &str) -> String {
+    match url.split_once("/invites/") {
+        Some((head, tail)) if tail != "redeem" => format!("{head}/invites/…"),
+        _ => url.to_owned(),
     }
 }
 

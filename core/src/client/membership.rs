@@ -680,6 +680,22 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_preview_asks_by_code_and_never_shows_it_in_debug() {
+        let (api, seen) = fake(|_| Ok(answer(404, &error("not_found"))));
+        let _ = api
+            .preview_invite("cairn://invite/abcdefghijklmnopqrst")
+            .await;
+        let seen = seen.seen.lock().unwrap();
+        assert_eq!(seen[0].method, Method::Get);
+        assert_eq!(
+            seen[0].url,
+            "http://relay.test:8080/v1/invites/ABCDEFGHIJKLMNOPQRST"
+        );
+        let shown = format!("{:?}", seen[0]);
+        assert!(!shown.contains("ABCDEFGHIJKLMNOPQRST"), "{shown}");
+    }
+
+    #[tokio::test]
     async fn redeeming_a_link_needs_no_credential_and_returns_the_new_one() {
         let issued = device();
         let redeemed = Redeemed {
