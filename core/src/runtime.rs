@@ -13,14 +13,14 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc as std_mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::engine::{CloseReason, Direction, Engine, Event, Input, Output};
 use crate::ids::{ConnectionId, TaskId};
-use crate::store::{Storage, StorageOp, StorageOutcome, StoreError};
+use crate::store::{Storage, StorageKey, StorageOp, StorageOutcome, StoreError};
 use crate::time::Timestamp;
 
 /// What a connection's writer receives.
@@ -137,6 +137,36 @@ pub struct Host {
     next_conn: Arc<AtomicU64>,
     outbound_queue: usize,
     state: watch::Receiver<RunState>,
+    /// The engine clock's origin in Unix ms (wall time of `Timestamp` zero).
+    origin_unix_ms: u64,
+    /// The storage thread's queue for writes from outside the engine; `None` once the host
+    /// has shut down (so the storage thread can end).
+    jobs: Arc<Mutex<Option<std_mpsc::Sender<Job>>>>,
+    storage: SharedStorage,
+}
+
+/// The host's store, for [`Host::storage_writer`].
+#[derive(Clone)]
+struct SharedStorage(Arc<dyn Storage>);
+
+impl std::fmt::Debug for SharedStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Storage")
+    }
+}
+
+/// One unit of work for the storage thread.
+enum Job {
+    /// A storage task of the engine.
+    Engine(TaskId, StorageOp),
+    /// Writes from outside the engine (membership records), reported once flushed.
+    External(ExternalWrite),
+}
+
+/// A batch written through [`Host::storage_writer`].
+struct ExternalWrite {
+    writes: Vec<(StorageKey, Option<Vec<u8>>)>,
+    done: std_mpsc::Sender<Result<(), StoreError>>,
 }
 
 /// The host has stopped.
@@ -246,7 +276,8 @@ impl Host {
     ) -> Host {
         let (commands, rx) = mpsc::channel(4096);
         let (results_tx, results_rx) = mpsc::unbounded_channel();
-        let (ops_tx, ops_rx) = std_mpsc::channel::<(TaskId, StorageOp)>();
+        let (ops_tx, ops_rx) = std_mpsc::channel::<Job>();
+        let jobs = Arc::new(Mutex::new(Some(ops_tx.clone())));
         let max_batch = config.max_batch;
         if config.unsafe_ack_before_flush {
             tracing::warn!(
@@ -255,7 +286,7 @@ impl Host {
             );
         }
         let worker = StorageWorker {
-            storage,
+            storage: storage.clone(),
             unflushed: false,
             ack_before_flush: config.unsafe_ack_before_flush,
         };
@@ -265,10 +296,14 @@ impl Host {
             .spawn(move || storage_thread(worker, ops_rx, results_tx, batch_tx, max_batch))
             .expect("spawning the storage thread");
         let origin = Instant::now();
+        let origin_unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
         let engine = tokio::spawn(engine_task(
             engine,
             rx,
             ops_tx,
+            jobs.clone(),
             results_rx,
             batch_rx,
             observer,
@@ -300,7 +335,28 @@ impl Host {
             next_conn: Arc::new(AtomicU64::new(1)),
             outbound_queue: config.outbound_queue,
             state,
+            origin_unix_ms,
+            jobs,
+            storage: SharedStorage(storage),
         }
+    }
+
+    /// The engine clock's origin in Unix milliseconds: `Timestamp` zero as wall time. An
+    /// access policy that needs wall time (guest expiry) adds it to the engine's `now`.
+    pub fn origin_unix_ms(&self) -> u64 {
+        self.origin_unix_ms
+    }
+
+    /// A [`Storage`] for writers outside the engine (the relay's membership records):
+    /// reads go to the store, and every write goes through the storage thread, which takes
+    /// it into its next batch and answers once that batch's flush succeeded. So these
+    /// writes follow the engine's durability rule and never race its flushes. Its calls
+    /// block: use them from blocking threads, not the async runtime.
+    pub fn storage_writer(&self) -> Arc<dyn Storage> {
+        Arc::new(HostStorage {
+            jobs: self.jobs.clone(),
+            storage: self.storage.0.clone(),
+        })
     }
 
     /// True while the engine task runs: false after a requested [`Host::shutdown`] and
@@ -375,6 +431,46 @@ impl Host {
     }
 }
 
+/// See [`Host::storage_writer`].
+struct HostStorage {
+    jobs: Arc<Mutex<Option<std_mpsc::Sender<Job>>>>,
+    storage: Arc<dyn Storage>,
+}
+
+impl Storage for HostStorage {
+    fn load(&self, key: &[String]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.storage.load(key)
+    }
+    fn load_range(&self, prefix: &[String]) -> Result<Vec<(StorageKey, Vec<u8>)>, StoreError> {
+        self.storage.load_range(prefix)
+    }
+    fn put(&self, key: &[String], data: &[u8]) -> Result<(), StoreError> {
+        self.write_batch(&[(key.to_vec(), Some(data.to_vec()))])
+    }
+    fn delete(&self, key: &[String]) -> Result<(), StoreError> {
+        self.write_batch(&[(key.to_vec(), None)])
+    }
+    fn flush(&self) -> Result<(), StoreError> {
+        // Every write here is flushed before it returns.
+        Ok(())
+    }
+    fn write_batch(&self, writes: &[(StorageKey, Option<Vec<u8>>)]) -> Result<(), StoreError> {
+        let (done, answer) = std_mpsc::channel();
+        let job = Job::External(ExternalWrite {
+            writes: writes.to_vec(),
+            done,
+        });
+        let sent = match &*self.jobs.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(jobs) => jobs.send(job).is_ok(),
+            None => false,
+        };
+        if !sent {
+            return Err(StoreError::Closed);
+        }
+        answer.recv().unwrap_or(Err(StoreError::Closed))
+    }
+}
+
 /// Runs storage ops in batches with one flush per batch, and keeps the durability rules:
 /// a write is reported done only after a flush succeeded, and after a failed flush no read
 /// is answered until a flush succeeds again, so a reload never reveals a write that is not
@@ -395,6 +491,12 @@ struct Done {
     /// A read that ran after a write of the same batch (it may see that write).
     after_write: bool,
     result: Result<StorageOutcome, StoreError>,
+}
+
+/// An external write's result, reported after the batch's flush.
+struct External {
+    done: std_mpsc::Sender<Result<(), StoreError>>,
+    result: Result<(), StoreError>,
 }
 
 /// The error every write of a batch whose flush failed gets: the flush's own kind, so a full
@@ -421,10 +523,23 @@ impl StorageWorker {
         Ok(())
     }
 
-    fn run_batch(&mut self, batch: Vec<(TaskId, StorageOp)>) -> (Vec<Done>, usize) {
+    fn run_batch(&mut self, batch: Vec<Job>) -> (Vec<Done>, Vec<External>, usize) {
         let mut done = Vec::with_capacity(batch.len());
+        let mut externals = Vec::new();
         let mut writes = 0;
-        for (task, op) in batch {
+        for job in batch {
+            let (task, op) = match job {
+                Job::Engine(task, op) => (task, op),
+                Job::External(ExternalWrite { writes: w, done }) => {
+                    writes += w.len();
+                    let result = w.iter().try_for_each(|(key, value)| match value {
+                        Some(v) => self.storage.put(key, v),
+                        None => self.storage.delete(key),
+                    });
+                    externals.push(External { done, result });
+                    continue;
+                }
+            };
             let write = op.is_write();
             let result = if write {
                 writes += 1;
@@ -439,14 +554,19 @@ impl StorageWorker {
                 result,
             });
         }
-        (done, writes)
+        (done, externals, writes)
     }
 
-    fn flush(&mut self, done: &mut [Done], writes: usize) {
+    fn flush(&mut self, done: &mut [Done], externals: &mut [External], writes: usize) {
         if writes == 0 {
             return;
         }
         if let Err(e) = self.storage.flush() {
+            for x in externals.iter_mut() {
+                if x.result.is_ok() {
+                    x.result = Err(flush_error(&e));
+                }
+            }
             tracing::error!(error = %e, writes, disk_full = e.is_disk_full(), "flush failed");
             self.unflushed = true;
             // Nothing written in this batch is durable, and a read after one of its writes
@@ -464,7 +584,7 @@ impl StorageWorker {
 
 fn storage_thread(
     mut worker: StorageWorker,
-    ops: std_mpsc::Receiver<(TaskId, StorageOp)>,
+    ops: std_mpsc::Receiver<Job>,
     results: mpsc::UnboundedSender<(TaskId, Result<StorageOutcome, StoreError>)>,
     batches: mpsc::UnboundedSender<(usize, usize, Duration)>,
     max_batch: usize,
@@ -478,8 +598,8 @@ fn storage_thread(
                 Err(_) => break,
             }
         }
-        let (mut done, writes) = worker.run_batch(batch);
-        let n = done.len();
+        let (mut done, mut externals, writes) = worker.run_batch(batch);
+        let n = done.len() + externals.len();
         if worker.ack_before_flush {
             // The negative control: results leave before the flush, as a broken host would.
             for d in done {
@@ -487,14 +607,17 @@ fn storage_thread(
                     return;
                 }
             }
-            worker.flush(&mut [], writes);
+            worker.flush(&mut [], &mut externals, writes);
         } else {
-            worker.flush(&mut done, writes);
+            worker.flush(&mut done, &mut externals, writes);
             for d in done {
                 if results.send((d.task, d.result)).is_err() {
                     return;
                 }
             }
+        }
+        for x in externals {
+            let _ = x.done.send(x.result);
         }
         let _ = batches.send((n, writes, started.elapsed()));
     }
@@ -507,7 +630,8 @@ fn storage_thread(
 async fn engine_task(
     mut engine: Engine,
     mut commands: mpsc::Receiver<Command>,
-    ops: std_mpsc::Sender<(TaskId, StorageOp)>,
+    ops: std_mpsc::Sender<Job>,
+    jobs: Arc<Mutex<Option<std_mpsc::Sender<Job>>>>,
     mut results: mpsc::UnboundedReceiver<(TaskId, Result<StorageOutcome, StoreError>)>,
     mut batches: mpsc::UnboundedReceiver<(usize, usize, Duration)>,
     mut observer: Box<dyn Observer>,
@@ -549,6 +673,7 @@ async fn engine_task(
                     // Dropping the sender lets the storage thread finish what is queued,
                     // flush, and exit; we keep feeding results until it does.
                     ops = None;
+                    *jobs.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 }
             },
             done = results.recv(), if !storage_done => match done {
@@ -603,7 +728,7 @@ async fn engine_task(
                 }
                 Output::Storage { task, op } => match &ops {
                     Some(ops) => {
-                        if ops.send((task, op)).is_err() {
+                        if ops.send(Job::Engine(task, op)).is_err() {
                             engine.handle_input(
                                 now(),
                                 Input::StorageDone {
@@ -962,6 +1087,43 @@ mod tests {
             Box::new(Closes::default()),
             HostConfig::default(),
         )
+    }
+
+    /// A write through `storage_writer` (membership records) returns only once the storage
+    /// thread's flush has succeeded, and a failed flush reaches the writer as an error.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_external_write_returns_only_after_its_flush() {
+        let store = Arc::new(Gated::default());
+        let host = gated_host(store.clone());
+        let writer = host.storage_writer();
+        store.set(FlushMode::Block);
+        let key: StorageKey = vec!["cairn-membership".into(), "device".into(), "a".into()];
+        let w = writer.clone();
+        let k = key.clone();
+        let pending = std::thread::spawn(move || w.write_batch(&[(k, Some(b"one".to_vec()))]));
+        while store.in_flush.load(Ordering::SeqCst) == 0 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(
+            !pending.is_finished(),
+            "returned while its flush was blocked"
+        );
+        store.set(FlushMode::Fail);
+        assert!(pending.join().unwrap().unwrap_err().is_disk_full());
+        store.set(FlushMode::Succeed);
+        let w = writer.clone();
+        let k = key.clone();
+        tokio::task::spawn_blocking(move || w.write_batch(&[(k, Some(b"two".to_vec()))]))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(writer.load(&key).unwrap(), Some(b"two".to_vec()));
+        host.shutdown().await;
+        let w = writer.clone();
+        let after = tokio::task::spawn_blocking(move || w.write_batch(&[(key, None)]))
+            .await
+            .unwrap();
+        assert!(matches!(after, Err(StoreError::Closed)), "{after:?}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -95,9 +95,13 @@ export function makeClientRepo(wsUrl) {
   const Adapter = process.env.CAIRN_WIRE_LOG
     ? LoggingWebSocketClientAdapter
     : WebSocketClientAdapter
+  // A relay with membership binds each socket to its device's peer id (`member/device`);
+  // an app passes it to Repo as any automerge-repo app chooses its peer id.
+  const peerId = process.env.CAIRN_PEER_ID || undefined
   currentRepo = new Repo({
     storage: new NodeFSStorageAdapter(tempDir),
     network: [new Adapter(wsUrl)],
+    ...(peerId ? { peerId } : {}),
   })
   return currentRepo
 }

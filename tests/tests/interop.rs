@@ -259,10 +259,11 @@ async fn unknown_document_is_unavailable() {
 }
 
 /// A JS automerge-repo client opening a Cairn workspace document sees the co-edited fields
-/// (a group's name and purpose) as collaborative Text, not as immutable strings.
+/// (a group's name and purpose, in its settings) as collaborative Text, not as immutable
+/// strings.
 #[tokio::test(flavor = "multi_thread")]
 async fn js_sees_co_edited_workspace_fields_as_text() {
-    use cairn_core::model::group;
+    use cairn_core::model::settings;
     let relay = cairn_tests::relay::TestRelay::start().await;
     let client = cairn_core::client::Client::start(
         std::sync::Arc::new(cairn_core::store::MemoryStore::default()),
@@ -272,8 +273,7 @@ async fn js_sees_co_edited_workspace_fields_as_text() {
     client.connect(&relay.url());
     let doc = client
         .create(|tx| {
-            group::init(tx, "Peer circle", "Monthly case collaboration", "Be kind.")
-                .expect("group");
+            settings::init(tx, "Peer circle", "Monthly case collaboration").expect("settings");
         })
         .await
         .expect("create");

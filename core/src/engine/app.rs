@@ -1,10 +1,14 @@
-//! The application's calls into the engine (client role, and tests): create, import,
-//! find, read and change documents.
+//! The application's calls into the engine: create, import, find, read and change
+//! documents (client role, and tests), and the relay's own writes (`update_document`).
 
 use automerge::{Automerge, ChangeHash};
 
 use super::document::{Doc, DocState};
 use super::{Engine, EngineError};
+
+/// A change the host makes to a document, applied inside one Automerge transaction (see
+/// [`Engine::update_document`]).
+pub type DocumentUpdate = Box<dyn FnOnce(&mut automerge::transaction::Transaction<'_>) + Send>;
 use crate::ids::DocumentId;
 use crate::time::Timestamp;
 
@@ -23,7 +27,7 @@ impl Engine {
         tx.commit();
         self.insert_wanted(now, id, am);
         self.persist(id, &[]);
-        self.share_with_open_peers(id);
+        self.share_with_open_peers(id, now);
         id
     }
 
@@ -64,8 +68,8 @@ impl Engine {
             self.recount(id);
             self.persist(id, &before);
         }
-        self.share_with_open_peers(id);
-        self.maybe_sync(id);
+        self.share_with_open_peers(id, now);
+        self.maybe_sync(id, now);
         Ok(heads)
     }
 
@@ -84,7 +88,7 @@ impl Engine {
             doc.state = DocState::Loading;
             self.load(id);
         }
-        self.share_with_open_peers(id);
+        self.share_with_open_peers(id, now);
     }
 
     /// The in-memory document, if loaded.
@@ -124,8 +128,64 @@ impl Engine {
         if heads != before {
             self.recount(id);
             self.persist(id, &before);
-            self.maybe_sync(id);
+            self.maybe_sync(id, now);
         }
         Ok(heads)
+    }
+
+    /// Changes a document on the host's own account, whether or not it is in memory: the
+    /// relay writes documents that no peer may write (the group's membership view, say).
+    ///
+    /// `f` runs at once if the document is loaded. Otherwise the document is loaded from
+    /// storage (or started empty if the store has none of it) and `f` runs once it has
+    /// loaded, after any update queued before it, so the change lands on top of what is
+    /// stored rather than beside it. The change is written and, like every change, revealed
+    /// to the peers syncing the document only once the write is durable.
+    ///
+    /// If the load or the write fails the engine emits
+    /// [`Event::StorageFailed`](super::Event::StorageFailed) for the document and the
+    /// update is lost with the undurable copy (the document reloads from what is durable):
+    /// the host applies it again.
+    pub fn update_document(&mut self, now: Timestamp, id: DocumentId, f: DocumentUpdate) {
+        if !self.docs.contains_key(&id) {
+            let generation = self.generation();
+            self.docs.insert(id, Doc::new(generation, now));
+            self.load(id);
+        }
+        let doc = self.docs.get_mut(&id).expect("inserted above");
+        doc.last_active = now;
+        doc.updates.push(f);
+        match doc.state {
+            DocState::Ready(_) => self.run_updates(now, id),
+            DocState::Evicted => {
+                doc.state = DocState::Loading;
+                self.load(id);
+            }
+            DocState::Loading => {}
+        }
+    }
+
+    /// Applies the host's pending updates to a loaded document, written as one chunk.
+    pub(super) fn run_updates(&mut self, now: Timestamp, id: DocumentId) {
+        let Some(doc) = self.docs.get_mut(&id) else {
+            return;
+        };
+        let DocState::Ready(am) = &mut doc.state else {
+            return;
+        };
+        if doc.updates.is_empty() {
+            return;
+        }
+        let before = am.get_heads();
+        for f in std::mem::take(&mut doc.updates) {
+            let mut tx = am.transaction();
+            f(&mut tx);
+            tx.commit();
+        }
+        if am.get_heads() != before {
+            self.recount(id);
+            self.persist(id, &before);
+            self.maybe_sync(id, now);
+        }
     }
 }

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::budget::Bucket;
-use super::{CloseReason, Direction, Engine, Event, Output, Role, Timer};
+use super::{CloseReason, Direction, Engine, Event, Output, PeerInfo, Role, Timer};
 use crate::ids::{ConnectionId, DocumentId, PeerId};
 use crate::time::Timestamp;
 use crate::wire::{Message, PeerMetadata, PROTOCOL_VERSION};
@@ -186,7 +186,7 @@ impl Engine {
                     self.violation(conn, CloseReason::UnsupportedVersion);
                     return;
                 }
-                self.open(conn, sender_id, peer_metadata);
+                self.open(now, conn, sender_id, peer_metadata);
             }
             (None, other) => self.violation(
                 conn,
@@ -271,6 +271,15 @@ impl Engine {
             self.violation(conn, CloseReason::IdentityMismatch);
             return;
         }
+        // Before a takeover: a revoked device must not even displace its old socket.
+        let info = PeerInfo {
+            peer_id: &sender,
+            identity: identity.as_deref(),
+        };
+        if !self.access.connection_allowed(&info, now) {
+            self.violation(conn, CloseReason::AccessRevoked);
+            return;
+        }
         if let Some(old) = self.peers.get(&sender).copied().filter(|old| *old != conn) {
             // A phone that switched networks rejoins while its old socket lingers: the newer
             // socket wins, but only with the same credential, and not over and over.
@@ -298,10 +307,10 @@ impl Engine {
             selected_protocol_version: PROTOCOL_VERSION.to_owned(),
         };
         self.send(conn, &answer);
-        self.open(conn, sender, meta);
+        self.open(now, conn, sender, meta);
     }
 
-    fn open(&mut self, conn: ConnectionId, peer: PeerId, metadata: PeerMetadata) {
+    fn open(&mut self, now: Timestamp, conn: ConnectionId, peer: PeerId, metadata: PeerMetadata) {
         if let Some(c) = self.conns.get_mut(&conn) {
             c.state = ConnState::Open { peer: peer.clone() };
         }
@@ -314,7 +323,7 @@ impl Engine {
         if self.config.role == Role::Client {
             let ids: Vec<DocumentId> = self.docs.keys().copied().collect();
             for id in ids {
-                self.share_with(id, conn);
+                self.share_with(id, conn, now);
             }
         }
     }

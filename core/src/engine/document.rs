@@ -7,8 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use automerge::sync::{self, SyncDoc};
 use automerge::{Automerge, ChangeHash, ReadDoc};
 
+use super::access::peer_may;
 use super::sync_check::check_sync_message;
-use super::{contained, CloseReason, Engine, Event, Operation, PeerInfo, Rejection, Role, Timer};
+use super::{contained, CloseReason, Engine, Event, Operation, Rejection, Role, Timer};
 use crate::ids::{ConnectionId, DocumentId, PeerId};
 use crate::store::StorageKey;
 use crate::time::Timestamp;
@@ -21,6 +22,24 @@ pub(super) enum DocState {
 }
 
 pub(super) struct PeerDoc {
+    /// Automerge's sync state for this peer. For a peer that may read the document but
+    /// not write it, the state is in Automerge's read-only mode (`State::set_read_only`),
+    /// and `apply` drops the changes its messages carry before Automerge sees them.
+    ///
+    /// Why that exchange goes quiet (automerge 0.12, `sync.rs`): in read-only mode
+    /// `generate_sync_message` asks for nothing (`need` stays empty although the peer's
+    /// heads name changes we refuse) and returns `None` once our heads are those we last
+    /// sent and there is nothing to send. Without read-only mode it would also wait for the
+    /// peer's heads to equal ours, which never happens while the peer holds a change we
+    /// refuse: both sides would answer every message of the other, for ever. Our messages
+    /// also carry the `READ_ONLY` flag, on which a peer that understands it stops offering
+    /// changes; an older peer offers them again at most once per message of ours, and a
+    /// message that brings nothing new gets no answer.
+    ///
+    /// The peer's unknown heads are deliberately left in its message: when all of them are
+    /// unknown (the usual case, one local edit on top of what we have), removing them
+    /// leaves `heads` empty, which Automerge takes for "the peer lost all its data": it
+    /// forgets what it sent and answers with the whole document, every time.
     pub(super) sync: sync::State,
     /// The heads our last sync message to this peer carried. Automerge skips replying
     /// when a peer's message shows heads equal to ours, but with writes held back that
@@ -76,6 +95,8 @@ pub(super) struct Doc {
     pub(super) ops: u64,
     /// An idle timer for this generation is in the heap.
     pub(super) timer: bool,
+    /// Host updates waiting for the document to load, applied in order once it has.
+    pub(super) updates: Vec<super::DocumentUpdate>,
 }
 
 impl Doc {
@@ -95,11 +116,20 @@ impl Doc {
             unavailable_reported: false,
             ops: 0,
             timer: false,
+            updates: Vec::new(),
         }
     }
 
     pub(super) fn stored_bytes(&self) -> usize {
         self.chunks.values().sum::<usize>() + self.inflight_bytes
+    }
+
+    /// A document dropped before it loaded takes the host's pending updates with it
+    /// (the host saw `Event::StorageFailed` and applies them again).
+    pub(super) fn log_lost_updates(&self, id: DocumentId) {
+        if !self.updates.is_empty() {
+            tracing::error!(doc = %id, updates = self.updates.len(), "document could not be loaded; host updates dropped");
+        }
     }
 
     fn queued_bytes(&self) -> usize {
@@ -176,6 +206,7 @@ impl Engine {
         };
         let unused = doc.peers.is_empty()
             && doc.queued.is_empty()
+            && doc.updates.is_empty()
             && !doc.wanted
             && doc.pending_writes == 0
             && !doc.compacting;
@@ -285,6 +316,7 @@ impl Engine {
         let Some(doc) = self.remove_doc(id) else {
             return;
         };
+        doc.log_lost_updates(id);
         let conns: BTreeSet<ConnectionId> = doc
             .peers
             .keys()
@@ -314,12 +346,7 @@ impl Engine {
         request: bool,
     ) {
         let id = d.document_id;
-        let identity = self.conns.get(&conn).and_then(|c| c.identity.clone());
-        let info = PeerInfo {
-            peer_id: &peer,
-            identity: identity.as_deref(),
-        };
-        if !self.access.allows(&info, &id, Operation::Read) {
+        if !self.may(conn, &id, Operation::Read, now) {
             self.reject(conn, &peer, id, Rejection::Forbidden);
             return;
         }
@@ -347,10 +374,6 @@ impl Engine {
                 return;
             }
         };
-        if !msg.changes.is_empty() && !self.access.allows(&info, &id, Operation::Write) {
-            self.reject(conn, &peer, id, Rejection::Forbidden);
-            return;
-        }
         let limits = &self.config.limits;
         let (max_docs, max_queue, max_queued_bytes) = (
             limits.max_documents_per_connection,
@@ -397,7 +420,13 @@ impl Engine {
         }
     }
 
-    fn reject(&mut self, conn: ConnectionId, peer: &PeerId, id: DocumentId, reason: Rejection) {
+    pub(super) fn reject(
+        &mut self,
+        conn: ConnectionId,
+        peer: &PeerId,
+        id: DocumentId,
+        reason: Rejection,
+    ) {
         tracing::debug!(%conn, doc = %id, reason = reason.label(), "document refused");
         self.reject_unavailable(conn, peer, id);
         if let Some(c) = self.conns.get_mut(&conn) {
@@ -430,13 +459,31 @@ impl Engine {
         let Queued {
             conn,
             request,
-            msg,
+            mut msg,
             size,
-            ops,
+            mut ops,
         } = q;
         let Some(peer) = self.peer_of(conn) else {
             return;
         };
+        // Decided when the message is applied, not when it arrived: it may have waited for
+        // a load while the policy changed.
+        if !self.may(conn, &id, Operation::Read, now) {
+            self.drop_reader(conn, id);
+            return;
+        }
+        let read_only = !self.may(conn, &id, Operation::Write, now);
+        if read_only && !msg.changes.is_empty() {
+            // Served as a read (see `PeerDoc::sync` for why the exchange still goes quiet).
+            tracing::debug!(%conn, doc = %id, changes = msg.changes.len(), "changes from a read-only peer dropped");
+            msg.changes = sync::ChunkList::empty();
+            ops = 0;
+            self.emit(Event::DocumentRejected {
+                conn,
+                doc: id,
+                reason: Rejection::ReadOnly,
+            });
+        }
         let role = self.config.role;
         let limits = self.config.limits.clone();
         let identity = self.conns.get(&conn).and_then(|c| c.identity.clone());
@@ -485,6 +532,9 @@ impl Engine {
         };
         let pd = doc.peers.entry(conn).or_insert_with(PeerDoc::new);
         pd.unavailable = false;
+        if pd.sync.read_only != read_only {
+            pd.sync.set_read_only(read_only);
+        }
         // A connection's `docs` must name every document that holds it (a refusal of an
         // earlier message in the same loaded batch may have taken the id out).
         if let Some(c) = self.conns.get_mut(&conn) {
@@ -542,14 +592,17 @@ impl Engine {
         if let Some(pd) = doc.peers.get_mut(&conn) {
             pd.dirty = true;
         }
-        self.maybe_sync(id);
+        self.maybe_sync(id, now);
     }
 
     /// Generates sync messages for the peers of the document that need one, unless a
-    /// write is in flight.
-    pub(super) fn maybe_sync(&mut self, id: DocumentId) {
+    /// write is in flight. A peer that may no longer read the document at `now` gets
+    /// `doc-unavailable` instead and is dropped from it.
+    pub(super) fn maybe_sync(&mut self, id: DocumentId, now: Timestamp) {
         let role = self.config.role;
         let our_id = self.config.peer_id.clone();
+        let (access, conns) = (&*self.access, &self.conns);
+        let mut lost = Vec::new();
         let Some(doc) = self.docs.get_mut(&id) else {
             return;
         };
@@ -571,6 +624,10 @@ impl Engine {
                 continue;
             }
             if pd.unavailable && empty {
+                continue;
+            }
+            if !peer_may(access, conns, *conn, &id, Operation::Read, now) {
+                lost.push(*conn);
                 continue;
             }
             if pd.told != ours {
@@ -611,6 +668,9 @@ impl Engine {
             };
             self.send(conn, &msg);
         }
+        for conn in lost {
+            self.drop_reader(conn, id);
+        }
     }
 
     pub(super) fn check_unavailable(&mut self, id: DocumentId) {
@@ -631,7 +691,7 @@ impl Engine {
     }
 
     /// Client role: make every open connection a peer of this document and sync.
-    pub(super) fn share_with_open_peers(&mut self, id: DocumentId) {
+    pub(super) fn share_with_open_peers(&mut self, id: DocumentId, now: Timestamp) {
         if self.config.role != Role::Client {
             return;
         }
@@ -642,11 +702,11 @@ impl Engine {
             .map(|(id, _)| *id)
             .collect();
         for conn in open {
-            self.share_with(id, conn);
+            self.share_with(id, conn, now);
         }
     }
 
-    pub(super) fn share_with(&mut self, id: DocumentId, conn: ConnectionId) {
+    pub(super) fn share_with(&mut self, id: DocumentId, conn: ConnectionId, now: Timestamp) {
         let Some(doc) = self.docs.get_mut(&id) else {
             return;
         };
@@ -659,6 +719,6 @@ impl Engine {
             doc.state = DocState::Loading;
             self.load(id);
         }
-        self.maybe_sync(id);
+        self.maybe_sync(id, now);
     }
 }

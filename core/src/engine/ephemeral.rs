@@ -7,7 +7,7 @@
 //! silence someone else's session by replaying its id with a huge count — and drops what
 //! passes the socket's rate budget.
 
-use super::{Engine, EphemeralDrop, Event, Operation, PeerInfo, Role};
+use super::{Engine, EphemeralDrop, Event, Operation, Role};
 use crate::ids::{ConnectionId, DocumentId, PeerId};
 use crate::time::Timestamp;
 use crate::wire::Message;
@@ -64,13 +64,8 @@ impl Engine {
             c.ephemeral_seen.pop_first();
         }
         c.ephemeral_seen.insert(key.clone(), m.count);
-        let identity = c.identity.clone();
         let (doc, session_id) = key;
-        let info = PeerInfo {
-            peer_id: &m.peer,
-            identity: identity.as_deref(),
-        };
-        if !self.access.allows(&info, &doc, Operation::Read) {
+        if !self.may(from, &doc, Operation::Read, now) {
             return;
         }
         let sender = match self.config.role {
@@ -99,12 +94,7 @@ impl Engine {
             let Some(target_id) = self.peer_of(conn) else {
                 continue;
             };
-            let ident = self.conns.get(&conn).and_then(|c| c.identity.clone());
-            let info = PeerInfo {
-                peer_id: &target_id,
-                identity: ident.as_deref(),
-            };
-            if !self.access.allows(&info, &doc, Operation::Read) {
+            if !self.may(conn, &doc, Operation::Read, now) {
                 continue;
             }
             let msg = Message::Ephemeral {

@@ -118,6 +118,11 @@ pub enum CloseReason {
     /// the document is reloaded from storage and this peer resyncs when it reconnects.
     #[error("internal error while handling a document; reconnect to resync")]
     Internal,
+    /// The access policy no longer allows this peer to be connected (a revoked device, a
+    /// removed member): refused at the handshake or closed by
+    /// [`Engine::revalidate_access`](super::Engine::revalidate_access).
+    #[error("access revoked")]
+    AccessRevoked,
 }
 
 impl CloseReason {
@@ -135,15 +140,22 @@ impl CloseReason {
             CloseReason::ReservedPeerId => "reserved_peer_id",
             CloseReason::PeerIdInUse => "peer_id_in_use",
             CloseReason::Internal => "internal",
+            CloseReason::AccessRevoked => "access_revoked",
         }
     }
 }
 
-/// Why a document was refused to a peer (answered with `doc-unavailable`).
+/// Why a document, or the changes a peer sent for it, were refused. Every reason but
+/// [`Rejection::ReadOnly`] is answered with `doc-unavailable`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rejection {
-    /// The access policy said no.
+    /// The access policy said no (to reading; or reading is no longer allowed).
     Forbidden,
+    /// The access policy lets this peer read the document but not write it: the changes
+    /// its message carried were dropped (never applied, stored or forwarded) and the rest
+    /// of the message was served as a read. The peer is not told the document is
+    /// unavailable.
+    ReadOnly,
     /// Accepting the changes would pass `max_document_bytes`.
     TooLarge,
     /// The stored document could not be loaded.
@@ -161,6 +173,7 @@ impl Rejection {
     pub fn label(&self) -> &'static str {
         match self {
             Rejection::Forbidden => "forbidden",
+            Rejection::ReadOnly => "read_only",
             Rejection::TooLarge => "too_large",
             Rejection::StorageFailed => "storage_failed",
             Rejection::TooManyOps => "too_many_ops",
@@ -254,7 +267,8 @@ pub enum Event {
         /// Which.
         doc: DocumentId,
     },
-    /// A document was refused to a connection.
+    /// A document was refused to a connection, or (with [`Rejection::ReadOnly`]) the
+    /// changes it sent for a document it may only read were dropped.
     DocumentRejected {
         /// Connection.
         conn: ConnectionId,

@@ -12,8 +12,11 @@
 //! - `document`: per-document state (the Automerge document, one sync state per peer, the
 //!   write gate) and the sync protocol;
 //! - `storage`: storage tasks and their results (load, write, compact);
+//! - `access`: the access policy ([`Access`]) and its enforcement: who may read, write or
+//!   stay connected, re-checked on demand ([`Engine::revalidate_access`]);
 //! - `ephemeral`: forwarding ephemeral messages;
-//! - `app`: the application's calls (create, import, find, change);
+//! - `app`: the application's calls (create, import, find, change) and the host's own
+//!   writes ([`Engine::update_document`]);
 //! - `sync_check`: checks every Automerge sync message before Automerge sees it;
 //! - `timers`, `budget`: the timer heap and the token buckets behind the rate limits.
 //!
@@ -49,6 +52,7 @@ use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 pub use access::{Access, OpenAccess, Operation, PeerInfo};
+pub use app::DocumentUpdate;
 pub use config::{EngineConfig, Limits, Role};
 pub use interface::{
     CloseReason, Direction, EngineError, EphemeralDrop, Event, Input, Output, Rejection, Stats,
@@ -112,7 +116,9 @@ impl Engine {
         }
     }
 
-    /// Replaces the access policy (checked on every document message).
+    /// Replaces the access policy (checked on every document message). Connections already
+    /// open follow the new policy from their next message; call
+    /// [`Engine::revalidate_access`] to apply it to them at once.
     pub fn set_access(&mut self, access: Box<dyn Access>) {
         self.access = access;
     }

@@ -115,7 +115,7 @@ impl Engine {
                     Ok(_) => {
                         d.chunks.insert(key, bytes);
                         self.emit(Event::DocumentDurable { doc, heads });
-                        self.maybe_sync(doc);
+                        self.maybe_sync(doc, now);
                         self.maybe_compact(doc);
                     }
                     Err(error) => self.write_failed(doc, error),
@@ -226,6 +226,9 @@ impl Engine {
             doc: id,
             bytes: total,
         });
+        // The host's updates go first: a peer asking for a document the store did not have
+        // is then answered with what the host wrote, not `doc-unavailable`.
+        self.run_updates(now, id);
         let doc = self.docs.get_mut(&id).expect("checked above");
         let queued = std::mem::take(&mut doc.queued);
         for q in queued {
@@ -241,7 +244,7 @@ impl Engine {
             }
             self.apply(now, id, q);
         }
-        self.maybe_sync(id);
+        self.maybe_sync(id, now);
         self.check_unavailable(id);
         self.maybe_compact(id);
         // A document bigger than the room left pushes older ones out.
@@ -252,6 +255,7 @@ impl Engine {
         let Some(doc) = self.remove_doc(id) else {
             return;
         };
+        doc.log_lost_updates(id);
         let our_id = self.config.peer_id.clone();
         let mut told = BTreeSet::new();
         for conn in doc

@@ -2,13 +2,15 @@
 //! portability (GDPR Art. 20).
 //!
 //! What is included, from the documents the app hands in:
-//! - their membership entry in each group (pseudonym, role, dates, code-of-conduct acceptance);
+//! - their entry in each group's roster (pseudonym, role, status, dates, the code-of-conduct
+//!   version they accepted);
 //! - the threads they started (title) and every post they wrote, deleted and removed ones as
 //!   bare markers;
 //! - the reactions they gave (which post, which emoji — never the post's text);
 //! - the resources they added;
 //! - the agenda items they raised and the actions they own, read from meeting documents;
-//! - the reports they filed (status only, not which facilitator resolved them).
+//! - the reports they filed, from their own reports documents (status only, not which
+//!   facilitator resolved them).
 //!
 //! What is left out: anything written by another member — their posts (even replies to
 //! this member's posts), their reactions, other people's threads' titles, and reports
@@ -28,8 +30,8 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::ids::MemberId;
-use crate::model::group::{self, GroupError};
 use crate::model::resources::{self, Attachment, ResourceKind, ResourcesError};
+use crate::model::roster::{self, RosterError};
 use crate::model::safety::{self, ReportStatus, ReportSubject, SafetyError};
 use crate::model::schema::{self, DocKind, SchemaError};
 use crate::model::thread::{self, Mention, PostState, ThreadError};
@@ -37,16 +39,16 @@ use crate::model::thread::{self, Mention, PostState, ThreadError};
 /// The `format` field of every export.
 pub const FORMAT: &str = "cairn-member-export";
 /// The `formatVersion` this code writes.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Why an export failed. A document of the wrong kind or from a newer Cairn fails the
 /// export rather than leaving a silent gap in it. (The model errors are boxed: they carry
 /// Automerge's error and would make every `Result` here large.)
 #[derive(Debug, Error)]
 pub enum ExportError {
-    /// A group document could not be read.
+    /// A roster document could not be read.
     #[error(transparent)]
-    Group(Box<GroupError>),
+    Roster(Box<RosterError>),
     /// A thread document could not be read.
     #[error(transparent)]
     Thread(Box<ThreadError>),
@@ -74,7 +76,7 @@ macro_rules! boxed_from {
     )*};
 }
 boxed_from!(
-    Group(GroupError),
+    Roster(RosterError),
     Thread(ThreadError),
     Resources(ResourcesError),
     Safety(SafetyError)
@@ -84,15 +86,15 @@ boxed_from!(
 /// device does not have; only what is given is searched.
 #[derive(Clone, Copy, Default)]
 pub struct ExportSources<'a> {
-    /// Group documents.
-    pub groups: &'a [(&'a str, &'a Automerge)],
+    /// Roster documents (one per group), where memberships are read.
+    pub rosters: &'a [(&'a str, &'a Automerge)],
     /// Thread documents.
     pub threads: &'a [(&'a str, &'a Automerge)],
     /// Resources documents.
     pub resources: &'a [(&'a str, &'a Automerge)],
     /// Meeting documents.
     pub meetings: &'a [(&'a str, &'a Automerge)],
-    /// Reports documents.
+    /// Reports documents (the member's own; only their reports are taken from any).
     pub reports: &'a [(&'a str, &'a Automerge)],
 }
 
@@ -126,23 +128,23 @@ pub struct MemberExport {
     pub reports: Vec<ReportExport>,
 }
 
-/// A membership entry.
+/// A membership entry, as the group's roster shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MembershipExport {
-    /// The group document's URL.
-    pub group_url: String,
+    /// The URL of the group's roster document.
+    pub roster_url: String,
     /// Their pseudonym in the group.
     pub pseudonym: String,
     /// Their role (`organiser`, `member`, …).
     pub role: String,
+    /// `active`, `suspended`, `left` or `removed`.
+    pub status: String,
     /// When they joined.
     pub joined_ms: i64,
-    /// Whether they left.
-    pub left: bool,
-    /// When they left.
-    pub left_ms: Option<i64>,
-    /// The code-of-conduct version they accepted.
+    /// When a guest's access ends.
+    pub expires_ms: Option<i64>,
+    /// The code-of-conduct version they accepted (`None`: none yet).
     pub accepted_code_of_conduct_version: Option<u64>,
 }
 
@@ -300,16 +302,17 @@ pub fn export(
         reports: Vec::new(),
     };
 
-    for (url, doc) in sources.groups {
-        if let Some(entry) = group::member(*doc, member)? {
+    for (url, doc) in sources.rosters {
+        if let Some(entry) = roster::member(*doc, member)? {
             out.memberships.push(MembershipExport {
-                group_url: (*url).to_owned(),
+                roster_url: (*url).to_owned(),
                 pseudonym: entry.pseudonym,
                 role: entry.role.name().to_owned(),
+                status: entry.status.name().to_owned(),
                 joined_ms: entry.joined_ms,
-                left: entry.left,
-                left_ms: entry.left_ms,
-                accepted_code_of_conduct_version: group::accepted_version(*doc, member)?,
+                expires_ms: entry.expires_ms,
+                accepted_code_of_conduct_version: (entry.accepted_version > 0)
+                    .then_some(entry.accepted_version),
             });
         }
     }
@@ -524,14 +527,15 @@ pub fn to_markdown(export: &MemberExport) -> String {
     for m in &export.memberships {
         let _ = write!(
             md,
-            "- Group `{}`: pseudonym “{}”, role {}, joined {}",
-            m.group_url,
+            "- Group roster `{}`: pseudonym “{}”, role {}, {}, joined {}",
+            m.roster_url,
             line(&m.pseudonym),
             m.role,
+            m.status,
             when(m.joined_ms)
         );
-        if m.left {
-            let _ = write!(md, ", left {}", m.left_ms.map(when).unwrap_or_default());
+        if let Some(e) = m.expires_ms {
+            let _ = write!(md, ", access until {}", when(e));
         }
         match m.accepted_code_of_conduct_version {
             Some(v) => {
@@ -651,6 +655,7 @@ mod tests {
     use crate::ids::DocumentId;
     use crate::model::group::Role;
     use crate::model::resources::{NewResource, ResourceContent};
+    use crate::model::roster::{CodeOfConduct, MemberStatus, RosterMember, RosterView};
     use crate::model::safety::ReportReason;
     use automerge::transaction::Transactable;
     use automerge::TextEncoding;
@@ -674,21 +679,40 @@ mod tests {
     }
 
     struct World {
-        group: Automerge,
+        roster: Automerge,
         threads: [Automerge; 2],
         resources: Automerge,
         meeting: Automerge,
-        reports: Automerge,
+        reports: [Automerge; 2],
     }
 
     fn world() -> World {
         let (ana, ben) = (MemberId::from("ana"), MemberId::from("ben"));
-        let mut group = new_doc();
-        change(&mut group, |tx| {
-            group::init(tx, "Circle", "Practice", "Confidential").unwrap();
-            group::add_member(tx, &ana, "Ana", Role::Member, 1).unwrap();
-            group::add_member(tx, &ben, "Ben", Role::Organiser, 1).unwrap();
-            group::record_acceptance(tx, &ana, 1).unwrap();
+        let mut roster = new_doc();
+        let entry = |id: &MemberId, pseudonym: &str, role, accepted| RosterMember {
+            member_id: id.clone(),
+            pseudonym: pseudonym.into(),
+            role,
+            status: MemberStatus::Active,
+            accepted_version: accepted,
+            joined_ms: 1,
+            expires_ms: None,
+        };
+        change(&mut roster, |tx| {
+            roster::reconcile(
+                tx,
+                &RosterView {
+                    members: vec![
+                        entry(&ana, "Ana", Role::Member, 1),
+                        entry(&ben, "BEN-SECRET name", Role::Organiser, 0),
+                    ],
+                    code_of_conduct: CodeOfConduct {
+                        version: 1,
+                        text: "Confidential".into(),
+                    },
+                },
+            )
+            .unwrap()
         });
         let mut t1 = new_doc();
         change(&mut t1, |tx| {
@@ -761,9 +785,9 @@ mod tests {
                 tx.put(&item, "status", "open").unwrap();
             }
         });
-        let mut reports = new_doc();
-        change(&mut reports, |tx| {
-            safety::init_reports(tx).unwrap();
+        let mut ana_reports = new_doc();
+        change(&mut ana_reports, |tx| {
+            safety::init_reports(tx, &ana).unwrap();
             safety::report(
                 tx,
                 &ana,
@@ -773,6 +797,10 @@ mod tests {
                 8,
             )
             .unwrap();
+        });
+        let mut ben_reports = new_doc();
+        change(&mut ben_reports, |tx| {
+            safety::init_reports(tx, &ben).unwrap();
             safety::report(
                 tx,
                 &ben,
@@ -783,8 +811,9 @@ mod tests {
             )
             .unwrap();
         });
+        let reports = [ana_reports, ben_reports];
         World {
-            group,
+            roster,
             threads: [t1, t2],
             resources: res,
             meeting,
@@ -793,15 +822,16 @@ mod tests {
     }
 
     fn export_ana(w: &World) -> MemberExport {
-        let (g, t1, t2, r, m, rep) = (url(1), url(2), url(3), url(4), url(5), url(6));
+        let (g, t1, t2, r, m) = (url(1), url(2), url(3), url(4), url(5));
+        let (rep_a, rep_b) = (url(6), url(7));
         export(
             &"ana".into(),
             &ExportSources {
-                groups: &[(&g, &w.group)],
+                rosters: &[(&g, &w.roster)],
                 threads: &[(&t1, &w.threads[0]), (&t2, &w.threads[1])],
                 resources: &[(&r, &w.resources)],
                 meetings: &[(&m, &w.meeting)],
-                reports: &[(&rep, &w.reports)],
+                reports: &[(&rep_a, &w.reports[0]), (&rep_b, &w.reports[1])],
             },
             1_700_000_000_000,
         )
@@ -847,13 +877,17 @@ mod tests {
                 title: "Ana's thread".into()
             }]
         );
-        assert_eq!(e.memberships.len(), 1);
         assert_eq!(
-            (
-                e.memberships[0].pseudonym.as_str(),
-                e.memberships[0].accepted_code_of_conduct_version
-            ),
-            ("Ana", Some(1))
+            e.memberships,
+            [MembershipExport {
+                roster_url: url(1),
+                pseudonym: "Ana".into(),
+                role: "member".into(),
+                status: "active".into(),
+                joined_ms: 1,
+                expires_ms: None,
+                accepted_code_of_conduct_version: Some(1),
+            }]
         );
         assert_eq!(e.resources.len(), 1);
         assert_eq!(
@@ -867,6 +901,7 @@ mod tests {
         assert_eq!(e.actions[0].due_date.as_deref(), Some("2025-03-01"));
         assert_eq!(e.reports.len(), 1);
         assert_eq!(e.reports[0].note, "ana's note");
+        assert_eq!(e.reports[0].reports_url, url(6));
 
         let json = to_json(&e).unwrap();
         let md = to_markdown(&e);
@@ -886,6 +921,22 @@ mod tests {
         }
         assert!(md.contains("> ana first\n> second line\n"));
         assert!(md.contains("*Deleted by you.*"));
+        assert!(
+            md.contains("pseudonym “Ana”, role member, active, joined"),
+            "{md}"
+        );
+
+        let ben = export(
+            &"ben".into(),
+            &ExportSources {
+                rosters: &[(&url(1), &w.roster)],
+                ..Default::default()
+            },
+            0,
+        )
+        .unwrap();
+        assert_eq!(ben.memberships[0].accepted_code_of_conduct_version, None);
+        assert!(to_markdown(&ben).contains("has not accepted the code of conduct"));
         let back: MemberExport = serde_json::from_str(&json).unwrap();
         assert_eq!(back, e);
     }
@@ -933,6 +984,19 @@ mod tests {
             ]
         );
         assert_eq!(v["format"], FORMAT);
+        assert_eq!(v["formatVersion"], 2);
+        assert_eq!(
+            sorted(&v["memberships"][0]),
+            [
+                "acceptedCodeOfConductVersion",
+                "expiresMs",
+                "joinedMs",
+                "pseudonym",
+                "role",
+                "rosterUrl",
+                "status"
+            ]
+        );
         assert_eq!(v["memberships"][0]["acceptedCodeOfConductVersion"], 1);
     }
 

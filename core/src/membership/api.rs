@@ -103,6 +103,11 @@ pub struct GroupDocuments {
     pub settings: Option<DocumentId>,
     /// The group's document index (members write), once registered.
     pub index: Option<DocumentId>,
+    /// The report documents the caller may read: all of the group's for facilitators and
+    /// organisers, a member's own otherwise. Reports are not in the index, which every
+    /// member reads: a listed report would tell them someone reported.
+    #[serde(default)]
+    pub reports: Vec<DocumentId>,
 }
 
 /// One of the caller's groups.

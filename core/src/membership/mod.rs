@@ -32,6 +32,7 @@
 pub mod api;
 mod credential;
 mod policy;
+mod roster;
 mod service;
 mod state;
 mod store;
@@ -136,3 +137,6 @@ pub(crate) mod role_name {
         Role::from_name(&name).ok_or_else(|| serde::de::Error::custom("unknown role"))
     }
 }
+
+#[cfg(test)]
+mod tests;

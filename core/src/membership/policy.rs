@@ -84,8 +84,6 @@ impl MembershipAccess {
     }
 }
 
-// Enabled once the engine takes `now` in its Access contract (wip-engine).
-#[cfg(any())]
 impl Access for MembershipAccess {
     fn allows(&self, peer: &PeerInfo<'_>, doc: &DocumentId, op: Operation, now: Timestamp) -> bool {
         let Some(who) = Self::identity(peer) else {

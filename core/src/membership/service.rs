@@ -356,7 +356,7 @@ impl Membership {
                 meeting: None,
                 expires_ms: None,
             };
-            let info = Self::group_info(&group, &membership);
+            let info = Self::group_info(state, &group, &membership);
             Ok((
                 vec![
                     Self::roster_binding(&group),
@@ -368,7 +368,14 @@ impl Membership {
         })
     }
 
-    fn group_info(g: &GroupRecord, m: &MembershipRecord) -> GroupInfo {
+    fn group_info(state: &MembershipState, g: &GroupRecord, m: &MembershipRecord) -> GroupInfo {
+        let reports = state
+            .bindings
+            .values()
+            .filter(|b| b.group == g.id && b.kind == BoundKind::Report)
+            .filter(|b| m.role.is_facilitator() || b.registrant.as_ref() == Some(&m.member))
+            .map(|b| b.document)
+            .collect();
         GroupInfo {
             group_id: g.id.clone(),
             role: m.role,
@@ -379,6 +386,7 @@ impl Membership {
                 roster: Some(g.roster),
                 settings: g.settings,
                 index: g.index,
+                reports,
             },
         }
     }
@@ -391,7 +399,7 @@ impl Membership {
             .memberships_of(&who.member)
             .filter(|m| m.status != MemberStatus::Removed && m.status != MemberStatus::Left)
             .filter(|m| m.expires_ms.is_none_or(|t| now_ms < t))
-            .filter_map(|m| Some(Self::group_info(state.groups.get(&m.group)?, m)))
+            .filter_map(|m| Some(Self::group_info(&state, state.groups.get(&m.group)?, m)))
             .collect())
     }
 
@@ -684,7 +692,7 @@ impl Membership {
                 meeting: invite.meeting,
                 expires_ms: invite.access_ms.map(|ms| now_ms.saturating_add(ms)),
             };
-            let info = Self::group_info(group, &membership);
+            let info = Self::group_info(state, group, &membership);
             records.push(Record::Invite(used));
             records.push(Record::Membership(membership));
             Ok((

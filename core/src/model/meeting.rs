@@ -47,6 +47,7 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use crate::ids::{DocumentId, MemberId};
+use crate::model::fields::named_enum;
 use crate::model::minutes::{self, MinutesError, MinutesTemplate, RichText};
 use crate::model::schema::{self, DocKind, SchemaError};
 
@@ -132,29 +133,6 @@ impl std::fmt::Display for ItemId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
     }
-}
-
-macro_rules! named_enum {
-    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
-        $(#[$doc])*
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-        #[serde(rename_all = "camelCase")]
-        pub enum $name {
-            $($(#[$vdoc])* $variant),+
-        }
-
-        impl $name {
-            /// The name stored in the document.
-            pub const fn name(self) -> &'static str {
-                match self { $($name::$variant => $text),+ }
-            }
-
-            /// Parses a stored name.
-            pub fn from_name(name: &str) -> Option<Self> {
-                match name { $($text => Some($name::$variant),)+ _ => None }
-            }
-        }
-    };
 }
 
 named_enum!(

@@ -1,13 +1,19 @@
 //! The group workspace: one small Automerge document per concern.
 //!
-//! | document | module | one per |
-//! |---|---|---|
-//! | Group (profile, index of the other documents, membership view) | [`group`] | group |
-//! | Series (recurrence anchored in an IANA zone) | [`series`] | recurring meeting |
-//! | Meeting (agenda, attendance, minutes, actions) | [`meeting`], [`minutes`] | occurrence or one-off |
-//! | Resources | [`resources`] | group |
-//! | Thread | [`thread`] | thread |
-//! | Reports to facilitators | [`safety`] | group |
+//! | document | module | one per | written by |
+//! |---|---|---|---|
+//! | Settings (profile, how the group meets, crisis link) | [`settings`] | group | organisers |
+//! | Roster (membership view, code of conduct) | [`roster`] | group | the relay alone |
+//! | Index of the group's other documents | [`index`] | group | members |
+//! | Series (recurrence anchored in an IANA zone) | [`series`] | recurring meeting | members |
+//! | Meeting (agenda, attendance, minutes, actions) | [`meeting`], [`minutes`] | occurrence or one-off | members |
+//! | Resources | [`resources`] | group | members |
+//! | Thread | [`thread`] | thread | members |
+//! | Reports to facilitators | [`safety`] | reporter | the reporter and the facilitators |
+//!
+//! "Members" means roles that write ([`group::Role::can_write`]); observers, guests and
+//! alumni read only. The relay enforces one access level per document kind
+//! ([`schema::DocKind`]), which is why a group is split into three documents ([`group`]).
 //!
 //! Conventions every module follows:
 //! - Functions that change a document take `&mut automerge::transaction::Transaction` and
@@ -20,14 +26,18 @@
 //! - Instants are `i64` milliseconds since the Unix epoch (`…Ms` keys), calendar dates
 //!   `YYYY-MM-DD` strings, zones IANA names, and document references `automerge:` URLs.
 //! - Members are referred to by [`crate::ids::MemberId`]; display names (pseudonyms, per
-//!   group) live only in the group document's membership view.
+//!   group) live only in the roster, which the relay writes.
 
+pub(crate) mod fields;
 pub mod group;
+pub mod index;
 pub mod meeting;
 pub mod minutes;
 pub mod resources;
+pub mod roster;
 pub mod safety;
 pub mod schema;
 pub mod series;
+pub mod settings;
 pub mod templates;
 pub mod thread;

@@ -29,7 +29,7 @@ use automerge::{AutomergeError, ObjId, ObjType, ReadDoc, ScalarValue, ROOT};
 use thiserror::Error;
 
 use crate::ids::{DocumentId, MemberId};
-use crate::model::group::fields;
+use crate::model::fields;
 use crate::model::schema::{self, DocKind, SchemaError};
 
 /// The largest file a resource may hold, in bytes (256 KiB); see the module docs for why.

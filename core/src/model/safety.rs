@@ -1,12 +1,20 @@
 //! Safety: reports to the facilitators, device-local blocks, and facilitators removing posts.
 //!
-//! **Reports** live in a reports document (layout: `reports`, a list of maps `{id,
-//! reporter, subject: {kind: "post", thread, post} | {kind: "member", member}, reason,
-//! note: Text, createdMs, status: "open"|"resolved", resolvedBy?, resolvedMs?}`). Who may
-//! open it is the relay's to enforce (the next issue): a member who can sync a document
-//! can read all of it, so a reporter must not share one reports document with other
-//! members. These functions work the same whether a group keeps one reports document read
-//! by facilitators only, or one per reporter shared with the facilitators.
+//! **Reports** live in reports documents (kind `report`), one per reporter: the reporter
+//! creates theirs and registers it with the relay, which shares it with the group's
+//! facilitators and organisers and with the reporter alone (a member who can sync a
+//! document can read all of it, so reporters never share one). Neither the group's index
+//! nor any other member-readable document lists them. Layout:
+//!
+//! | key | value |
+//! |---|---|
+//! | `reporter` | MemberId of the one member whose reports these are |
+//! | `reports` | list of `{id, reporter, subject: {kind: "post", thread, post} \| {kind: "member", member}, reason, note: Text, createdMs, status: "open"\|"resolved", resolvedBy?, resolvedMs?}` |
+//!
+//! The reporter files reports ([`report`]; filing into someone else's document is
+//! [`SafetyError::NotYourReports`]); a facilitator marks them resolved in the same document
+//! ([`resolve_report`]). The relay lets both write it; which of them may do what here is
+//! the core's rule, as with post authorship in threads.
 //!
 //! **Blocks** never leave the device: a [`BlockList`] is plain data the app keeps in its
 //! own storage (it serialises with serde), and [`visible_posts`] hides blocked members'
@@ -25,7 +33,8 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::ids::{DocumentId, MemberId};
-use crate::model::group::{fields, Role};
+use crate::model::fields;
+use crate::model::group::Role;
 use crate::model::schema::{self, DocKind, SchemaError};
 use crate::model::thread::{self, Post, PostId, ThreadError};
 
@@ -55,6 +64,9 @@ pub enum SafetyError {
     /// Not an `automerge:` URL with a valid document id.
     #[error("not a valid automerge: document URL")]
     InvalidUrl,
+    /// This reports document belongs to another member; file into your own.
+    #[error("this reports document belongs to another member")]
+    NotYourReports,
 }
 
 /// What is being reported.
@@ -150,15 +162,25 @@ pub struct Report {
 }
 
 const REPORTS: &str = "reports";
+const REPORTER: &str = "reporter";
 
-/// Creates a reports document.
-pub fn init_reports(tx: &mut impl Transactable) -> Result<(), SafetyError> {
-    schema::stamp(tx, DocKind::Reports)?;
+/// Creates `reporter`'s reports document.
+pub fn init_reports(tx: &mut impl Transactable, reporter: &MemberId) -> Result<(), SafetyError> {
+    schema::stamp(tx, DocKind::Report)?;
+    tx.put(ROOT, REPORTER, reporter.as_str())?;
     tx.put_object(ROOT, REPORTS, ObjType::List)?;
     Ok(())
 }
 
-/// Files a report; returns its id.
+/// Whose reports document this is.
+pub fn reporter(doc: &impl ReadDoc) -> Result<MemberId, SafetyError> {
+    schema::check(doc, DocKind::Report)?;
+    Ok(fields::string(doc, &ROOT, REPORTER)?
+        .ok_or_else(|| SchemaError::Shape(REPORTER.into()))?
+        .into())
+}
+
+/// Files a report in the reporter's own reports document; returns its id.
 pub fn report(
     tx: &mut impl Transactable,
     reporter: &MemberId,
@@ -167,7 +189,9 @@ pub fn report(
     note: &str,
     now_ms: i64,
 ) -> Result<ReportId, SafetyError> {
-    schema::check(tx, DocKind::Reports)?;
+    if &self::reporter(tx)? != reporter {
+        return Err(SafetyError::NotYourReports);
+    }
     // Validate before writing anything: a caller that commits on error must not keep half a report.
     let thread_url = match subject {
         ReportSubject::Post { thread_url, .. } => Some(
@@ -203,7 +227,7 @@ pub fn report(
 }
 
 /// Marks a report resolved. `role` is the facilitator's current role in the group (read
-/// from the group document by the caller).
+/// from the roster by the caller, [`crate::model::roster::role_of`]).
 pub fn resolve_report(
     tx: &mut impl Transactable,
     id: &ReportId,
@@ -211,7 +235,7 @@ pub fn resolve_report(
     role: Role,
     now_ms: i64,
 ) -> Result<(), SafetyError> {
-    schema::check(tx, DocKind::Reports)?;
+    schema::check(tx, DocKind::Report)?;
     if !role.is_facilitator() {
         return Err(SafetyError::NotFacilitator);
     }
@@ -276,9 +300,9 @@ fn read_report(doc: &impl ReadDoc, obj: &ObjId) -> Result<Report, SchemaError> {
     })
 }
 
-/// Every report, oldest first.
+/// Every report in the document, oldest first.
 pub fn reports(doc: &impl ReadDoc) -> Result<Vec<Report>, SafetyError> {
-    schema::check(doc, DocKind::Reports)?;
+    schema::check(doc, DocKind::Report)?;
     let Some(list) = fields::list(doc, &ROOT, REPORTS)? else {
         return Ok(Vec::new());
     };
@@ -297,7 +321,8 @@ pub fn open_reports(doc: &impl ReadDoc) -> Result<Vec<Report>, SafetyError> {
     Ok(all)
 }
 
-/// The reports one member filed.
+/// The reports one member filed (all of a document's reports are its reporter's; this
+/// also filters a document put together by foreign code).
 pub fn reports_by(doc: &impl ReadDoc, reporter: &MemberId) -> Result<Vec<Report>, SafetyError> {
     let mut all = reports(doc)?;
     all.retain(|r| &r.reporter == reporter);
@@ -305,8 +330,9 @@ pub fn reports_by(doc: &impl ReadDoc, reporter: &MemberId) -> Result<Vec<Report>
 }
 
 /// Removes a post from a thread as a facilitator, leaving a "removed by a facilitator"
-/// marker. `role` is the facilitator's current role in the group. The core cannot recall
-/// the copies already synced to other members' phones (see the module docs).
+/// marker. `role` is the facilitator's current role in the group (from the roster). The
+/// core cannot recall the copies already synced to other members' phones (see the module
+/// docs).
 pub fn remove_post_as_facilitator(
     tx: &mut impl Transactable,
     post: &PostId,
@@ -461,14 +487,17 @@ mod tests {
     }
 
     #[test]
-    fn reports_are_filed_and_resolved_by_facilitators() {
+    fn reports_are_filed_in_the_reporters_own_document_and_resolved_by_facilitators() {
+        let ana = MemberId::from("ana");
         let mut doc = Automerge::new_with_encoding(TextEncoding::Utf16CodeUnit);
-        change(&mut doc, |tx| init_reports(tx).unwrap());
-        let mut other = doc.fork();
+        change(&mut doc, |tx| init_reports(tx, &ana).unwrap());
+        assert_eq!(reporter(&doc).unwrap(), ana);
+        // Ana reports from her phone while her laptop, offline, files another.
+        let mut laptop = doc.fork();
         let r1 = change(&mut doc, |tx| {
             report(
                 tx,
-                &"ana".into(),
+                &ana,
                 &ReportSubject::Post {
                     thread_url: URL.into(),
                     post: "4@ab".into(),
@@ -479,10 +508,10 @@ mod tests {
             )
             .unwrap()
         });
-        change(&mut other, |tx| {
+        change(&mut laptop, |tx| {
             report(
                 tx,
-                &"cai".into(),
+                &ana,
                 &ReportSubject::Member("ben".into()),
                 ReportReason::Harassment,
                 "",
@@ -490,12 +519,23 @@ mod tests {
             )
             .unwrap()
         });
-        doc.merge(&mut other).unwrap();
+        doc.merge(&mut laptop).unwrap();
         assert_eq!(reports(&doc).unwrap().len(), 2);
-        assert_eq!(
-            reports_by(&doc, &"ana".into()).unwrap()[0].note,
-            "Names a client"
-        );
+        assert_eq!(reports_by(&doc, &ana).unwrap()[0].note, "Names a client");
+
+        let before = doc.get_heads();
+        assert!(matches!(
+            change(&mut doc, |tx| report(
+                tx,
+                &"cai".into(),
+                &ReportSubject::Member("ben".into()),
+                ReportReason::Other,
+                "",
+                12
+            )),
+            Err(SafetyError::NotYourReports)
+        ));
+        assert_eq!(doc.get_heads(), before, "nothing was written");
 
         assert!(matches!(
             change(&mut doc, |tx| resolve_report(
@@ -516,7 +556,7 @@ mod tests {
         assert!(matches!(
             change(&mut doc, |tx| report(
                 tx,
-                &"ana".into(),
+                &ana,
                 &ReportSubject::Post {
                     thread_url: "x".into(),
                     post: "p".into()

@@ -4,40 +4,48 @@ use automerge::transaction::Transactable;
 use automerge::{ReadDoc, ScalarValue, Value, ROOT};
 use thiserror::Error;
 
+use crate::model::fields::named_enum;
+
 /// Root key holding the document kind.
 pub const KIND_KEY: &str = "schemaKind";
 /// Root key holding the schema version.
 pub const VERSION_KEY: &str = "schemaVersion";
 
-/// The kinds of workspace document.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum DocKind {
-    /// Group profile, document index, membership view.
-    Group,
-    /// A recurring meeting series.
-    Series,
-    /// One meeting (an occurrence or a one-off).
-    Meeting,
-    /// The group's resource list.
-    Resources,
-    /// One discussion thread.
-    Thread,
-    /// Reports to the facilitators.
-    Reports,
-}
+named_enum!(
+    /// The kinds of workspace document. Each kind has one access level on the relay, so
+    /// the names are the relay's document-binding kinds (`membership::BoundKind`).
+    DocKind {
+        /// A group's settings: profile, how it meets, crisis link (organisers write).
+        Settings => "settings",
+        /// A group's membership view and code of conduct (the relay alone writes).
+        Roster => "roster",
+        /// A group's index of its other documents (members write).
+        Index => "index",
+        /// A recurring meeting series.
+        Series => "series",
+        /// One meeting (an occurrence or a one-off).
+        Meeting => "meeting",
+        /// The group's resource list.
+        Resources => "resources",
+        /// One discussion thread.
+        Thread => "thread",
+        /// One member's reports to the facilitators (one document per reporter).
+        Report => "report",
+    }
+);
 
 impl DocKind {
-    /// The name stored in `schemaKind`.
-    pub const fn name(self) -> &'static str {
-        match self {
-            DocKind::Group => "group",
-            DocKind::Series => "series",
-            DocKind::Meeting => "meeting",
-            DocKind::Resources => "resources",
-            DocKind::Thread => "thread",
-            DocKind::Reports => "reports",
-        }
-    }
+    /// Every kind.
+    pub const ALL: [DocKind; 8] = [
+        DocKind::Settings,
+        DocKind::Roster,
+        DocKind::Index,
+        DocKind::Series,
+        DocKind::Meeting,
+        DocKind::Resources,
+        DocKind::Thread,
+        DocKind::Report,
+    ];
 
     /// The schema version this code writes and understands.
     pub const fn current_version(self) -> u64 {
@@ -143,22 +151,48 @@ mod tests {
     }
 
     #[test]
+    fn kind_names_are_the_relays_binding_kinds() {
+        let names: Vec<_> = DocKind::ALL.iter().map(|k| k.name()).collect();
+        assert_eq!(
+            names,
+            [
+                "settings",
+                "roster",
+                "index",
+                "series",
+                "meeting",
+                "resources",
+                "thread",
+                "report"
+            ]
+        );
+        for kind in DocKind::ALL {
+            assert_eq!(DocKind::from_name(kind.name()), Some(kind));
+            assert_eq!(
+                serde_json::to_string(&kind).unwrap(),
+                format!("\"{}\"", kind.name())
+            );
+        }
+        assert_eq!(DocKind::from_name("group"), None);
+    }
+
+    #[test]
     fn a_newer_version_is_a_typed_error() {
         let mut doc = Automerge::new();
         let mut tx = doc.transaction();
-        stamp(&mut tx, DocKind::Group).unwrap();
+        stamp(&mut tx, DocKind::Settings).unwrap();
         tx.put(ROOT, VERSION_KEY, ScalarValue::Uint(7)).unwrap();
         tx.commit();
         assert_eq!(
-            check(&doc, DocKind::Group),
+            check(&doc, DocKind::Settings),
             Err(SchemaError::TooNew {
-                kind: "group",
+                kind: "settings",
                 found: 7,
                 supported: 1
             })
         );
         assert_eq!(
-            check(&Automerge::new(), DocKind::Group),
+            check(&Automerge::new(), DocKind::Settings),
             Err(SchemaError::Missing)
         );
     }

@@ -40,7 +40,9 @@ use automerge::{AutomergeError, ObjId, ObjType, ReadDoc, ROOT};
 use thiserror::Error;
 
 use crate::ids::{DocumentId, MemberId};
-use crate::model::group::{fields, Role};
+use crate::model::fields;
+use crate::model::group::Role;
+use crate::model::roster::RosterMember;
 use crate::model::schema::{self, DocKind, SchemaError};
 
 crate::ids::string_id!(
@@ -122,6 +124,19 @@ pub fn is_mentioned(post: &Post, member: &MemberId, role: Option<Role>) -> bool 
         Mention::Facilitators => role.is_some_and(Role::is_facilitator),
         Mention::All => true,
     })
+}
+
+/// Who `post` notifies among the group's members, as the roster lists them
+/// ([`crate::model::roster::members`]): `@all` reaches every member at `now_ms`,
+/// `@facilitators` those in a facilitating role, a named mention that member; suspended,
+/// departed, removed and expired members are not notified, nor is the author. In roster
+/// (member id) order.
+pub fn notified(post: &Post, members: &[RosterMember], now_ms: i64) -> Vec<MemberId> {
+    members
+        .iter()
+        .filter(|m| is_mentioned(post, &m.member_id, m.is_active(now_ms).then_some(m.role)))
+        .map(|m| m.member_id.clone())
+        .collect()
 }
 
 /// A proposal for an agenda item raised from a thread; the meeting module adds it.
@@ -852,6 +867,75 @@ mod tests {
             [Mention::Facilitators, Mention::All],
             "no duplicates after merging two edits"
         );
+    }
+
+    #[test]
+    fn all_and_facilitators_resolve_against_the_roster() {
+        use crate::model::roster::{self, CodeOfConduct, MemberStatus, RosterView};
+        let entry = |id: &str, role, status| RosterMember {
+            member_id: id.into(),
+            pseudonym: id.to_uppercase(),
+            role,
+            status,
+            accepted_version: 1,
+            joined_ms: 0,
+            expires_ms: None,
+        };
+        let mut roster_doc = Automerge::new();
+        let mut tx = roster_doc.transaction();
+        roster::reconcile(
+            &mut tx,
+            &RosterView {
+                members: vec![
+                    entry("ana", Role::Member, MemberStatus::Active),
+                    entry("ben", Role::Member, MemberStatus::Active),
+                    entry("cai", Role::Facilitator, MemberStatus::Active),
+                    entry("dee", Role::Organiser, MemberStatus::Suspended),
+                    entry("eli", Role::Observer, MemberStatus::Active),
+                    entry("fay", Role::Member, MemberStatus::Left),
+                    RosterMember {
+                        expires_ms: Some(50),
+                        ..entry("gus", Role::Observer, MemberStatus::Active)
+                    },
+                ],
+                code_of_conduct: CodeOfConduct::default(),
+            },
+        )
+        .unwrap();
+        tx.commit();
+        let members = roster::members(&roster_doc).unwrap();
+
+        let mut doc = new_thread("Rota");
+        let ids = change(&mut doc, |tx| {
+            [
+                add_post(tx, &ana(), "Everyone", &[Mention::All], None, 1).unwrap(),
+                add_post(tx, &ana(), "Help", &[Mention::Facilitators], None, 2).unwrap(),
+                add_post(
+                    tx,
+                    &ana(),
+                    "Fay?",
+                    &[Mention::Member("fay".into())],
+                    None,
+                    3,
+                )
+                .unwrap(),
+            ]
+        });
+        let who = |i: usize, now: i64| -> Vec<String> {
+            let p = post(&doc, &ids[i]).unwrap().unwrap();
+            notified(&p, &members, now)
+                .into_iter()
+                .map(|m| m.to_string())
+                .collect()
+        };
+        assert_eq!(who(0, 10), ["ben", "cai", "eli", "gus"]);
+        assert_eq!(
+            who(0, 50),
+            ["ben", "cai", "eli"],
+            "the guest's access ended"
+        );
+        assert_eq!(who(1, 10), ["cai"], "a suspended organiser is not reached");
+        assert!(who(2, 10).is_empty(), "a member who left is not notified");
     }
 
     #[test]

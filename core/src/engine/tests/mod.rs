@@ -738,4 +738,5 @@ fn two_phones_importing_the_same_first_change_end_with_one_document() {
     assert!(ta.contains("Ana") && ta.contains("Ben"), "{ta}");
 }
 
+mod access;
 mod hostile;
