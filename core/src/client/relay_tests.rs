@@ -18,6 +18,7 @@ use crate::membership::api::RegisterDocument;
 use crate::membership::{random_id, Identity};
 use crate::runtime::{ConnectionInput, Outbound, OutboundQueue};
 use crate::store::MemoryStore;
+use crate::time::Timestamp;
 
 /// Every wait in these tests: generous, since a loaded CI machine is slow; a pass takes
 /// milliseconds.
@@ -43,7 +44,7 @@ impl Bindings {
 }
 
 impl Access for Bindings {
-    fn allows(&self, _: &PeerInfo<'_>, doc: &DocumentId, op: Operation) -> bool {
+    fn allows(&self, _: &PeerInfo<'_>, doc: &DocumentId, op: Operation, _: Timestamp) -> bool {
         match (self.get(doc), op) {
             (None, _) => false,
             (Some(_), Operation::Read) => true,
