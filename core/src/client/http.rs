@@ -195,3 +195,101 @@ impl HttpTransport for HyperTransport {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::client::{ClientError, RelayApi};
+    use crate::ids::{DeviceId, MemberId};
+    use crate::membership::{random_id, Identity};
+
+    /// Serves one request on loopback with `answer` (a whole HTTP/1.1 response) and
+    /// returns what it received.
+    async fn one_shot(answer: String) -> (String, tokio::task::JoinHandle<String>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let served = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            // Headers, then as many body bytes as Content-Length says.
+            loop {
+                let n = socket.read(&mut buf).await.unwrap();
+                got.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&got).to_string();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let length = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length: ")
+                                .map(str::to_owned)
+                        })
+                        .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+                    if body.len() >= length {
+                        break;
+                    }
+                }
+                if n == 0 {
+                    break;
+                }
+            }
+            socket.write_all(answer.as_bytes()).await.unwrap();
+            socket.shutdown().await.unwrap();
+            String::from_utf8(got).unwrap()
+        });
+        (base, served)
+    }
+
+    #[tokio::test]
+    async fn hyper_sends_the_bearer_and_json_and_reads_retry_after() {
+        let body = r#"{"error":"quota_exceeded","message":"later"}"#;
+        let (base, served) = one_shot(format!(
+            "HTTP/1.1 429 Too Many Requests\r\nRetry-After: 3\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ))
+        .await;
+        let me = Credential::issue(Identity {
+            member: MemberId::from(random_id()),
+            device: DeviceId::from(random_id()),
+        })
+        .0;
+        let api = RelayApi::over_http(&base).with_credential(me.clone());
+        let got = api.create_group("Ana", "Be kind").await.unwrap_err();
+        assert!(
+            matches!(got, ClientError::QuotaExceeded { retry_after: Some(d) } if d == Duration::from_secs(3)),
+            "{got:?}"
+        );
+        let request = served.await.unwrap();
+        assert!(
+            request.starts_with("POST /v1/groups HTTP/1.1\r\n"),
+            "{request}"
+        );
+        let lower = request.to_ascii_lowercase();
+        assert!(lower.contains(&format!(
+            "authorization: bearer {}",
+            me.as_str().to_ascii_lowercase()
+        )));
+        assert!(lower.contains("content-type: application/json"));
+        assert!(request.ends_with(r#"{"pseudonym":"Ana","code_of_conduct":"Be kind"}"#));
+    }
+
+    #[tokio::test]
+    async fn hyper_refuses_tls_urls_and_unreachable_relays_are_offline() {
+        let api = RelayApi::over_http("https://127.0.0.1:1");
+        assert!(matches!(
+            api.preview_invite("ABCD").await,
+            Err(ClientError::Offline)
+        ));
+        // A port nothing listens on (bound, then closed).
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        drop(listener);
+        assert!(matches!(
+            RelayApi::over_http(&base).preview_invite("ABCD").await,
+            Err(ClientError::Offline)
+        ));
+    }
+}
