@@ -18,9 +18,10 @@ use tokio::sync::watch;
 
 use super::registration::Retry;
 use super::transport::{self, Connection, Transport, TransportError, TungsteniteTransport};
-use super::{api_base_for, ClientError, RelayApi, Shared};
+use super::{api_base_for, Client, ClientError, RelayApi, Shared};
 use crate::engine::Direction;
 use crate::ids::DocumentId;
+use crate::membership::Credential;
 use crate::runtime::Host;
 
 /// Where and how the client reaches its relay.
@@ -105,6 +106,106 @@ impl ConnectionStatus {
                 retry_after: *retry_after,
             }),
         }
+    }
+}
+
+impl Client {
+    /// Keeps a connection to the relay at `url` (e.g. `ws://127.0.0.1:8080/`), reconnecting
+    /// with backoff until [`Client::shutdown`], over tokio-tungstenite, with the membership
+    /// API over plain HTTP on the same host ([`RelayEndpoint::over_tcp`]).
+    pub fn connect(&self, url: &str) {
+        self.connect_to(RelayEndpoint::over_tcp(
+            url,
+            self.config.limits.max_frame_bytes,
+        ));
+    }
+
+    /// Like [`Client::connect`], dialling through the app's own `transport` (the phone's
+    /// platform websocket), without a membership API: document registrations wait on
+    /// the device. Use [`Client::connect_to`] to give both.
+    pub fn connect_with(&self, transport: Arc<dyn Transport>, url: &str) {
+        self.connect_to(RelayEndpoint {
+            url: url.to_owned(),
+            transport,
+            api: None,
+        });
+    }
+
+    /// Keeps a connection to `relay`: presents the credential on every connect, sends
+    /// pending registrations before each one, and reports through
+    /// [`Client::connection_status`] (see [`ConnectionStatus`]).
+    pub fn connect_to(&self, relay: RelayEndpoint) {
+        if let Some(api) = &relay.api {
+            *self.shared.api.lock().unwrap_or_else(|e| e.into_inner()) = Some(api.clone());
+        }
+        let dialler = Dialler {
+            endpoint: relay,
+            host: self.host.clone(),
+            shared: self.shared.clone(),
+            stop: self.stop.subscribe(),
+            min_backoff: self.config.min_backoff,
+            max_backoff: self.config.max_backoff,
+            registration_retry: self.config.registration_retry,
+        };
+        tokio::spawn(dialler.run());
+    }
+
+    /// Where the client stands with the relay now.
+    pub fn connection_status(&self) -> ConnectionStatus {
+        self.shared.connection.borrow().clone()
+    }
+
+    /// A receiver that sees every change of [`Client::connection_status`] (`changed()`).
+    pub fn watch_connection(&self) -> watch::Receiver<ConnectionStatus> {
+        self.shared.connection.subscribe()
+    }
+
+    /// The credential presented from the next connect on.
+    pub fn credential(&self) -> Option<Credential> {
+        self.shared.credential.borrow().clone()
+    }
+
+    /// Presents `credential` from the next connect on (restored from the keystore, or
+    /// after [`ConnectionStatus::Unauthorized`]: the client dials again at once). It must
+    /// be this device's ([`ClientError::CredentialMismatch`] otherwise).
+    pub fn set_credential(&self, credential: Credential) -> Result<(), ClientError> {
+        if credential.peer_id() != self.config.peer_id {
+            return Err(ClientError::CredentialMismatch);
+        }
+        self.shared.credential.send_replace(Some(credential));
+        self.shared.connection.send_if_modified(|s| {
+            // A new credential is worth presenting: leave the "refused" state.
+            let refused = *s == ConnectionStatus::Unauthorized;
+            if refused {
+                *s = ConnectionStatus::Offline;
+            }
+            refused
+        });
+        Ok(())
+    }
+
+    /// The relay's membership API with this device's current credential.
+    pub fn api(&self) -> Result<RelayApi, ClientError> {
+        let api = self
+            .shared
+            .api
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or(ClientError::NoRelayApi)?;
+        Ok(match self.credential() {
+            Some(c) => api.with_credential(c),
+            None => api,
+        })
+    }
+
+    /// Replaces this device's credential at the relay and returns the new one: keep it in
+    /// the platform keystore now (the old one is refused from here on). The client
+    /// presents it from the next connect.
+    pub async fn rotate_credential(&self) -> Result<Credential, ClientError> {
+        let credential = self.api()?.rotate().await?;
+        self.set_credential(credential.clone())?;
+        Ok(credential)
     }
 }
 

@@ -50,7 +50,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::engine::{Engine, EngineConfig, EngineError, Event, Limits, Role};
 use crate::ids::{ConnectionId, DocumentId, PeerId};
-use crate::membership::{BoundKind, Credential, GroupId};
+use crate::membership::Credential;
 use crate::runtime::{Host, HostConfig, Observer};
 use crate::store::{Storage, StoreError};
 
@@ -74,10 +74,10 @@ pub use membership::{
 };
 pub use presence::{PeerPresence, HEARTBEAT_INTERVAL, PEER_TTL, PRESENCE_MARKER};
 use presence::{PresenceBook, PresenceMessage};
+use registration::Registrations;
 pub use registration::{
     PendingRegistration, RegistrationRefused, CLIENT_KEY_PREFIX, PENDING_REGISTRATION_TABLE,
 };
-use registration::{Registrations, Retry};
 pub use transport::{Connection, Transport, TransportError, TungsteniteTransport};
 
 /// How long [`Client::change`] waits for a document that is not in memory to load (from
@@ -465,104 +465,6 @@ impl Client {
         })
     }
 
-    /// Keeps a connection to the relay at `url` (e.g. `ws://127.0.0.1:8080/`), reconnecting
-    /// with backoff until [`Client::shutdown`], over tokio-tungstenite, with the membership
-    /// API over plain HTTP on the same host ([`RelayEndpoint::over_tcp`]).
-    pub fn connect(&self, url: &str) {
-        self.connect_to(RelayEndpoint::over_tcp(
-            url,
-            self.config.limits.max_frame_bytes,
-        ));
-    }
-
-    /// Like [`Client::connect`], dialling through the app's own `transport` (the phone's
-    /// platform websocket), without a membership API: document registrations wait on
-    /// the device. Use [`Client::connect_to`] to give both.
-    pub fn connect_with(&self, transport: Arc<dyn Transport>, url: &str) {
-        self.connect_to(RelayEndpoint {
-            url: url.to_owned(),
-            transport,
-            api: None,
-        });
-    }
-
-    /// Keeps a connection to `relay`: presents the credential on every connect, sends
-    /// pending registrations before each one, and reports through
-    /// [`Client::connection_status`] (see [`ConnectionStatus`]).
-    pub fn connect_to(&self, relay: RelayEndpoint) {
-        if let Some(api) = &relay.api {
-            *self.shared.api.lock().unwrap_or_else(|e| e.into_inner()) = Some(api.clone());
-        }
-        let dialler = connection::Dialler {
-            endpoint: relay,
-            host: self.host.clone(),
-            shared: self.shared.clone(),
-            stop: self.stop.subscribe(),
-            min_backoff: self.config.min_backoff,
-            max_backoff: self.config.max_backoff,
-            registration_retry: self.config.registration_retry,
-        };
-        tokio::spawn(dialler.run());
-    }
-
-    /// Where the client stands with the relay now.
-    pub fn connection_status(&self) -> ConnectionStatus {
-        self.shared.connection.borrow().clone()
-    }
-
-    /// A receiver that sees every change of [`Client::connection_status`] (`changed()`).
-    pub fn watch_connection(&self) -> watch::Receiver<ConnectionStatus> {
-        self.shared.connection.subscribe()
-    }
-
-    /// The credential presented from the next connect on.
-    pub fn credential(&self) -> Option<Credential> {
-        self.shared.credential.borrow().clone()
-    }
-
-    /// Presents `credential` from the next connect on (restored from the keystore, or
-    /// after [`ConnectionStatus::Unauthorized`]: the client dials again at once). It must
-    /// be this device's ([`ClientError::CredentialMismatch`] otherwise).
-    pub fn set_credential(&self, credential: Credential) -> Result<(), ClientError> {
-        if credential.peer_id() != self.config.peer_id {
-            return Err(ClientError::CredentialMismatch);
-        }
-        self.shared.credential.send_replace(Some(credential));
-        self.shared.connection.send_if_modified(|s| {
-            // A new credential is worth presenting: leave the "refused" state.
-            let refused = *s == ConnectionStatus::Unauthorized;
-            if refused {
-                *s = ConnectionStatus::Offline;
-            }
-            refused
-        });
-        Ok(())
-    }
-
-    /// The relay's membership API with this device's current credential.
-    pub fn api(&self) -> Result<RelayApi, ClientError> {
-        let api = self
-            .shared
-            .api
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .ok_or(ClientError::NoRelayApi)?;
-        Ok(match self.credential() {
-            Some(c) => api.with_credential(c),
-            None => api,
-        })
-    }
-
-    /// Replaces this device's credential at the relay and returns the new one: keep it in
-    /// the platform keystore now (the old one is refused from here on). The client
-    /// presents it from the next connect.
-    pub async fn rotate_credential(&self) -> Result<Credential, ClientError> {
-        let credential = self.api()?.rotate().await?;
-        self.set_credential(credential.clone())?;
-        Ok(credential)
-    }
-
     /// Number of relays we are currently connected to (handshake done).
     pub fn connected(&self) -> usize {
         self.shared.with(|s| s.connections.len())
@@ -628,112 +530,6 @@ impl Client {
             .await?;
         self.wait_durable(id, heads).await?;
         Ok(id)
-    }
-
-    /// Creates a document of `group` as `kind`; returns once it is durable on this device.
-    ///
-    /// The registration that binds it to the group is written to the device store first
-    /// and, when the client is connected, sent before the document exists, so the relay
-    /// serves it from its first sync. Offline or refused, the document is created all the
-    /// same and the registration is retried (see [`Client::registration`]).
-    pub async fn create_in_group(
-        &self,
-        group: &GroupId,
-        kind: BoundKind,
-        init: impl FnOnce(&mut automerge::transaction::Transaction<'_>) + Send + 'static,
-    ) -> Result<DocumentId, ClientError> {
-        let doc = random_document_id();
-        self.shared
-            .registrations
-            .add(doc, group.clone(), kind)
-            .await?;
-        if self.connection_status() == ConnectionStatus::Connected {
-            if let Ok(api) = self.api() {
-                // Bounded: a slow network must not hold up creating a document; a later
-                // retry covers it.
-                let attempt = self.shared.registrations.attempt(&api, doc);
-                let _ = tokio::time::timeout(INLINE_REGISTRATION_TIMEOUT, attempt).await;
-                self.shared.bump();
-            }
-        }
-        let mut first = Automerge::new();
-        let mut tx = first.transaction();
-        init(&mut tx);
-        tx.commit();
-        let bytes = first.save();
-        let heads = self
-            .host
-            .call(move |e, now| e.import_document(now, doc, &bytes))
-            .await??;
-        if !heads.is_empty() {
-            self.wait_durable(doc, heads).await?;
-        }
-        Ok(doc)
-    }
-
-    /// Binds an existing document (imported, or created with [`Client::create`]) to
-    /// `group` as `kind`. Kept on the device until the relay accepts it; returns `None`
-    /// once accepted, or the registration as it stands (waiting, or refused with the
-    /// reason). A document the relay refused earlier on the open connection is offered
-    /// again once accepted.
-    pub async fn register(
-        &self,
-        doc: DocumentId,
-        group: &GroupId,
-        kind: BoundKind,
-    ) -> Result<Option<PendingRegistration>, ClientError> {
-        self.shared
-            .registrations
-            .add(doc, group.clone(), kind)
-            .await?;
-        if let Ok(api) = self.api() {
-            if self.shared.registrations.attempt(&api, doc).await.is_ok() {
-                self.reoffer(vec![doc]).await?;
-            }
-            self.shared.bump();
-        }
-        Ok(self.shared.registrations.get(&doc))
-    }
-
-    /// Registrations the relay has not accepted yet (waiting or refused).
-    pub fn registrations(&self) -> Vec<PendingRegistration> {
-        self.shared.registrations.list()
-    }
-
-    /// `doc`'s registration if the relay has not accepted it yet (`None`: accepted, or
-    /// never registered through this client).
-    pub fn registration(&self, doc: DocumentId) -> Option<PendingRegistration> {
-        self.shared.registrations.get(&doc)
-    }
-
-    /// Sends every pending registration now, refused ones included (after the app fixed
-    /// the cause: accepted the code of conduct, got a writing role). Returns what is
-    /// still pending.
-    pub async fn retry_registrations(&self) -> Result<Vec<PendingRegistration>, ClientError> {
-        let api = self.api()?;
-        let round = self.shared.registrations.retry(&api, Retry::All).await;
-        self.shared.bump();
-        self.reoffer(round.registered).await?;
-        Ok(self.registrations())
-    }
-
-    /// Asks the open connection to reconnect if one of `docs` is loaded (and so was
-    /// offered to the relay before it was registered).
-    async fn reoffer(&self, docs: Vec<DocumentId>) -> Result<(), ClientError> {
-        if docs.is_empty() {
-            return Ok(());
-        }
-        let loaded = self
-            .host
-            .call(move |e, _| {
-                let known = e.document_ids();
-                docs.iter().any(|d| known.contains(d))
-            })
-            .await?;
-        if loaded {
-            self.shared.reoffer.notify_waiters();
-        }
-        Ok(())
     }
 
     /// Applies a change; returns the new heads once durable on this device.
@@ -1097,15 +893,6 @@ impl Client {
         let _ = self.stop.send(true);
         self.host.shutdown().await;
     }
-}
-
-/// A fresh document id from the OS RNG (the engine's own ids come from its seeded RNG;
-/// ids made outside it must not repeat across restarts).
-fn random_document_id() -> DocumentId {
-    use rand::SeedableRng;
-    let mut seed = [0u8; 32];
-    crate::membership::os_random(&mut seed);
-    DocumentId::random(&mut rand_chacha::ChaCha20Rng::from_seed(seed))
 }
 
 /// Re-sends our presence snapshot when asked (a new peer appeared, we reconnected) and

@@ -21,7 +21,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ClientError, RelayApi};
+use automerge::Automerge;
+
+use super::{Client, ClientError, ConnectionStatus, RelayApi, INLINE_REGISTRATION_TIMEOUT};
 use crate::ids::DocumentId;
 use crate::membership::{BoundKind, GroupId};
 use crate::store::{Storage, StorageKey, StoreError};
@@ -321,6 +323,123 @@ impl Registrations {
         }
         round
     }
+}
+
+impl Client {
+    /// Creates a document of `group` as `kind`; returns once it is durable on this device.
+    ///
+    /// The registration that binds it to the group is written to the device store first
+    /// and, when the client is connected, sent before the document exists, so the relay
+    /// serves it from its first sync. Offline or refused, the document is created all the
+    /// same and the registration is retried (see [`Client::registration`]).
+    pub async fn create_in_group(
+        &self,
+        group: &GroupId,
+        kind: BoundKind,
+        init: impl FnOnce(&mut automerge::transaction::Transaction<'_>) + Send + 'static,
+    ) -> Result<DocumentId, ClientError> {
+        let doc = random_document_id();
+        self.shared
+            .registrations
+            .add(doc, group.clone(), kind)
+            .await?;
+        if self.connection_status() == ConnectionStatus::Connected {
+            if let Ok(api) = self.api() {
+                // Bounded: a slow network must not hold up creating a document; a later
+                // retry covers it.
+                let attempt = self.shared.registrations.attempt(&api, doc);
+                let _ = tokio::time::timeout(INLINE_REGISTRATION_TIMEOUT, attempt).await;
+                self.shared.bump();
+            }
+        }
+        let mut first = Automerge::new();
+        let mut tx = first.transaction();
+        init(&mut tx);
+        tx.commit();
+        let bytes = first.save();
+        let heads = self
+            .host
+            .call(move |e, now| e.import_document(now, doc, &bytes))
+            .await??;
+        if !heads.is_empty() {
+            self.wait_durable(doc, heads).await?;
+        }
+        Ok(doc)
+    }
+
+    /// Binds an existing document (imported, or created with [`Client::create`]) to
+    /// `group` as `kind`. Kept on the device until the relay accepts it; returns `None`
+    /// once accepted, or the registration as it stands (waiting, or refused with the
+    /// reason). A document the relay refused earlier on the open connection is offered
+    /// again once accepted.
+    pub async fn register(
+        &self,
+        doc: DocumentId,
+        group: &GroupId,
+        kind: BoundKind,
+    ) -> Result<Option<PendingRegistration>, ClientError> {
+        self.shared
+            .registrations
+            .add(doc, group.clone(), kind)
+            .await?;
+        if let Ok(api) = self.api() {
+            if self.shared.registrations.attempt(&api, doc).await.is_ok() {
+                self.reoffer(vec![doc]).await?;
+            }
+            self.shared.bump();
+        }
+        Ok(self.shared.registrations.get(&doc))
+    }
+
+    /// Registrations the relay has not accepted yet (waiting or refused).
+    pub fn registrations(&self) -> Vec<PendingRegistration> {
+        self.shared.registrations.list()
+    }
+
+    /// `doc`'s registration if the relay has not accepted it yet (`None`: accepted, or
+    /// never registered through this client).
+    pub fn registration(&self, doc: DocumentId) -> Option<PendingRegistration> {
+        self.shared.registrations.get(&doc)
+    }
+
+    /// Sends every pending registration now, refused ones included (after the app fixed
+    /// the cause: accepted the code of conduct, got a writing role). Returns what is
+    /// still pending.
+    pub async fn retry_registrations(&self) -> Result<Vec<PendingRegistration>, ClientError> {
+        let api = self.api()?;
+        let round = self.shared.registrations.retry(&api, Retry::All).await;
+        self.shared.bump();
+        self.reoffer(round.registered).await?;
+        Ok(self.registrations())
+    }
+
+    /// Asks the open connection to reconnect if one of `docs` is loaded (and so was
+    /// offered to the relay before it was registered).
+    async fn reoffer(&self, docs: Vec<DocumentId>) -> Result<(), ClientError> {
+        if docs.is_empty() {
+            return Ok(());
+        }
+        let loaded = self
+            .host
+            .call(move |e, _| {
+                let known = e.document_ids();
+                docs.iter().any(|d| known.contains(d))
+            })
+            .await?;
+        if loaded {
+            self.shared.reoffer.notify_waiters();
+        }
+        Ok(())
+    }
+}
+
+/// A fresh document id from the OS RNG (the engine's own ids come from its seeded RNG;
+/// ids made outside it must not repeat across restarts).
+fn random_document_id() -> DocumentId {
+    use rand::SeedableRng;
+    let mut seed = [0u8; 32];
+    crate::membership::os_random(&mut seed);
+    DocumentId::random(&mut rand_chacha::ChaCha20Rng::from_seed(seed))
 }
 
 #[cfg(test)]

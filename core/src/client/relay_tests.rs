@@ -15,7 +15,7 @@ use super::*;
 use crate::engine::{Access, Direction, Operation, PeerInfo};
 use crate::ids::{DeviceId, MemberId};
 use crate::membership::api::RegisterDocument;
-use crate::membership::{random_id, Identity};
+use crate::membership::{random_id, BoundKind, GroupId, Identity};
 use crate::runtime::{ConnectionInput, Outbound, OutboundQueue};
 use crate::store::MemoryStore;
 use crate::time::Timestamp;
