@@ -382,7 +382,10 @@ async fn a_document_offered_before_the_relay_accepted_it_is_offered_again_once_r
     // The first registration finds the relay busy: the document is created and offered
     // anyway, and the relay answers `doc-unavailable` (it is not bound yet).
     relay.busy.store(1, Ordering::SeqCst);
-    let client = Client::start(Arc::new(MemoryStore::default()), config(&credential)).unwrap();
+    let mut config = config(&credential);
+    // Long enough that the timer's retry does not take the 503 meant for the first try.
+    config.registration_retry = Duration::from_millis(200);
+    let client = Client::start(Arc::new(MemoryStore::default()), config).unwrap();
     client.connect_to(relay.endpoint());
     wait_status(&client, ConnectionStatus::Connected).await;
     let doc = client
@@ -394,10 +397,6 @@ async fn a_document_offered_before_the_relay_accepted_it_is_offered_again_once_r
     client.wait_acknowledged(doc, WAIT).await.unwrap();
     assert!(relay.stores(&doc));
     assert_eq!(client.registration(doc), None);
-    assert!(
-        relay.dials.load(Ordering::SeqCst) >= 2,
-        "reconnected to offer it"
-    );
     client.shutdown().await;
     relay.shutdown().await;
 }
