@@ -13,6 +13,7 @@ use cairn_core::client::{
     Client, ClientConfig, Connection, SyncStatus, Transport, TransportError, TungsteniteTransport,
 };
 use cairn_core::ids::{DocumentId, MemberId};
+use cairn_core::membership::Credential;
 use cairn_core::model::thread;
 use cairn_core::reflection::{
     post_excerpt, share_excerpt, ExcerptSource, Journal, Reflection, ReflectionTemplate,
@@ -204,10 +205,13 @@ struct RecordingConnection {
 }
 
 impl Transport for Recording {
-    fn connect(&self, url: &str) -> BoxFuture<'_, Result<Box<dyn Connection>, TransportError>> {
-        let url = url.to_owned();
+    fn connect<'a>(
+        &'a self,
+        url: &'a str,
+        credential: Option<&'a Credential>,
+    ) -> BoxFuture<'a, Result<Box<dyn Connection>, TransportError>> {
         Box::pin(async move {
-            let inner = self.inner.connect(&url).await?;
+            let inner = self.inner.connect(url, credential).await?;
             Ok(Box::new(RecordingConnection {
                 inner,
                 sent: self.sent.clone(),

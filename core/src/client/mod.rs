@@ -6,9 +6,38 @@
 //! ("safely on the relay"), and [`Client::status`] tells an app which of "only on this
 //! device", "sending" and "safely on the relay" to show.
 //!
-//! The relay is reached through a [`Transport`]: a phone app hands in its platform
-//! websocket with [`Client::connect_with`]; [`Client::connect`] uses
-//! [`TungsteniteTransport`].
+//! The relay is reached through a [`RelayEndpoint`]: a [`Transport`] for the websocket
+//! and a [`RelayApi`] (over an [`HttpTransport`]) for the membership calls. A phone app
+//! hands in its platform websocket and HTTP stack with [`Client::connect_to`];
+//! [`Client::connect`] uses [`TungsteniteTransport`] and [`HyperTransport`] (plain HTTP).
+//!
+//! ## Membership
+//! A device enrols with an invite ([`RelayApi::redeem_invite`], no client needed yet) or a
+//! device-link code ([`RelayApi::link_device`]) and gets its [`Credential`] once; the app
+//! keeps it in the platform keystore and starts the client with
+//! [`ClientConfig::for_device`]. Every connect presents it. [`Client::connection_status`]
+//! says when the relay refuses it ([`ConnectionStatus::Unauthorized`]: the client stops
+//! dialling rather than spin). [`Client::api`] gives the membership calls with the current
+//! credential; [`Client::rotate_credential`] hands the app its new one.
+//!
+//! ## Nothing is lost
+//! A document is bound to its group before its first sync ([`Client::create_in_group`],
+//! [`Client::register`]); the registration is kept durably on the device until the relay
+//! accepts it (see [Registration](self#registration) below). Edits are durable on the device
+//! before any call returns, whatever the relay says: made offline, or refused (not yet
+//! registered, a read-only role), they stay in the device store and sync on a later
+//! connection once access allows.
+//!
+//! ## Registration
+//! Pending registrations live in the device store under
+//! `["cairn-client", "pending-registration", <document id>]` ([`CLIENT_KEY_PREFIX`],
+//! [`PENDING_REGISTRATION_TABLE`]), written with a flush. They are sent when created,
+//! before every (re)connect and, while connected, every
+//! [`ClientConfig::registration_retry`]; removed once the relay accepts (2xx: repeating the
+//! same registration is accepted too); kept with the reason on a refusal
+//! ([`PendingRegistration::refused`]). When the relay accepts a document it has already
+//! answered `doc-unavailable` for on the open connection, the client reconnects so the
+//! document is offered afresh.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,24 +48,47 @@ use automerge::{Automerge, ChangeHash};
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 
-use crate::engine::{Direction, Engine, EngineConfig, EngineError, Event, Limits, Role};
+use crate::engine::{Engine, EngineConfig, EngineError, Event, Limits, Role};
 use crate::ids::{ConnectionId, DocumentId, PeerId};
+use crate::membership::Credential;
 use crate::runtime::{Host, HostConfig, Observer};
 use crate::store::{Storage, StoreError};
 
+mod connection;
+mod http;
+mod membership;
 mod presence;
+mod registration;
+#[cfg(test)]
+mod relay_tests;
 #[cfg(test)]
 mod tests;
 mod transport;
 
+pub use connection::{ConnectionStatus, RelayEndpoint};
+pub use http::{
+    HttpRequest, HttpResponse, HttpTransport, HyperTransport, Method, MAX_RESPONSE_BYTES,
+};
+pub use membership::{
+    api_base_for, invite_link, Enrolled, RelayApi, API_TIMEOUT, INVITE_LINK_PREFIX,
+};
 pub use presence::{PeerPresence, HEARTBEAT_INTERVAL, PEER_TTL, PRESENCE_MARKER};
 use presence::{PresenceBook, PresenceMessage};
+use registration::Registrations;
+pub use registration::{
+    PendingRegistration, RegistrationRefused, CLIENT_KEY_PREFIX, PENDING_REGISTRATION_TABLE,
+};
 pub use transport::{Connection, Transport, TransportError, TungsteniteTransport};
 
 /// How long [`Client::change`] waits for a document that is not in memory to load (from
 /// the device, or the relay if the device does not have it). 30 s: a device load takes
 /// milliseconds; the rest is for a slow network.
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long [`Client::create_in_group`] waits for the relay to accept the registration
+/// before creating the document anyway: 5 s. Registered first, the document syncs from
+/// its first offer; later, the client has to reconnect to offer it again.
+const INLINE_REGISTRATION_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a client call failed.
 #[derive(Debug, Error)]
@@ -64,6 +116,68 @@ pub enum ClientError {
     /// Opening the store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The relay refused the device credential (none, a wrong one, rotated away or
+    /// revoked). Enrol the device again or restore its credential
+    /// ([`Client::set_credential`]).
+    #[error("the relay refused the device credential")]
+    Unauthorized,
+    /// The caller's role or state does not allow this (not an organiser, a read-only role,
+    /// the code of conduct not yet accepted: `reason` says which).
+    #[error("not allowed: {reason}")]
+    Forbidden {
+        /// The relay's explanation (no content).
+        reason: String,
+    },
+    /// No such group, member, device or invite, as far as this device may know.
+    #[error("not found")]
+    NotFound,
+    /// The relay's state does not allow it (an id already bound, an outdated code of
+    /// conduct version, the last organiser leaving).
+    #[error("conflict: {reason}")]
+    Conflict {
+        /// The relay's explanation.
+        reason: String,
+    },
+    /// The invite or link code has expired or been used up: ask for a new one.
+    #[error("the invite has expired or been used up")]
+    InviteExpired,
+    /// Too many attempts: try again after `retry_after`.
+    #[error("too many attempts; try again later")]
+    QuotaExceeded {
+        /// How long the relay asked to wait.
+        retry_after: Option<Duration>,
+    },
+    /// The relay refused the request as malformed (a too long pseudonym, an empty code).
+    #[error("bad request: {reason}")]
+    BadRequest {
+        /// The relay's explanation.
+        reason: String,
+    },
+    /// The relay could not complete the call (5xx): nothing changed; try again later.
+    #[error("the relay is unavailable")]
+    RelayUnavailable {
+        /// How long the relay asked to wait, if it said.
+        retry_after: Option<Duration>,
+    },
+    /// The relay could not be reached (no network, a wrong address) or did not answer in
+    /// [`API_TIMEOUT`].
+    #[error("the relay cannot be reached")]
+    Offline,
+    /// The relay's answer is not this API's (a proxy's error page, another version).
+    #[error("unexpected answer from the relay (HTTP {status}): {reason}")]
+    InvalidResponse {
+        /// The HTTP status.
+        status: u16,
+        /// What did not fit.
+        reason: String,
+    },
+    /// The call needs the relay's membership API, and the client was connected without
+    /// one ([`Client::connect_with`]): use [`Client::connect_to`] with an API.
+    #[error("no relay API is configured")]
+    NoRelayApi,
+    /// The credential belongs to another device than this client's peer id.
+    #[error("the credential belongs to another device")]
+    CredentialMismatch,
 }
 
 impl From<crate::runtime::HostStopped> for ClientError {
@@ -72,11 +186,19 @@ impl From<crate::runtime::HostStopped> for ClientError {
     }
 }
 
+/// How often a registration the relay has not accepted yet is sent again while connected:
+/// 30 s. The relay answered 429 or 503, or the call got lost; each (re)connect sends it
+/// too, so this only covers a long-lived connection.
+pub const REGISTRATION_RETRY: Duration = Duration::from_secs(30);
+
 /// Client settings.
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
-    /// This device's peer id (per device, e.g. `member/device`).
+    /// This device's peer id (`member/device`; from the credential when there is one).
     pub peer_id: PeerId,
+    /// The device credential presented on every connect and membership call. When set,
+    /// its peer id must be `peer_id` ([`ClientError::CredentialMismatch`] otherwise).
+    pub credential: Option<Credential>,
     /// Engine limits.
     pub limits: Limits,
     /// First reconnect delay; doubles up to `max_backoff`. Default 250 ms.
@@ -85,17 +207,31 @@ pub struct ClientConfig {
     pub max_backoff: Duration,
     /// Seed for the engine's RNG; `None` draws one from the OS.
     pub seed: Option<u64>,
+    /// How often pending registrations are retried while connected. Default
+    /// [`REGISTRATION_RETRY`].
+    pub registration_retry: Duration,
 }
 
 impl ClientConfig {
-    /// Defaults for a device with this peer id.
+    /// Defaults for a device with this peer id and no credential (a relay in `--open`
+    /// mode, tests).
     pub fn new(peer_id: impl Into<PeerId>) -> Self {
         ClientConfig {
             peer_id: peer_id.into(),
+            credential: None,
             limits: Limits::default(),
             min_backoff: Duration::from_millis(250),
             max_backoff: Duration::from_secs(5),
             seed: None,
+            registration_retry: REGISTRATION_RETRY,
+        }
+    }
+
+    /// Defaults for the device holding `credential` (its peer id is the credential's).
+    pub fn for_device(credential: Credential) -> Self {
+        ClientConfig {
+            credential: Some(credential.clone()),
+            ..ClientConfig::new(credential.peer_id())
         }
     }
 }
@@ -119,11 +255,34 @@ struct Shared {
     /// Subscription tasks still running.
     subscriptions: AtomicUsize,
     our_peer: PeerId,
+    /// The credential presented from the next connect on.
+    credential: watch::Sender<Option<Credential>>,
+    /// Where we stand with the relay.
+    connection: watch::Sender<ConnectionStatus>,
+    /// The membership API of the last endpoint connected to (without a credential).
+    api: Mutex<Option<RelayApi>>,
+    registrations: Registrations,
+    /// Asks the open connection to reconnect: a document it offered was registered since.
+    reoffer: tokio::sync::Notify,
 }
 
 impl Shared {
     fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
         f(&mut self.state.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Wakes every waiter (registrations and the connection are part of what they see).
+    fn bump(&self) {
+        self.version.send_modify(|v| *v += 1);
+    }
+
+    fn set_connection(&self, status: ConnectionStatus) {
+        self.connection.send_if_modified(|s| {
+            let changed = *s != status;
+            *s = status;
+            changed
+        });
+        self.bump();
     }
 }
 
@@ -254,7 +413,15 @@ impl std::fmt::Debug for Client {
 impl Client {
     /// Starts a client on `store` (must be called inside a tokio runtime).
     pub fn start(store: Arc<dyn Storage>, config: ClientConfig) -> Result<Client, ClientError> {
+        if config
+            .credential
+            .as_ref()
+            .is_some_and(|c| c.peer_id() != config.peer_id)
+        {
+            return Err(ClientError::CredentialMismatch);
+        }
         let storage_id = store.storage_id()?;
+        let registrations = Registrations::load(store.clone())?;
         let seed = config.seed.unwrap_or_else(|| {
             let mut b = [0u8; 8];
             b.copy_from_slice(&uuid::Uuid::new_v4().as_bytes()[..8]);
@@ -271,6 +438,11 @@ impl Client {
             announce,
             subscriptions: AtomicUsize::new(0),
             our_peer: config.peer_id.clone(),
+            credential: watch::channel(config.credential.clone()).0,
+            connection: watch::channel(ConnectionStatus::Idle).0,
+            api: Mutex::new(None),
+            registrations,
+            reoffer: tokio::sync::Notify::new(),
         });
         let host = Host::start(
             Engine::new(engine_config),
@@ -291,52 +463,6 @@ impl Client {
             config,
             stop,
         })
-    }
-
-    /// Keeps a connection to the relay at `url` (e.g. `ws://127.0.0.1:8080/`), reconnecting
-    /// with backoff until [`Client::shutdown`].
-    pub fn connect(&self, url: &str) {
-        let transport = TungsteniteTransport::new(self.config.limits.max_frame_bytes);
-        self.connect_with(Arc::new(transport), url);
-    }
-
-    /// Like [`Client::connect`], dialling through the app's own `transport` (the phone's
-    /// platform websocket).
-    pub fn connect_with(&self, transport: Arc<dyn Transport>, url: &str) {
-        let url = url.to_owned();
-        let host = self.host.clone();
-        let mut stop = self.stop.subscribe();
-        let (min, max) = (self.config.min_backoff, self.config.max_backoff);
-        tokio::spawn(async move {
-            let mut backoff = min;
-            loop {
-                if *stop.borrow() {
-                    return;
-                }
-                let dial = tokio::select! {
-                    d = transport.connect(&url) => d,
-                    _ = stop.changed() => return,
-                };
-                match dial {
-                    Ok(conn) => {
-                        backoff = min;
-                        let Ok(handle) = host.open(Direction::Outgoing, None).await else {
-                            return;
-                        };
-                        tokio::select! {
-                            _ = transport::pump(Arc::from(conn), handle) => {}
-                            _ = stop.changed() => return,
-                        }
-                    }
-                    Err(e) => tracing::debug!(error = %e, "dial failed"),
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = stop.changed() => return,
-                }
-                backoff = (backoff * 2).min(max);
-            }
-        });
     }
 
     /// Number of relays we are currently connected to (handshake done).

@@ -1,15 +1,26 @@
 //! How the client reaches a relay: a [`Transport`] dials, a [`Connection`] carries binary
 //! frames. A phone app hands in its platform websocket (platform TLS, proxies, background
 //! rules); [`TungsteniteTransport`] serves tests, desktop and servers.
+//!
+//! Every dial presents the device's [`Credential`] (when it has one) as
+//! `Authorization: Bearer <token>`; a transport that cannot set headers (a browser-like
+//! websocket) may append it as the `token` query parameter instead. The relay answers a
+//! missing, wrong or revoked credential with 401 on the upgrade, which the transport
+//! reports as [`TransportError::Rejected`].
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use thiserror::Error;
 use tokio::sync::Mutex;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::{header, HeaderMap, HeaderValue};
 use tokio_tungstenite::tungstenite::{self, protocol::WebSocketConfig};
+
+use crate::membership::Credential;
 
 /// Why dialling or sending failed.
 #[derive(Debug, Error)]
@@ -20,11 +31,14 @@ pub enum TransportError {
         /// What the platform said (no content, no tokens).
         reason: String,
     },
-    /// The relay refused the websocket upgrade (e.g. 401 without a valid token, 403).
+    /// The relay refused the websocket upgrade: 401 (no valid credential: missing, wrong,
+    /// rotated or revoked), 403 (the device may not connect), 429 (too many attempts).
     #[error("the relay refused the connection with HTTP status {status}")]
     Rejected {
         /// The HTTP status.
         status: u16,
+        /// The relay's `Retry-After` (429), if it sent one in seconds.
+        retry_after: Option<Duration>,
     },
     /// The connection is closed.
     #[error("the connection is closed")]
@@ -45,8 +59,31 @@ pub trait Connection: Send + Sync {
 
 /// Opens connections to a relay.
 pub trait Transport: Send + Sync {
-    /// Dials `url` (e.g. `wss://relay.example.org/`).
-    fn connect(&self, url: &str) -> BoxFuture<'_, Result<Box<dyn Connection>, TransportError>>;
+    /// Dials `url` (e.g. `wss://relay.example.org/`), presenting `credential` on the upgrade
+    /// (`Authorization: Bearer`, or the `token` query parameter where headers cannot be
+    /// set). A refused upgrade is [`TransportError::Rejected`] with the HTTP status, so the
+    /// client can tell a bad credential (stop and tell the app) from a network failure
+    /// (retry).
+    fn connect<'a>(
+        &'a self,
+        url: &'a str,
+        credential: Option<&'a Credential>,
+    ) -> BoxFuture<'a, Result<Box<dyn Connection>, TransportError>>;
+}
+
+/// The `Retry-After` header in seconds (the relay's form; an HTTP date is not used by it
+/// and reads as absent).
+pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?;
+    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+/// The `Authorization` header value for a credential, marked sensitive so no HTTP library
+/// prints it.
+pub(crate) fn bearer(credential: &Credential) -> Option<HeaderValue> {
+    let mut value = HeaderValue::from_str(&format!("Bearer {}", credential.as_str())).ok()?;
+    value.set_sensitive(true);
+    Some(value)
 }
 
 /// The tokio-tungstenite transport, with buffers sized for the engine's frame limit.
@@ -84,14 +121,22 @@ struct TungsteniteConnection {
 }
 
 impl Transport for TungsteniteTransport {
-    fn connect(&self, url: &str) -> BoxFuture<'_, Result<Box<dyn Connection>, TransportError>> {
-        let url = url.to_owned();
+    fn connect<'a>(
+        &'a self,
+        url: &'a str,
+        credential: Option<&'a Credential>,
+    ) -> BoxFuture<'a, Result<Box<dyn Connection>, TransportError>> {
         Box::pin(async move {
-            let dial = tokio_tungstenite::connect_async_with_config(
-                url.as_str(),
-                Some(self.ws_config()),
-                true,
-            );
+            let mut request =
+                url.into_client_request()
+                    .map_err(|e| TransportError::Unreachable {
+                        reason: e.to_string(),
+                    })?;
+            if let Some(value) = credential.and_then(bearer) {
+                request.headers_mut().insert(header::AUTHORIZATION, value);
+            }
+            let dial =
+                tokio_tungstenite::connect_async_with_config(request, Some(self.ws_config()), true);
             match dial.await {
                 Ok((ws, _)) => {
                     let (sink, stream) = ws.split();
@@ -102,6 +147,7 @@ impl Transport for TungsteniteTransport {
                 }
                 Err(tungstenite::Error::Http(response)) => Err(TransportError::Rejected {
                     status: response.status().as_u16(),
+                    retry_after: retry_after(response.headers()),
                 }),
                 Err(e) => Err(TransportError::Unreachable {
                     reason: e.to_string(),
@@ -144,8 +190,13 @@ impl Connection for TungsteniteConnection {
     }
 }
 
-/// Pumps one connection to and from the engine until either side closes.
-pub(crate) async fn pump(conn: Arc<dyn Connection>, handle: crate::runtime::ConnectionHandle) {
+/// Pumps one connection to and from the engine until either side closes or `until`
+/// completes (then the connection is closed). The engine always hears that it closed.
+pub(crate) async fn pump(
+    conn: Arc<dyn Connection>,
+    handle: crate::runtime::ConnectionHandle,
+    until: impl std::future::Future<Output = ()>,
+) {
     use crate::runtime::Outbound;
     let crate::runtime::ConnectionHandle {
         input,
@@ -176,6 +227,7 @@ pub(crate) async fn pump(conn: Arc<dyn Connection>, handle: crate::runtime::Conn
     tokio::select! {
         _ = writer => {}
         _ = reader => {}
+        _ = until => conn.close().await,
     }
     input.closed().await;
 }

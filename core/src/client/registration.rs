@@ -1,0 +1,466 @@
+//! Binding new documents to their group, without losing one.
+//!
+//! The relay stores and serves only documents bound to a group, so a document created on
+//! the device is registered (`POST /v1/groups/{g}/documents`) before its first sync. The
+//! registration is first written durably to the device store, under
+//! `["cairn-client", "pending-registration", <document id>]`, and only removed once the
+//! relay has accepted it: offline, or while the relay refuses for a while (429, 503), it
+//! is retried before every (re)connect and, while connected, every
+//! [`ClientConfig::registration_retry`](super::ClientConfig::registration_retry).
+//!
+//! A refusal that retrying cannot fix by itself (403, 404, 409, 400) is kept with the
+//! reason ([`PendingRegistration::refused`]) for the app to show; the document stays on
+//! the device. A 403 (for instance a code of conduct not yet accepted, or a role without
+//! write access) is still tried again on each reconnect, since access may have been
+//! granted meanwhile; the others only when the app asks
+//! ([`Client::retry_registrations`](super::Client::retry_registrations)).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use automerge::Automerge;
+
+use super::{Client, ClientError, ConnectionStatus, RelayApi, INLINE_REGISTRATION_TIMEOUT};
+use crate::ids::DocumentId;
+use crate::membership::{BoundKind, GroupId};
+use crate::store::{Storage, StorageKey, StoreError};
+
+/// The first part of every key the client keeps in the device store beside documents.
+pub const CLIENT_KEY_PREFIX: &str = "cairn-client";
+/// The table of registrations not yet accepted by the relay.
+pub const PENDING_REGISTRATION_TABLE: &str = "pending-registration";
+
+fn key(doc: &DocumentId) -> StorageKey {
+    vec![
+        CLIENT_KEY_PREFIX.to_owned(),
+        PENDING_REGISTRATION_TABLE.to_owned(),
+        doc.to_string(),
+    ]
+}
+
+/// Why the relay refused a registration in a way retrying alone does not fix.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "error", rename_all = "snake_case")]
+pub enum RegistrationRefused {
+    /// 403: the role may not add this kind (an observer, a guest, settings by a
+    /// non-organiser), or the code of conduct is not accepted yet. Tried again on each
+    /// reconnect.
+    Forbidden {
+        /// The relay's explanation (no content).
+        reason: String,
+    },
+    /// 409: the id is bound to a group already, or the relay already holds a document
+    /// with it.
+    Conflict {
+        /// The relay's explanation.
+        reason: String,
+    },
+    /// 404: the group does not exist, or the device is not a member.
+    NotFound,
+    /// 400: the relay could not read the registration.
+    BadRequest {
+        /// The relay's explanation.
+        reason: String,
+    },
+}
+
+impl RegistrationRefused {
+    fn from_error(e: &ClientError) -> Option<RegistrationRefused> {
+        Some(match e {
+            ClientError::Forbidden { reason } => RegistrationRefused::Forbidden {
+                reason: reason.clone(),
+            },
+            ClientError::Conflict { reason } => RegistrationRefused::Conflict {
+                reason: reason.clone(),
+            },
+            ClientError::NotFound => RegistrationRefused::NotFound,
+            ClientError::BadRequest { reason } => RegistrationRefused::BadRequest {
+                reason: reason.clone(),
+            },
+            _ => return None,
+        })
+    }
+
+    /// The same refusal as the error an app branches on.
+    pub fn to_error(&self) -> ClientError {
+        match self {
+            RegistrationRefused::Forbidden { reason } => ClientError::Forbidden {
+                reason: reason.clone(),
+            },
+            RegistrationRefused::Conflict { reason } => ClientError::Conflict {
+                reason: reason.clone(),
+            },
+            RegistrationRefused::NotFound => ClientError::NotFound,
+            RegistrationRefused::BadRequest { reason } => ClientError::BadRequest {
+                reason: reason.clone(),
+            },
+        }
+    }
+}
+
+/// A document the relay has not accepted yet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingRegistration {
+    /// The document.
+    pub document: DocumentId,
+    /// The group it belongs to.
+    pub group: GroupId,
+    /// What it is.
+    pub kind: BoundKind,
+    /// Set when the relay refused it (see [`RegistrationRefused`]); `None` while it waits
+    /// to be sent.
+    pub refused: Option<RegistrationRefused>,
+}
+
+/// The stored form (JSON; golden-tested: a device upgraded in place must read it).
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Stored {
+    group_id: GroupId,
+    kind: BoundKind,
+    #[serde(default)]
+    refused: Option<RegistrationRefused>,
+}
+
+/// Which pending registrations a retry sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Retry {
+    /// Those not refused (the timer while connected).
+    Waiting,
+    /// Those not refused, and those refused with 403 (before each connect: access may
+    /// have been granted meanwhile).
+    OnConnect,
+    /// Every one (the app asked).
+    All,
+}
+
+/// What one round of retries did.
+#[derive(Debug, Default)]
+pub(crate) struct Round {
+    /// Accepted by the relay (and removed from the device store).
+    pub(crate) registered: Vec<DocumentId>,
+    /// The relay asked to wait this long (429 or 503 with `Retry-After`).
+    pub(crate) retry_after: Option<Duration>,
+}
+
+/// The pending registrations: in memory, mirrored durably in the device store.
+pub(crate) struct Registrations {
+    store: Arc<dyn Storage>,
+    pending: Mutex<BTreeMap<DocumentId, PendingRegistration>>,
+    /// One writer at a time, so a slow "refused" write cannot land after the removal
+    /// that followed it.
+    writer: tokio::sync::Mutex<()>,
+}
+
+impl Registrations {
+    /// Reads the pending registrations kept in `store`. A record this version cannot read
+    /// is skipped (and logged by document id), not fatal: the document itself is intact.
+    pub(crate) fn load(store: Arc<dyn Storage>) -> Result<Registrations, StoreError> {
+        let prefix = vec![
+            CLIENT_KEY_PREFIX.to_owned(),
+            PENDING_REGISTRATION_TABLE.to_owned(),
+        ];
+        let mut pending = BTreeMap::new();
+        for (key, value) in store.load_range(&prefix)? {
+            let Some(Ok(document)) = key.get(2).map(|k| k.parse::<DocumentId>()) else {
+                tracing::warn!(parts = key.len(), "unreadable pending-registration key");
+                continue;
+            };
+            match serde_json::from_slice::<Stored>(&value) {
+                Ok(s) => {
+                    pending.insert(
+                        document,
+                        PendingRegistration {
+                            document,
+                            group: s.group_id,
+                            kind: s.kind,
+                            refused: s.refused,
+                        },
+                    );
+                }
+                Err(_) => tracing::warn!(doc = %document, "unreadable pending registration"),
+            }
+        }
+        Ok(Registrations {
+            store,
+            pending: Mutex::new(pending),
+            writer: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut BTreeMap<DocumentId, PendingRegistration>) -> R) -> R {
+        f(&mut self.pending.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    pub(crate) fn list(&self) -> Vec<PendingRegistration> {
+        self.with(|p| p.values().cloned().collect())
+    }
+
+    pub(crate) fn get(&self, doc: &DocumentId) -> Option<PendingRegistration> {
+        self.with(|p| p.get(doc).cloned())
+    }
+
+    /// Writes (`Some`) or removes (`None`) one record durably (flushed when this returns).
+    async fn persist(
+        &self,
+        doc: DocumentId,
+        value: Option<&PendingRegistration>,
+    ) -> Result<(), ClientError> {
+        let bytes = value.map(|p| {
+            serde_json::to_vec(&Stored {
+                group_id: p.group.clone(),
+                kind: p.kind,
+                refused: p.refused.clone(),
+            })
+            .expect("a pending registration serialises")
+        });
+        let store = self.store.clone();
+        let written = tokio::task::spawn_blocking(move || store.write_batch(&[(key(&doc), bytes)]))
+            .await
+            .map_err(|_| ClientError::StorageFailed(doc))?;
+        written.map_err(|e| {
+            tracing::warn!(doc = %doc, error = e.label(), "pending registration not written");
+            if e.is_disk_full() {
+                ClientError::StorageFull(doc)
+            } else {
+                ClientError::StorageFailed(doc)
+            }
+        })
+    }
+
+    /// Keeps a registration to send (durable when this returns).
+    pub(crate) async fn add(
+        &self,
+        document: DocumentId,
+        group: GroupId,
+        kind: BoundKind,
+    ) -> Result<(), ClientError> {
+        let record = PendingRegistration {
+            document,
+            group,
+            kind,
+            refused: None,
+        };
+        let _one = self.writer.lock().await;
+        self.persist(document, Some(&record)).await?;
+        self.with(|p| p.insert(document, record));
+        Ok(())
+    }
+
+    /// Sends one registration and records the outcome: removed once accepted, marked
+    /// refused on a lasting refusal, kept as it was otherwise. Returns the relay's answer.
+    pub(crate) async fn attempt(&self, api: &RelayApi, doc: DocumentId) -> Result<(), ClientError> {
+        let Some(record) = self.get(&doc) else {
+            return Ok(());
+        };
+        let answer = api.register_document(&record.group, doc, record.kind).await;
+        let _one = self.writer.lock().await;
+        // Still the same record (the app may have retried it meanwhile).
+        if self.get(&doc).as_ref() != Some(&record) {
+            return answer;
+        }
+        match &answer {
+            Ok(()) => {
+                tracing::debug!(doc = %doc, kind = record.kind.name(), "document registered");
+                // Removed from memory even if the delete fails: the relay has it, and a
+                // leftover record only causes one repeat (which the relay accepts).
+                self.with(|p| p.remove(&doc));
+                if let Err(e) = self.persist(doc, None).await {
+                    tracing::warn!(doc = %doc, error = %e, "registered, but the record stays");
+                }
+            }
+            Err(e) => {
+                if let Some(refused) = RegistrationRefused::from_error(e) {
+                    tracing::debug!(doc = %doc, kind = record.kind.name(), "registration refused");
+                    let updated = PendingRegistration {
+                        refused: Some(refused),
+                        ..record
+                    };
+                    self.persist(doc, Some(&updated)).await?;
+                    self.with(|p| p.insert(doc, updated));
+                }
+            }
+        }
+        answer
+    }
+
+    /// Sends the pending registrations `which` selects, in document order. Stops at the
+    /// first answer saying the relay cannot be reached or asks to wait: the others would
+    /// get the same.
+    pub(crate) async fn retry(&self, api: &RelayApi, which: Retry) -> Round {
+        let docs: Vec<DocumentId> = self.with(|p| {
+            p.values()
+                .filter(|r| {
+                    matches!(
+                        (&r.refused, which),
+                        (None, _)
+                            | (_, Retry::All)
+                            | (
+                                Some(RegistrationRefused::Forbidden { .. }),
+                                Retry::OnConnect
+                            )
+                    )
+                })
+                .map(|r| r.document)
+                .collect()
+        });
+        let mut round = Round::default();
+        for doc in docs {
+            match self.attempt(api, doc).await {
+                Ok(()) => round.registered.push(doc),
+                Err(
+                    ClientError::QuotaExceeded { retry_after }
+                    | ClientError::RelayUnavailable { retry_after },
+                ) => {
+                    round.retry_after = retry_after;
+                    break;
+                }
+                Err(ClientError::Offline | ClientError::Unauthorized) => break,
+                Err(e) => tracing::debug!(doc = %doc, error = %e, "registration not accepted"),
+            }
+        }
+        round
+    }
+}
+
+impl Client {
+    /// Creates a document of `group` as `kind`; returns once it is durable on this device.
+    ///
+    /// The registration that binds it to the group is written to the device store first
+    /// and, when the client is connected, sent before the document exists, so the relay
+    /// serves it from its first sync. Offline or refused, the document is created all the
+    /// same and the registration is retried (see [`Client::registration`]).
+    pub async fn create_in_group(
+        &self,
+        group: &GroupId,
+        kind: BoundKind,
+        init: impl FnOnce(&mut automerge::transaction::Transaction<'_>) + Send + 'static,
+    ) -> Result<DocumentId, ClientError> {
+        let doc = random_document_id();
+        self.shared
+            .registrations
+            .add(doc, group.clone(), kind)
+            .await?;
+        if self.connection_status() == ConnectionStatus::Connected {
+            if let Ok(api) = self.api() {
+                // Bounded: a slow network must not hold up creating a document; a later
+                // retry covers it.
+                let attempt = self.shared.registrations.attempt(&api, doc);
+                let _ = tokio::time::timeout(INLINE_REGISTRATION_TIMEOUT, attempt).await;
+                self.shared.bump();
+            }
+        }
+        let mut first = Automerge::new();
+        let mut tx = first.transaction();
+        init(&mut tx);
+        tx.commit();
+        let bytes = first.save();
+        let heads = self
+            .host
+            .call(move |e, now| e.import_document(now, doc, &bytes))
+            .await??;
+        if !heads.is_empty() {
+            self.wait_durable(doc, heads).await?;
+        }
+        Ok(doc)
+    }
+
+    /// Binds an existing document (imported, or created with [`Client::create`]) to
+    /// `group` as `kind`. Kept on the device until the relay accepts it; returns `None`
+    /// once accepted, or the registration as it stands (waiting, or refused with the
+    /// reason). A document the relay refused earlier on the open connection is offered
+    /// again once accepted.
+    pub async fn register(
+        &self,
+        doc: DocumentId,
+        group: &GroupId,
+        kind: BoundKind,
+    ) -> Result<Option<PendingRegistration>, ClientError> {
+        self.shared
+            .registrations
+            .add(doc, group.clone(), kind)
+            .await?;
+        if let Ok(api) = self.api() {
+            if self.shared.registrations.attempt(&api, doc).await.is_ok() {
+                self.reoffer(vec![doc]).await?;
+            }
+            self.shared.bump();
+        }
+        Ok(self.shared.registrations.get(&doc))
+    }
+
+    /// Registrations the relay has not accepted yet (waiting or refused).
+    pub fn registrations(&self) -> Vec<PendingRegistration> {
+        self.shared.registrations.list()
+    }
+
+    /// `doc`'s registration if the relay has not accepted it yet (`None`: accepted, or
+    /// never registered through this client).
+    pub fn registration(&self, doc: DocumentId) -> Option<PendingRegistration> {
+        self.shared.registrations.get(&doc)
+    }
+
+    /// Sends every pending registration now, refused ones included (after the app fixed
+    /// the cause: accepted the code of conduct, got a writing role). Returns what is
+    /// still pending.
+    pub async fn retry_registrations(&self) -> Result<Vec<PendingRegistration>, ClientError> {
+        let api = self.api()?;
+        let round = self.shared.registrations.retry(&api, Retry::All).await;
+        self.shared.bump();
+        self.reoffer(round.registered).await?;
+        Ok(self.registrations())
+    }
+
+    /// Asks the open connection to reconnect if one of `docs` is loaded (and so was
+    /// offered to the relay before it was registered).
+    async fn reoffer(&self, docs: Vec<DocumentId>) -> Result<(), ClientError> {
+        if docs.is_empty() {
+            return Ok(());
+        }
+        let loaded = self
+            .host
+            .call(move |e, _| {
+                let known = e.document_ids();
+                docs.iter().any(|d| known.contains(d))
+            })
+            .await?;
+        if loaded {
+            self.shared.reoffer.notify_waiters();
+        }
+        Ok(())
+    }
+}
+
+/// A fresh document id from the OS RNG (the engine's own ids come from its seeded RNG;
+/// ids made outside it must not repeat across restarts).
+fn random_document_id() -> DocumentId {
+    use rand::SeedableRng;
+    let mut seed = [0u8; 32];
+    crate::membership::os_random(&mut seed);
+    DocumentId::random(&mut rand_chacha::ChaCha20Rng::from_seed(seed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stored_record_keeps_its_golden_form() {
+        let stored = Stored {
+            group_id: GroupId::from("0123456789abcdef"),
+            kind: BoundKind::Thread,
+            refused: Some(RegistrationRefused::Forbidden {
+                reason: "the role may not write this kind".to_owned(),
+            }),
+        };
+        let golden = r#"{"group_id":"0123456789abcdef","kind":"thread","refused":{"error":"forbidden","reason":"the role may not write this kind"}}"#;
+        assert_eq!(serde_json::to_string(&stored).unwrap(), golden);
+        assert_eq!(serde_json::from_str::<Stored>(golden).unwrap(), stored);
+        let waiting = r#"{"group_id":"0123456789abcdef","kind":"meeting"}"#;
+        let back: Stored = serde_json::from_str(waiting).unwrap();
+        assert_eq!(back.kind, BoundKind::Meeting);
+        assert_eq!(back.refused, None);
+    }
+}
