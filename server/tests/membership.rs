@@ -312,10 +312,19 @@ async fn a_bound_id_cannot_be_claimed_again_and_unbound_documents_are_not_stored
     // A retry of the same registration is answered the same (a lost answer).
     g.register(&organiser, thread, "thread").await.expect(201);
     let mia = g.join("member", "mia").await;
-    for (who, group) in [(&organiser, &group_b), (&mia, &g.group)] {
-        let taken = g.register_in(who, group, thread, "thread").await;
+    // Another group never gets it, nor the same group under another kind; another writer of
+    // the same group registering the same binding (a deterministic id two devices opened
+    // offline) is answered the same.
+    for (who, group, kind) in [
+        (&organiser, &group_b, "thread"),
+        (&mia, &g.group, "meeting"),
+    ] {
+        let taken = g.register_in(who, group, thread, kind).await;
         assert_eq!((taken.status, taken.code()), (409, "conflict"));
     }
+    g.register_in(&mia, &g.group, thread, "thread")
+        .await
+        .expect(201);
     // The roster the relay writes is bound too.
     let groups = g.call(&mia, "GET", "/v1/groups", None).await.expect(200);
     let roster: DocumentId = groups[0]["documents"]["roster"]

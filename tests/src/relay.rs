@@ -57,7 +57,10 @@ impl TestRelay {
         let db = std::fs::File::open(data.path().join("relay").join("db")).expect("the store's db");
         let deadline = tokio::time::Instant::now() + RELAY_START_STOP;
         while db.try_lock().is_err() {
-            assert!(tokio::time::Instant::now() < deadline, "the bootstrapped store stays locked");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the bootstrapped store stays locked"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let _ = db.unlock();

@@ -970,9 +970,13 @@ impl Membership {
         self.change(|state| {
             let (g, m) = Self::seeing(state, who, group, now_ms)?;
             if let Some(b) = state.bindings.get(&doc) {
-                // Idempotent for the same registration (a retry after a lost answer).
-                if &b.group == group && b.kind == kind && b.registrant.as_ref() == Some(&who.member)
-                {
+                // The same binding again is accepted: a retry after a lost answer, or a
+                // deterministic id (a meeting occurrence) that two organisers opened offline
+                // at once. A report is its reporter's alone.
+                let same = &b.group == group
+                    && b.kind == kind
+                    && (kind != BoundKind::Report || b.registrant.as_ref() == Some(&who.member));
+                if same && state.allows(who, &doc, crate::engine::Operation::Write, now_ms) {
                     return Ok((vec![], ()));
                 }
                 return Err(MembershipError::Conflict(

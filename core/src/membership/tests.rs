@@ -260,6 +260,15 @@ fn a_bound_or_held_id_is_never_bound_again() {
     // The same registration again (a retry) is accepted.
     r.m.register_document(&org_a, &a, doc(20), BoundKind::Thread, T0)
         .unwrap();
+    // So is the same binding from another writer of the group (a deterministic id two
+    // devices opened offline), but not under another kind.
+    let (mem_a, _, _) = join(&r.m, &invite(&r.m, &org_a, &a, Role::Member, 1), T0);
+    r.m.register_document(&mem_a, &a, doc(20), BoundKind::Thread, T0)
+        .unwrap();
+    assert!(matches!(
+        r.m.register_document(&mem_a, &a, doc(20), BoundKind::Meeting, T0),
+        Err(MembershipError::Conflict(_))
+    ));
     assert!(matches!(
         r.m.register_document(&org_a, &a, doc(22), BoundKind::Settings, T0),
         Err(MembershipError::Conflict(_))
