@@ -293,6 +293,15 @@ pub struct NodeProcess {
 impl NodeProcess {
     /// Starts `node <script> <args...>` in `tests/js`.
     pub fn spawn(script: &str, args: &[&str]) -> Result<NodeProcess, NodeError> {
+        Self::spawn_with_env(script, args, &[])
+    }
+
+    /// Like [`NodeProcess::spawn`], with extra environment variables (e.g. `CAIRN_PEER_ID`).
+    pub fn spawn_with_env(
+        script: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<NodeProcess, NodeError> {
         check_node_modules()?;
         let label = std::iter::once(script)
             .chain(args.iter().copied())
@@ -302,6 +311,7 @@ impl NodeProcess {
             .arg(script)
             .args(args)
             .current_dir(js_dir())
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

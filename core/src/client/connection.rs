@@ -321,7 +321,9 @@ impl Dialler {
     /// was accepted for a document this connection has already offered (or the app's own
     /// registration of a loaded document asks for it), so the caller reconnects.
     async fn registered_while_connected(&self) {
-        let mut wait = self.registration_retry;
+        // At once on connecting: a registration made while the dial was under way (after
+        // the round before it) must not wait a whole retry period.
+        let mut wait = Duration::ZERO;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
