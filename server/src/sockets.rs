@@ -5,7 +5,7 @@
 //! whose credential is rotated or revoked a moment later is found) and gets its engine
 //! connection id once the engine knows it. It is "gone" when its task has ended: its close
 //! frame was sent (or could not be) and the TCP connection was dropped. Each socket's
-//! [`SocketGuard`] holds the sending end of a `watch` channel for as long as it lives;
+//! `SocketGuard` holds the sending end of a `watch` channel for as long as it lives;
 //! waiting on the receiving end ends when the guard is dropped.
 
 use std::collections::HashMap;
