@@ -20,7 +20,7 @@ use cairn_core::membership::api::{
     AcceptCodeOfConduct, CreateGroup, CreateInvite, LinkDevice, RedeemInvite, RegisterDocument,
     Rotated, SetCodeOfConduct, SetPseudonym, SetRole,
 };
-use cairn_core::membership::{GroupId, MembershipError};
+use cairn_core::membership::{GroupId, Identity, Membership, MembershipError};
 use serde::de::DeserializeOwned;
 
 use crate::auth::{Caller, MaybeCaller, Source};
@@ -342,71 +342,115 @@ async fn members(
     )?))
 }
 
-async fn set_role(
-    State(state): State<AppState>,
-    Caller { identity }: Caller,
-    Path((g, m)): Path<(String, String)>,
-    Body(req): Body<SetRole>,
-) -> ApiResult<impl IntoResponse> {
+/// What a change to one member takes away, to be closed before the call answers.
+enum Reduces {
+    /// Nothing (a reinstatement only gives access back).
+    Nothing,
+    /// What the engine re-checks (a role change: a lower role writes less).
+    Access,
+    /// That, and every socket of the member (suspension, removal, leaving).
+    MemberSockets,
+}
+
+/// A change to member `m` of group `g` by the caller: runs `f` on the blocking pool (it
+/// commits durably), counts it as `kind`, closes what it took away, and rewrites the
+/// group's roster.
+async fn member_change<T: Send + 'static>(
+    state: &AppState,
+    identity: Identity,
+    (g, m): (String, String),
+    kind: &'static str,
+    reduces: Reduces,
+    f: impl FnOnce(&Membership, &Identity, &GroupId, &MemberId, u64) -> Result<T, MembershipError>
+        + Send
+        + 'static,
+) -> ApiResult<T> {
     let membership = state.members()?.membership.clone();
     let (group, member) = (GroupId::from(g), MemberId::from(m));
     let (gr, mb) = (group.clone(), member.clone());
-    let info =
-        blocking(move || membership.set_role(&identity, &gr, &mb, req.role, now_ms())).await?;
-    state.changed("role_changed");
-    tracing::info!(group = %group, member = %member, role = info.role.name(), "role changed");
-    // A lower role writes less; the engine checks every write against the new role, and
-    // re-checks reads now.
-    state.access_reduced(None).await;
+    let answer = blocking(move || f(&membership, &identity, &gr, &mb, now_ms())).await?;
+    state.changed(kind);
+    tracing::info!(group = %group, member = %member, kind, "member changed");
+    match reduces {
+        Reduces::Nothing => {}
+        Reduces::Access => state.access_reduced(None).await,
+        Reduces::MemberSockets => state.access_reduced(Some(Whose::Member(member))).await,
+    }
     state.roster_changed(&group);
-    Ok(Json(info))
+    Ok(answer)
+}
+
+async fn set_role(
+    State(state): State<AppState>,
+    Caller { identity }: Caller,
+    Path(ids): Path<(String, String)>,
+    Body(req): Body<SetRole>,
+) -> ApiResult<impl IntoResponse> {
+    let change = move |m: &Membership, who: &Identity, g: &GroupId, mb: &MemberId, now| {
+        m.set_role(who, g, mb, req.role, now)
+    };
+    let info = member_change(
+        &state,
+        identity,
+        ids,
+        "role_changed",
+        Reduces::Access,
+        change,
+    );
+    Ok(Json(info.await?))
 }
 
 async fn suspend(
     State(state): State<AppState>,
     Caller { identity }: Caller,
-    Path((g, m)): Path<(String, String)>,
+    Path(ids): Path<(String, String)>,
 ) -> ApiResult<impl IntoResponse> {
-    let membership = state.members()?.membership.clone();
-    let (group, member) = (GroupId::from(g), MemberId::from(m));
-    let (gr, mb) = (group.clone(), member.clone());
-    let info = blocking(move || membership.suspend(&identity, &gr, &mb, now_ms())).await?;
-    state.changed("suspended");
-    tracing::info!(group = %group, member = %member, "member suspended");
-    state.access_reduced(Some(Whose::Member(member))).await;
-    state.roster_changed(&group);
-    Ok(Json(info))
+    let info = member_change(
+        &state,
+        identity,
+        ids,
+        "suspended",
+        Reduces::MemberSockets,
+        |m, who, g, mb, now| m.suspend(who, g, mb, now),
+    );
+    Ok(Json(info.await?))
 }
 
 async fn reinstate(
     State(state): State<AppState>,
     Caller { identity }: Caller,
-    Path((g, m)): Path<(String, String)>,
+    Path(ids): Path<(String, String)>,
 ) -> ApiResult<impl IntoResponse> {
-    let membership = state.members()?.membership.clone();
-    let (group, member) = (GroupId::from(g), MemberId::from(m));
-    let (gr, mb) = (group.clone(), member.clone());
-    let info = blocking(move || membership.reinstate(&identity, &gr, &mb, now_ms())).await?;
-    state.changed("reinstated");
-    tracing::info!(group = %group, member = %member, "member reinstated");
-    state.roster_changed(&group);
-    Ok(Json(info))
+    let info = member_change(
+        &state,
+        identity,
+        ids,
+        "reinstated",
+        Reduces::Nothing,
+        |m, who, g, mb, now| m.reinstate(who, g, mb, now),
+    );
+    Ok(Json(info.await?))
 }
 
 async fn remove(
     State(state): State<AppState>,
     Caller { identity }: Caller,
-    Path((g, m)): Path<(String, String)>,
+    Path(ids): Path<(String, String)>,
 ) -> ApiResult<impl IntoResponse> {
-    let membership = state.members()?.membership.clone();
-    let (group, member) = (GroupId::from(g), MemberId::from(m));
-    let leaving = identity.member == member;
-    let (gr, mb) = (group.clone(), member.clone());
-    blocking(move || membership.remove(&identity, &gr, &mb, now_ms())).await?;
-    state.changed(if leaving { "left" } else { "removed" });
-    tracing::info!(group = %group, member = %member, leaving, "member removed");
-    state.access_reduced(Some(Whose::Member(member))).await;
-    state.roster_changed(&group);
+    let kind = if identity.member.as_str() == ids.1 {
+        "left"
+    } else {
+        "removed"
+    };
+    member_change(
+        &state,
+        identity,
+        ids,
+        kind,
+        Reduces::MemberSockets,
+        |m, who, g, mb, now| m.remove(who, g, mb, now),
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
