@@ -1,7 +1,7 @@
 //! The membership HTTP API under `/v1` (see `cairn_core::membership::api` for the paths
 //! and bodies).
 //!
-//! Every change is committed durably by [`Membership`](cairn_core::membership::Membership)
+//! Every change is committed durably by [`Membership`]
 //! before it answers; the calls run on the blocking pool because a commit waits for an
 //! fsync. A call that takes access away (remove, leave, suspend, a role change, a new code
 //! of conduct, revoking or rotating a device) then has the engine re-check every
