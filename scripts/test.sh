@@ -37,11 +37,17 @@ step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "the engine builds without the client runtime and without tokio"
-if cargo tree -p cairn-core --no-default-features -e normal | grep -q '^.*tokio'; then
-  echo "cairn-core without default features depends on tokio" >&2
+if cargo tree -p cairn-sync --no-default-features -e normal | grep -q '^.*tokio'; then
+  echo "cairn-sync without default features depends on tokio" >&2
   exit 1
 fi
-cargo check -p cairn-core --no-default-features --locked
+cargo check -p cairn-sync --no-default-features --locked
+
+step "the relay compiles the sync layer only (no workspace model, time zones or cipher)"
+if cargo tree -p cairn-relay -e normal --prefix none | grep -E '^(cairn-core|jiff|chacha20poly1305|autosurgeon) '; then
+  echo "cairn-relay depends on the workspace layer" >&2
+  exit 1
+fi
 
 step "cargo doc -D warnings"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked

@@ -6,10 +6,10 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
-use cairn_core::engine::{Direction, Engine, EngineConfig, Event, Input, Output, Role};
-use cairn_core::ids::{ConnectionId, PeerId};
-use cairn_core::store::{MemoryStore, Storage};
-use cairn_core::time::Timestamp;
+use cairn_sync::engine::{Direction, Engine, EngineConfig, Event, Input, Output, Role};
+use cairn_sync::ids::{ConnectionId, PeerId};
+use cairn_sync::store::{MemoryStore, Storage};
+use cairn_sync::time::Timestamp;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;

@@ -2,7 +2,7 @@
 //! decodes must survive `encode` → `decode` unchanged.
 #![no_main]
 
-use cairn_core::wire::Message;
+use cairn_sync::wire::Message;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

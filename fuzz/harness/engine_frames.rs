@@ -30,11 +30,11 @@ use arbitrary::{Arbitrary, Unstructured};
 use automerge::sync::{self, SyncDoc};
 use automerge::transaction::Transactable;
 use automerge::{Automerge, ChangeHash};
-use cairn_core::engine::{Direction, Engine, EngineConfig, Input, Limits, Output, Role};
-use cairn_core::ids::{ConnectionId, DocumentId, PeerId, TaskId};
-use cairn_core::store::{MemoryStore, Storage, StorageOp, StoreError};
-use cairn_core::time::Timestamp;
-use cairn_core::wire::{DocMessage, Message, PeerMetadata};
+use cairn_sync::engine::{Direction, Engine, EngineConfig, Input, Limits, Output, Role};
+use cairn_sync::ids::{ConnectionId, DocumentId, PeerId, TaskId};
+use cairn_sync::store::{MemoryStore, Storage, StorageOp, StoreError};
+use cairn_sync::time::Timestamp;
+use cairn_sync::wire::{DocMessage, Message, PeerMetadata};
 
 /// Steps taken from one input; the rest is ignored. Long enough for a handshake, a few
 /// sync rounds and an attack; short enough to keep the fuzzer's runs fast.

@@ -1,4 +1,4 @@
-//! The membership HTTP API under `/v1` (see `cairn_core::membership::api` for the paths
+//! The membership HTTP API under `/v1` (see `cairn_sync::membership::api` for the paths
 //! and bodies).
 //!
 //! Every change is committed durably by [`Membership`]
@@ -15,12 +15,12 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
-use cairn_core::ids::{DeviceId, DocumentId, MemberId};
-use cairn_core::membership::api::{
+use cairn_sync::ids::{DeviceId, DocumentId, MemberId};
+use cairn_sync::membership::api::{
     AcceptCodeOfConduct, CreateGroup, CreateInvite, LinkDevice, RedeemInvite, RegisterDocument,
     Rotated, SetCodeOfConduct, SetPseudonym, SetRole,
 };
-use cairn_core::membership::{GroupId, Identity, Membership, MembershipError};
+use cairn_sync::membership::{GroupId, Identity, Membership, MembershipError};
 use serde::de::DeserializeOwned;
 
 use crate::auth::{Caller, MaybeCaller, Source};
@@ -124,7 +124,7 @@ impl IntoResponse for ApiError {
             code = self.code,
             "membership call refused"
         );
-        let body = cairn_core::membership::api::ApiError {
+        let body = cairn_sync::membership::api::ApiError {
             error: self.code.to_owned(),
             message: self.message,
         };
@@ -267,7 +267,7 @@ async fn create_group(
 
 /// A fresh document id from the OS RNG (a group's roster).
 pub(crate) fn new_document_id() -> DocumentId {
-    DocumentId::from_bytes(cairn_core::store::random_uuid().into_bytes())
+    DocumentId::from_bytes(cairn_sync::store::random_uuid().into_bytes())
 }
 
 async fn groups(
@@ -564,7 +564,7 @@ async fn revoke(
     blocking(move || membership.revoke_device(&who, &dv, now_ms())).await?;
     state.changed("device_revoked");
     tracing::info!(member = %identity.member, device = %device, "device revoked");
-    let revoked = cairn_core::membership::Identity {
+    let revoked = cairn_sync::membership::Identity {
         member: identity.member.clone(),
         device,
     };

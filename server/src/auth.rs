@@ -11,7 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, Uri};
-use cairn_core::membership::Identity;
+use cairn_sync::membership::Identity;
 
 use crate::api::ApiError;
 use crate::AppState;

@@ -8,9 +8,9 @@
 
 use std::sync::Arc;
 
-use cairn_core::membership::api::Invite;
-use cairn_core::membership::{GroupId, KvMembershipStore, Membership, MembershipError, Quotas};
-use cairn_core::store::{SledConfig, SledStore};
+use cairn_sync::membership::api::Invite;
+use cairn_sync::membership::{GroupId, KvMembershipStore, Membership, MembershipError, Quotas};
+use cairn_sync::store::{SledConfig, SledStore};
 
 use crate::api::{new_document_id, now_ms};
 use crate::config::BootstrapArgs;
@@ -52,7 +52,7 @@ pub fn bootstrap(args: &BootstrapArgs) -> Result<Bootstrapped, RelayError> {
         Some(path) => std::fs::read_to_string(path).map_err(RelayError::CodeOfConduct)?,
         None => DEFAULT_CODE_OF_CONDUCT.to_owned(),
     };
-    std::fs::create_dir_all(&args.data).map_err(cairn_core::store::StoreError::Io)?;
+    std::fs::create_dir_all(&args.data).map_err(cairn_sync::store::StoreError::Io)?;
     let store = SledStore::open(
         &args.data,
         &SledConfig {

@@ -39,13 +39,13 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use cairn_core::engine::{
+use cairn_sync::engine::{
     Access, Engine, EngineConfig, Limits, Operation, PeerInfo, Role, SyncLimits,
 };
-use cairn_core::ids::PeerId;
-use cairn_core::membership::{KvMembershipStore, Membership, MembershipError, Quotas};
-use cairn_core::runtime::{Host, HostConfig};
-use cairn_core::store::{SledConfig, SledDurability, SledStore, Storage, StoreError};
+use cairn_sync::ids::PeerId;
+use cairn_sync::membership::{KvMembershipStore, Membership, MembershipError, Quotas};
+use cairn_sync::runtime::{Host, HostConfig};
+use cairn_sync::store::{SledConfig, SledDurability, SledStore, Storage, StoreError};
 use thiserror::Error;
 use tokio::net::TcpListener;
 
@@ -143,7 +143,7 @@ impl AppState {
     }
 
     /// The membership service (`None` in `--open` mode), for tests and embedding.
-    pub fn membership(&self) -> Option<&cairn_core::membership::Membership> {
+    pub fn membership(&self) -> Option<&cairn_sync::membership::Membership> {
         self.members.as_ref().map(|m| &m.membership)
     }
 }
@@ -265,14 +265,14 @@ impl Access for NoAccess {
     fn allows(
         &self,
         _: &PeerInfo<'_>,
-        _: &cairn_core::ids::DocumentId,
+        _: &cairn_sync::ids::DocumentId,
         _: Operation,
-        _: cairn_core::time::Timestamp,
+        _: cairn_sync::time::Timestamp,
     ) -> bool {
         false
     }
 
-    fn connection_allowed(&self, _: &PeerInfo<'_>, _: cairn_core::time::Timestamp) -> bool {
+    fn connection_allowed(&self, _: &PeerInfo<'_>, _: cairn_sync::time::Timestamp) -> bool {
         false
     }
 }
@@ -285,18 +285,18 @@ fn uuid_seed() -> [u8; 8] {
 
 fn uuid_bytes() -> [u8; 16] {
     // OS randomness through the uuid crate, which the store already uses for its id.
-    *cairn_core::store::random_uuid().as_bytes()
+    *cairn_sync::store::random_uuid().as_bytes()
 }
 
 /// Checks the store in `data` (the relay must be stopped): see [`SledStore::check`].
-pub fn check(data: &std::path::Path) -> Result<cairn_core::store::VerifyReport, RelayError> {
+pub fn check(data: &std::path::Path) -> Result<cairn_sync::store::VerifyReport, RelayError> {
     Ok(SledStore::check(data, &SledConfig::default())?)
 }
 
 /// Replaces the store's id (after a restore from backup) and returns the new one.
-pub fn new_storage_id(data: &std::path::Path) -> Result<cairn_core::ids::StorageId, RelayError> {
+pub fn new_storage_id(data: &std::path::Path) -> Result<cairn_sync::ids::StorageId, RelayError> {
     let store = SledStore::open(data, &SledConfig::default())?;
-    store.delete(&cairn_core::store::storage_id_key())?;
+    store.delete(&cairn_sync::store::storage_id_key())?;
     store.flush()?;
     let id = store.storage_id()?;
     tracing::info!(storage_id = %id, "store has a new id");

@@ -5,9 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_core::ids::{ConnectionId, MemberId};
-use cairn_core::membership::{GroupId, MemberStatus, Membership};
-use cairn_core::runtime::Host;
+use cairn_sync::ids::{ConnectionId, MemberId};
+use cairn_sync::membership::{GroupId, MemberStatus, Membership};
+use cairn_sync::runtime::Host;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use cairn_core::engine::{Event, Stats};
-use cairn_core::runtime::Observer;
+use cairn_sync::engine::{Event, Stats};
+use cairn_sync::runtime::Observer;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;

@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use cairn_core::ids::{ConnectionId, MemberId};
-use cairn_core::membership::Identity;
+use cairn_sync::ids::{ConnectionId, MemberId};
+use cairn_sync::membership::Identity;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 

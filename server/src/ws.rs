@@ -8,9 +8,9 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use cairn_core::engine::Direction;
-use cairn_core::runtime::Outbound;
-use cairn_core::wire::Message as WireMessage;
+use cairn_sync::engine::Direction;
+use cairn_sync::runtime::Outbound;
+use cairn_sync::wire::Message as WireMessage;
 use futures_util::{Sink, SinkExt, StreamExt};
 
 use crate::api::ApiError;
@@ -161,9 +161,9 @@ where
 /// or it takes nothing for a whole send timeout. Returns how it ended.
 async fn write<S>(
     sink: &mut S,
-    outbound: &mut cairn_core::runtime::OutboundQueue,
+    outbound: &mut cairn_sync::runtime::OutboundQueue,
     timeouts: Timeouts,
-    conn: cairn_core::ids::ConnectionId,
+    conn: cairn_sync::ids::ConnectionId,
 ) -> Result<(), SendFailed>
 where
     S: Sink<Message> + Unpin,
@@ -190,12 +190,12 @@ where
 
 async fn pump(
     socket: WebSocket,
-    handle: cairn_core::runtime::ConnectionHandle,
+    handle: cairn_sync::runtime::ConnectionHandle,
     timeouts: Timeouts,
     metrics: &Metrics,
     revoked: &tokio_util::sync::CancellationToken,
 ) {
-    let cairn_core::runtime::ConnectionHandle {
+    let cairn_sync::runtime::ConnectionHandle {
         input,
         mut outbound,
     } = handle;

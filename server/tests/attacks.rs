@@ -10,7 +10,7 @@ use std::time::Duration;
 use automerge::sync::{self, SyncDoc};
 use automerge::transaction::Transactable;
 use automerge::{Automerge, ROOT};
-use cairn_core::wire::{DocMessage, Message};
+use cairn_sync::wire::{DocMessage, Message};
 use common::{doc_id, Pair, Raw, Relay, Seen, SOON};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -85,7 +85,7 @@ fn change_message(chars: usize) -> sync::Message {
     }
 }
 
-fn sync_frame(from: &Raw, doc: cairn_core::ids::DocumentId, data: Vec<u8>) -> Vec<u8> {
+fn sync_frame(from: &Raw, doc: cairn_sync::ids::DocumentId, data: Vec<u8>) -> Vec<u8> {
     Message::Sync(DocMessage {
         sender_id: from.peer.clone(),
         target_id: cairn_relay::RELAY_PEER_ID.into(),

@@ -6,8 +6,8 @@ mod common;
 use automerge::sync;
 use automerge::transaction::Transactable;
 use automerge::{Automerge, ScalarValue, ROOT};
-use cairn_core::ids::PeerId;
-use cairn_core::wire::{DocMessage, Message, PeerMetadata};
+use cairn_sync::ids::PeerId;
+use cairn_sync::wire::{DocMessage, Message, PeerMetadata};
 use ciborium::Value;
 use common::{doc_id, incompressible, Pair, Raw, Relay, Seen, SyncOutcome, SOON};
 

@@ -43,8 +43,8 @@ use std::time::{Duration, Instant};
 use automerge::sync::{self, SyncDoc};
 use automerge::transaction::Transactable;
 use automerge::{ActorId, Automerge, ChangeHash, ScalarValue, ROOT};
-use cairn_core::ids::{DocumentId, PeerId};
-use cairn_core::wire::{DocMessage, Message, PeerMetadata};
+use cairn_sync::ids::{DocumentId, PeerId};
+use cairn_sync::wire::{DocMessage, Message, PeerMetadata};
 use common::{incompressible, load_stored, Raw, Seen, SOON};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -182,7 +182,7 @@ fn env_u64(name: &str) -> Option<u64> {
 fn seed() -> u64 {
     env_u64("CAIRN_CRASH_SEED").unwrap_or_else(|| {
         u64::from_le_bytes(
-            cairn_core::store::random_uuid().as_bytes()[..8]
+            cairn_sync::store::random_uuid().as_bytes()[..8]
                 .try_into()
                 .expect("8 bytes"),
         )

@@ -204,8 +204,8 @@ async fn a_database_older_than_its_record_is_refused() {
     copy_dir(dir.path(), older.path());
     written_store(dir.path()).await;
     std::fs::copy(
-        dir.path().join(cairn_core::store::RECORD_FILE),
-        older.path().join(cairn_core::store::RECORD_FILE),
+        dir.path().join(cairn_sync::store::RECORD_FILE),
+        older.path().join(cairn_sync::store::RECORD_FILE),
     )
     .unwrap();
     let started = serve(older.path());

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use automerge::transaction::Transactable;
 use automerge::ROOT;
-use cairn_core::client::{Client, ClientConfig, ClientError};
-use cairn_core::store::{SledConfig, SledStore};
+use cairn_sync::client::{Client, ClientConfig, ClientError};
+use cairn_sync::store::{SledConfig, SledStore};
 use common::{client, metric_value, Relay, SOON};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -194,7 +194,7 @@ async fn a_phone_change_on_a_full_disk_returns_storage_full_and_loses_nothing() 
     common::members::wait_unlocked(&disk.path("phone")).await;
     // What the phone said was kept is on its disk.
     let store = SledStore::open(&disk.path("phone"), &config()).unwrap();
-    let chunks = cairn_core::store::Storage::load_range(&store, &[doc.to_string()]).unwrap();
+    let chunks = cairn_sync::store::Storage::load_range(&store, &[doc.to_string()]).unwrap();
     let mut am = automerge::Automerge::new();
     for (_, bytes) in chunks {
         am.load_incremental(&bytes).unwrap();

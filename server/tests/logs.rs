@@ -60,7 +60,7 @@ async fn trace_logs_carry_no_content_and_no_colour() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    let unique = cairn_core::store::random_uuid().simple().to_string();
+    let unique = cairn_sync::store::random_uuid().simple().to_string();
     let marker = format!("marker-{unique}");
     let peer = format!("peer-{}", &unique[..12]);
     let mut raw = Raw::joined(&format!("ws://127.0.0.1:{port}/"), &peer).await;

@@ -11,8 +11,8 @@ use std::time::Duration;
 use automerge::sync::{self, SyncDoc};
 use automerge::transaction::Transactable;
 use automerge::{Automerge, ReadDoc, ROOT};
-use cairn_core::ids::{DocumentId, PeerId};
-use cairn_core::wire::{DocMessage, Message};
+use cairn_sync::ids::{DocumentId, PeerId};
+use cairn_sync::wire::{DocMessage, Message};
 use common::members::{call, call_with, redeem, upgrade, upgrade_with, Device, Group, Upgrade};
 use common::{doc_id, http_get, load_stored, metric_value, Raw, Seen, SyncOutcome, SOON};
 use serde_json::json;
@@ -76,7 +76,7 @@ async fn fetch(ws: &mut Raw, doc: DocumentId) -> Option<Automerge> {
 /// sent before answering that request: every frame the engine queued for this socket
 /// before it handled the request.
 async fn until_barrier(ws: &mut Raw) -> Vec<Message> {
-    let barrier = DocumentId::from_bytes(*cairn_core::store::random_uuid().as_bytes());
+    let barrier = DocumentId::from_bytes(*cairn_sync::store::random_uuid().as_bytes());
     let am = Automerge::new();
     let m = am
         .generate_sync_message(&mut sync::State::new())
@@ -854,7 +854,7 @@ async fn revocation_survives_a_sigkill_and_no_secret_reaches_the_log() {
     let data_arg = data.to_str().expect("utf-8 path");
     let log = dir.path().join("relay.log");
     let coc_path = dir.path().join("coc.txt");
-    let unique = cairn_core::store::random_uuid().simple().to_string();
+    let unique = cairn_sync::store::random_uuid().simple().to_string();
     let coc_text = format!("canary-code-of-conduct-{unique}");
     std::fs::write(&coc_path, &coc_text).expect("write the code of conduct");
 

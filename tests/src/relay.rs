@@ -40,7 +40,7 @@ impl TestRelay {
 
     /// Starts a relay with membership (no `--open`) on a store bootstrapped with one group,
     /// and returns it with the group's first organiser invite.
-    pub async fn start_with_membership() -> (TestRelay, cairn_core::membership::api::Invite) {
+    pub async fn start_with_membership() -> (TestRelay, cairn_sync::membership::api::Invite) {
         let data = tempfile::tempdir().expect("creating a temporary relay data directory");
         let args = cairn_relay::config::BootstrapArgs {
             data: data.path().join("relay"),

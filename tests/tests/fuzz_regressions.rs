@@ -16,8 +16,8 @@ use std::process::Command;
 use automerge::sync::{self, SyncDoc};
 use automerge::transaction::Transactable;
 use automerge::Automerge;
-use cairn_core::ids::DocumentId;
-use cairn_core::wire::{DocMessage, Message, PeerMetadata};
+use cairn_sync::ids::DocumentId;
+use cairn_sync::wire::{DocMessage, Message, PeerMetadata};
 
 #[path = "../../fuzz/harness/engine_frames.rs"]
 mod engine_frames;

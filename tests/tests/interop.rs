@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use automerge::transaction::Transactable;
 use automerge::{AutoSerde, ReadDoc, ROOT};
-use cairn_core::client::{Client, ClientConfig, ClientError};
-use cairn_core::ids::DocumentId;
-use cairn_core::store::MemoryStore;
+use cairn_sync::client::{Client, ClientConfig, ClientError};
+use cairn_sync::ids::DocumentId;
+use cairn_sync::store::MemoryStore;
 use cairn_tests::relay::{run_node, run_node_json, url_heads, NodeProcess, TestRelay};
 use cairn_tests::samod_peer::SamodPeer;
 use serde_json::{json, Value};
@@ -228,7 +228,7 @@ async fn cairn_client_reads_js_and_exchanges_live_changes_with_samod() {
 #[tokio::test(flavor = "multi_thread")]
 async fn unknown_document_is_unavailable() {
     let relay = TestRelay::start().await;
-    let unknown = DocumentId::from_bytes(*cairn_core::store::random_uuid().as_bytes()).to_string();
+    let unknown = DocumentId::from_bytes(*cairn_sync::store::random_uuid().as_bytes()).to_string();
 
     let out = run_node("read.mjs", &[&relay.url(), &unknown], NODE_LIMIT)
         .await
@@ -265,9 +265,9 @@ async fn unknown_document_is_unavailable() {
 async fn js_sees_co_edited_workspace_fields_as_text() {
     use cairn_core::model::settings;
     let relay = cairn_tests::relay::TestRelay::start().await;
-    let client = cairn_core::client::Client::start(
-        std::sync::Arc::new(cairn_core::store::MemoryStore::default()),
-        cairn_core::client::ClientConfig::new("organiser/phone"),
+    let client = cairn_sync::client::Client::start(
+        std::sync::Arc::new(cairn_sync::store::MemoryStore::default()),
+        cairn_sync::client::ClientConfig::new("organiser/phone"),
     )
     .expect("client");
     client.connect(&relay.url());

@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use automerge::transaction::Transactable;
 use automerge::{ObjType, ReadDoc, ROOT};
-use cairn_core::client::{Client, ClientConfig, ClientError, RelayApi};
-use cairn_core::membership::api::CreateInvite;
-use cairn_core::membership::{BoundKind, Credential, GroupId};
 use cairn_core::model::group::Role;
 use cairn_core::model::roster;
-use cairn_core::store::MemoryStore;
+use cairn_sync::client::{Client, ClientConfig, ClientError, RelayApi};
+use cairn_sync::membership::api::CreateInvite;
+use cairn_sync::membership::{BoundKind, Credential, GroupId};
+use cairn_sync::store::MemoryStore;
 use cairn_tests::relay::{NodeProcess, TestRelay};
 use cairn_tests::samod_peer::{ConnectOptions, SamodPeer};
 

@@ -41,9 +41,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use automerge::transaction::Transactable;
 use automerge::{Automerge, ChangeHash, ObjType, ROOT};
-use cairn_core::client::{Client, ClientConfig};
-use cairn_core::ids::DocumentId;
-use cairn_core::store::{MemoryStore, SledConfig, SledDurability, SledStore, Storage};
+use cairn_sync::client::{Client, ClientConfig};
+use cairn_sync::ids::DocumentId;
+use cairn_sync::store::{MemoryStore, SledConfig, SledDurability, SledStore, Storage};
 use cairn_tests::volatile_fs::{VolatileFs, VolatileStats};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -99,7 +99,7 @@ fn env_u64(name: &str) -> Option<u64> {
 fn seed() -> u64 {
     env_u64("CAIRN_POWER_CUT_SEED").unwrap_or_else(|| {
         u64::from_le_bytes(
-            cairn_core::store::random_uuid().as_bytes()[..8]
+            cairn_sync::store::random_uuid().as_bytes()[..8]
                 .try_into()
                 .expect("8 bytes"),
         )
@@ -143,7 +143,7 @@ async fn write_one(
     key: String,
     big: bool,
     rng: &mut ChaCha8Rng,
-) -> Result<Vec<ChangeHash>, cairn_core::client::ClientError> {
+) -> Result<Vec<ChangeHash>, cairn_sync::client::ClientError> {
     if big {
         let text = big_text(rng);
         c.change(doc, move |tx| {
@@ -305,7 +305,7 @@ fn relay_binary() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     // Sources only: cargo relinks the binary whenever they change, but not when an
     // unrelated part of Cargo.lock does, so the lock file would make a fresh binary look stale.
-    let sources = ["server/src", "core/src"];
+    let sources = ["server/src", "core/sync/src"];
     if let Some(newer) = sources
         .iter()
         .filter_map(|s| newest_change(&root.join(s)))

@@ -10,7 +10,7 @@
 use cairn_tests::sim::seeds::{for_each_seed, run_seed, seeds, verbose};
 use std::time::Duration;
 
-use cairn_core::engine::Limits;
+use cairn_sync::engine::Limits;
 use cairn_tests::sim::{Faults, Sim, SimConfig, Stats};
 
 /// Seeds the main test runs by default. A seed costs about 0.3 s of one core (two rounds of
@@ -250,8 +250,8 @@ fn seeds_that_livelocked_after_eviction_converge() {
 /// `handle_timeout` until the storage task completes. Found at seed 10 (and many others).
 #[test]
 fn handle_timeout_moves_the_deadline_past_now() {
-    use cairn_core::engine::{Engine, EngineConfig, Limits, Output, Role};
-    use cairn_core::time::Timestamp;
+    use cairn_sync::engine::{Engine, EngineConfig, Limits, Output, Role};
+    use cairn_sync::time::Timestamp;
     use std::time::Duration;
 
     let limits = Limits {
@@ -287,11 +287,11 @@ fn relay_gets_a_change_sent_before_its_dependency(evict: bool) -> bool {
     use automerge::sync::{self, Have, MessageVersion, SyncDoc};
     use automerge::transaction::Transactable;
     use automerge::{Automerge, ReadDoc};
-    use cairn_core::engine::{Direction, Engine, EngineConfig, Input, Limits, Output, Role};
-    use cairn_core::ids::{ConnectionId, DocumentId, PeerId};
-    use cairn_core::store::{MemoryStore, Storage};
-    use cairn_core::time::Timestamp;
-    use cairn_core::wire::{DocMessage, Message, PeerMetadata};
+    use cairn_sync::engine::{Direction, Engine, EngineConfig, Input, Limits, Output, Role};
+    use cairn_sync::ids::{ConnectionId, DocumentId, PeerId};
+    use cairn_sync::store::{MemoryStore, Storage};
+    use cairn_sync::time::Timestamp;
+    use cairn_sync::wire::{DocMessage, Message, PeerMetadata};
     use std::time::Duration;
 
     let store = MemoryStore::default();
@@ -445,11 +445,11 @@ fn sync_with_duplicates(
     duplicate: &[bool],
 ) -> (Vec<automerge::ChangeHash>, Vec<automerge::ChangeHash>) {
     use automerge::transaction::Transactable;
-    use cairn_core::engine::{Direction, Engine, EngineConfig, Input, Output, Role};
-    use cairn_core::ids::ConnectionId;
-    use cairn_core::store::{MemoryStore, Storage};
-    use cairn_core::time::Timestamp;
-    use cairn_core::wire::Message;
+    use cairn_sync::engine::{Direction, Engine, EngineConfig, Input, Output, Role};
+    use cairn_sync::ids::ConnectionId;
+    use cairn_sync::store::{MemoryStore, Storage};
+    use cairn_sync::time::Timestamp;
+    use cairn_sync::wire::Message;
 
     let now = Timestamp::from_millis(0);
     let link = ConnectionId::new(1);

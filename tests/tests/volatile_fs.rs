@@ -10,7 +10,7 @@ use std::io::{ErrorKind, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use cairn_core::store::{SledConfig, SledStore, Storage};
+use cairn_sync::store::{SledConfig, SledStore, Storage};
 use cairn_tests::volatile_fs::{VolatileFs, VolatileFsError};
 
 fn mount() -> VolatileFs {

@@ -9,17 +9,17 @@ use std::time::Duration;
 
 use automerge::transaction::Transactable;
 use automerge::ReadDoc;
-use cairn_core::client::{
-    Client, ClientConfig, Connection, SyncStatus, Transport, TransportError, TungsteniteTransport,
-};
-use cairn_core::ids::{DocumentId, MemberId};
-use cairn_core::membership::Credential;
 use cairn_core::model::thread;
 use cairn_core::reflection::{
     post_excerpt, share_excerpt, ExcerptSource, Journal, Reflection, ReflectionTemplate,
 };
-use cairn_core::store::{MemoryStore, SledConfig, SledStore, Storage};
-use cairn_core::wire::Message;
+use cairn_sync::client::{
+    Client, ClientConfig, Connection, SyncStatus, Transport, TransportError, TungsteniteTransport,
+};
+use cairn_sync::ids::{DocumentId, MemberId};
+use cairn_sync::membership::Credential;
+use cairn_sync::store::{MemoryStore, SledConfig, SledStore, Storage};
+use cairn_sync::wire::Message;
 use cairn_tests::relay::TestRelay;
 use futures::future::BoxFuture;
 use serde_json::json;

@@ -5,10 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_core::client::{Client, ClientConfig};
 use cairn_core::model::meeting::{self, OneOffKind};
 use cairn_core::model::minutes::{self, BlockKind, RichText};
-use cairn_core::store::MemoryStore;
+use cairn_sync::client::{Client, ClientConfig};
+use cairn_sync::store::MemoryStore;
 use cairn_tests::relay::TestRelay;
 
 const SOON: Duration = Duration::from_secs(20);

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use cairn_core::wire::{Message, PeerMetadata};
+use cairn_sync::wire::{Message, PeerMetadata};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -346,7 +346,7 @@ impl Group {
         &self,
         who: &Device,
         group: &str,
-        doc: cairn_core::ids::DocumentId,
+        doc: cairn_sync::ids::DocumentId,
         kind: &str,
     ) -> Resp {
         let body = json!({"document_id": doc.to_string(), "kind": kind});
@@ -363,7 +363,7 @@ impl Group {
     pub async fn register(
         &self,
         who: &Device,
-        doc: cairn_core::ids::DocumentId,
+        doc: cairn_sync::ids::DocumentId,
         kind: &str,
     ) -> Resp {
         let group = self.group.clone();

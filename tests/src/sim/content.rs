@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use automerge::transaction::{Transactable, Transaction};
 use automerge::{Automerge, AutomergeError, ObjType, ReadDoc, Value, ROOT};
-use cairn_core::store::StorageKey;
+use cairn_sync::store::StorageKey;
 use rand::Rng;
 
 /// The materialised state of a document: each root key and every value it holds (more than

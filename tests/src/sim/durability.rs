@@ -21,8 +21,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use automerge::{Automerge, ChangeHash, ReadDoc};
-use cairn_core::ids::{ConnectionId, DocumentId};
-use cairn_core::store::StorageKey;
+use cairn_sync::ids::{ConnectionId, DocumentId};
+use cairn_sync::store::StorageKey;
 
 use super::store::SimStore;
 

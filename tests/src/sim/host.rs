@@ -18,7 +18,7 @@
 //! last flush succeeded (and made everything the read saw durable) or a flush failed and
 //! the rule applies.
 
-use cairn_core::store::{Storage, StorageOp, StorageOutcome, StoreError};
+use cairn_sync::store::{Storage, StorageOp, StorageOutcome, StoreError};
 use rand::Rng;
 
 use super::store::{Durability, SimStore};
@@ -136,7 +136,7 @@ impl StorageHost {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cairn_core::store::StorageKey;
+    use cairn_sync::store::StorageKey;
 
     fn key(n: &str) -> StorageKey {
         vec!["d".into(), "incremental".into(), n.into()]

@@ -56,13 +56,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use automerge::{Automerge, ChangeHash};
-use cairn_core::engine::{
+use cairn_sync::engine::{
     CloseReason, Direction, Engine, EngineConfig, Event, Input, Limits, Output, Role,
 };
-use cairn_core::ids::{ConnectionId, DocumentId, PeerId, StorageId, TaskId};
-use cairn_core::store::{Storage, StorageOp};
-use cairn_core::time::Timestamp;
-use cairn_core::wire::Message;
+use cairn_sync::ids::{ConnectionId, DocumentId, PeerId, StorageId, TaskId};
+use cairn_sync::store::{Storage, StorageOp};
+use cairn_sync::time::Timestamp;
+use cairn_sync::wire::Message;
 use rand::seq::IteratorRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

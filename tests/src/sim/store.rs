@@ -12,8 +12,8 @@
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 
-use cairn_core::ids::StorageId;
-use cairn_core::store::{storage_id_key, Storage, StorageKey, StoreError};
+use cairn_sync::ids::StorageId;
+use cairn_sync::store::{storage_id_key, Storage, StorageKey, StoreError};
 use rand::Rng;
 
 /// When the simulator reports a write to the engine as done.

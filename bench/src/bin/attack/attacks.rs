@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use cairn_core::ids::DocumentId;
-use cairn_core::wire::Message;
+use cairn_sync::ids::DocumentId;
+use cairn_sync::wire::Message;
 use futures_util::{SinkExt, StreamExt};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

@@ -16,8 +16,8 @@ use anyhow::{anyhow, bail, Context};
 use automerge::transaction::Transactable;
 use automerge::{ReadDoc, ROOT};
 use cairn_bench::device::Device;
-use cairn_core::engine::Event;
-use cairn_core::ids::DocumentId;
+use cairn_sync::engine::Event;
+use cairn_sync::ids::DocumentId;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 

@@ -1,0 +1,103 @@
+//! The access policy: who may read and write a document, decided from the membership
+//! state alone (no IO), for the engine to consult on every message.
+
+use std::sync::{Arc, RwLock};
+
+use super::{BoundKind, Identity, MembershipState};
+use crate::engine::{Access, Operation, PeerInfo};
+use crate::ids::DocumentId;
+use crate::time::Timestamp;
+
+impl MembershipState {
+    /// Whether the device `who` may do `op` on `doc` at `now_ms` (Unix ms). See the table
+    /// in the [module docs](super).
+    pub fn allows(&self, who: &Identity, doc: &DocumentId, op: Operation, now_ms: u64) -> bool {
+        if self.active_device(who).is_none() {
+            return false;
+        }
+        let Some(binding) = self.bindings.get(doc) else {
+            return false;
+        };
+        let Some(m) = self.membership(&binding.group, &who.member) else {
+            return false;
+        };
+        if !self.may_see(&binding.group, &who.member, now_ms) {
+            return false;
+        }
+        if let Some(meeting) = &m.meeting {
+            return doc == meeting && op == Operation::Read;
+        }
+        let role = m.role;
+        match (binding.kind, op) {
+            (BoundKind::Settings, Operation::Read) => true,
+            (BoundKind::Settings, Operation::Write) => role == crate::docs::group::Role::Organiser,
+            (BoundKind::Roster, Operation::Read) => true,
+            (BoundKind::Roster, Operation::Write) => false,
+            (
+                BoundKind::Index
+                | BoundKind::Series
+                | BoundKind::Meeting
+                | BoundKind::Resources
+                | BoundKind::Thread,
+                Operation::Read,
+            ) => true,
+            (
+                BoundKind::Index
+                | BoundKind::Series
+                | BoundKind::Meeting
+                | BoundKind::Resources
+                | BoundKind::Thread,
+                Operation::Write,
+            ) => role.can_write(),
+            (BoundKind::Report, _) => {
+                role.is_facilitator() || binding.registrant.as_ref() == Some(&who.member)
+            }
+        }
+    }
+}
+
+/// The engine's [`Access`] over the relay's in-memory membership state.
+///
+/// Connections carry the identity the relay authenticated (`member/device`); one without
+/// an identity, or with a revoked device, may do nothing. The engine's `now` counts from
+/// the host's origin; `origin_unix_ms` turns it into wall time for guest expiry.
+#[derive(Clone, Debug)]
+pub struct MembershipAccess {
+    state: Arc<RwLock<MembershipState>>,
+    origin_unix_ms: u64,
+}
+
+impl MembershipAccess {
+    pub(super) fn new(state: Arc<RwLock<MembershipState>>, origin_unix_ms: u64) -> Self {
+        MembershipAccess {
+            state,
+            origin_unix_ms,
+        }
+    }
+
+    fn wall(&self, now: Timestamp) -> u64 {
+        self.origin_unix_ms.saturating_add(now.as_millis())
+    }
+
+    fn identity(peer: &PeerInfo<'_>) -> Option<Identity> {
+        Identity::parse(peer.identity?).ok()
+    }
+}
+
+impl Access for MembershipAccess {
+    fn allows(&self, peer: &PeerInfo<'_>, doc: &DocumentId, op: Operation, now: Timestamp) -> bool {
+        let Some(who) = Self::identity(peer) else {
+            return false;
+        };
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        state.allows(&who, doc, op, self.wall(now))
+    }
+
+    fn connection_allowed(&self, peer: &PeerInfo<'_>, _now: Timestamp) -> bool {
+        let Some(who) = Self::identity(peer) else {
+            return false;
+        };
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        state.active_device(&who).is_some()
+    }
+}

@@ -1,0 +1,529 @@
+//! The membership service against a real key-value store: who may do what, and that
+//! nothing is applied that is not committed.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use super::api::CreateInvite;
+use super::*;
+use crate::docs::group::Role;
+use crate::engine::Operation;
+use crate::ids::DocumentId;
+use crate::store::{MemoryStore, Storage, StorageKey, StoreError};
+
+const T0: u64 = 1_800_000_000_000;
+const HOUR: u64 = 3_600_000;
+
+/// A memory store whose writes can be made to fail (a full disk).
+#[derive(Default)]
+struct Failing {
+    inner: MemoryStore,
+    fail: AtomicBool,
+}
+
+impl Storage for Failing {
+    fn load(&self, key: &[String]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.load(key)
+    }
+    fn load_range(&self, p: &[String]) -> Result<Vec<(StorageKey, Vec<u8>)>, StoreError> {
+        self.inner.load_range(p)
+    }
+    fn put(&self, key: &[String], data: &[u8]) -> Result<(), StoreError> {
+        self.inner.put(key, data)
+    }
+    fn delete(&self, key: &[String]) -> Result<(), StoreError> {
+        self.inner.delete(key)
+    }
+    fn flush(&self) -> Result<(), StoreError> {
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(StoreError::Io(std::io::Error::from_raw_os_error(28)));
+        }
+        Ok(())
+    }
+    fn write_batch(&self, writes: &[(StorageKey, Option<Vec<u8>>)]) -> Result<(), StoreError> {
+        // Fails before anything is written, as the durable store does on a full disk.
+        self.flush()?;
+        for (k, v) in writes {
+            match v {
+                Some(v) => self.inner.put(k, v)?,
+                None => self.inner.delete(k)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+struct Relay {
+    store: Arc<Failing>,
+    m: Membership,
+}
+
+fn relay() -> Relay {
+    let store = Arc::new(Failing::default());
+    let m = Membership::open(
+        Arc::new(KvMembershipStore::new(store.clone())),
+        Quotas::default(),
+    )
+    .unwrap();
+    Relay { store, m }
+}
+
+fn doc(n: u8) -> DocumentId {
+    DocumentId::from_bytes([n; 16])
+}
+
+/// A device that has joined with `code` and accepted the code of conduct.
+fn join(m: &Membership, code: &str, now: u64) -> (Identity, String, GroupId) {
+    let r = m.redeem(None, code, "Wren", now).unwrap();
+    let token = r.token.unwrap();
+    let who = m.authenticate(&token).unwrap();
+    let g = r.group.unwrap();
+    m.accept_code_of_conduct(&who, &g.group_id, g.code_of_conduct_version, now)
+        .unwrap();
+    (who, token, g.group_id)
+}
+
+fn invite(m: &Membership, who: &Identity, g: &GroupId, role: Role, uses: u32) -> String {
+    m.create_invite(
+        who,
+        g,
+        &CreateInvite {
+            role,
+            expires_in_secs: 3600,
+            max_uses: uses,
+            meeting: None,
+            access_expires_in_secs: None,
+        },
+        T0,
+    )
+    .unwrap()
+    .code
+}
+
+/// A bootstrapped group with an organiser who registered settings and index.
+fn group(m: &Membership) -> (Identity, GroupId) {
+    let (_, first) = m.bootstrap("Be kind.", doc(1), 72 * 3600, T0).unwrap();
+    let (org, _, g) = join(m, &first.link, T0);
+    m.register_document(&org, &g, doc(2), BoundKind::Settings, T0)
+        .unwrap();
+    m.register_document(&org, &g, doc(3), BoundKind::Index, T0)
+        .unwrap();
+    (org, g)
+}
+
+#[test]
+fn a_redeemed_invite_gives_a_device_whose_credential_alone_authenticates() {
+    let r = relay();
+    let (org, g) = group(&r.m);
+    let code = invite(&r.m, &org, &g, Role::Member, 1);
+    let redeemed = r.m.redeem(None, &code, "Ash", T0).unwrap();
+    let token = redeemed.token.unwrap();
+    let who = r.m.authenticate(&token).unwrap();
+    assert_eq!(who.peer_id(), redeemed.peer_id);
+    let mut wrong = token.clone();
+    wrong.pop();
+    wrong.push(if token.ends_with('0') { '1' } else { '0' });
+    assert!(matches!(
+        r.m.authenticate(&wrong),
+        Err(MembershipError::Unauthorized)
+    ));
+    assert!(matches!(
+        r.m.authenticate(""),
+        Err(MembershipError::Unauthorized)
+    ));
+    // The secret is nowhere in the store, only its hash.
+    let secret = token.rsplit('_').next().unwrap();
+    for (_, v) in r.store.inner.load_range(&[KEY_PREFIX.to_owned()]).unwrap() {
+        assert!(!String::from_utf8_lossy(&v).contains(secret));
+    }
+}
+
+#[test]
+fn expired_and_used_up_invites_are_refused() {
+    let r = relay();
+    let (org, g) = group(&r.m);
+    let code = invite(&r.m, &org, &g, Role::Member, 1);
+    assert!(matches!(
+        r.m.redeem(None, &code, "Late", T0 + 2 * HOUR),
+        Err(MembershipError::InviteExpired)
+    ));
+    r.m.redeem(None, &code, "First", T0).unwrap();
+    assert!(matches!(
+        r.m.redeem(None, &code, "Second", T0),
+        Err(MembershipError::InviteExpired)
+    ));
+    assert!(matches!(
+        r.m.redeem(None, "AAAAAAAAAAAAAAAAAAAA", "Guess", T0),
+        Err(MembershipError::NotFound)
+    ));
+}
+
+#[test]
+fn content_needs_the_current_code_of_conduct_and_each_kind_has_one_level() {
+    let r = relay();
+    let (org, g) = group(&r.m);
+    let code = invite(&r.m, &org, &g, Role::Member, 1);
+    let red = r.m.redeem(None, &code, "Ash", T0).unwrap();
+    let member = r.m.authenticate(red.token.as_deref().unwrap()).unwrap();
+    let s = |who: &Identity, d: DocumentId, op| r.m.snapshot().allows(who, &d, op, T0);
+    assert!(!s(&member, doc(3), Operation::Read), "before accepting");
+    assert!(
+        r.m.code_of_conduct(&member, &g, T0).is_ok(),
+        "its text is readable first"
+    );
+    r.m.accept_code_of_conduct(&member, &g, 1, T0).unwrap();
+    assert!(s(&member, doc(3), Operation::Read));
+    assert!(
+        s(&member, doc(3), Operation::Write),
+        "members write the index"
+    );
+    assert!(s(&member, doc(2), Operation::Read));
+    assert!(
+        !s(&member, doc(2), Operation::Write),
+        "settings are the organisers'"
+    );
+    assert!(s(&org, doc(2), Operation::Write));
+    assert!(s(&member, doc(1), Operation::Read));
+    assert!(
+        !s(&org, doc(1), Operation::Write),
+        "nobody syncs into the roster"
+    );
+    assert!(
+        !s(&member, doc(99), Operation::Read),
+        "unbound documents are nobody's"
+    );
+    // A new code of conduct closes content until it is accepted again.
+    r.m.set_code_of_conduct(&org, &g, "Be kinder.", T0).unwrap();
+    assert!(!s(&member, doc(3), Operation::Read));
+    assert!(s(&org, doc(3), Operation::Read), "its author accepted it");
+    assert!(matches!(
+        r.m.accept_code_of_conduct(&member, &g, 1, T0),
+        Err(MembershipError::Conflict(_))
+    ));
+    r.m.accept_code_of_conduct(&member, &g, 2, T0).unwrap();
+    assert!(s(&member, doc(3), Operation::Read));
+}
+
+#[test]
+fn observers_and_alumni_read_and_reports_reach_only_facilitators_and_their_reporter() {
+    let r = relay();
+    let (org, g) = group(&r.m);
+    let (obs, _, _) = join(&r.m, &invite(&r.m, &org, &g, Role::Observer, 1), T0);
+    let (mem, _, _) = join(&r.m, &invite(&r.m, &org, &g, Role::Member, 1), T0);
+    let (other, _, _) = join(&r.m, &invite(&r.m, &org, &g, Role::Member, 1), T0);
+    let (fac, _, _) = join(&r.m, &invite(&r.m, &org, &g, Role::Facilitator, 1), T0);
+    let s = |who: &Identity, d: DocumentId, op| r.m.snapshot().allows(who, &d, op, T0);
+    r.m.register_document(&mem, &g, doc(10), BoundKind::Thread, T0)
+        .unwrap();
+    assert!(s(&obs, doc(10), Operation::Read));
+    assert!(!s(&obs, doc(10), Operation::Write));
+    assert!(matches!(
+        r.m.register_document(&obs, &g, doc(11), BoundKind::Thread, T0),
+        Err(MembershipError::Forbidden(_))
+    ));
+    r.m.register_document(&mem, &g, doc(12), BoundKind::Report, T0)
+        .unwrap();
+    assert!(s(&mem, doc(12), Operation::Write));
+    assert!(s(&fac, doc(12), Operation::Read));
+    assert!(s(&org, doc(12), Operation::Read));
+    assert!(
+        !s(&other, doc(12), Operation::Read),
+        "another member never sees a report"
+    );
+    r.m.set_role(&org, &g, &mem.member, Role::Alumnus, T0)
+        .unwrap();
+    assert!(s(&mem, doc(10), Operation::Read));
+    assert!(!s(&mem, doc(10), Operation::Write));
+}
+
+#[test]
+fn a_bound_or_held_id_is_never_bound_again() {
+    let r = relay();
+    let (org_a, a) = group(&r.m);
+    let (_, first_b) = r.m.bootstrap("B", doc(50), 3600, T0).unwrap();
+    let (org_b, _, b) = join(&r.m, &first_b.code, T0);
+    r.m.register_document(&org_a, &a, doc(20), BoundKind::Thread, T0)
+        .unwrap();
+    assert!(matches!(
+        r.m.register_document(&org_b, &b, doc(20), BoundKind::Thread, T0),
+        Err(MembershipError::Conflict(_))
+    ));
+    assert!(!r.m.snapshot().allows(&org_b, &doc(20), Operation::Read, T0));
+    // Held by the document store (e.g. written in development mode): not claimable.
+    r.store
+        .put(&[doc(21).to_string(), "snapshot".into(), "h".into()], b"x")
+        .unwrap();
+    assert!(matches!(
+        r.m.register_document(&org_a, &a, doc(21), BoundKind::Thread, T0),
+        Err(MembershipError::Conflict(_))
+    ));
+    // The same registration again (a retry) is accepted.
+    r.m.register_document(&org_a, &a, doc(20), BoundKind::Thread, T0)
+        .unwrap();
+    // So is the same binding from another writer of the group (a deterministic id two
+    // devices opened offline), but not under another kind.
+    let (mem_a, _, _) = join(&r.m, &invite(&r.m, &org_a, &a, Role::Member, 1), T0);
+    r.m.register_document(&mem_a, &a, doc(20), BoundKind::Thread, T0)
+        .unwrap();
+    assert!(matches!(
+        r.m.register_document(&mem_a, &a, doc(20), BoundKind::Meeting, T0),
+        Err(MembershipError::Conflict(_))
+    ));
+    assert!(matches!(
+        r.m.register_document(&org_a, &a, doc(22), BoundKind::Settings, T0),
+        Err(MembershipError::Conflict(_))
+    ));
+}
+
+#[test]
+fn removal_suspension_revocation_and_guest_expiry_end_access() {
+    let r = relay();
+    let (org, g) = group(&r.m);
+    let (mem, token, _) = join(&r.m, &invite(&r.m, &org, &g, Role::Member, 1), T0);
+    let s = |who: &Identity, t| r.m.snapshot().allows(who, &doc(3), Operation::Read, t);
+    r.m.suspend(&org, &g, &mem.member, T0).unwrap();
+    assert!(!s(&mem, T0));
+    r.m.reinstate(&org, &g, &mem.member, T0).unwrap();
+    assert!(s(&mem, T0));
+    // A second device of the same member; revoking the first leaves the second working.
+    let link = r.m.create_link_code(&mem, T0).unwrap();
+    let second = r.m.link_device(&link.code, T0).unwrap();
+    let second = r.m.authenticate(second.token.as_deref().unwrap()).unwrap();
+    assert_eq!(second.member, mem.member);
+    assert!(matches!(
+        r.m.link_device(&link.code, T0),
+        Err(MembershipError::InviteExpired)
+    ));
+    r.m.revoke_device(&second, &mem.device, T0).unwrap();
+    assert!(matches!(
+        r.m.authenticate(&token),
+        Err(MembershipError::Unauthorized)
+    ));
+    assert!(!s(&mem, T0));
+    assert!(s(&second, T0));
+    // Rotation: the old credential stops working.
+    let old = r.m.rotate(&second, T0).unwrap();
+    let new = r.m.rotate(&second, T0).unwrap();
+    assert!(r.m.authenticate(&old).is_err());
+    assert!(r.m.authenticate(&new).is_ok());
+    r.m.remove(&org, &g, &second.member, T0).unwrap();
+    assert!(!s(&second, T0));
+    // A guest for one meeting, for two hours.
+    r.m.register_document(&org, &g, doc(30), BoundKind::Meeting, T0)
+        .unwrap();
+    let guest_code =
+        r.m.create_invite(
+            &org,
+            &g,
+            &CreateInvite {
+                role: Role::Observer,
+                expires_in_secs: 3600,
+                max_uses: 1,
+                meeting: Some(doc(30)),
+                access_expires_in_secs: Some(2 * 3600),
+            },
+            T0,
+        )
+        .unwrap();
+    let (guest, _, _) = join(&r.m, &guest_code.code, T0);
+    let snap = r.m.snapshot();
+    assert!(snap.allows(&guest, &doc(30), Operation::Read, T0));
+    assert!(!snap.allows(&guest, &doc(30), Operation::Write, T0));
+    assert!(
+        !snap.allows(&guest, &doc(3), Operation::Read, T0),
+        "one meeting only"
+    );
+    assert!(!snap.allows(&guest, &doc(30), Operation::Read, T0 + 2 * HOUR));
+    assert_eq!(r.m.next_expiry(T0), Some(T0 + 2 * HOUR));
+}
+
+#[test]
+fn roles_are_decided_by_role_and_a_group_keeps_an_organiser() {
+    let r = relay();
+    let (org, g) = group(&r.m);
+    let (mem, _, _) = join(&r.m, &invite(&r.m, &org, &g, Role::Member, 1), T0);
+    let (fac, _, _) = join(&r.m, &invite(&r.m, &org, &g, Role::Facilitator, 1), T0);
+    assert!(matches!(
+        r.m.set_role(&mem, &g, &mem.member, Role::Organiser, T0),
+        Err(MembershipError::Forbidden(_))
+    ));
+    assert!(matches!(
+        r.m.remove(&mem, &g, &fac.member, T0),
+        Err(MembershipError::Forbidden(_))
+    ));
+    assert!(matches!(
+        r.m.remove(&fac, &g, &org.member, T0),
+        Err(MembershipError::Forbidden(_))
+    ));
+    assert!(matches!(
+        r.m.remove(&org, &g, &org.member, T0),
+        Err(MembershipError::Conflict(_))
+    ));
+    assert!(matches!(
+        r.m.create_invite(
+            &mem,
+            &g,
+            &CreateInvite {
+                role: Role::Organiser,
+                expires_in_secs: 60,
+                max_uses: 1,
+                meeting: None,
+                access_expires_in_secs: None
+            },
+            T0
+        ),
+        Err(MembershipError::Forbidden(_))
+    ));
+    r.m.remove(&fac, &g, &mem.member, T0).unwrap();
+    r.m.remove(&fac, &g, &fac.member, T0).unwrap();
+    assert_eq!(r.m.groups_of(&fac, T0).unwrap(), vec![], "left");
+    // A stranger learns nothing about the group.
+    let (_, other_first) = r.m.bootstrap("", doc(60), 60, T0).unwrap();
+    let (stranger, _, _) = join(&r.m, &other_first.code, T0);
+    assert!(matches!(
+        r.m.members(&stranger, &g, T0),
+        Err(MembershipError::NotFound)
+    ));
+}
+
+#[test]
+fn the_state_is_what_was_committed_and_a_failed_commit_changes_nothing() {
+    let r = relay();
+    let (org, g) = group(&r.m);
+    let (mem, _, _) = join(&r.m, &invite(&r.m, &org, &g, Role::Member, 1), T0);
+    let reopened = Membership::open(
+        Arc::new(KvMembershipStore::new(r.store.clone())),
+        Quotas::default(),
+    )
+    .unwrap();
+    assert_eq!(reopened.snapshot(), r.m.snapshot());
+    r.store.fail.store(true, Ordering::SeqCst);
+    let before = r.m.snapshot();
+    let err = r.m.remove(&org, &g, &mem.member, T0).unwrap_err();
+    assert!(
+        matches!(err, MembershipError::Store(ref e) if e.is_disk_full()),
+        "{err}"
+    );
+    assert_eq!(r.m.snapshot(), before, "not applied without a commit");
+    assert!(r.m.snapshot().allows(&mem, &doc(3), Operation::Read, T0));
+    r.store.fail.store(false, Ordering::SeqCst);
+    r.m.remove(&org, &g, &mem.member, T0).unwrap();
+    let reopened = Membership::open(
+        Arc::new(KvMembershipStore::new(r.store.clone())),
+        Quotas::default(),
+    )
+    .unwrap();
+    assert!(!reopened
+        .snapshot()
+        .allows(&mem, &doc(3), Operation::Read, T0));
+}
+
+#[test]
+fn the_engine_policy_uses_the_socket_identity_and_wall_time() {
+    use crate::engine::{Access, PeerInfo};
+    use crate::time::Timestamp;
+    let r = relay();
+    let (org, g) = group(&r.m);
+    r.m.register_document(&org, &g, doc(30), BoundKind::Meeting, T0)
+        .unwrap();
+    let code =
+        r.m.create_invite(
+            &org,
+            &g,
+            &CreateInvite {
+                role: Role::Observer,
+                expires_in_secs: 3600,
+                max_uses: 1,
+                meeting: Some(doc(30)),
+                access_expires_in_secs: Some(3600),
+            },
+            T0,
+        )
+        .unwrap();
+    let (guest, _, _) = join(&r.m, &code.code, T0);
+    // The host's clock started an hour before T0.
+    let access = r.m.access(T0 - HOUR);
+    let peer = guest.peer_id();
+    let id = guest.to_string();
+    let info = PeerInfo {
+        peer_id: &peer,
+        identity: Some(&id),
+    };
+    let at = |ms| Timestamp::from_millis(ms);
+    assert!(access.allows(&info, &doc(30), Operation::Read, at(HOUR)));
+    assert!(
+        !access.allows(&info, &doc(30), Operation::Read, at(2 * HOUR)),
+        "expired"
+    );
+    assert!(access.connection_allowed(&info, at(HOUR)));
+    let anonymous = PeerInfo {
+        peer_id: &peer,
+        identity: None,
+    };
+    assert!(!access.allows(&anonymous, &doc(30), Operation::Read, at(HOUR)));
+    assert!(!access.connection_allowed(&anonymous, at(HOUR)));
+    r.m.revoke_device(&guest, &guest.device, T0).unwrap();
+    assert!(!access.connection_allowed(&info, at(HOUR)), "revoked");
+}
+
+#[test]
+fn facilitators_find_every_report_and_a_member_only_their_own() {
+    let r = relay();
+    let (org, g) = group(&r.m);
+    let (mem, _, _) = join(&r.m, &invite(&r.m, &org, &g, Role::Member, 1), T0);
+    let (other, _, _) = join(&r.m, &invite(&r.m, &org, &g, Role::Member, 1), T0);
+    r.m.register_document(&mem, &g, doc(40), BoundKind::Report, T0)
+        .unwrap();
+    let reports = |who: &Identity| r.m.groups_of(who, T0).unwrap()[0].documents.reports.clone();
+    assert_eq!(reports(&org), vec![doc(40)]);
+    assert_eq!(reports(&mem), vec![doc(40)]);
+    assert_eq!(reports(&other), Vec::<DocumentId>::new());
+}
+
+#[test]
+fn the_roster_document_shows_the_membership_state_and_rewrites_only_changes() {
+    use crate::docs::roster;
+    let r = relay();
+    let (org, g) = group(&r.m);
+    let (mem, _, _) = join(&r.m, &invite(&r.m, &org, &g, Role::Member, 1), T0);
+    let mut am = automerge::Automerge::new();
+    let apply = |am: &mut automerge::Automerge| {
+        let (doc, update) = r.m.roster_update(&g).unwrap();
+        assert_eq!(doc, doc_roster(&r.m, &g));
+        let mut tx = am.transaction();
+        update(&mut tx);
+        tx.commit();
+    };
+    apply(&mut am);
+    let view = roster::view(&am).unwrap();
+    assert_eq!(view.members.len(), 2);
+    assert_eq!(view.code_of_conduct.text, "Be kind.");
+    let shown = view
+        .members
+        .iter()
+        .find(|m| m.member_id == mem.member)
+        .unwrap();
+    assert_eq!(shown.pseudonym, "Wren");
+    assert_eq!(shown.role, Role::Member);
+    r.m.set_role(&org, &g, &mem.member, Role::Recorder, T0)
+        .unwrap();
+    apply(&mut am);
+    let heads = am.get_heads();
+    apply(&mut am);
+    assert_eq!(
+        am.get_heads(),
+        heads,
+        "nothing to write when it already matches"
+    );
+    let view = roster::view(&am).unwrap();
+    let shown = view
+        .members
+        .iter()
+        .find(|m| m.member_id == mem.member)
+        .unwrap();
+    assert_eq!(shown.role, Role::Recorder);
+}
+
+fn doc_roster(m: &Membership, g: &GroupId) -> DocumentId {
+    m.snapshot().groups[g].roster
+}
