@@ -10,6 +10,8 @@
 //! the journal's cipher).
 #![warn(missing_docs)]
 
+#[cfg(feature = "client")]
+pub mod app;
 pub mod calendar;
 pub mod export;
 pub mod model;

@@ -1,0 +1,449 @@
+//! [`Cairn`]: start-up, the runtime it owns, the relays, the device's time zone, and the
+//! plumbing every typed handle uses.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use automerge::transaction::Transaction;
+use automerge::Automerge;
+use cairn_sync::client::{Client, ClientConfig, ClientError};
+use cairn_sync::ids::{DocumentId, MemberId};
+use cairn_sync::membership::api::GroupInfo;
+use cairn_sync::membership::{BoundKind, Credential, GroupId};
+use cairn_sync::store::{SledConfig, SledStore, Storage};
+use jiff::tz::TimeZone;
+
+use crate::app::{CairnError, Listener, Subscription};
+use crate::reflection::Journal;
+
+/// How long a read waits for a document that is on neither the device nor in memory to
+/// arrive from the relay: 30 s (a phone on a slow network; a device load takes ms).
+pub const LOAD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Worker threads of the runtime [`Cairn::start`] owns: 2. A phone app syncs a handful of
+/// small documents; more threads would only cost memory and battery.
+pub const RUNTIME_THREADS: usize = 2;
+
+/// Length of the journal key (ChaCha20-Poly1305): 32 bytes.
+pub const JOURNAL_KEY_BYTES: usize = 32;
+
+/// One relay the device is enrolled with.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RelayConfig {
+    /// The relay's websocket URL (`wss://relay.example.org/` or `ws://127.0.0.1:8080/`).
+    pub url: String,
+    /// This device's credential on that relay (from the platform keystore), or `None` for
+    /// a relay in open mode.
+    pub credential: Option<String>,
+}
+
+impl std::fmt::Debug for RelayConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the credential.
+        f.debug_struct("RelayConfig")
+            .field("url", &self.url)
+            .field("credential", &self.credential.as_ref().map(|_| "…"))
+            .finish()
+    }
+}
+
+/// What [`Cairn::start`] needs.
+#[derive(Clone)]
+pub struct CairnConfig {
+    /// A directory private to the app; Cairn keeps its store in it.
+    pub data_dir: String,
+    /// The relays this device is enrolled with (none: a device that has not joined yet).
+    pub relays: Vec<RelayConfig>,
+    /// The key of the private journal, 32 bytes, kept in the platform keystore. Cairn never
+    /// writes it to disk.
+    pub journal_key: Vec<u8>,
+    /// The device's IANA time zone now (`Europe/London`); see [`Cairn::set_time_zone`].
+    pub time_zone: String,
+    /// The peer id used on a relay without a credential (open mode, tests). `None`: a
+    /// random one.
+    pub device_name: Option<String>,
+}
+
+impl std::fmt::Debug for CairnConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CairnConfig")
+            .field("data_dir", &self.data_dir)
+            .field("relays", &self.relays)
+            .field("time_zone", &self.time_zone)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The runtime Cairn runs on: its own, or the app's.
+enum Runtime {
+    Owned(Option<tokio::runtime::Runtime>),
+    Borrowed,
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        if let Runtime::Owned(rt) = self {
+            if let Some(rt) = rt.take() {
+                // Dropping a runtime from inside one panics; this never blocks.
+                rt.shutdown_background();
+            }
+        }
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) client: Client,
+    handle: tokio::runtime::Handle,
+    _runtime: Runtime,
+    zone: Mutex<TimeZone>,
+    journal: Journal,
+    /// Which relay (by URL) each known group is on, and what it last said of the group.
+    groups: Mutex<BTreeMap<GroupId, (String, GroupInfo)>>,
+    /// The member id of this device on each relay (by URL).
+    members: Mutex<BTreeMap<String, MemberId>>,
+}
+
+/// A running Cairn: the device's store, the sync client and the journal. Cheap to clone;
+/// every clone is the same client.
+#[derive(Clone)]
+pub struct Cairn {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Cairn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cairn").finish_non_exhaustive()
+    }
+}
+
+impl Cairn {
+    /// Starts Cairn on a runtime of its own ([`RUNTIME_THREADS`] threads). Call it from
+    /// any thread that is not itself running async code.
+    pub fn start(config: CairnConfig) -> Result<Cairn, CairnError> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(RUNTIME_THREADS)
+            .thread_name("cairn")
+            .enable_all()
+            .build()
+            .map_err(CairnError::generic)?;
+        let handle = rt.handle().clone();
+        Cairn::start_inner(handle, Runtime::Owned(Some(rt)), config)
+    }
+
+    /// Starts Cairn on the app's tokio runtime.
+    pub fn start_on(
+        handle: tokio::runtime::Handle,
+        config: CairnConfig,
+    ) -> Result<Cairn, CairnError> {
+        Cairn::start_inner(handle, Runtime::Borrowed, config)
+    }
+
+    fn start_inner(
+        handle: tokio::runtime::Handle,
+        runtime: Runtime,
+        config: CairnConfig,
+    ) -> Result<Cairn, CairnError> {
+        let zone = zone_named(&config.time_zone)?;
+        let key: [u8; JOURNAL_KEY_BYTES] =
+            config.journal_key.as_slice().try_into().map_err(|_| {
+                CairnError::invalid(format!("the journal key must be {JOURNAL_KEY_BYTES} bytes"))
+            })?;
+        let credentials = config
+            .relays
+            .iter()
+            .map(|r| r.credential.as_deref().map(parse_credential).transpose())
+            .collect::<Result<Vec<_>, _>>()?;
+        let dir = PathBuf::from(&config.data_dir).join("store");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| CairnError::from(cairn_sync::store::StoreError::Io(e)))?;
+        let store: Arc<dyn Storage> = Arc::new(SledStore::open(&dir, &SledConfig::default())?);
+        let mut client_config = match credentials.iter().flatten().next() {
+            Some(c) => ClientConfig::for_device(c.clone()),
+            None => ClientConfig::new(
+                config
+                    .device_name
+                    .clone()
+                    .unwrap_or_else(|| format!("device-{}", uuid_hex())),
+            ),
+        };
+        client_config.seed = None;
+        let client = {
+            let _enter = handle.enter();
+            Client::start(store.clone(), client_config)?
+        };
+        let mut members = BTreeMap::new();
+        for (relay, credential) in config.relays.iter().zip(&credentials) {
+            if let Some(c) = credential {
+                members.insert(relay.url.clone(), c.identity().member.clone());
+            }
+            let _enter = handle.enter();
+            client.connect(&relay.url);
+        }
+        Ok(Cairn {
+            inner: Arc::new(Inner {
+                client,
+                handle,
+                _runtime: runtime,
+                zone: Mutex::new(zone),
+                journal: Journal::open(store, &key),
+                groups: Mutex::new(BTreeMap::new()),
+                members: Mutex::new(members),
+            }),
+        })
+    }
+
+    /// The device's IANA time zone changed (a member who travels): times are shown in the
+    /// new one from now on. Unknown names are [`CairnError::Invalid`].
+    pub fn set_time_zone(&self, zone: &str) -> Result<(), CairnError> {
+        let zone = zone_named(zone)?;
+        *self.inner.zone.lock().unwrap_or_else(|e| e.into_inner()) = zone;
+        Ok(())
+    }
+
+    /// The device's IANA time zone name.
+    pub fn time_zone(&self) -> String {
+        self.zone().iana_name().unwrap_or("UTC").to_owned()
+    }
+
+    /// Stops syncing, lets pending writes finish, and stops the runtime's tasks.
+    pub async fn shutdown(&self) {
+        let client = self.inner.client.clone();
+        let _ = self
+            .run(async move {
+                client.shutdown().await;
+                Ok(())
+            })
+            .await;
+    }
+
+    // ----- plumbing for the handles -----
+
+    /// Runs `fut` on Cairn's runtime; the returned future can be awaited from any executor.
+    pub(crate) async fn run<T: Send + 'static>(
+        &self,
+        fut: impl Future<Output = Result<T, CairnError>> + Send + 'static,
+    ) -> Result<T, CairnError> {
+        self.inner
+            .handle
+            .spawn(fut)
+            .await
+            .map_err(|_| CairnError::generic("the client has stopped"))?
+    }
+
+    /// Makes sure `doc` is in memory (from the device, else the relay).
+    async fn ensure_loaded(client: &Client, doc: DocumentId) -> Result<(), CairnError> {
+        let loaded = client
+            .with_engine(move |e| e.document(&doc).is_some_and(|d| !d.get_heads().is_empty()))
+            .await?;
+        if !loaded {
+            client.find(doc, LOAD_TIMEOUT).await.map_err(|e| match e {
+                ClientError::Timeout | ClientError::Unavailable(_) => {
+                    CairnError::not_found(format!("document {doc}"))
+                }
+                other => other.into(),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Reads a document (loading it from the device, else the relay, if needed).
+    pub(crate) async fn read_doc<T: Send + 'static>(
+        &self,
+        doc: DocumentId,
+        f: impl FnOnce(&Automerge) -> Result<T, CairnError> + Send + 'static,
+    ) -> Result<T, CairnError> {
+        let client = self.inner.client.clone();
+        self.run(async move {
+            Cairn::ensure_loaded(&client, doc).await?;
+            client
+                .read(doc, f)
+                .await?
+                .unwrap_or_else(|| Err(CairnError::not_found(format!("document {doc}"))))
+        })
+        .await
+    }
+
+    /// Changes a document; returns the closure's value once the change is durable on this
+    /// device. The closure's error means nothing was committed.
+    pub(crate) async fn change_doc<R: Send + 'static>(
+        &self,
+        doc: DocumentId,
+        f: impl FnOnce(&mut Transaction<'_>) -> Result<R, CairnError> + Send + 'static,
+    ) -> Result<R, CairnError> {
+        let client = self.inner.client.clone();
+        self.run(async move {
+            Cairn::ensure_loaded(&client, doc).await?;
+            let slot: Arc<Mutex<Option<Result<R, CairnError>>>> = Arc::new(Mutex::new(None));
+            let out = slot.clone();
+            let changed = client
+                .change(doc, move |tx| {
+                    let result = f(tx);
+                    let failed = result.is_err();
+                    *out.lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
+                    // An error rolls the transaction back.
+                    if failed {
+                        Err("rejected")
+                    } else {
+                        Ok(())
+                    }
+                })
+                .await;
+            let result = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+            match (changed, result) {
+                (_, Some(Err(e))) => Err(e),
+                (Ok(_), Some(Ok(v))) => Ok(v),
+                (Err(e), _) => Err(e.into()),
+                (Ok(_), None) => Err(CairnError::generic("the change did not run")),
+            }
+        })
+        .await
+    }
+
+    /// Creates a document bound to `group` as `kind` (registered with the group's relay);
+    /// returns its id and the closure's value once durable on this device.
+    pub(crate) async fn create_doc<R: Send + 'static>(
+        &self,
+        group: &GroupId,
+        kind: BoundKind,
+        init: impl FnOnce(&mut Transaction<'_>) -> Result<R, CairnError> + Send + 'static,
+    ) -> Result<(DocumentId, R), CairnError> {
+        // Run the closure on a scratch document first, so a refusal creates nothing.
+        let mut scratch = Automerge::new();
+        let mut tx = scratch.transaction();
+        let value = init(&mut tx)?;
+        tx.commit();
+        let bytes = scratch.save();
+        let client = self.inner.client.clone();
+        let group = group.clone();
+        let doc = self
+            .run(async move {
+                let doc = client.create_in_group(&group, kind, |_| {}).await?;
+                client.import(doc, bytes).await?;
+                Ok(doc)
+            })
+            .await?;
+        Ok((doc, value))
+    }
+
+    /// Delivers `view` of the document now, then after each of its changes, to `listener`
+    /// (on the runtime), until the returned [`Subscription`] is cancelled or dropped.
+    pub(crate) fn subscribe_doc<T: Send + 'static>(
+        &self,
+        doc: DocumentId,
+        view: impl Fn(&Automerge) -> Result<T, CairnError> + Send + Sync + 'static,
+        listener: Arc<dyn Listener<T>>,
+    ) -> Subscription {
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let client = self.inner.client.clone();
+        let flag = cancelled.clone();
+        let task = self.inner.handle.spawn(async move {
+            let deliver = |value: Result<T, CairnError>| {
+                if flag.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                match value {
+                    Ok(v) => listener.on_update(v),
+                    Err(e) => listener.on_error(e),
+                }
+            };
+            if let Err(e) = Cairn::ensure_loaded(&client, doc).await {
+                deliver(Err(e));
+                return;
+            }
+            let Ok(mut sub) = client.subscribe_with(doc, view).await else {
+                deliver(Err(CairnError::not_found(format!("document {doc}"))));
+                return;
+            };
+            while let Some(update) = sub.next().await {
+                deliver(update.value);
+            }
+        });
+        Subscription::new(cancelled, move || task.abort())
+    }
+
+    /// The device's current IANA zone.
+    pub(crate) fn zone(&self) -> TimeZone {
+        self.inner
+            .zone
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Milliseconds since the Unix epoch now.
+    pub(crate) fn now_ms(&self) -> i64 {
+        jiff::Timestamp::now().as_millisecond()
+    }
+
+    /// This device's member id in `group` (from the credential of the group's relay).
+    pub(crate) fn member_id(&self, group: &GroupId) -> Result<MemberId, CairnError> {
+        let relay = self
+            .inner
+            .groups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(group)
+            .map(|(url, _)| url.clone());
+        let members = self.inner.members.lock().unwrap_or_else(|e| e.into_inner());
+        relay
+            .and_then(|url| members.get(&url).cloned())
+            .or_else(|| {
+                (members.len() == 1)
+                    .then(|| members.values().next().cloned())
+                    .flatten()
+            })
+            .ok_or_else(|| CairnError::not_found(format!("membership of group {group}")))
+    }
+
+    /// The group's documents and our role, as the relay says now (or last said, offline).
+    pub(crate) async fn group_info(&self, group: &GroupId) -> Result<GroupInfo, CairnError> {
+        let client = self.inner.client.clone();
+        let fresh = self
+            .run(async move { Ok(client.api()?.groups().await?) })
+            .await;
+        let relay = self
+            .inner
+            .client
+            .api()
+            .map(|a| a.base_url().to_owned())
+            .unwrap_or_default();
+        let mut known = self.inner.groups.lock().unwrap_or_else(|e| e.into_inner());
+        match fresh {
+            Ok(groups) => {
+                for g in groups {
+                    known.insert(g.group_id.clone(), (relay.clone(), g));
+                }
+            }
+            Err(CairnError::Offline) => {}
+            Err(e) => return Err(e),
+        }
+        known
+            .get(group)
+            .map(|(_, info)| info.clone())
+            .ok_or_else(|| CairnError::not_found(format!("group {group}")))
+    }
+
+    /// The device's private journal (never synced; encrypted with the keystore's key).
+    pub(crate) fn journal_store(&self) -> &Journal {
+        &self.inner.journal
+    }
+}
+
+fn zone_named(name: &str) -> Result<TimeZone, CairnError> {
+    TimeZone::get(name).map_err(|_| CairnError::invalid(format!("unknown time zone {name:?}")))
+}
+
+fn parse_credential(token: &str) -> Result<Credential, CairnError> {
+    Credential::parse(token)
+        .map_err(|_| CairnError::invalid("the credential is not a Cairn credential"))
+}
+
+fn uuid_hex() -> String {
+    let mut b = [0u8; 8];
+    cairn_sync::membership::os_random(&mut b);
+    hex::encode(b)
+}
