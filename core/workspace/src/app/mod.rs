@@ -13,6 +13,7 @@
 
 mod cairn;
 mod error;
+mod handles;
 mod listen;
 
 pub mod group;
@@ -27,4 +28,5 @@ pub use cairn::{
     Cairn, CairnConfig, RelayConfig, JOURNAL_KEY_BYTES, LOAD_TIMEOUT, RUNTIME_THREADS,
 };
 pub use error::CairnError;
+pub use handles::{Group, Journal, Meeting, Minutes, Resources, Series, Thread, Workspace};
 pub use listen::{Listener, Subscription};
