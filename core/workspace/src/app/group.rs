@@ -1,1 +1,1405 @@
-//! (being written)
+//! A group as the app shows it: its profile (the settings document), its roster (written
+//! by the relay), its index (the list of its meetings, series, threads and resources), and
+//! the way to its threads and resources.
+//!
+//! Which documents a group has comes from the relay (`GroupInfo`): the settings, roster
+//! and index documents are bound to the group there, one of each. A group whose organiser
+//! has not yet created its settings and index shows `needs_set_up` until
+//! [`Group::set_up`] runs.
+
+use std::future::Future;
+use std::pin::pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+
+use automerge::transaction::Transaction;
+use cairn_sync::ids::{DocumentId, MemberId};
+use cairn_sync::membership::{BoundKind, GroupId};
+use jiff::civil::Date;
+
+use crate::app::handles::document_id;
+use crate::app::{Cairn, CairnError, Group, Listener, Resources, Subscription, Thread};
+use crate::model::group::Role;
+use crate::model::index::{self, IndexError, IndexKind};
+use crate::model::roster::{self, RosterError};
+use crate::model::settings::{self, SettingsError};
+use crate::model::thread;
+
+/// The title the group's resources document is listed under in the index.
+pub const RESOURCES_TITLE: &str = "Resources";
+
+// ------------------------------------------------------------------ records
+
+/// How the group meets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MeetingMode {
+    /// By video call.
+    Online,
+    /// Face to face.
+    InPerson,
+    /// Both at once.
+    Hybrid,
+}
+
+/// Where the group is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GroupState {
+    /// Running.
+    Active,
+    /// Reaching its end date and deciding whether to carry on.
+    Renewing,
+    /// Finished, kept as an alumni group.
+    Alumni,
+    /// Finished.
+    Closed,
+}
+
+/// Where the group meets (shown to members only: the relay shares the settings with
+/// members alone).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MeetingPlace {
+    /// Online, in person or hybrid.
+    pub mode: MeetingMode,
+    /// The call link (online and hybrid).
+    pub link: Option<String>,
+    /// The address (in person and hybrid).
+    pub address: Option<String>,
+}
+
+/// The configurable "need support now" link.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CrisisSupport {
+    /// What the button says (empty: "Need support now").
+    pub label: String,
+    /// Where it leads (a helpline page, a `tel:` link).
+    pub url: String,
+}
+
+/// Everything the group's settings document holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupProfile {
+    /// The group's name (not empty).
+    pub name: String,
+    /// What the group is for.
+    pub purpose: String,
+    /// How and where it meets, once set. Once set it can be changed but not cleared.
+    pub meeting_place: Option<MeetingPlace>,
+    /// How many people the group is meant for.
+    pub intended_size: Option<u32>,
+    /// First day, `YYYY-MM-DD`.
+    pub start_date: Option<String>,
+    /// Last day, `YYYY-MM-DD` (not before the first).
+    pub end_date: Option<String>,
+    /// Active, renewing, alumni or closed.
+    pub state: GroupState,
+    /// The id of the pinned "start here" resource (see [`Resources`]).
+    pub start_here: Option<String>,
+    /// The crisis-support link, if configured.
+    pub crisis_support: Option<CrisisSupport>,
+}
+
+impl GroupProfile {
+    /// A profile with a name and purpose and nothing else set (an active group).
+    pub fn new(name: &str, purpose: &str) -> GroupProfile {
+        GroupProfile {
+            name: name.to_owned(),
+            purpose: purpose.to_owned(),
+            meeting_place: None,
+            intended_size: None,
+            start_date: None,
+            end_date: None,
+            state: GroupState::Active,
+            start_here: None,
+            crisis_support: None,
+        }
+    }
+}
+
+/// A member's role in a group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemberRole {
+    /// Runs the group: settings, membership, code of conduct.
+    Organiser,
+    /// Holds the space; receives reports and may remove content.
+    Facilitator,
+    /// Takes notes.
+    Recorder,
+    /// A participant.
+    Member,
+    /// A guest who reads but does not write.
+    Observer,
+    /// A former member, read-only.
+    Alumnus,
+}
+
+/// Where a member stands in the group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemberStatus {
+    /// A member.
+    Active,
+    /// Held back by a facilitator or organiser.
+    Suspended,
+    /// Left of their own accord.
+    Left,
+    /// Removed by a facilitator or organiser.
+    Removed,
+}
+
+/// One member as the roster shows them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberRecord {
+    /// The member's id (what posts and actions name).
+    pub member_id: String,
+    /// Their name in this group.
+    pub pseudonym: String,
+    /// Their role.
+    pub role: MemberRole,
+    /// Active, suspended, left or removed.
+    pub status: MemberStatus,
+    /// The code-of-conduct version they accepted (0: none).
+    pub accepted_version: u64,
+    /// Whether they accepted the current code of conduct.
+    pub accepted_current_code: bool,
+    /// When they joined (ms since the Unix epoch).
+    pub joined_ms: i64,
+    /// When a guest's access ends (ms since the Unix epoch); `None` for members.
+    pub expires_ms: Option<i64>,
+}
+
+/// The group's code of conduct.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CodeOfConduct {
+    /// Grows with every change of the text.
+    pub version: u64,
+    /// The text (empty: the group asks nothing).
+    pub text: String,
+}
+
+/// The roster: who is in the group, and the code of conduct they accept.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RosterRecord {
+    /// Every listed member, by member id.
+    pub members: Vec<MemberRecord>,
+    /// The current code of conduct.
+    pub code_of_conduct: CodeOfConduct,
+}
+
+/// What an indexed document is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DocumentKind {
+    /// One meeting.
+    Meeting,
+    /// A recurring series.
+    Series,
+    /// A discussion thread.
+    Thread,
+    /// The resources list.
+    Resources,
+}
+
+/// One entry of the group's index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IndexEntry {
+    /// The document's id.
+    pub id: String,
+    /// What it is.
+    pub kind: DocumentKind,
+    /// Its title, for lists.
+    pub title: String,
+    /// When it was created (ms since the Unix epoch).
+    pub created_ms: i64,
+}
+
+/// A group screen's whole value: profile, roster, index and this device's place in it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupRecord {
+    /// The group's id.
+    pub id: String,
+    /// This device's member id in the group.
+    pub my_member_id: String,
+    /// This device's member's role.
+    pub my_role: MemberRole,
+    /// This device's member's status.
+    pub my_status: MemberStatus,
+    /// The profile; `None` while the group has no settings document (or it has not
+    /// arrived yet).
+    pub profile: Option<GroupProfile>,
+    /// The roster; `None` while the relay has not written one.
+    pub roster: Option<RosterRecord>,
+    /// The group's documents, oldest first (empty while it has no index).
+    pub index: Vec<IndexEntry>,
+    /// The group has no settings or no index document yet: an organiser calls
+    /// [`Group::set_up`].
+    pub needs_set_up: bool,
+}
+
+// ------------------------------------------------------------- conversions
+
+impl From<settings::MeetingMode> for MeetingMode {
+    fn from(m: settings::MeetingMode) -> Self {
+        match m {
+            settings::MeetingMode::Online => MeetingMode::Online,
+            settings::MeetingMode::InPerson => MeetingMode::InPerson,
+            settings::MeetingMode::Hybrid => MeetingMode::Hybrid,
+        }
+    }
+}
+
+impl From<MeetingMode> for settings::MeetingMode {
+    fn from(m: MeetingMode) -> Self {
+        match m {
+            MeetingMode::Online => settings::MeetingMode::Online,
+            MeetingMode::InPerson => settings::MeetingMode::InPerson,
+            MeetingMode::Hybrid => settings::MeetingMode::Hybrid,
+        }
+    }
+}
+
+impl From<settings::GroupState> for GroupState {
+    fn from(s: settings::GroupState) -> Self {
+        match s {
+            settings::GroupState::Active => GroupState::Active,
+            settings::GroupState::Renewing => GroupState::Renewing,
+            settings::GroupState::Alumni => GroupState::Alumni,
+            settings::GroupState::Closed => GroupState::Closed,
+        }
+    }
+}
+
+impl From<GroupState> for settings::GroupState {
+    fn from(s: GroupState) -> Self {
+        match s {
+            GroupState::Active => settings::GroupState::Active,
+            GroupState::Renewing => settings::GroupState::Renewing,
+            GroupState::Alumni => settings::GroupState::Alumni,
+            GroupState::Closed => settings::GroupState::Closed,
+        }
+    }
+}
+
+impl From<settings::MeetingPlace> for MeetingPlace {
+    fn from(p: settings::MeetingPlace) -> Self {
+        MeetingPlace {
+            mode: p.mode.into(),
+            link: p.link,
+            address: p.address,
+        }
+    }
+}
+
+impl From<&MeetingPlace> for settings::MeetingPlace {
+    fn from(p: &MeetingPlace) -> Self {
+        settings::MeetingPlace {
+            mode: p.mode.into(),
+            link: p.link.clone(),
+            address: p.address.clone(),
+        }
+    }
+}
+
+impl From<settings::CrisisSupport> for CrisisSupport {
+    fn from(c: settings::CrisisSupport) -> Self {
+        CrisisSupport {
+            label: c.label,
+            url: c.url,
+        }
+    }
+}
+
+impl From<&CrisisSupport> for settings::CrisisSupport {
+    fn from(c: &CrisisSupport) -> Self {
+        settings::CrisisSupport {
+            label: c.label.clone(),
+            url: c.url.clone(),
+        }
+    }
+}
+
+impl From<settings::GroupProfile> for GroupProfile {
+    fn from(p: settings::GroupProfile) -> Self {
+        GroupProfile {
+            name: p.name,
+            purpose: p.purpose,
+            meeting_place: p.how_we_meet.map(Into::into),
+            intended_size: p.intended_size,
+            start_date: p.time_frame.start.map(|d| d.to_string()),
+            end_date: p.time_frame.end.map(|d| d.to_string()),
+            state: p.time_frame.state.into(),
+            start_here: p.start_here,
+            crisis_support: p.crisis_support.map(Into::into),
+        }
+    }
+}
+
+impl From<Role> for MemberRole {
+    fn from(r: Role) -> Self {
+        match r {
+            Role::Organiser => MemberRole::Organiser,
+            Role::Facilitator => MemberRole::Facilitator,
+            Role::Recorder => MemberRole::Recorder,
+            Role::Member => MemberRole::Member,
+            Role::Observer => MemberRole::Observer,
+            Role::Alumnus => MemberRole::Alumnus,
+        }
+    }
+}
+
+impl From<roster::MemberStatus> for MemberStatus {
+    fn from(s: roster::MemberStatus) -> Self {
+        match s {
+            roster::MemberStatus::Active => MemberStatus::Active,
+            roster::MemberStatus::Suspended => MemberStatus::Suspended,
+            roster::MemberStatus::Left => MemberStatus::Left,
+            roster::MemberStatus::Removed => MemberStatus::Removed,
+        }
+    }
+}
+
+impl From<roster::RosterView> for RosterRecord {
+    fn from(v: roster::RosterView) -> Self {
+        let code = &v.code_of_conduct;
+        RosterRecord {
+            members: v
+                .members
+                .iter()
+                .map(|m| MemberRecord {
+                    member_id: m.member_id.to_string(),
+                    pseudonym: m.pseudonym.clone(),
+                    role: m.role.into(),
+                    status: m.status.into(),
+                    accepted_version: m.accepted_version,
+                    accepted_current_code: m.has_accepted(code),
+                    joined_ms: m.joined_ms,
+                    expires_ms: m.expires_ms,
+                })
+                .collect(),
+            code_of_conduct: CodeOfConduct {
+                version: code.version,
+                text: code.text.clone(),
+            },
+        }
+    }
+}
+
+impl From<IndexKind> for DocumentKind {
+    fn from(k: IndexKind) -> Self {
+        match k {
+            IndexKind::Meeting => DocumentKind::Meeting,
+            IndexKind::Series => DocumentKind::Series,
+            IndexKind::Thread => DocumentKind::Thread,
+            IndexKind::Resources => DocumentKind::Resources,
+        }
+    }
+}
+
+/// The app's id of a document the model refers to by `automerge:` URL.
+pub(crate) fn id_of_url(url: &str) -> String {
+    DocumentId::parse_url(url)
+        .map(|d| d.to_string())
+        .unwrap_or_else(|_| url.to_owned())
+}
+
+impl From<index::IndexEntry> for IndexEntry {
+    fn from(e: index::IndexEntry) -> Self {
+        IndexEntry {
+            id: id_of_url(&e.url),
+            kind: e.kind.into(),
+            title: e.title,
+            created_ms: e.created_ms,
+        }
+    }
+}
+
+impl From<SettingsError> for CairnError {
+    fn from(e: SettingsError) -> Self {
+        match e {
+            SettingsError::Schema(e) => e.into(),
+            SettingsError::Automerge(e) => e.into(),
+            SettingsError::EndBeforeStart => CairnError::invalid(e.to_string()),
+        }
+    }
+}
+
+impl From<IndexError> for CairnError {
+    fn from(e: IndexError) -> Self {
+        match e {
+            IndexError::Schema(e) => e.into(),
+            IndexError::Automerge(e) => e.into(),
+            IndexError::InvalidUrl => CairnError::invalid(e.to_string()),
+            IndexError::NotIndexed => CairnError::not_found("document in the group's index"),
+        }
+    }
+}
+
+impl From<RosterError> for CairnError {
+    fn from(e: RosterError) -> Self {
+        match e {
+            RosterError::Schema(e) => e.into(),
+            RosterError::Automerge(e) => e.into(),
+            // Only the relay's reconcile reports it; a reader never sees it.
+            RosterError::DuplicateMember(_) => CairnError::generic("the roster lists a member twice"),
+        }
+    }
+}
+
+// ------------------------------------------------------------------ plumbing
+
+/// What the relay says of a group and this device's place in it.
+#[derive(Clone, Debug)]
+pub(crate) struct GroupContext {
+    /// This device's member id in the group.
+    pub(crate) member: MemberId,
+    /// Its role.
+    pub(crate) role: Role,
+    /// Its status.
+    pub(crate) status: roster::MemberStatus,
+    /// The settings document, once bound.
+    pub(crate) settings: Option<DocumentId>,
+    /// The roster document, once the relay wrote it.
+    pub(crate) roster: Option<DocumentId>,
+    /// The index document, once bound.
+    pub(crate) index: Option<DocumentId>,
+}
+
+impl GroupContext {
+    fn is_organiser(&self) -> bool {
+        self.role == Role::Organiser && self.status == roster::MemberStatus::Active
+    }
+
+    fn can_write(&self) -> bool {
+        self.role.can_write() && self.status == roster::MemberStatus::Active
+    }
+
+    /// The index document, or NotFound: nothing is created unlisted.
+    pub(crate) fn index(&self) -> Result<DocumentId, CairnError> {
+        self.index
+            .ok_or_else(|| CairnError::not_found("the group's index (not set up yet)"))
+    }
+}
+
+/// This device's member id in `group`: from the relay credential the group is reached by
+/// (asking the relay which groups it is in if the client does not know yet).
+pub(crate) async fn my_member_id(cairn: &Cairn, group: &GroupId) -> Result<MemberId, CairnError> {
+    #[cfg(test)]
+    if let Some(ctx) = fixture::context(cairn, group) {
+        return Ok(ctx.member);
+    }
+    match cairn.member_id(group) {
+        Ok(m) => Ok(m),
+        Err(CairnError::NotFound { .. }) => {
+            cairn.group_info(group).await?;
+            cairn.member_id(group)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Creates a document bound to `group` (see [`Cairn::create_doc`]); in unit tests of a
+/// group set up by [`fixture::set_context`], a plain local document.
+pub(crate) async fn create_group_doc<R: Send + 'static>(
+    cairn: &Cairn,
+    group: &GroupId,
+    kind: BoundKind,
+    init: impl FnOnce(&mut Transaction<'_>) -> Result<R, CairnError> + Send + 'static,
+) -> Result<(DocumentId, R), CairnError> {
+    #[cfg(test)]
+    if fixture::context(cairn, group).is_some() {
+        let _ = kind;
+        return fixture::create_local(cairn, init).await;
+    }
+    cairn.create_doc(group, kind, init).await
+}
+
+/// Starts `fut` on Cairn's runtime and returns at once (for a subscription whose set-up
+/// needs the relay).
+///
+/// `Cairn::run` spawns its future on the runtime when first polled and the spawned task
+/// runs on after the returned future is dropped, so one poll starts it. This stands in
+/// for a `Cairn::spawn` the plumbing does not offer (yet).
+pub(crate) fn spawn_on(cairn: &Cairn, fut: impl Future<Output = ()> + Send + 'static) {
+    let run = cairn.run(async move {
+        fut.await;
+        Ok(())
+    });
+    let mut run = pin!(run);
+    let mut cx = Context::from_waker(Waker::noop());
+    if let Poll::Ready(Err(e)) = run.as_mut().poll(&mut cx) {
+        tracing::debug!(error = %e, "a subscription task did not start");
+    }
+}
+
+fn parse_date(date: &Option<String>) -> Result<Option<Date>, CairnError> {
+    date.as_deref()
+        .map(|d| {
+            d.parse::<Date>()
+                .map_err(|_| CairnError::invalid("dates are YYYY-MM-DD"))
+        })
+        .transpose()
+}
+
+fn check_name(name: &str) -> Result<(), CairnError> {
+    if name.trim().is_empty() {
+        return Err(CairnError::invalid("the group needs a name"));
+    }
+    Ok(())
+}
+
+/// Writes `wanted` into a settings document, touching only what differs from `current`
+/// (so an unchanged field never overwrites another organiser's concurrent edit).
+fn apply_profile(
+    tx: &mut Transaction<'_>,
+    current: &GroupProfile,
+    wanted: &GroupProfile,
+) -> Result<(), CairnError> {
+    check_name(&wanted.name)?;
+    let start = parse_date(&wanted.start_date)?;
+    let end = parse_date(&wanted.end_date)?;
+    if wanted.name != current.name {
+        settings::set_name(tx, &wanted.name)?;
+    }
+    if wanted.purpose != current.purpose {
+        settings::set_purpose(tx, &wanted.purpose)?;
+    }
+    match (&wanted.meeting_place, &current.meeting_place) {
+        (Some(w), c) if Some(w) != c.as_ref() => settings::set_meeting_place(tx, &w.into())?,
+        (None, Some(_)) => {
+            return Err(CairnError::invalid(
+                "a meeting place can be changed but not cleared",
+            ))
+        }
+        _ => {}
+    }
+    if wanted.intended_size != current.intended_size {
+        settings::set_intended_size(tx, wanted.intended_size)?;
+    }
+    if (&wanted.start_date, &wanted.end_date) != (&current.start_date, &current.end_date) {
+        settings::set_dates(tx, start, end)?;
+    }
+    if wanted.state != current.state {
+        settings::set_state(tx, wanted.state.into())?;
+    }
+    if wanted.start_here != current.start_here {
+        settings::set_start_here(tx, wanted.start_here.as_deref())?;
+    }
+    if wanted.crisis_support != current.crisis_support {
+        let support: Option<settings::CrisisSupport> =
+            wanted.crisis_support.as_ref().map(Into::into);
+        settings::set_crisis_support(tx, support.as_ref())?;
+    }
+    Ok(())
+}
+
+fn read_profile(doc: &automerge::Automerge) -> Result<GroupProfile, CairnError> {
+    Ok(settings::profile(doc)?.into())
+}
+
+fn read_roster(doc: &automerge::Automerge) -> Result<RosterRecord, CairnError> {
+    Ok(roster::view(doc)?.into())
+}
+
+fn read_index(doc: &automerge::Automerge) -> Result<Vec<IndexEntry>, CairnError> {
+    Ok(index::documents(doc)?
+        .into_iter()
+        .map(Into::into)
+        .collect())
+}
+
+// ------------------------------------------------------------------ Group
+
+impl Group {
+    /// What the relay says of this group and this device's place in it.
+    pub(crate) async fn context(&self) -> Result<GroupContext, CairnError> {
+        #[cfg(test)]
+        if let Some(ctx) = fixture::context(&self.cairn, &self.group) {
+            return Ok(ctx);
+        }
+        let info = self.cairn.group_info(&self.group).await?;
+        Ok(GroupContext {
+            member: self.cairn.member_id(&self.group)?,
+            role: info.role,
+            status: info.status,
+            settings: info.documents.settings,
+            roster: info.documents.roster,
+            index: info.documents.index,
+        })
+    }
+
+    /// Lists `doc` in the group's index (for handles that create documents: threads,
+    /// resources, meetings, series).
+    pub(crate) async fn list_in_index(
+        &self,
+        index_doc: DocumentId,
+        doc: DocumentId,
+        kind: IndexKind,
+        title: &str,
+    ) -> Result<(), CairnError> {
+        let title = title.to_owned();
+        let now = self.cairn.now_ms();
+        self.cairn
+            .change_doc(index_doc, move |tx| {
+                index::index_document(tx, &doc.url(), kind, &title, now)?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn settings_for_organiser(&self) -> Result<DocumentId, CairnError> {
+        let ctx = self.context().await?;
+        if !ctx.is_organiser() {
+            return Err(CairnError::Forbidden {
+                reason: "only organisers change the group's profile".into(),
+            });
+        }
+        ctx.settings
+            .ok_or_else(|| CairnError::not_found("the group's settings (not set up yet)"))
+    }
+
+    async fn change_settings(
+        &self,
+        f: impl FnOnce(&mut Transaction<'_>) -> Result<(), CairnError> + Send + 'static,
+    ) -> Result<(), CairnError> {
+        let doc = self.settings_for_organiser().await?;
+        self.cairn.change_doc(doc, f).await
+    }
+
+    /// The group screen's whole value, read once.
+    pub async fn read(&self) -> Result<GroupRecord, CairnError> {
+        let ctx = self.context().await?;
+        let profile = match ctx.settings {
+            Some(doc) => Some(self.cairn.read_doc(doc, read_profile).await?),
+            None => None,
+        };
+        let roster = match ctx.roster {
+            Some(doc) => Some(self.cairn.read_doc(doc, read_roster).await?),
+            None => None,
+        };
+        let index = match ctx.index {
+            Some(doc) => self.cairn.read_doc(doc, read_index).await?,
+            None => Vec::new(),
+        };
+        Ok(Parts::record(&self.group, &ctx, profile, roster, index))
+    }
+
+    /// The group screen, live: the current [`GroupRecord`] first, then a new one whenever
+    /// the settings, roster or index change, until the [`Subscription`] ends. Errors (the
+    /// relay unreachable before the group was ever seen, a document that cannot be read)
+    /// go to [`Listener::on_error`]. Which documents the group has is read when the
+    /// subscription starts: after [`Group::set_up`], subscribe again.
+    pub fn subscribe(&self, listener: Arc<dyn Listener<GroupRecord>>) -> Subscription {
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let inner: Arc<Mutex<Vec<Subscription>>> = Arc::new(Mutex::new(Vec::new()));
+        let this = self.clone();
+        let (flag, subs) = (cancelled.clone(), inner.clone());
+        spawn_on(&self.cairn, async move {
+            let ctx = match this.context().await {
+                Ok(ctx) => ctx,
+                Err(e) => {
+                    if !flag.load(Ordering::SeqCst) {
+                        listener.on_error(e);
+                    }
+                    return;
+                }
+            };
+            let combiner = Arc::new(Combiner {
+                group: this.group.clone(),
+                parts: Mutex::new(Parts {
+                    profile: ctx.settings.is_none().then_some(None),
+                    roster: ctx.roster.is_none().then_some(None),
+                    index: ctx.index.is_none().then(Vec::new),
+                }),
+                ctx: ctx.clone(),
+                listener,
+                cancelled: flag.clone(),
+            });
+            let mut made = Vec::new();
+            if let Some(doc) = ctx.settings {
+                made.push(this.cairn.subscribe_doc(
+                    doc,
+                    read_profile,
+                    Arc::new(PartListener {
+                        combiner: combiner.clone(),
+                        set: |p: &mut Parts, v: GroupProfile| p.profile = Some(Some(v)),
+                    }),
+                ));
+            }
+            if let Some(doc) = ctx.roster {
+                made.push(this.cairn.subscribe_doc(
+                    doc,
+                    read_roster,
+                    Arc::new(PartListener {
+                        combiner: combiner.clone(),
+                        set: |p: &mut Parts, v: RosterRecord| p.roster = Some(Some(v)),
+                    }),
+                ));
+            }
+            if let Some(doc) = ctx.index {
+                made.push(this.cairn.subscribe_doc(
+                    doc,
+                    read_index,
+                    Arc::new(PartListener {
+                        combiner: combiner.clone(),
+                        set: |p: &mut Parts, v: Vec<IndexEntry>| p.index = Some(v),
+                    }),
+                ));
+            }
+            // With none of the three documents there is nothing to wait for.
+            combiner.deliver_if_complete();
+            let mut held = subs.lock().unwrap_or_else(|e| e.into_inner());
+            if flag.load(Ordering::SeqCst) {
+                drop(held);
+                drop(made); // cancelled meanwhile: end them at once
+            } else {
+                held.extend(made);
+            }
+        });
+        Subscription::new(cancelled, move || {
+            let ended: Vec<Subscription> =
+                std::mem::take(&mut *inner.lock().unwrap_or_else(|e| e.into_inner()));
+            drop(ended);
+        })
+    }
+
+    /// The group's profile (NotFound while it has no settings document).
+    pub async fn profile(&self) -> Result<GroupProfile, CairnError> {
+        let doc = self
+            .context()
+            .await?
+            .settings
+            .ok_or_else(|| CairnError::not_found("the group's settings (not set up yet)"))?;
+        self.cairn.read_doc(doc, read_profile).await
+    }
+
+    /// Replaces the profile (organisers only); only the fields that differ are written, so
+    /// another organiser's concurrent edit of another field stays. A bad date, an end
+    /// before the start, an empty name or clearing the meeting place is Invalid and
+    /// changes nothing.
+    pub async fn update_profile(&self, profile: GroupProfile) -> Result<(), CairnError> {
+        self.change_settings(move |tx| {
+            let current: GroupProfile = settings::profile(tx)?.into();
+            apply_profile(tx, &current, &profile)
+        })
+        .await
+    }
+
+    /// Renames the group (organisers only).
+    pub async fn set_name(&self, name: &str) -> Result<(), CairnError> {
+        check_name(name)?;
+        let name = name.to_owned();
+        self.change_settings(move |tx| Ok(settings::set_name(tx, &name)?))
+            .await
+    }
+
+    /// Rewrites the group's purpose (organisers only).
+    pub async fn set_purpose(&self, purpose: &str) -> Result<(), CairnError> {
+        let purpose = purpose.to_owned();
+        self.change_settings(move |tx| Ok(settings::set_purpose(tx, &purpose)?))
+            .await
+    }
+
+    /// Sets how and where the group meets (organisers only).
+    pub async fn set_meeting_place(&self, place: MeetingPlace) -> Result<(), CairnError> {
+        self.change_settings(move |tx| Ok(settings::set_meeting_place(tx, &(&place).into())?))
+            .await
+    }
+
+    /// Sets or clears the intended size (organisers only).
+    pub async fn set_intended_size(&self, size: Option<u32>) -> Result<(), CairnError> {
+        self.change_settings(move |tx| Ok(settings::set_intended_size(tx, size)?))
+            .await
+    }
+
+    /// Sets the first and last day, `YYYY-MM-DD`, either open (organisers only).
+    pub async fn set_dates(
+        &self,
+        start_date: Option<String>,
+        end_date: Option<String>,
+    ) -> Result<(), CairnError> {
+        let (start, end) = (parse_date(&start_date)?, parse_date(&end_date)?);
+        self.change_settings(move |tx| Ok(settings::set_dates(tx, start, end)?))
+            .await
+    }
+
+    /// Moves the group to another state (organisers only).
+    pub async fn set_state(&self, state: GroupState) -> Result<(), CairnError> {
+        self.change_settings(move |tx| Ok(settings::set_state(tx, state.into())?))
+            .await
+    }
+
+    /// Pins a resource (its id in [`Resources`]) as "start here", or unpins (organisers
+    /// only).
+    pub async fn set_start_here(&self, resource_id: Option<String>) -> Result<(), CairnError> {
+        self.change_settings(move |tx| Ok(settings::set_start_here(tx, resource_id.as_deref())?))
+            .await
+    }
+
+    /// Configures or clears the "need support now" link (organisers only).
+    pub async fn set_crisis_support(
+        &self,
+        support: Option<CrisisSupport>,
+    ) -> Result<(), CairnError> {
+        let support: Option<settings::CrisisSupport> = support.as_ref().map(Into::into);
+        self.change_settings(move |tx| Ok(settings::set_crisis_support(tx, support.as_ref())?))
+        .await
+    }
+
+    /// The roster (NotFound until the relay has written it).
+    pub async fn members(&self) -> Result<RosterRecord, CairnError> {
+        let doc = self
+            .context()
+            .await?
+            .roster
+            .ok_or_else(|| CairnError::not_found("the group's roster"))?;
+        self.cairn.read_doc(doc, read_roster).await
+    }
+
+    /// The group's documents, oldest first (empty while it has no index).
+    pub async fn index(&self) -> Result<Vec<IndexEntry>, CairnError> {
+        match self.context().await?.index {
+            Some(doc) => self.cairn.read_doc(doc, read_index).await,
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Creates the group's settings and index documents if it has none (organisers only;
+    /// the relay binds one of each per group). Idempotent: what exists is kept as it is.
+    pub async fn set_up(&self, profile: GroupProfile) -> Result<(), CairnError> {
+        check_name(&profile.name)?;
+        parse_date(&profile.start_date)?;
+        parse_date(&profile.end_date)?;
+        let ctx = self.context().await?;
+        if !ctx.is_organiser() {
+            return Err(CairnError::Forbidden {
+                reason: "only organisers set a group up".into(),
+            });
+        }
+        if ctx.settings.is_none() {
+            create_group_doc(&self.cairn, &self.group, BoundKind::Settings, move |tx| {
+                settings::init(tx, &profile.name, &profile.purpose)?;
+                let current: GroupProfile = settings::profile(tx)?.into();
+                apply_profile(tx, &current, &profile)
+            })
+            .await?;
+        }
+        if ctx.index.is_none() {
+            create_group_doc(&self.cairn, &self.group, BoundKind::Index, |tx| {
+                Ok(index::init(tx)?)
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Starts a thread with its first post; it is listed in the group's index. A group
+    /// without an index is NotFound (set it up first) rather than given an unlisted thread.
+    pub async fn create_thread(&self, title: &str, first_post: &str) -> Result<Thread, CairnError> {
+        if first_post.is_empty() {
+            return Err(thread::ThreadError::EmptyPost.into());
+        }
+        let ctx = self.context().await?;
+        let index_doc = ctx.index()?;
+        if !ctx.can_write() {
+            return Err(CairnError::Forbidden {
+                reason: "this role reads but does not write".into(),
+            });
+        }
+        let now = self.cairn.now_ms();
+        let (me, title_, body) = (ctx.member.clone(), title.to_owned(), first_post.to_owned());
+        let (doc, _) = create_group_doc(&self.cairn, &self.group, BoundKind::Thread, move |tx| {
+            thread::init(tx, &title_, &me, now)?;
+            Ok(thread::add_post(tx, &me, &body, &[], None, now)?)
+        })
+        .await?;
+        self.list_in_index(index_doc, doc, IndexKind::Thread, title)
+            .await?;
+        Ok(Thread::new(self.cairn.clone(), self.group.clone(), doc))
+    }
+
+    /// The thread with this id (as [`IndexEntry::id`] gives it). Invalid if it is not a
+    /// document id; reading a thread that is not on the device or the relay is NotFound.
+    pub fn thread(&self, thread_id: &str) -> Result<Thread, CairnError> {
+        Ok(Thread::new(
+            self.cairn.clone(),
+            self.group.clone(),
+            document_id(thread_id)?,
+        ))
+    }
+
+    /// The group's resources document: the one listed in the index (the oldest, should two
+    /// members have created one at once offline), created and listed on first use.
+    pub async fn resources(&self) -> Result<Resources, CairnError> {
+        let ctx = self.context().await?;
+        let index_doc = ctx.index()?;
+        let listed = self
+            .cairn
+            .read_doc(index_doc, |doc| {
+                Ok(index::documents_of_kind(doc, IndexKind::Resources)?
+                    .into_iter()
+                    .next())
+            })
+            .await?;
+        let doc = match listed {
+            Some(entry) => DocumentId::parse_url(&entry.url)
+                .map_err(|_| CairnError::from(IndexError::InvalidUrl))?,
+            None => {
+                let (doc, _) =
+                    create_group_doc(&self.cairn, &self.group, BoundKind::Resources, |tx| {
+                        Ok(crate::model::resources::init(tx)?)
+                    })
+                    .await?;
+                self.list_in_index(index_doc, doc, IndexKind::Resources, RESOURCES_TITLE)
+                    .await?;
+                doc
+            }
+        };
+        Ok(Resources::new(self.cairn.clone(), self.group.clone(), doc))
+    }
+}
+
+// ------------------------------------------------- the group subscription
+
+/// The latest value of each of the three documents (`None`: not delivered yet).
+struct Parts {
+    profile: Option<Option<GroupProfile>>,
+    roster: Option<Option<RosterRecord>>,
+    index: Option<Vec<IndexEntry>>,
+}
+
+impl Parts {
+    fn record(
+        group: &GroupId,
+        ctx: &GroupContext,
+        profile: Option<GroupProfile>,
+        roster: Option<RosterRecord>,
+        index: Vec<IndexEntry>,
+    ) -> GroupRecord {
+        GroupRecord {
+            id: group.to_string(),
+            my_member_id: ctx.member.to_string(),
+            my_role: ctx.role.into(),
+            my_status: ctx.status.into(),
+            profile,
+            roster,
+            index,
+            needs_set_up: ctx.settings.is_none() || ctx.index.is_none(),
+        }
+    }
+}
+
+struct Combiner {
+    group: GroupId,
+    ctx: GroupContext,
+    parts: Mutex<Parts>,
+    listener: Arc<dyn Listener<GroupRecord>>,
+    cancelled: Arc<AtomicBool>,
+}
+
+impl Combiner {
+    /// Delivers the combined record once every part has arrived. The lock is held while
+    /// the listener runs, so records reach it in the order the parts changed.
+    fn update(&self, change: impl FnOnce(&mut Parts)) {
+        let mut parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
+        change(&mut parts);
+        self.deliver(&parts);
+    }
+
+    fn deliver_if_complete(&self) {
+        let parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
+        self.deliver(&parts);
+    }
+
+    fn deliver(&self, parts: &Parts) {
+        if self.cancelled.load(Ordering::SeqCst) {
+            return;
+        }
+        if let (Some(profile), Some(roster), Some(index)) =
+            (&parts.profile, &parts.roster, &parts.index)
+        {
+            self.listener.on_update(Parts::record(
+                &self.group,
+                &self.ctx,
+                profile.clone(),
+                roster.clone(),
+                index.clone(),
+            ));
+        }
+    }
+
+    fn error(&self, error: CairnError) {
+        let _parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
+        if !self.cancelled.load(Ordering::SeqCst) {
+            self.listener.on_error(error);
+        }
+    }
+}
+
+/// Feeds one document's values into the [`Combiner`].
+struct PartListener<T> {
+    combiner: Arc<Combiner>,
+    set: fn(&mut Parts, T),
+}
+
+impl<T: Send + Sync> Listener<T> for PartListener<T> {
+    fn on_update(&self, value: T) {
+        self.combiner.update(|parts| (self.set)(parts, value));
+    }
+
+    fn on_error(&self, error: CairnError) {
+        self.combiner.error(error);
+    }
+}
+
+// ------------------------------------------------------------- test fixture
+
+/// Groups without a relay, for unit tests: a [`GroupContext`] given by the test stands in
+/// for what the relay would say, and documents are created locally.
+#[cfg(test)]
+pub(crate) mod fixture {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    type Key = (usize, GroupId);
+
+    static CONTEXTS: Mutex<BTreeMap<Key, GroupContext>> = Mutex::new(BTreeMap::new());
+
+    fn key(cairn: &Cairn, group: &GroupId) -> Key {
+        (Arc::as_ptr(&cairn.inner) as usize, group.clone())
+    }
+
+    /// Makes `group` on `cairn` look as `ctx` says.
+    pub(crate) fn set_context(cairn: &Cairn, group: &GroupId, ctx: GroupContext) {
+        CONTEXTS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key(cairn, group), ctx);
+    }
+
+    pub(crate) fn context(cairn: &Cairn, group: &GroupId) -> Option<GroupContext> {
+        CONTEXTS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key(cairn, group))
+            .cloned()
+    }
+
+    /// Creates a document on this device only (no relay, no group binding).
+    pub(crate) async fn create_local<R: Send + 'static>(
+        cairn: &Cairn,
+        init: impl FnOnce(&mut Transaction<'_>) -> Result<R, CairnError> + Send + 'static,
+    ) -> Result<(DocumentId, R), CairnError> {
+        let client = cairn.inner.client.clone();
+        cairn
+            .run(async move {
+                let slot = Arc::new(Mutex::new(None));
+                let out = slot.clone();
+                let doc = client
+                    .create(move |tx| {
+                        *out.lock().unwrap_or_else(|e| e.into_inner()) = Some(init(tx));
+                    })
+                    .await?;
+                let value = slot
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take()
+                    .ok_or_else(|| CairnError::generic("the init did not run"))??;
+                Ok((doc, value))
+            })
+            .await
+    }
+
+    /// A started Cairn on a temporary directory, without a relay.
+    pub(crate) fn cairn(dir: &tempfile::TempDir) -> Cairn {
+        start(dir, vec![7; 32]).unwrap()
+    }
+
+    /// Starts a Cairn on `dir` with this journal key.
+    pub(crate) fn start(
+        dir: &tempfile::TempDir,
+        journal_key: Vec<u8>,
+    ) -> Result<Cairn, CairnError> {
+        Cairn::start(crate::app::CairnConfig {
+            data_dir: dir.path().to_string_lossy().into_owned(),
+            relays: vec![],
+            journal_key,
+            time_zone: "Europe/London".into(),
+            device_name: Some("ana-phone".into()),
+        })
+    }
+
+    /// A group with settings, roster and index documents, seen by `member` as `role`.
+    pub(crate) fn group(
+        rt: &tokio::runtime::Runtime,
+        cairn: &Cairn,
+        name: &str,
+        member: &str,
+        role: Role,
+    ) -> Group {
+        let group = GroupId::from(name);
+        let me = MemberId::from(member);
+        let view = roster::RosterView {
+            members: vec![roster::RosterMember {
+                member_id: me.clone(),
+                pseudonym: "Ana".into(),
+                role,
+                status: roster::MemberStatus::Active,
+                accepted_version: 1,
+                joined_ms: 1,
+                expires_ms: None,
+            }],
+            code_of_conduct: roster::CodeOfConduct {
+                version: 1,
+                text: "Be kind.".into(),
+            },
+        };
+        let (settings_doc, roster_doc, index_doc) = rt.block_on(async {
+            let (s, _) = create_local(cairn, |tx| Ok(settings::init(tx, "Peer leads", "Practice")?))
+                .await
+                .unwrap();
+            let (r, _) = create_local(cairn, move |tx| Ok(roster::reconcile(tx, &view)?))
+                .await
+                .unwrap();
+            let (i, _) = create_local(cairn, |tx| Ok(index::init(tx)?)).await.unwrap();
+            (s, r, i)
+        });
+        set_context(
+            cairn,
+            &group,
+            GroupContext {
+                member: me,
+                role,
+                status: roster::MemberStatus::Active,
+                settings: Some(settings_doc),
+                roster: Some(roster_doc),
+                index: Some(index_doc),
+            },
+        );
+        Group::new(cairn.clone(), group)
+    }
+
+    /// Collects what a listener receives.
+    pub(crate) struct Collect<T> {
+        pub(crate) values: Mutex<Vec<T>>,
+        pub(crate) errors: Mutex<Vec<CairnError>>,
+        changed: std::sync::Condvar,
+    }
+
+    impl<T: Clone> Collect<T> {
+        pub(crate) fn new() -> Arc<Self> {
+            Arc::new(Collect {
+                values: Mutex::new(Vec::new()),
+                errors: Mutex::new(Vec::new()),
+                changed: std::sync::Condvar::new(),
+            })
+        }
+
+        /// Waits (at most 10 s, else panics) until `pred` holds for the values received.
+        pub(crate) fn wait_until(&self, what: &str, pred: impl Fn(&[T]) -> bool) -> Vec<T> {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            let mut values = self.values.lock().unwrap();
+            loop {
+                if pred(&values) {
+                    return values.clone();
+                }
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                assert!(!left.is_zero(), "timed out waiting for {what}");
+                values = self.changed.wait_timeout(values, left).unwrap().0;
+            }
+        }
+
+        pub(crate) fn count(&self) -> usize {
+            self.values.lock().unwrap().len()
+        }
+    }
+
+    impl<T: Send> Listener<T> for Collect<T> {
+        fn on_update(&self, value: T) {
+            self.values.lock().unwrap().push(value);
+            self.changed.notify_all();
+        }
+
+        fn on_error(&self, error: CairnError) {
+            self.errors.lock().unwrap().push(error);
+            self.changed.notify_all();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixture::{self, Collect};
+    use super::*;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Runtime::new().unwrap()
+    }
+
+    #[test]
+    fn the_profile_is_read_and_updated_field_by_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime();
+        let cairn = fixture::cairn(&dir);
+        let group = fixture::group(&rt, &cairn, "g-profile", "ana", Role::Organiser);
+        rt.block_on(async {
+            let mut p = group.profile().await.unwrap();
+            assert_eq!(p, GroupProfile::new("Peer leads", "Practice"));
+            p.meeting_place = Some(MeetingPlace {
+                mode: MeetingMode::Hybrid,
+                link: Some("https://meet.example/x".into()),
+                address: Some("Room 4".into()),
+            });
+            p.intended_size = Some(8);
+            p.start_date = Some("2025-01-01".into());
+            p.end_date = Some("2025-12-31".into());
+            p.state = GroupState::Renewing;
+            p.crisis_support = Some(CrisisSupport {
+                label: "Call now".into(),
+                url: "tel:116123".into(),
+            });
+            group.update_profile(p.clone()).await.unwrap();
+            assert_eq!(group.profile().await.unwrap(), p);
+
+            group.set_name("Peer leads (north)").await.unwrap();
+            group.set_start_here(Some("r1".into())).await.unwrap();
+            let now = group.profile().await.unwrap();
+            assert_eq!(now.name, "Peer leads (north)");
+            assert_eq!(now.start_here.as_deref(), Some("r1"));
+
+            let mut bad = now.clone();
+            bad.end_date = Some("2024-12-31".into());
+            assert!(matches!(
+                group.update_profile(bad).await,
+                Err(CairnError::Invalid { .. })
+            ));
+            assert!(matches!(
+                group.set_dates(Some("1 March".into()), None).await,
+                Err(CairnError::Invalid { .. })
+            ));
+            assert!(matches!(
+                group.set_name("  ").await,
+                Err(CairnError::Invalid { .. })
+            ));
+            assert_eq!(group.profile().await.unwrap(), now, "nothing changed");
+        });
+    }
+
+    #[test]
+    fn a_member_cannot_change_the_profile_but_starts_threads() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime();
+        let cairn = fixture::cairn(&dir);
+        let group = fixture::group(&rt, &cairn, "g-member", "ben", Role::Member);
+        rt.block_on(async {
+            assert!(matches!(
+                group.set_name("Mine now").await,
+                Err(CairnError::Forbidden { .. })
+            ));
+            let thread = group.create_thread("Check-in", "How is everyone?").await.unwrap();
+            let index = group.index().await.unwrap();
+            assert_eq!(index.len(), 1);
+            assert_eq!(index[0].id, thread.id());
+            assert_eq!(index[0].kind, DocumentKind::Thread);
+            assert_eq!(index[0].title, "Check-in");
+            let same = group.thread(&index[0].id).unwrap();
+            let record = same.read().await.unwrap();
+            assert_eq!(record.posts.len(), 1);
+            assert_eq!(record.posts[0].author, "ben");
+            assert!(matches!(
+                group.thread("not-an-id"),
+                Err(CairnError::Invalid { .. })
+            ));
+        });
+    }
+
+    #[test]
+    fn a_thread_needs_an_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime();
+        let cairn = fixture::cairn(&dir);
+        let group = fixture::group(&rt, &cairn, "g-noindex", "ana", Role::Organiser);
+        let mut ctx = fixture::context(&cairn, &group.group).unwrap();
+        ctx.index = None;
+        fixture::set_context(&cairn, &group.group, ctx);
+        rt.block_on(async {
+            let before = cairn
+                .inner
+                .client
+                .with_engine(|e| e.document_ids().len())
+                .await
+                .unwrap();
+            assert!(matches!(
+                group.create_thread("t", "first").await,
+                Err(CairnError::NotFound { .. })
+            ));
+            let after = cairn
+                .inner
+                .client
+                .with_engine(|e| e.document_ids().len())
+                .await
+                .unwrap();
+            assert_eq!(before, after, "no unlisted thread was created");
+            assert!(group.read().await.unwrap().needs_set_up);
+        });
+    }
+
+    #[test]
+    fn the_group_screen_combines_profile_roster_and_index_until_cancelled() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime();
+        let cairn = fixture::cairn(&dir);
+        let group = fixture::group(&rt, &cairn, "g-screen", "ana", Role::Organiser);
+        let seen = Collect::<GroupRecord>::new();
+        let sub = group.subscribe(seen.clone());
+        let first = seen.wait_until("the first record", |v| !v.is_empty());
+        let record = &first[0];
+        assert_eq!(record.profile.as_ref().unwrap().name, "Peer leads");
+        let roster = record.roster.as_ref().unwrap();
+        assert_eq!(roster.members[0].pseudonym, "Ana");
+        assert!(roster.members[0].accepted_current_code);
+        assert_eq!(roster.code_of_conduct.text, "Be kind.");
+        assert_eq!(record.my_role, MemberRole::Organiser);
+        assert!(!record.needs_set_up);
+        assert_eq!(record, &rt.block_on(group.read()).unwrap());
+
+        rt.block_on(group.set_purpose("Reflect together")).unwrap();
+        seen.wait_until("the new purpose", |v| {
+            v.last()
+                .and_then(|r| r.profile.as_ref())
+                .is_some_and(|p| p.purpose == "Reflect together")
+        });
+        rt.block_on(group.create_thread("Readings", "Chapter 2?"))
+            .unwrap();
+        seen.wait_until("the new thread in the index", |v| {
+            v.last().is_some_and(|r| r.index.len() == 1)
+        });
+
+        sub.cancel();
+        let delivered = seen.count();
+        rt.block_on(group.set_purpose("After cancel")).unwrap();
+        rt.block_on(group.create_thread("Later", "x")).unwrap();
+        // A fresh subscription sees both changes: the cancelled one was woken by them too.
+        let later = Collect::<GroupRecord>::new();
+        let _live = group.subscribe(later.clone());
+        later.wait_until("the changes after cancel", |v| {
+            v.last().is_some_and(|r| r.index.len() == 2)
+        });
+        assert_eq!(seen.count(), delivered, "nothing after cancel");
+    }
+
+    #[test]
+    fn the_resources_document_is_created_once_and_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime();
+        let cairn = fixture::cairn(&dir);
+        let group = fixture::group(&rt, &cairn, "g-res", "ana", Role::Member);
+        rt.block_on(async {
+            let first = group.resources().await.unwrap();
+            let again = group.resources().await.unwrap();
+            assert_eq!(first.id(), again.id());
+            let index = group.index().await.unwrap();
+            assert_eq!(index.len(), 1);
+            assert_eq!(index[0].kind, DocumentKind::Resources);
+            assert_eq!(index[0].title, RESOURCES_TITLE);
+        });
+    }
+}
