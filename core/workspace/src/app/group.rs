@@ -15,7 +15,7 @@ use std::task::{Context, Poll, Waker};
 
 use automerge::transaction::Transaction;
 use cairn_sync::ids::{DocumentId, MemberId};
-use cairn_sync::membership::{BoundKind, GroupId};
+use cairn_sync::membership::{self, BoundKind, GroupId};
 use jiff::civil::Date;
 
 use crate::app::handles::document_id;
@@ -356,6 +356,17 @@ impl From<roster::MemberStatus> for MemberStatus {
     }
 }
 
+impl From<membership::MemberStatus> for MemberStatus {
+    fn from(s: membership::MemberStatus) -> Self {
+        match s {
+            membership::MemberStatus::Active => MemberStatus::Active,
+            membership::MemberStatus::Suspended => MemberStatus::Suspended,
+            membership::MemberStatus::Left => MemberStatus::Left,
+            membership::MemberStatus::Removed => MemberStatus::Removed,
+        }
+    }
+}
+
 impl From<roster::RosterView> for RosterRecord {
     fn from(v: roster::RosterView) -> Self {
         let code = &v.code_of_conduct;
@@ -438,7 +449,9 @@ impl From<RosterError> for CairnError {
             RosterError::Schema(e) => e.into(),
             RosterError::Automerge(e) => e.into(),
             // Only the relay's reconcile reports it; a reader never sees it.
-            RosterError::DuplicateMember(_) => CairnError::generic("the roster lists a member twice"),
+            RosterError::DuplicateMember(_) => {
+                CairnError::generic("the roster lists a member twice")
+            }
         }
     }
 }
@@ -453,7 +466,7 @@ pub(crate) struct GroupContext {
     /// Its role.
     pub(crate) role: Role,
     /// Its status.
-    pub(crate) status: roster::MemberStatus,
+    pub(crate) status: membership::MemberStatus,
     /// The settings document, once bound.
     pub(crate) settings: Option<DocumentId>,
     /// The roster document, once the relay wrote it.
@@ -464,11 +477,11 @@ pub(crate) struct GroupContext {
 
 impl GroupContext {
     fn is_organiser(&self) -> bool {
-        self.role == Role::Organiser && self.status == roster::MemberStatus::Active
+        self.role == Role::Organiser && self.status == membership::MemberStatus::Active
     }
 
     fn can_write(&self) -> bool {
-        self.role.can_write() && self.status == roster::MemberStatus::Active
+        self.role.can_write() && self.status == membership::MemberStatus::Active
     }
 
     /// The index document, or NotFound: nothing is created unlisted.
@@ -599,10 +612,7 @@ fn read_roster(doc: &automerge::Automerge) -> Result<RosterRecord, CairnError> {
 }
 
 fn read_index(doc: &automerge::Automerge) -> Result<Vec<IndexEntry>, CairnError> {
-    Ok(index::documents(doc)?
-        .into_iter()
-        .map(Into::into)
-        .collect())
+    Ok(index::documents(doc)?.into_iter().map(Into::into).collect())
 }
 
 // ------------------------------------------------------------------ Group
@@ -840,7 +850,7 @@ impl Group {
     ) -> Result<(), CairnError> {
         let support: Option<settings::CrisisSupport> = support.as_ref().map(Into::into);
         self.change_settings(move |tx| Ok(settings::set_crisis_support(tx, support.as_ref())?))
-        .await
+            .await
     }
 
     /// The roster (NotFound until the relay has written it).
@@ -1153,13 +1163,17 @@ pub(crate) mod fixture {
             },
         };
         let (settings_doc, roster_doc, index_doc) = rt.block_on(async {
-            let (s, _) = create_local(cairn, |tx| Ok(settings::init(tx, "Peer leads", "Practice")?))
-                .await
-                .unwrap();
+            let (s, _) = create_local(cairn, |tx| {
+                Ok(settings::init(tx, "Peer leads", "Practice")?)
+            })
+            .await
+            .unwrap();
             let (r, _) = create_local(cairn, move |tx| Ok(roster::reconcile(tx, &view)?))
                 .await
                 .unwrap();
-            let (i, _) = create_local(cairn, |tx| Ok(index::init(tx)?)).await.unwrap();
+            let (i, _) = create_local(cairn, |tx| Ok(index::init(tx)?))
+                .await
+                .unwrap();
             (s, r, i)
         });
         set_context(
@@ -1168,7 +1182,7 @@ pub(crate) mod fixture {
             GroupContext {
                 member: me,
                 role,
-                status: roster::MemberStatus::Active,
+                status: membership::MemberStatus::Active,
                 settings: Some(settings_doc),
                 roster: Some(roster_doc),
                 index: Some(index_doc),
@@ -1294,7 +1308,10 @@ mod tests {
                 group.set_name("Mine now").await,
                 Err(CairnError::Forbidden { .. })
             ));
-            let thread = group.create_thread("Check-in", "How is everyone?").await.unwrap();
+            let thread = group
+                .create_thread("Check-in", "How is everyone?")
+                .await
+                .unwrap();
             let index = group.index().await.unwrap();
             assert_eq!(index.len(), 1);
             assert_eq!(index[0].id, thread.id());

@@ -147,7 +147,10 @@ fn answers(
 ) -> Result<BTreeMap<String, String>, CairnError> {
     if let Some(t) = template {
         let prompts = model::ReflectionTemplate::from(t).prompts();
-        if let Some(a) = list.iter().find(|a| !prompts.iter().any(|p| p.key == a.key)) {
+        if let Some(a) = list
+            .iter()
+            .find(|a| !prompts.iter().any(|p| p.key == a.key))
+        {
             return Err(CairnError::invalid(format!(
                 "the template has no prompt {:?}",
                 a.key
@@ -211,11 +214,7 @@ impl Journal {
         answers_: Vec<Answer>,
     ) -> Result<String, CairnError> {
         let answers = answers(template, answers_)?;
-        let mut entry = Reflection::new(
-            self.cairn.now_ms(),
-            template.map(Into::into),
-            title,
-        );
+        let mut entry = Reflection::new(self.cairn.now_ms(), template.map(Into::into), title);
         entry.body = body.to_owned();
         entry.answers = answers;
         let id = entry.id.to_string();
@@ -314,15 +313,26 @@ mod tests {
         let journal = cairn.journal();
         let id = rt.block_on(async {
             let id = journal
-                .write("After the circle", Some(ReflectionTemplate::Gibbs), "Ask about boundaries.", gibbs())
+                .write(
+                    "After the circle",
+                    Some(ReflectionTemplate::Gibbs),
+                    "Ask about boundaries.",
+                    gibbs(),
+                )
                 .await
                 .unwrap();
-            let other = journal.write("Plain", None, "Just words", vec![]).await.unwrap();
+            let other = journal
+                .write("Plain", None, "Just words", vec![])
+                .await
+                .unwrap();
             let got = journal.get(&id).await.unwrap();
             assert_eq!(got.title, "After the circle");
             assert_eq!(got.body, "Ask about boundaries.");
             assert_eq!(
-                got.answers.iter().map(|a| a.key.as_str()).collect::<Vec<_>>(),
+                got.answers
+                    .iter()
+                    .map(|a| a.key.as_str())
+                    .collect::<Vec<_>>(),
                 ["description", "feelings"],
                 "in the template's order"
             );
@@ -348,10 +358,15 @@ mod tests {
             ));
             assert!(matches!(
                 journal
-                    .write("x", Some(ReflectionTemplate::Gibbs), "", vec![Answer {
-                        key: "mood".into(),
-                        text: "x".into()
-                    }])
+                    .write(
+                        "x",
+                        Some(ReflectionTemplate::Gibbs),
+                        "",
+                        vec![Answer {
+                            key: "mood".into(),
+                            text: "x".into()
+                        }]
+                    )
                     .await,
                 Err(CairnError::Invalid { .. })
             ));
@@ -375,12 +390,20 @@ mod tests {
             match SledStore::open(&path, &SledConfig::default()) {
                 Ok(s) => break s,
                 Err(e) => {
-                    assert!(std::time::Instant::now() < deadline, "store still locked: {e}");
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "store still locked: {e}"
+                    );
                     std::thread::sleep(std::time::Duration::from_millis(50));
                 }
             }
         };
-        let keys: Vec<_> = store.load_range(&[]).unwrap().into_iter().map(|(k, _)| k).collect();
+        let keys: Vec<_> = store
+            .load_range(&[])
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
         assert!(keys.contains(&vec![model::KEY_PREFIX.to_owned(), id.clone()]));
         for key in &keys {
             assert!(
@@ -407,7 +430,10 @@ mod tests {
             match fixture::start(&dir, vec![8; 32]) {
                 Ok(c) => break c,
                 Err(e) => {
-                    assert!(std::time::Instant::now() < deadline, "store still locked: {e}");
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "store still locked: {e}"
+                    );
                     std::thread::sleep(std::time::Duration::from_millis(50));
                 }
             }
@@ -434,10 +460,18 @@ mod tests {
         let cairn = fixture::cairn(&dir);
         let group = fixture::group(&rt, &cairn, "g-share", "ana", Role::Member);
         rt.block_on(async {
-            let thread = group.create_thread("Reflections", "Share if you like").await.unwrap();
+            let thread = group
+                .create_thread("Reflections", "Share if you like")
+                .await
+                .unwrap();
             let journal = cairn.journal();
             let id = journal
-                .write("t", Some(ReflectionTemplate::Gibbs), "Private note", gibbs())
+                .write(
+                    "t",
+                    Some(ReflectionTemplate::Gibbs),
+                    "Private note",
+                    gibbs(),
+                )
                 .await
                 .unwrap();
             // "Shaky 🌧" is 8 UTF-16 units (the emoji is two).
@@ -448,15 +482,24 @@ mod tests {
                 start: 0,
                 end: 8,
             };
-            let preview = journal.preview_excerpt(&id, selection.clone()).await.unwrap();
+            let preview = journal
+                .preview_excerpt(&id, selection.clone())
+                .await
+                .unwrap();
             assert_eq!(preview, "Shaky 🌧");
-            let post = journal.share_to_thread(&id, selection, &thread).await.unwrap();
+            let post = journal
+                .share_to_thread(&id, selection, &thread)
+                .await
+                .unwrap();
             let record = thread.read().await.unwrap();
             let shared = record.posts.iter().find(|p| p.id == post).unwrap();
             assert_eq!(shared.text, preview);
             assert_eq!(shared.author, "ana");
             assert!(
-                record.posts.iter().all(|p| !p.text.contains("Private note")),
+                record
+                    .posts
+                    .iter()
+                    .all(|p| !p.text.contains("Private note")),
                 "nothing else left the journal"
             );
             let past_the_end = ExcerptSelection {

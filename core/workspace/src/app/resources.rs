@@ -219,7 +219,10 @@ impl Resources {
     async fn change(
         &self,
         resource_id: &str,
-        f: impl FnOnce(&mut automerge::transaction::Transaction<'_>, &ResourceId) -> Result<(), ResourcesError>
+        f: impl FnOnce(
+                &mut automerge::transaction::Transaction<'_>,
+                &ResourceId,
+            ) -> Result<(), ResourcesError>
             + Send
             + 'static,
     ) -> Result<(), CairnError> {
@@ -390,7 +393,10 @@ mod tests {
                 Some(&b"hello"[..])
             );
             assert_eq!(resources.for_meeting(&meeting).await.unwrap()[0].id, b);
-            assert_eq!(resources.readings_for_next_meeting().await.unwrap()[0].id, b);
+            assert_eq!(
+                resources.readings_for_next_meeting().await.unwrap()[0].id,
+                b
+            );
 
             resources.set_title(&a, "Peer drift").await.unwrap();
             resources.set_for_next_meeting(&a, true).await.unwrap();

@@ -127,7 +127,9 @@ impl From<ThreadError> for CairnError {
 impl From<&Mention> for model::Mention {
     fn from(m: &Mention) -> Self {
         match m {
-            Mention::Member { member_id } => model::Mention::Member(MemberId::from(member_id.as_str())),
+            Mention::Member { member_id } => {
+                model::Mention::Member(MemberId::from(member_id.as_str()))
+            }
             Mention::Facilitators => model::Mention::Facilitators,
             Mention::All => model::Mention::All,
         }
@@ -272,9 +274,11 @@ impl Thread {
             .change_doc(self.doc, move |tx| {
                 let mentions = match mentions {
                     Some(m) => m,
-                    None => model::post(tx, &id)?
-                        .ok_or(ThreadError::NoSuchPost)?
-                        .mentions,
+                    None => {
+                        model::post(tx, &id)?
+                            .ok_or(ThreadError::NoSuchPost)?
+                            .mentions
+                    }
                 };
                 Ok(model::edit_post(tx, &id, &me, &text, &mentions, now)?)
             })
@@ -304,7 +308,9 @@ impl Thread {
         let now = self.cairn.now_ms();
         let id = PostId::from(post_id);
         self.cairn
-            .change_doc(self.doc, move |tx| Ok(model::delete_post(tx, &id, &me, now)?))
+            .change_doc(self.doc, move |tx| {
+                Ok(model::delete_post(tx, &id, &me, now)?)
+            })
             .await
     }
 
@@ -322,7 +328,9 @@ impl Thread {
         let me = my_member_id(&self.cairn, &self.group).await?;
         let (id, emoji) = (PostId::from(post_id), emoji.to_owned());
         self.cairn
-            .change_doc(self.doc, move |tx| Ok(model::unreact(tx, &id, &me, &emoji)?))
+            .change_doc(self.doc, move |tx| {
+                Ok(model::unreact(tx, &id, &me, &emoji)?)
+            })
             .await
     }
 
@@ -332,8 +340,10 @@ impl Thread {
         self.cairn
             .change_doc(self.doc, move |tx| Ok(model::set_title(tx, &t)?))
             .await?;
+        // The index entry follows when the group's index is known; a group the relay has
+        // not described yet (offline since start-up) keeps the old title in its list.
         let group = Group::new(self.cairn.clone(), self.group.clone());
-        if let Some(index_doc) = group.context().await?.index {
+        if let Some(index_doc) = group.context().await.ok().and_then(|c| c.index) {
             let (url, t) = (self.doc.url(), title.to_owned());
             self.cairn
                 .change_doc(index_doc, move |tx| {
@@ -411,7 +421,10 @@ mod tests {
             assert_eq!(record.posts[3].mentions.len(), 2);
 
             thread.react(&first, "💚").await.unwrap();
-            thread.edit_post(&mention, "Facilitators, please look").await.unwrap();
+            thread
+                .edit_post(&mention, "Facilitators, please look")
+                .await
+                .unwrap();
             let record = thread.read().await.unwrap();
             assert_eq!(record.posts[1].reactions[0].members, ["ana"]);
             let edited = &record.posts[3];
