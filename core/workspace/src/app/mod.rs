@@ -23,6 +23,7 @@ pub mod minutes;
 pub mod resources;
 pub mod series;
 pub mod thread;
+pub mod workspace;
 
 pub use cairn::{
     Cairn, CairnConfig, RelayConfig, JOURNAL_KEY_BYTES, LOAD_TIMEOUT, RUNTIME_THREADS,
