@@ -15,6 +15,7 @@ mod cairn;
 mod error;
 mod handles;
 mod listen;
+pub mod membership;
 
 pub mod group;
 pub mod journal;
