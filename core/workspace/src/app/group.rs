@@ -15,7 +15,7 @@ use std::task::{Context, Poll, Waker};
 
 use automerge::transaction::Transaction;
 use cairn_sync::ids::{DocumentId, MemberId};
-use cairn_sync::membership::{self, BoundKind, GroupId};
+use cairn_sync::membership::{BoundKind, GroupId, MemberStatus};
 use jiff::civil::Date;
 
 use crate::app::handles::document_id;
@@ -116,36 +116,6 @@ impl GroupProfile {
     }
 }
 
-/// A member's role in a group.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MemberRole {
-    /// Runs the group: settings, membership, code of conduct.
-    Organiser,
-    /// Holds the space; receives reports and may remove content.
-    Facilitator,
-    /// Takes notes.
-    Recorder,
-    /// A participant.
-    Member,
-    /// A guest who reads but does not write.
-    Observer,
-    /// A former member, read-only.
-    Alumnus,
-}
-
-/// Where a member stands in the group.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MemberStatus {
-    /// A member.
-    Active,
-    /// Held back by a facilitator or organiser.
-    Suspended,
-    /// Left of their own accord.
-    Left,
-    /// Removed by a facilitator or organiser.
-    Removed,
-}
-
 /// One member as the roster shows them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MemberRecord {
@@ -154,7 +124,7 @@ pub struct MemberRecord {
     /// Their name in this group.
     pub pseudonym: String,
     /// Their role.
-    pub role: MemberRole,
+    pub role: Role,
     /// Active, suspended, left or removed.
     pub status: MemberStatus,
     /// The code-of-conduct version they accepted (0: none).
@@ -219,7 +189,7 @@ pub struct GroupRecord {
     /// This device's member id in the group.
     pub my_member_id: String,
     /// This device's member's role.
-    pub my_role: MemberRole,
+    pub my_role: Role,
     /// This device's member's status.
     pub my_status: MemberStatus,
     /// The profile; `None` while the group has no settings document (or it has not
@@ -332,38 +302,13 @@ impl From<settings::GroupProfile> for GroupProfile {
     }
 }
 
-impl From<Role> for MemberRole {
-    fn from(r: Role) -> Self {
-        match r {
-            Role::Organiser => MemberRole::Organiser,
-            Role::Facilitator => MemberRole::Facilitator,
-            Role::Recorder => MemberRole::Recorder,
-            Role::Member => MemberRole::Member,
-            Role::Observer => MemberRole::Observer,
-            Role::Alumnus => MemberRole::Alumnus,
-        }
-    }
-}
-
-impl From<roster::MemberStatus> for MemberStatus {
-    fn from(s: roster::MemberStatus) -> Self {
-        match s {
-            roster::MemberStatus::Active => MemberStatus::Active,
-            roster::MemberStatus::Suspended => MemberStatus::Suspended,
-            roster::MemberStatus::Left => MemberStatus::Left,
-            roster::MemberStatus::Removed => MemberStatus::Removed,
-        }
-    }
-}
-
-impl From<membership::MemberStatus> for MemberStatus {
-    fn from(s: membership::MemberStatus) -> Self {
-        match s {
-            membership::MemberStatus::Active => MemberStatus::Active,
-            membership::MemberStatus::Suspended => MemberStatus::Suspended,
-            membership::MemberStatus::Left => MemberStatus::Left,
-            membership::MemberStatus::Removed => MemberStatus::Removed,
-        }
+/// The roster's status of a member, as the relay's membership calls name it.
+fn status_of(s: roster::MemberStatus) -> MemberStatus {
+    match s {
+        roster::MemberStatus::Active => MemberStatus::Active,
+        roster::MemberStatus::Suspended => MemberStatus::Suspended,
+        roster::MemberStatus::Left => MemberStatus::Left,
+        roster::MemberStatus::Removed => MemberStatus::Removed,
     }
 }
 
@@ -377,8 +322,8 @@ impl From<roster::RosterView> for RosterRecord {
                 .map(|m| MemberRecord {
                     member_id: m.member_id.to_string(),
                     pseudonym: m.pseudonym.clone(),
-                    role: m.role.into(),
-                    status: m.status.into(),
+                    role: m.role,
+                    status: status_of(m.status),
                     accepted_version: m.accepted_version,
                     accepted_current_code: m.has_accepted(code),
                     joined_ms: m.joined_ms,
@@ -466,7 +411,7 @@ pub(crate) struct GroupContext {
     /// Its role.
     pub(crate) role: Role,
     /// Its status.
-    pub(crate) status: membership::MemberStatus,
+    pub(crate) status: MemberStatus,
     /// The settings document, once bound.
     pub(crate) settings: Option<DocumentId>,
     /// The roster document, once the relay wrote it.
@@ -477,11 +422,11 @@ pub(crate) struct GroupContext {
 
 impl GroupContext {
     fn is_organiser(&self) -> bool {
-        self.role == Role::Organiser && self.status == membership::MemberStatus::Active
+        self.role == Role::Organiser && self.status == MemberStatus::Active
     }
 
     fn can_write(&self) -> bool {
-        self.role.can_write() && self.status == membership::MemberStatus::Active
+        self.role.can_write() && self.status == MemberStatus::Active
     }
 
     /// The index document, or NotFound: nothing is created unlisted.
@@ -986,8 +931,8 @@ impl Parts {
         GroupRecord {
             id: group.to_string(),
             my_member_id: ctx.member.to_string(),
-            my_role: ctx.role.into(),
-            my_status: ctx.status.into(),
+            my_role: ctx.role,
+            my_status: ctx.status,
             profile,
             roster,
             index,
@@ -1182,7 +1127,7 @@ pub(crate) mod fixture {
             GroupContext {
                 member: me,
                 role,
-                status: membership::MemberStatus::Active,
+                status: MemberStatus::Active,
                 settings: Some(settings_doc),
                 roster: Some(roster_doc),
                 index: Some(index_doc),
@@ -1374,7 +1319,7 @@ mod tests {
         assert_eq!(roster.members[0].pseudonym, "Ana");
         assert!(roster.members[0].accepted_current_code);
         assert_eq!(roster.code_of_conduct.text, "Be kind.");
-        assert_eq!(record.my_role, MemberRole::Organiser);
+        assert_eq!(record.my_role, Role::Organiser);
         assert!(!record.needs_set_up);
         assert_eq!(record, &rt.block_on(group.read()).unwrap());
 
