@@ -32,7 +32,9 @@ pub struct Proxy {
 impl Proxy {
     /// Forwards `127.0.0.1:<port>` to `target`.
     pub async fn start(target: SocketAddr) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("binding the proxy");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding the proxy");
         let addr = listener.local_addr().expect("proxy address");
         let state = Arc::new(watch::channel(Network::Up).0);
         let shared = state.clone();

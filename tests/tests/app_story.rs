@@ -57,9 +57,15 @@ async fn joining_with_an_invite_enrols_the_device_and_its_credential_never_reach
         .join(&relay.url(), &first.link, "Robin")
         .await
         .unwrap();
-    let credential = enrolment.credential.clone().expect("a new device's credential");
+    let credential = enrolment
+        .credential
+        .clone()
+        .expect("a new device's credential");
     assert_eq!(enrolment.group_id, preview.group_id);
-    assert!(!format!("{enrolment:?}").contains(&credential), "Debug hides the credential");
+    assert!(
+        !format!("{enrolment:?}").contains(&credential),
+        "Debug hides the credential"
+    );
 
     // A used invite is refused with the error the app shows.
     let again = workspace.join(&relay.url(), &first.link, "Someone").await;

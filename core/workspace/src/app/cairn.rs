@@ -258,6 +258,14 @@ impl Cairn {
             .map_err(|_| CairnError::generic("the client has stopped"))?
     }
 
+    /// Spawns a task on Cairn's runtime (from any thread, inside a runtime or not).
+    pub(crate) fn spawn(
+        &self,
+        fut: impl Future<Output = ()> + Send + 'static,
+    ) -> tokio::task::JoinHandle<()> {
+        self.inner.handle.spawn(fut)
+    }
+
     /// Makes sure `doc` is in memory (from the device, else the relay).
     async fn ensure_loaded(client: &Client, doc: DocumentId) -> Result<(), CairnError> {
         let loaded = client

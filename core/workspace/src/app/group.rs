@@ -7,11 +7,8 @@
 //! has not yet created its settings and index shows `needs_set_up` until
 //! [`Group::set_up`] runs.
 
-use std::future::Future;
-use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
 
 use automerge::transaction::Transaction;
 use cairn_sync::ids::{DocumentId, MemberId};
@@ -469,24 +466,6 @@ pub(crate) async fn create_group_doc<R: Send + 'static>(
     cairn.create_doc(group, kind, init).await
 }
 
-/// Starts `fut` on Cairn's runtime and returns at once (for a subscription whose set-up
-/// needs the relay).
-///
-/// `Cairn::run` spawns its future on the runtime when first polled and the spawned task
-/// runs on after the returned future is dropped, so one poll starts it. This stands in
-/// for a `Cairn::spawn` the plumbing does not offer (yet).
-pub(crate) fn spawn_on(cairn: &Cairn, fut: impl Future<Output = ()> + Send + 'static) {
-    let run = cairn.run(async move {
-        fut.await;
-        Ok(())
-    });
-    let mut run = pin!(run);
-    let mut cx = Context::from_waker(Waker::noop());
-    if let Poll::Ready(Err(e)) = run.as_mut().poll(&mut cx) {
-        tracing::debug!(error = %e, "a subscription task did not start");
-    }
-}
-
 fn parse_date(date: &Option<String>) -> Result<Option<Date>, CairnError> {
     date.as_deref()
         .map(|d| {
@@ -646,7 +625,7 @@ impl Group {
         let inner: Arc<Mutex<Vec<Subscription>>> = Arc::new(Mutex::new(Vec::new()));
         let this = self.clone();
         let (flag, subs) = (cancelled.clone(), inner.clone());
-        spawn_on(&self.cairn, async move {
+        self.cairn.spawn(async move {
             let ctx = match this.context().await {
                 Ok(ctx) => ctx,
                 Err(e) => {
