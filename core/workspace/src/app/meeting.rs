@@ -945,6 +945,9 @@ pub(crate) mod test_support {
 
     use super::*;
 
+    /// The member id of [`Device::start_enrolled`].
+    pub(crate) const MEMBER: &str = "aaaaaaaaaaaaaaaa";
+
     /// How long a test waits for a subscription delivery before failing: 10 s.
     pub(crate) const WAIT: Duration = Duration::from_secs(10);
 
@@ -956,10 +959,24 @@ pub(crate) mod test_support {
 
     impl Device {
         pub(crate) fn start() -> Device {
+            Device::start_with(vec![])
+        }
+
+        /// A device enrolled as member [`MEMBER`] on a relay that is not running (a
+        /// closed loopback port): it knows its member id but stays offline.
+        pub(crate) fn start_enrolled() -> Device {
+            let token = format!("cairn1_{MEMBER}_{}_{}", "b".repeat(16), "c".repeat(64));
+            Device::start_with(vec![crate::app::RelayConfig {
+                url: "ws://127.0.0.1:9/".into(),
+                credential: Some(token),
+            }])
+        }
+
+        fn start_with(relays: Vec<crate::app::RelayConfig>) -> Device {
             let dir = tempfile::tempdir().unwrap();
             let cairn = Cairn::start(crate::app::CairnConfig {
                 data_dir: dir.path().to_string_lossy().into_owned(),
-                relays: vec![],
+                relays,
                 journal_key: vec![7; 32],
                 time_zone: "Europe/London".into(),
                 device_name: Some("ana-phone".into()),
@@ -1023,7 +1040,7 @@ pub(crate) mod test_support {
 
 #[cfg(test)]
 mod tests {
-    use super::test_support::{channel, Device, WAIT};
+    use super::test_support::{channel, Device, MEMBER, WAIT};
     use super::*;
 
     fn agenda_item(title: &str) -> NewAgendaItem {
@@ -1220,6 +1237,30 @@ mod tests {
             device.run(meeting.set_rsvp(Some(Rsvp::No))),
             Err(CairnError::NotFound { .. })
         ));
+    }
+
+    #[test]
+    fn rsvp_and_agenda_items_default_to_this_devices_member() {
+        let device = Device::start_enrolled();
+        let meeting = device.meeting("Circle");
+        device.run(meeting.set_rsvp(Some(Rsvp::Maybe))).unwrap();
+        let item = NewAgendaItem {
+            raised_by: None,
+            ..agenda_item("Renewing the circle")
+        };
+        device.run(meeting.add_agenda_item(item)).unwrap();
+        let record = device.run(meeting.read()).unwrap();
+        assert_eq!(
+            record.rsvps,
+            vec![RsvpRecord {
+                member_id: MEMBER.into(),
+                rsvp: Rsvp::Maybe
+            }]
+        );
+        assert_eq!(record.agenda[0].raised_by, MEMBER);
+        let agreed = device.run(meeting.minutes().agree()).unwrap();
+        assert_eq!(agreed.by, MEMBER);
+        assert_eq!(agreed.heads, record.heads);
     }
 
     #[test]
