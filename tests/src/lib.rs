@@ -7,6 +7,7 @@
 //!   and fault injection (cut links, partitions, delays, relay power loss, disk-full writes).
 //! - [`volatile_fs`]: an in-memory FUSE filesystem that forgets, at a simulated power cut,
 //!   every write and directory change not made durable by an fsync.
+//! - [`proxy`]: a loopback TCP proxy that takes the network away (down, or half-open).
 //!
 //! The integration tests: `simulation.rs` (convergence and quiet-when-idle over many seeds),
 //! `power_loss.rs` (no acknowledged change is lost when the relay loses power, with a
@@ -16,6 +17,7 @@
 //! negative controls).
 #![warn(missing_docs)]
 
+pub mod proxy;
 pub mod relay;
 pub mod samod_peer;
 pub mod sim;

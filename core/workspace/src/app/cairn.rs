@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use automerge::transaction::Transaction;
 use automerge::Automerge;
-use cairn_sync::client::{Client, ClientConfig, ClientError};
+use cairn_sync::client::{api_base_for, Client, ClientConfig, ClientError, RelayApi};
 use cairn_sync::ids::{DocumentId, MemberId};
 use cairn_sync::membership::api::GroupInfo;
 use cairn_sync::membership::{BoundKind, Credential, GroupId};
@@ -102,9 +102,35 @@ pub(crate) struct Inner {
     zone: Mutex<TimeZone>,
     journal: Journal,
     /// Which relay (by URL) each known group is on, and what it last said of the group.
-    groups: Mutex<BTreeMap<GroupId, (String, GroupInfo)>>,
-    /// The member id of this device on each relay (by URL).
-    members: Mutex<BTreeMap<String, MemberId>>,
+    pub(crate) groups: Mutex<BTreeMap<GroupId, (String, GroupInfo)>>,
+    /// The relays this device is enrolled with, in the order given.
+    pub(crate) relays: Mutex<Vec<RelayEntry>>,
+}
+
+/// One relay as the app layer sees it: its websocket URL, its membership API with this
+/// device's credential there, and the member id that credential names.
+#[derive(Clone, Debug)]
+pub(crate) struct RelayEntry {
+    pub(crate) url: String,
+    pub(crate) api: Option<RelayApi>,
+    pub(crate) member: Option<MemberId>,
+}
+
+impl RelayEntry {
+    pub(crate) fn new(url: &str, credential: Option<Credential>) -> RelayEntry {
+        let api = api_base_for(url).map(|base| {
+            let api = RelayApi::over_http(&base);
+            match &credential {
+                Some(c) => api.with_credential(c.clone()),
+                None => api,
+            }
+        });
+        RelayEntry {
+            url: url.to_owned(),
+            api,
+            member: credential.map(|c| c.identity().member.clone()),
+        }
+    }
 }
 
 /// A running Cairn: the device's store, the sync client and the journal. Cheap to clone;
@@ -175,11 +201,9 @@ impl Cairn {
             let _enter = handle.enter();
             Client::start(store.clone(), client_config)?
         };
-        let mut members = BTreeMap::new();
-        for (relay, credential) in config.relays.iter().zip(&credentials) {
-            if let Some(c) = credential {
-                members.insert(relay.url.clone(), c.identity().member.clone());
-            }
+        let mut relays = Vec::new();
+        for (relay, credential) in config.relays.iter().zip(credentials) {
+            relays.push(RelayEntry::new(&relay.url, credential));
             let _enter = handle.enter();
             client.connect(&relay.url);
         }
@@ -191,7 +215,7 @@ impl Cairn {
                 zone: Mutex::new(zone),
                 journal: Journal::open(store, &key),
                 groups: Mutex::new(BTreeMap::new()),
-                members: Mutex::new(members),
+                relays: Mutex::new(relays),
             }),
         })
     }
@@ -381,50 +405,93 @@ impl Cairn {
 
     /// This device's member id in `group` (from the credential of the group's relay).
     pub(crate) fn member_id(&self, group: &GroupId) -> Result<MemberId, CairnError> {
-        let relay = self
-            .inner
+        let relay = self.relay_of(group);
+        let relays = self.inner.relays.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = match relay {
+            Some(url) => relays.iter().find(|r| r.url == url),
+            // Not looked up yet: a device on one relay is that relay's member.
+            None if relays.len() == 1 => relays.first(),
+            None => None,
+        };
+        entry
+            .and_then(|r| r.member.clone())
+            .ok_or_else(|| CairnError::not_found(format!("membership of group {group}")))
+    }
+
+    /// The URL of the relay `group` is on, if known.
+    pub(crate) fn relay_of(&self, group: &GroupId) -> Option<String> {
+        self.inner
             .groups
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(group)
-            .map(|(url, _)| url.clone());
-        let members = self.inner.members.lock().unwrap_or_else(|e| e.into_inner());
-        relay
-            .and_then(|url| members.get(&url).cloned())
-            .or_else(|| {
-                (members.len() == 1)
-                    .then(|| members.values().next().cloned())
-                    .flatten()
-            })
-            .ok_or_else(|| CairnError::not_found(format!("membership of group {group}")))
+            .map(|(url, _)| url.clone())
+    }
+
+    /// The membership API of the relay at `url`, with this device's credential there.
+    pub(crate) fn api_of(&self, url: &str) -> Result<RelayApi, CairnError> {
+        self.inner
+            .relays
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|r| r.url == url)
+            .and_then(|r| r.api.clone())
+            .ok_or_else(|| CairnError::not_found(format!("relay {url}")))
+    }
+
+    /// Asks every relay for this device's groups and remembers which relay each is on.
+    /// Relays that cannot be reached keep what they last said.
+    pub(crate) async fn refresh_groups(&self) -> Result<Vec<(String, GroupInfo)>, CairnError> {
+        let relays: Vec<RelayEntry> = self
+            .inner
+            .relays
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for relay in relays {
+            let Some(api) = relay.api.filter(|a| a.credential().is_some()) else {
+                continue;
+            };
+            let fresh = self.run(async move { Ok(api.groups().await?) }).await;
+            match fresh {
+                Ok(groups) => {
+                    let mut known = self.inner.groups.lock().unwrap_or_else(|e| e.into_inner());
+                    known.retain(|_, (url, _)| *url != relay.url);
+                    for g in groups {
+                        known.insert(g.group_id.clone(), (relay.url.clone(), g));
+                    }
+                }
+                Err(CairnError::Offline) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(self
+            .inner
+            .groups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect())
     }
 
     /// The group's documents and our role, as the relay says now (or last said, offline).
     pub(crate) async fn group_info(&self, group: &GroupId) -> Result<GroupInfo, CairnError> {
-        let client = self.inner.client.clone();
-        let fresh = self
-            .run(async move { Ok(client.api()?.groups().await?) })
-            .await;
-        let relay = self
-            .inner
-            .client
-            .api()
-            .map(|a| a.base_url().to_owned())
-            .unwrap_or_default();
-        let mut known = self.inner.groups.lock().unwrap_or_else(|e| e.into_inner());
-        match fresh {
-            Ok(groups) => {
-                for g in groups {
-                    known.insert(g.group_id.clone(), (relay.clone(), g));
-                }
-            }
-            Err(CairnError::Offline) => {}
-            Err(e) => return Err(e),
-        }
-        known
+        self.refresh_groups().await?;
+        self.inner
+            .groups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
             .get(group)
             .map(|(_, info)| info.clone())
             .ok_or_else(|| CairnError::not_found(format!("group {group}")))
+    }
+
+    /// Keeps a connection to the relay at `url` (one per relay).
+    pub(crate) fn connect_relay(&self, url: &str) {
+        let _enter = self.inner.handle.enter();
+        self.inner.client.connect(url);
     }
 
     /// The device's private journal (never synced; encrypted with the keystore's key).
@@ -437,7 +504,7 @@ fn zone_named(name: &str) -> Result<TimeZone, CairnError> {
     TimeZone::get(name).map_err(|_| CairnError::invalid(format!("unknown time zone {name:?}")))
 }
 
-fn parse_credential(token: &str) -> Result<Credential, CairnError> {
+pub(crate) fn parse_credential(token: &str) -> Result<Credential, CairnError> {
     Credential::parse(token)
         .map_err(|_| CairnError::invalid("the credential is not a Cairn credential"))
 }

@@ -15,6 +15,7 @@ mod cairn;
 mod error;
 mod handles;
 mod listen;
+pub mod membership;
 
 pub mod group;
 pub mod journal;
@@ -23,6 +24,7 @@ pub mod minutes;
 pub mod resources;
 pub mod series;
 pub mod thread;
+pub mod workspace;
 
 pub use cairn::{
     Cairn, CairnConfig, RelayConfig, JOURNAL_KEY_BYTES, LOAD_TIMEOUT, RUNTIME_THREADS,
