@@ -91,9 +91,11 @@ async fn the_relay_refuses_a_change_on_a_full_disk_and_takes_it_once_there_is_ro
     let doc = ana
         .create(|tx| {
             tx.put(ROOT, "title", "minutes").unwrap();
+            Ok::<(), std::convert::Infallible>(())
         })
         .await
-        .unwrap();
+        .unwrap()
+        .0;
     ana.wait_acknowledged(doc, SOON).await.unwrap();
 
     disk.fill();
@@ -162,9 +164,11 @@ async fn a_phone_change_on_a_full_disk_returns_storage_full_and_loses_nothing() 
     let doc = ana
         .create(|tx| {
             tx.put(ROOT, "title", "reflection").unwrap();
+            Ok::<(), std::convert::Infallible>(())
         })
         .await
-        .unwrap();
+        .unwrap()
+        .0;
     let kept = ana.heads(doc).await.unwrap();
 
     disk.fill();

@@ -20,9 +20,11 @@ async fn run_returns_promptly_and_keeps_acknowledged_data() {
     let doc = a
         .create(|tx| {
             tx.put(ROOT, "title", "minutes").expect("put");
+            Ok::<(), std::convert::Infallible>(())
         })
         .await
-        .expect("create");
+        .expect("create")
+        .0;
     a.wait_acknowledged(doc, SOON).await.expect("acknowledged");
     b.find(doc, SOON).await.expect("ben finds it");
     let mut acknowledged = Vec::new();

@@ -289,16 +289,23 @@ impl Registrations {
     }
 
     /// Sends one registration and records the outcome: removed once accepted, marked
-    /// refused on a lasting refusal, kept as it was otherwise. Returns the relay's answer.
-    pub(crate) async fn attempt(&self, api: &RelayApi, doc: DocumentId) -> Result<(), ClientError> {
+    /// refused on a lasting refusal, kept as it was otherwise. Returns the relay's answer:
+    /// `Ok(true)` when this attempt is the one that removed the record (another one under
+    /// way at the same time, the app's inline attempt, say, gets `Ok(false)`, so only one
+    /// of them asks for the document to be offered again).
+    pub(crate) async fn attempt(
+        &self,
+        api: &RelayApi,
+        doc: DocumentId,
+    ) -> Result<bool, ClientError> {
         let Some(record) = self.get(&doc) else {
-            return Ok(());
+            return Ok(false);
         };
         let answer = api.register_document(&record.group, doc, record.kind).await;
         let _one = self.writer.lock().await;
         // Still the same record (the app may have retried it meanwhile).
         if self.get(&doc).as_ref() != Some(&record) {
-            return answer;
+            return answer.map(|()| false);
         }
         match &answer {
             Ok(()) => {
@@ -322,7 +329,7 @@ impl Registrations {
                 }
             }
         }
-        answer
+        answer.map(|()| true)
     }
 
     /// Sends the pending registrations `which` selects, in document order. Stops at the
@@ -349,7 +356,8 @@ impl Registrations {
         let mut round = Round::default();
         for doc in docs {
             match self.attempt(api, doc).await {
-                Ok(()) => round.registered.push(doc),
+                Ok(true) => round.registered.push(doc),
+                Ok(false) => {}
                 Err(
                     ClientError::QuotaExceeded { retry_after }
                     | ClientError::RelayUnavailable { retry_after },
