@@ -165,6 +165,23 @@ pub(crate) struct Registrations {
     /// One writer at a time, so a slow "refused" write cannot land after the removal
     /// that followed it.
     writer: tokio::sync::Mutex<()>,
+    /// Documents being created by [`Client::create_in_group`]: registered before they
+    /// exist, so a retry round that happens to register one need not have it offered
+    /// again (it has not been offered yet).
+    creating: Mutex<std::collections::BTreeSet<DocumentId>>,
+}
+
+/// Keeps a document in [`Registrations::creating`] while it is being created.
+struct Creating<'a>(&'a Registrations, DocumentId);
+
+impl Drop for Creating<'_> {
+    fn drop(&mut self) {
+        self.0
+            .creating
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.1);
+    }
 }
 
 impl Registrations {
@@ -205,6 +222,7 @@ impl Registrations {
             runtime,
             pending: Mutex::new(pending),
             writer: tokio::sync::Mutex::new(()),
+            creating: Mutex::default(),
         })
     }
 
@@ -275,6 +293,21 @@ impl Registrations {
         self.persist(document, Some(&record)).await?;
         self.with(|p| p.insert(document, record));
         Ok(())
+    }
+
+    fn creating(&self, doc: DocumentId) -> Creating<'_> {
+        self.creating
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(doc);
+        Creating(self, doc)
+    }
+
+    fn is_creating(&self, doc: &DocumentId) -> bool {
+        self.creating
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(doc)
     }
 
     /// Drops `doc`'s registration, durably ([`Client::forget`]).
@@ -356,7 +389,8 @@ impl Registrations {
         let mut round = Round::default();
         for doc in docs {
             match self.attempt(api, doc).await {
-                Ok(true) => round.registered.push(doc),
+                Ok(true) if !self.is_creating(&doc) => round.registered.push(doc),
+                Ok(true) => {}
                 Ok(false) => {}
                 Err(
                     ClientError::QuotaExceeded { retry_after }
