@@ -73,7 +73,7 @@ mod tests {
             DocumentId::from_bytes([2; 16]),
         );
         let mut ra = n.subscribe(a);
-        let mut rb = n.subscribe(b);
+        let rb = n.subscribe(b);
         n.notify(a);
         assert!(ra.has_changed().unwrap());
         assert!(!rb.has_changed().unwrap());

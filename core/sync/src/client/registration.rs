@@ -441,6 +441,7 @@ impl Client {
         tx.commit();
         let bytes = first.save();
         let doc = random_document_id();
+        let _creating = self.shared.registrations.creating(doc);
         let url = relay
             .filter(|r| !r.shared().primary)
             .map(|r| r.url().to_owned());
