@@ -149,6 +149,7 @@ impl Device {
                 conn: LINK,
                 direction: Direction::Outgoing,
                 identity: None,
+                local_peer: None,
             },
         );
         self.pump();

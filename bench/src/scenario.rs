@@ -576,7 +576,7 @@ pub(crate) async fn big(server: &Server, sizes: Sizes, epoch: Instant) -> anyhow
         }
         let ch = alphabet[i % alphabet.len()] as char;
         let now = writer.now();
-        let heads = writer.engine.change_document(now, id, |tx| {
+        let (_, heads) = writer.engine.change_document(now, id, |tx| {
             tx.splice_text(&text, i, 0, ch.encode_utf8(&mut [0; 4]))
         })?;
         if let [h] = heads.as_slice() {

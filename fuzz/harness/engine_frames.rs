@@ -434,6 +434,7 @@ impl Harness {
             conn,
             direction: Direction::Incoming,
             identity: None,
+            local_peer: None,
         });
         self.drain();
         let join = Message::Join {

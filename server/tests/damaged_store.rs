@@ -98,9 +98,11 @@ async fn written_store(dir: &Path) {
             let doc = c
                 .create(move |tx| {
                     tx.put(ROOT, "minutes", text).unwrap();
+                    Ok::<(), std::convert::Infallible>(())
                 })
                 .await
-                .unwrap();
+                .unwrap()
+                .0;
             // A liveness bound, not a timing check: the machine may be busy.
             c.wait_acknowledged(doc, Duration::from_secs(60))
                 .await

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use automerge::transaction::Transactable;
 use automerge::ROOT;
-use cairn_sync::client::{Client, ClientConfig, ClientError};
+use cairn_sync::client::{ChangeError, Client, ClientConfig, ClientError};
 use cairn_sync::store::{SledConfig, SledStore};
 use common::{client, metric_value, Relay, SOON};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -91,15 +91,17 @@ async fn the_relay_refuses_a_change_on_a_full_disk_and_takes_it_once_there_is_ro
     let doc = ana
         .create(|tx| {
             tx.put(ROOT, "title", "minutes").unwrap();
+            Ok::<(), std::convert::Infallible>(())
         })
         .await
-        .unwrap();
+        .unwrap()
+        .0;
     ana.wait_acknowledged(doc, SOON).await.unwrap();
 
     disk.fill();
     let text = big(1);
-    let heads = ana
-        .change(doc, move |tx| {
+    let ((), heads) = ana
+        .change_with_heads(doc, move |tx| {
             tx.put(ROOT, "notes", text.as_str()).map(|_| ())
         })
         .await
@@ -162,9 +164,11 @@ async fn a_phone_change_on_a_full_disk_returns_storage_full_and_loses_nothing() 
     let doc = ana
         .create(|tx| {
             tx.put(ROOT, "title", "reflection").unwrap();
+            Ok::<(), std::convert::Infallible>(())
         })
         .await
-        .unwrap();
+        .unwrap()
+        .0;
     let kept = ana.heads(doc).await.unwrap();
 
     disk.fill();
@@ -175,14 +179,14 @@ async fn a_phone_change_on_a_full_disk_returns_storage_full_and_loses_nothing() 
         })
         .await;
     assert!(
-        matches!(refused, Err(ClientError::StorageFull(d)) if d == doc),
+        matches!(refused, Err(ChangeError::Client(ClientError::StorageFull(d))) if d == doc),
         "a change on a full disk returned {refused:?}"
     );
 
     disk.free();
     let text = big(3);
-    let heads = ana
-        .change(doc, move |tx| {
+    let ((), heads) = ana
+        .change_with_heads(doc, move |tx| {
             tx.put(ROOT, "body", text.as_str()).map(|_| ())
         })
         .await

@@ -64,9 +64,11 @@ async fn metrics_count_peers_and_documents_without_naming_them() {
         .create(|tx| {
             tx.put(automerge::ROOT, "title", "private minutes")
                 .expect("put");
+            Ok::<(), std::convert::Infallible>(())
         })
         .await
-        .expect("create");
+        .expect("create")
+        .0;
     phone
         .wait_acknowledged(doc, SOON)
         .await

@@ -20,16 +20,18 @@ async fn run_returns_promptly_and_keeps_acknowledged_data() {
     let doc = a
         .create(|tx| {
             tx.put(ROOT, "title", "minutes").expect("put");
+            Ok::<(), std::convert::Infallible>(())
         })
         .await
-        .expect("create");
+        .expect("create")
+        .0;
     a.wait_acknowledged(doc, SOON).await.expect("acknowledged");
     b.find(doc, SOON).await.expect("ben finds it");
     let mut acknowledged = Vec::new();
     for i in 0..10i64 {
         let (c, who) = if i % 2 == 0 { (&a, "ana") } else { (&b, "ben") };
-        let heads = c
-            .change(doc, move |tx| tx.put(ROOT, format!("{who}-{i}"), i))
+        let ((), heads) = c
+            .change_with_heads(doc, move |tx| tx.put(ROOT, format!("{who}-{i}"), i))
             .await
             .expect("change");
         c.wait_acknowledged(doc, SOON).await.expect("acknowledged");

@@ -274,9 +274,11 @@ async fn js_sees_co_edited_workspace_fields_as_text() {
     let doc = client
         .create(|tx| {
             settings::init(tx, "Peer circle", "Monthly case collaboration").expect("settings");
+            Ok::<(), std::convert::Infallible>(())
         })
         .await
-        .expect("create");
+        .expect("create")
+        .0;
     client
         .wait_acknowledged(doc, Duration::from_secs(20))
         .await

@@ -101,9 +101,11 @@ async fn a_group_of_three_syncs_through_the_core_client_js_and_samod_as_roles_al
         .create_in_group(&group, BoundKind::Thread, |tx| {
             let notes = tx.put_object(ROOT, "notes", ObjType::Text).unwrap();
             tx.splice_text(&notes, 0, 0, "hello").unwrap();
+            Ok::<(), std::convert::Infallible>(())
         })
         .await
-        .unwrap();
+        .unwrap()
+        .0;
     if let Err(e) = org.wait_acknowledged(thread, WAIT).await {
         panic!(
             "{e}: connection {:?}, registrations {:?}",

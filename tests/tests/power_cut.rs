@@ -144,17 +144,22 @@ async fn write_one(
     big: bool,
     rng: &mut ChaCha8Rng,
 ) -> Result<Vec<ChangeHash>, cairn_sync::client::ClientError> {
-    if big {
+    let written = if big {
         let text = big_text(rng);
-        c.change(doc, move |tx| {
+        c.change_with_heads(doc, move |tx| {
             let obj = tx.put_object(ROOT, key, ObjType::Text)?;
             tx.splice_text(&obj, 0, 0, &text)
         })
         .await
     } else {
         let n = rng.gen::<i64>();
-        c.change(doc, move |tx| tx.put(ROOT, key, n)).await
-    }
+        c.change_with_heads(doc, move |tx| tx.put(ROOT, key, n))
+            .await
+    };
+    written.map(|((), heads)| heads).map_err(|e| match e {
+        cairn_sync::client::ChangeError::Client(e) => e,
+        cairn_sync::client::ChangeError::Rejected(e) => panic!("the edit itself failed: {e}"),
+    })
 }
 
 /// A change some writer saw acknowledged (relay) or durable (phone).
@@ -591,9 +596,11 @@ async fn relay_power_cuts(control: bool) -> Figures {
             let doc = clients[0]
                 .create(move |tx| {
                     tx.put(ROOT, "shared", n).expect("put");
+                    Ok::<(), std::convert::Infallible>(())
                 })
                 .await
-                .expect("create a shared document");
+                .expect("create a shared document")
+                .0;
             clients[0]
                 .wait_acknowledged(doc, SOON)
                 .await
@@ -620,9 +627,11 @@ async fn relay_power_cuts(control: bool) -> Figures {
             .create(move |tx| {
                 let obj = tx.put_object(ROOT, "text", ObjType::Text).expect("put");
                 tx.splice_text(&obj, 0, 0, &text).expect("splice");
+                Ok::<(), std::convert::Infallible>(())
             })
             .await
-            .expect("a document with a large change");
+            .expect("a document with a large change")
+            .0;
         clients[0]
             .wait_acknowledged(big, SOON)
             .await
@@ -900,9 +909,11 @@ async fn phone_child() {
         let doc = c
             .create(|tx| {
                 tx.put(ROOT, "phone", 1).expect("put");
+                Ok::<(), std::convert::Infallible>(())
             })
             .await
-            .expect("create a document on the phone");
+            .expect("create a document on the phone")
+            .0;
         let heads = c.heads(doc).await.expect("heads").expect("loaded");
         print_durable(doc, &heads, large);
         if large {

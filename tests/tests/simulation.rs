@@ -375,6 +375,7 @@ fn relay_gets_a_change_sent_before_its_dependency(evict: bool) -> bool {
             conn,
             direction: Direction::Incoming,
             identity: None,
+            local_peer: None,
         },
     );
     let join = Message::Join {
@@ -465,6 +466,7 @@ fn sync_with_duplicates(
             conn: link,
             direction: Direction::Incoming,
             identity: None,
+            local_peer: None,
         },
     );
     engines[1].handle_input(
@@ -473,6 +475,7 @@ fn sync_with_duplicates(
             conn: link,
             direction: Direction::Outgoing,
             identity: None,
+            local_peer: None,
         },
     );
     let doc = engines[1].create_document(now, |tx| {

@@ -14,7 +14,8 @@ use cairn_core::reflection::{
     post_excerpt, share_excerpt, ExcerptSource, Journal, Reflection, ReflectionTemplate,
 };
 use cairn_sync::client::{
-    Client, ClientConfig, Connection, SyncStatus, Transport, TransportError, TungsteniteTransport,
+    Client, ClientConfig, Connection, Received, SyncStatus, Transport, TransportError,
+    TungsteniteTransport, Update,
 };
 use cairn_sync::ids::{DocumentId, MemberId};
 use cairn_sync::membership::Credential;
@@ -58,9 +59,11 @@ async fn status_moves_from_this_device_to_safely_on_the_relay() {
     let doc = ana
         .create(|tx| {
             tx.put(automerge::ROOT, "title", "Check-in").unwrap();
+            Ok::<(), std::convert::Infallible>(())
         })
         .await
-        .unwrap();
+        .unwrap()
+        .0;
     ana.change(doc, |tx| {
         tx.put(automerge::ROOT, "title", "Check-in and review")
     })
@@ -98,33 +101,42 @@ async fn a_subscription_gets_the_current_value_then_remote_changes_and_ends_when
     let doc = ana
         .create(|tx| {
             tx.put(automerge::ROOT, "title", "Minutes").unwrap();
+            Ok::<(), std::convert::Infallible>(())
         })
         .await
-        .unwrap();
+        .unwrap()
+        .0;
     ana.wait_acknowledged(doc, WAIT).await.unwrap();
     ben.find(doc, WAIT).await.unwrap();
     ben.wait_for(doc, WAIT, |d| title_of(d).as_deref() == Some("Minutes"))
         .await
         .unwrap();
 
-    let mut sub = ben.subscribe_with(doc, title_of).await.unwrap();
-    let first = tokio::time::timeout(WAIT, sub.next())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(first.value.as_deref(), Some("Minutes"));
-    assert_eq!(Some(first.heads), ben.heads(doc).await.unwrap());
+    let (tx, mut updates) = tokio::sync::mpsc::unbounded_channel();
+    let sub = ben.subscribe(doc, title_of, move |u| {
+        let _ = tx.send(u);
+    });
+    let Some(Update::Changed { heads, value }) =
+        tokio::time::timeout(WAIT, updates.recv()).await.unwrap()
+    else {
+        panic!("no first state");
+    };
+    assert_eq!(value.as_deref(), Some("Minutes"));
+    assert_eq!(Some(heads), ben.heads(doc).await.unwrap());
 
     ana.change(doc, |tx| tx.put(automerge::ROOT, "title", "Minutes, March"))
         .await
         .unwrap();
-    let mut latest = first.value;
+    let mut latest = value;
     while latest.as_deref() != Some("Minutes, March") {
-        let update = tokio::time::timeout(WAIT, sub.next())
+        match tokio::time::timeout(WAIT, updates.recv())
             .await
             .expect("an update for Ana's change")
-            .expect("the subscription is live");
-        latest = update.value;
+            .expect("the subscription is live")
+        {
+            Update::Changed { value, .. } => latest = value,
+            Update::Failed(e) => panic!("the subscription failed: {e}"),
+        }
     }
     assert_eq!(ben.active_subscriptions(), 1);
 
@@ -149,9 +161,11 @@ async fn presence_reaches_the_other_phone_and_goodbye_clears_it() {
     let doc = ana
         .create(|tx| {
             tx.put(automerge::ROOT, "title", "Minutes").unwrap();
+            Ok::<(), std::convert::Infallible>(())
         })
         .await
-        .unwrap();
+        .unwrap()
+        .0;
     ana.wait_acknowledged(doc, WAIT).await.unwrap();
     ana.set_presence(doc, json!({"cursor": {"start": 3, "end": 3}}))
         .await
@@ -225,8 +239,11 @@ impl Connection for RecordingConnection {
         self.sent.lock().unwrap().push(frame.clone());
         self.inner.send(frame)
     }
-    fn recv(&self) -> BoxFuture<'_, Option<Vec<u8>>> {
+    fn recv(&self) -> BoxFuture<'_, Option<Received>> {
         self.inner.recv()
+    }
+    fn ping(&self) -> BoxFuture<'_, Result<(), TransportError>> {
+        self.inner.ping()
     }
     fn close(&self) -> BoxFuture<'_, ()> {
         self.inner.close()
@@ -267,9 +284,10 @@ async fn reflections_written_offline_never_cross_the_wire_and_a_shared_excerpt_d
     let ana = phone("ana-phone", store.clone());
     let author = ana_id.clone();
     let thread_doc = ana
-        .create(move |tx| thread::init(tx, "Between meetings", &author, 1).unwrap())
+        .create(move |tx| thread::init(tx, "Between meetings", &author, 1))
         .await
-        .unwrap();
+        .unwrap()
+        .0;
     ana.connect_with(
         Arc::new(Recording {
             inner: TungsteniteTransport::new(8 * 1024 * 1024),
@@ -373,11 +391,13 @@ fn a_phone_killed_right_after_a_commit_has_it_on_restart() {
                 .create(|tx| {
                     tx.put(automerge::ROOT, "title", "Reflection on boundaries")
                         .unwrap();
+                    Ok::<(), std::convert::Infallible>(())
                 })
                 .await
-                .unwrap();
-            let heads = client
-                .change(doc, |tx| {
+                .unwrap()
+                .0;
+            let ((), heads) = client
+                .change_with_heads(doc, |tx| {
                     tx.put(automerge::ROOT, "title", "Minutes, agreed")
                 })
                 .await

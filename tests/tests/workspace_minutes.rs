@@ -40,9 +40,11 @@ async fn bolding_across_a_concurrent_insertion_survives_offline_editing_and_sync
     let doc = recorder
         .create(|tx| {
             meeting::init(tx, OneOffKind::Training, "Circle").expect("meeting");
+            Ok::<(), std::convert::Infallible>(())
         })
         .await
-        .expect("create");
+        .expect("create")
+        .0;
     let end = recorder
         .read(doc, |d| {
             minutes::read_minutes(d)

@@ -48,8 +48,8 @@
 //! let doc = engines[1].create_document(now, |tx| {
 //!     tx.put(automerge::ROOT, "title", "Minutes").unwrap();
 //! });
-//! engines[0].handle_input(now, Input::Connected { conn: link, direction: Direction::Incoming, identity: None });
-//! engines[1].handle_input(now, Input::Connected { conn: link, direction: Direction::Outgoing, identity: None });
+//! engines[0].handle_input(now, Input::Connected { conn: link, direction: Direction::Incoming, identity: None, local_peer: None });
+//! engines[1].handle_input(now, Input::Connected { conn: link, direction: Direction::Outgoing, identity: None, local_peer: None });
 //!
 //! // The host loop: run storage tasks, carry frames across, until both sides are quiet.
 //! loop {

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::engine::{CloseReason, Direction, Engine, Event, Input, Output};
-use crate::ids::{ConnectionId, TaskId};
+use crate::ids::{ConnectionId, PeerId, TaskId};
 use crate::store::{Storage, StorageKey, StorageOp, StorageOutcome, StoreError};
 use crate::time::Timestamp;
 
@@ -39,6 +39,7 @@ enum Command {
         conn: ConnectionId,
         direction: Direction,
         identity: Option<String>,
+        local_peer: Option<PeerId>,
         outbound: Outlet,
     },
     Frame {
@@ -274,6 +275,24 @@ impl Host {
         observer: Box<dyn Observer>,
         config: HostConfig,
     ) -> Host {
+        Host::start_on(
+            &tokio::runtime::Handle::current(),
+            engine,
+            storage,
+            observer,
+            config,
+        )
+    }
+
+    /// Starts the engine task on `runtime` and the storage thread; needs no ambient
+    /// runtime (an app that owns its runtime starts the host from any thread).
+    pub fn start_on(
+        runtime: &tokio::runtime::Handle,
+        engine: Engine,
+        storage: Arc<dyn Storage>,
+        observer: Box<dyn Observer>,
+        config: HostConfig,
+    ) -> Host {
         let (commands, rx) = mpsc::channel(4096);
         let (results_tx, results_rx) = mpsc::unbounded_channel();
         let (ops_tx, ops_rx) = std_mpsc::channel::<Job>();
@@ -299,7 +318,7 @@ impl Host {
         let origin_unix_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        let engine = tokio::spawn(engine_task(
+        let engine = runtime.spawn(engine_task(
             engine,
             rx,
             ops_tx,
@@ -313,7 +332,7 @@ impl Host {
         let (state_tx, state) = watch::channel(RunState::Running);
         // The supervisor: a panic would otherwise end the engine task silently, every
         // socket would drop and nothing would say why or recover.
-        tokio::spawn(async move {
+        runtime.spawn(async move {
             let end = match engine.await {
                 Ok(EngineExit::Requested) | Ok(EngineExit::HandlesDropped) => RunState::ShutDown,
                 Ok(EngineExit::StorageStopped) => {
@@ -387,6 +406,17 @@ impl Host {
         direction: Direction,
         identity: Option<String>,
     ) -> Result<ConnectionHandle, HostStopped> {
+        self.open_as(direction, identity, None).await
+    }
+
+    /// Registers a new connection on which we present `local_peer` rather than the
+    /// engine's own peer id (see [`Input::Connected`]).
+    pub async fn open_as(
+        &self,
+        direction: Direction,
+        identity: Option<String>,
+        local_peer: Option<PeerId>,
+    ) -> Result<ConnectionHandle, HostStopped> {
         let conn = ConnectionId::new(self.next_conn.fetch_add(1, Ordering::Relaxed));
         let (tx, rx) = mpsc::channel(self.outbound_queue);
         let bytes = Arc::new(AtomicUsize::new(0));
@@ -394,6 +424,7 @@ impl Host {
             conn,
             direction,
             identity,
+            local_peer,
             outbound: Outlet {
                 tx,
                 bytes: bytes.clone(),
@@ -652,9 +683,9 @@ async fn engine_task(
         tokio::select! {
             cmd = commands.recv(), if shutdown.is_none() => match cmd {
                 None => break EngineExit::HandlesDropped,
-                Some(Command::Open { conn, direction, identity, outbound }) => {
+                Some(Command::Open { conn, direction, identity, local_peer, outbound }) => {
                     conns.insert(conn, outbound);
-                    engine.handle_input(now(), Input::Connected { conn, direction, identity });
+                    engine.handle_input(now(), Input::Connected { conn, direction, identity, local_peer });
                 }
                 Some(Command::Frame { conn, frame }) => {
                     observer.frame_in(frame.len());

@@ -134,9 +134,11 @@ impl Pair {
         let doc = a
             .create(|tx| {
                 tx.put(ROOT, "title", "minutes").expect("put");
+                Ok::<(), std::convert::Infallible>(())
             })
             .await
-            .expect("create");
+            .expect("create")
+            .0;
         a.wait_acknowledged(doc, SOON)
             .await
             .expect("relay acknowledges the new document");

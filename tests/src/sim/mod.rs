@@ -1057,6 +1057,7 @@ impl Sim {
                 conn,
                 direction: Direction::Incoming,
                 identity: None,
+                local_peer: None,
             },
         );
         self.drain(RELAY);
@@ -1066,6 +1067,7 @@ impl Sim {
                 conn,
                 direction: Direction::Outgoing,
                 identity: None,
+                local_peer: None,
             },
         );
         self.drain(client);
@@ -1244,7 +1246,7 @@ impl Sim {
                 let result = n
                     .engine
                     .change_document(now, id, |tx| content::random_edit(tx, rng));
-                let heads = result.unwrap_or_else(|e| panic!("a random edit failed: {e}"));
+                let (_, heads) = result.unwrap_or_else(|e| panic!("a random edit failed: {e}"));
                 if self.trace {
                     eprintln!(
                         "{:>8} {} edited {id} -> {} heads",

@@ -10,6 +10,17 @@
 //! and a [`RelayApi`] (over an [`HttpTransport`]) for the membership calls. A phone app
 //! hands in its platform websocket and HTTP stack with [`Client::connect_to`];
 //! [`Client::connect`] uses [`TungsteniteTransport`] and [`HyperTransport`] (plain HTTP).
+//! A device may be a member on several relays (groups of two organisations): each relay
+//! gets one connection, its own credential and peer id, and its own status
+//! ([`RelayHandle`]). Every connection sends a ping every
+//! [`ClientConfig::keepalive_interval`] and is closed and redialled when nothing has
+//! arrived for [`ClientConfig::keepalive_timeout`] (a half-open socket behind a NAT).
+//!
+//! ## Runtime
+//! [`Client::start_on`] runs every task on the runtime it is given, so an app that owns
+//! its runtime starts the client from any thread. Callback subscriptions
+//! ([`Client::subscribe`]) run there too; an event about a document wakes only that
+//! document's waiters and subscriptions.
 //!
 //! ## Membership
 //! A device enrols with an invite ([`RelayApi::redeem_invite`], no client needed yet) or a
@@ -40,15 +51,17 @@
 //! document is offered afresh.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use automerge::transaction::Transaction;
 use automerge::{Automerge, ChangeHash};
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 
-use crate::engine::{Engine, EngineConfig, EngineError, Event, Limits, Role};
+use crate::engine::{ChangeFailed, Engine, EngineConfig, EngineError, Event, Limits, Role};
 use crate::ids::{ConnectionId, DocumentId, PeerId};
 use crate::membership::Credential;
 use crate::runtime::{Host, HostConfig, Observer};
@@ -57,28 +70,35 @@ use crate::store::{Storage, StoreError};
 mod connection;
 mod http;
 mod membership;
+mod notify;
 mod presence;
 mod registration;
 #[cfg(test)]
 mod relay_tests;
+mod subscription;
+mod sync;
 #[cfg(test)]
 mod tests;
 mod transport;
 
-pub use connection::{ConnectionStatus, RelayEndpoint};
+pub use connection::{ConnectionState, ConnectionStatus, RelayEndpoint, RelayHandle};
+use connection::{RelayShared, RelayState};
 pub use http::{
     HttpRequest, HttpResponse, HttpTransport, HyperTransport, Method, MAX_RESPONSE_BYTES,
 };
 pub use membership::{
     api_base_for, invite_link, Enrolled, RelayApi, API_TIMEOUT, INVITE_LINK_PREFIX,
 };
+use notify::DocNotifiers;
 pub use presence::{PeerPresence, HEARTBEAT_INTERVAL, PEER_TTL, PRESENCE_MARKER};
 use presence::{PresenceBook, PresenceMessage};
 use registration::Registrations;
 pub use registration::{
     PendingRegistration, RegistrationRefused, CLIENT_KEY_PREFIX, PENDING_REGISTRATION_TABLE,
 };
-pub use transport::{Connection, Transport, TransportError, TungsteniteTransport};
+pub use subscription::{SubscriptionHandle, Update};
+pub use sync::SyncReport;
+pub use transport::{Connection, Received, Transport, TransportError, TungsteniteTransport};
 
 /// How long [`Client::change`] waits for a document that is not in memory to load (from
 /// the device, or the relay if the device does not have it). 30 s: a device load takes
@@ -89,6 +109,15 @@ const RELOAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// before creating the document anyway: 5 s. Registered first, the document syncs from
 /// its first offer; later, the client has to reconnect to offer it again.
 const INLINE_REGISTRATION_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a wait sleeps at most before it looks again although nothing woke it: 250 ms.
+/// Every state a wait looks at is announced by an event; this only bounds the cost of one
+/// the engine changes silently (an idle eviction), never the normal path.
+const WAIT_SAFETY_NET: Duration = Duration::from_millis(250);
+
+/// How long a local change waits to be reported durable on the device: 60 s (a device
+/// write takes milliseconds; a stalled disk is reported rather than waited on forever).
+const DURABLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Why a client call failed.
 #[derive(Debug, Error)]
@@ -172,7 +201,8 @@ pub enum ClientError {
         reason: String,
     },
     /// The call needs the relay's membership API, and the client was connected without
-    /// one ([`Client::connect_with`]): use [`Client::connect_to`] with an API.
+    /// one ([`Client::connect_with`]), or to no relay yet: use [`Client::connect_to`] with
+    /// an API.
     #[error("no relay API is configured")]
     NoRelayApi,
     /// The credential belongs to another device than this client's peer id.
@@ -186,18 +216,66 @@ impl From<crate::runtime::HostStopped> for ClientError {
     }
 }
 
+/// Why [`Client::change`] (or [`Client::create`], [`Client::create_in_group`]) did not
+/// commit.
+#[derive(Debug, Error)]
+pub enum ChangeError<E> {
+    /// The closure returned this error: nothing was committed or written (the document's
+    /// heads are what they were).
+    #[error("the change was abandoned; nothing was committed")]
+    Rejected(E),
+    /// The client could not make the change (see [`ClientError`]).
+    #[error(transparent)]
+    Client(#[from] ClientError),
+}
+
+impl<E> ChangeError<E> {
+    /// The client's error, or `None` when the closure failed.
+    pub fn client_error(&self) -> Option<&ClientError> {
+        match self {
+            ChangeError::Rejected(_) => None,
+            ChangeError::Client(e) => Some(e),
+        }
+    }
+}
+
+impl<E> From<crate::runtime::HostStopped> for ChangeError<E> {
+    fn from(_: crate::runtime::HostStopped) -> Self {
+        ChangeError::Client(ClientError::Stopped)
+    }
+}
+
+impl<E> From<ChangeFailed<E>> for ChangeError<E> {
+    fn from(e: ChangeFailed<E>) -> Self {
+        match e {
+            ChangeFailed::Engine(e) => ChangeError::Client(ClientError::Engine(e)),
+            ChangeFailed::Rejected(e) => ChangeError::Rejected(e),
+        }
+    }
+}
+
 /// How often a registration the relay has not accepted yet is sent again while connected:
 /// 30 s. The relay answered 429 or 503, or the call got lost; each (re)connect sends it
 /// too, so this only covers a long-lived connection.
 pub const REGISTRATION_RETRY: Duration = Duration::from_secs(30);
 
+/// Default [`ClientConfig::keepalive_interval`]: 20 s, under the 30 s after which mobile
+/// carriers' NATs and many proxies drop an idle TCP flow.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+
+/// Default [`ClientConfig::keepalive_timeout`]: 45 s, two missed pings and a little for a
+/// slow network, so one lost pong does not cost a reconnect.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(45);
+
 /// Client settings.
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
     /// This device's peer id (`member/device`; from the credential when there is one).
+    /// Presented on connections without a credential of their own.
     pub peer_id: PeerId,
-    /// The device credential presented on every connect and membership call. When set,
-    /// its peer id must be `peer_id` ([`ClientError::CredentialMismatch`] otherwise).
+    /// The device credential presented on every connect and membership call to the first
+    /// relay connected to (unless its [`RelayEndpoint::credential`] names another). When
+    /// set, its peer id must be `peer_id` ([`ClientError::CredentialMismatch`] otherwise).
     pub credential: Option<Credential>,
     /// Engine limits.
     pub limits: Limits,
@@ -210,6 +288,11 @@ pub struct ClientConfig {
     /// How often pending registrations are retried while connected. Default
     /// [`REGISTRATION_RETRY`].
     pub registration_retry: Duration,
+    /// How often each connection sends a ping. Default [`KEEPALIVE_INTERVAL`].
+    pub keepalive_interval: Duration,
+    /// A connection on which nothing (no frame, no pong) has arrived for this long is
+    /// closed and redialled. Default [`KEEPALIVE_TIMEOUT`].
+    pub keepalive_timeout: Duration,
 }
 
 impl ClientConfig {
@@ -224,6 +307,8 @@ impl ClientConfig {
             max_backoff: Duration::from_secs(5),
             seed: None,
             registration_retry: REGISTRATION_RETRY,
+            keepalive_interval: KEEPALIVE_INTERVAL,
+            keepalive_timeout: KEEPALIVE_TIMEOUT,
         }
     }
 
@@ -243,27 +328,37 @@ struct State {
     unavailable: BTreeSet<DocumentId>,
     /// Documents whose last write failed, and whether because the disk was full.
     failed: BTreeMap<DocumentId, bool>,
+    /// Documents whose keys were all deleted ([`Client::forget`]).
+    forgotten: BTreeSet<DocumentId>,
     connections: BTreeSet<ConnectionId>,
     presence: PresenceBook,
 }
 
 struct Shared {
     state: Mutex<State>,
-    version: watch::Sender<u64>,
+    /// Wakes the waiters and subscriptions of one document.
+    docs: DocNotifiers,
+    /// Wakes waits that depend on connections and registrations.
+    general: watch::Sender<u64>,
+    /// Wakes waits over many documents ([`Client::sync_now`]); subscriptions never use it.
+    any_doc: watch::Sender<u64>,
+    /// Times subscription tasks woke ([`Client::subscription_wakeups`]).
+    wakeups: AtomicU64,
     /// Asks the presence task to (re)send our snapshot of a document.
     announce: mpsc::UnboundedSender<DocumentId>,
     /// Subscription tasks still running.
     subscriptions: AtomicUsize,
     our_peer: PeerId,
-    /// The credential presented from the next connect on.
-    credential: watch::Sender<Option<Credential>>,
-    /// Where we stand with the relay.
-    connection: watch::Sender<ConnectionStatus>,
-    /// The membership API of the last endpoint connected to (without a credential).
-    api: Mutex<Option<RelayApi>>,
+    /// The first relay's credential and status (the client-wide ones of a single-relay
+    /// app: [`Client::connection_status`], [`Client::set_credential`]).
+    primary: Arc<RelayState>,
+    /// The relays connected to, in the order of their first connect.
+    relays: Mutex<Vec<Arc<RelayShared>>>,
     registrations: Registrations,
-    /// Asks the open connection to reconnect: a document it offered was registered since.
-    reoffer: tokio::sync::Notify,
+    /// Where every task of the client runs.
+    runtime: tokio::runtime::Handle,
+    /// Set once on shutdown.
+    stop: watch::Sender<bool>,
 }
 
 impl Shared {
@@ -271,33 +366,44 @@ impl Shared {
         f(&mut self.state.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    /// Wakes every waiter (registrations and the connection are part of what they see).
+    /// Wakes the waits that depend on connections and registrations.
     fn bump(&self) {
-        self.version.send_modify(|v| *v += 1);
+        notify::bump(&self.general);
     }
 
-    fn set_connection(&self, status: ConnectionStatus) {
-        self.connection.send_if_modified(|s| {
-            let changed = *s != status;
-            *s = status;
-            changed
-        });
-        self.bump();
+    /// Wakes `doc`'s waiters and subscriptions.
+    fn doc_changed(&self, doc: DocumentId) {
+        self.docs.notify(doc);
+        notify::bump(&self.any_doc);
+    }
+
+    fn relays(&self) -> Vec<Arc<RelayShared>> {
+        self.relays
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
 struct ClientObserver(Arc<Shared>);
 
+/// Who an event wakes.
+enum Wake {
+    Nobody,
+    Doc(DocumentId),
+    General,
+}
+
 impl Observer for ClientObserver {
     fn event(&mut self, event: &Event) {
         let mut announce = Vec::new();
-        let changed = self.0.with(|s| match event {
+        let wake = self.0.with(|s| match event {
             Event::Ephemeral { doc, sender, data } => {
                 let Some(msg) = PresenceMessage::decode(data) else {
-                    return false;
+                    return Wake::Nobody;
                 };
                 if *sender == self.0.our_peer {
-                    return false;
+                    return Wake::Nobody;
                 }
                 if s.presence
                     .receive(*doc, sender.clone(), msg, Instant::now())
@@ -305,46 +411,59 @@ impl Observer for ClientObserver {
                 {
                     announce.push(*doc);
                 }
-                true
+                // Presence is read when the app asks ([`Client::presence`]).
+                Wake::Nobody
             }
             Event::DocumentDurable { doc, heads } => {
                 s.durable.entry(*doc).or_default().insert(heads.clone());
-                true
+                Wake::Doc(*doc)
             }
             Event::PeerHasHeads { doc, heads, .. } => {
                 s.remote_heads.insert(*doc, heads.clone());
-                true
+                Wake::Doc(*doc)
             }
-            Event::DocumentUnavailable { doc } => s.unavailable.insert(*doc),
+            Event::DocumentUnavailable { doc } => {
+                s.unavailable.insert(*doc);
+                Wake::Doc(*doc)
+            }
             Event::StorageFailed {
                 doc: Some(doc),
                 error,
             } => {
                 s.failed.insert(*doc, error.is_disk_full());
-                true
+                Wake::Doc(*doc)
+            }
+            Event::DocumentForgotten { doc } => {
+                s.forgotten.insert(*doc);
+                Wake::Doc(*doc)
             }
             Event::PeerConnected { conn, .. } => {
                 // Whoever is on the relay learns we are here (our earlier snapshots went
                 // nowhere while offline).
                 announce.extend(s.presence.local.keys().copied());
-                s.connections.insert(*conn)
+                s.connections.insert(*conn);
+                Wake::General
             }
             Event::PeerDisconnected { conn } => {
-                let removed = s.connections.remove(conn);
+                s.connections.remove(conn);
                 if s.connections.is_empty() {
                     // Their goodbyes cannot reach us any more.
                     s.presence.forget_all_peers();
                 }
-                removed
+                Wake::General
             }
-            Event::DocumentChanged { .. } | Event::DocumentLoaded { .. } => true,
-            _ => false,
+            Event::DocumentChanged { doc, .. } | Event::DocumentLoaded { doc, .. } => {
+                Wake::Doc(*doc)
+            }
+            _ => Wake::Nobody,
         });
         for doc in announce {
             let _ = self.0.announce.send(doc);
         }
-        if changed {
-            self.0.version.send_modify(|v| *v += 1);
+        match wake {
+            Wake::Nobody => {}
+            Wake::Doc(doc) => self.0.doc_changed(doc),
+            Wake::General => self.0.bump(),
         }
     }
 }
@@ -360,46 +479,12 @@ pub enum SyncStatus {
     SafelyOnRelay,
 }
 
-/// One state of a subscribed document.
-#[derive(Clone, Debug)]
-pub struct Update<T> {
-    /// The document's heads at this state.
-    pub heads: Vec<ChangeHash>,
-    /// What the subscription's view computed from the document at these heads.
-    pub value: T,
-}
-
-/// A live view of a document: the current state first, then one update per change (local
-/// or remote; changes that land while the app has not yet taken the previous update are
-/// delivered together as the newest state). Dropping it ends the subscription.
-#[derive(Debug)]
-pub struct Subscription<T = ()> {
-    rx: mpsc::Receiver<Update<T>>,
-}
-
-impl<T> Subscription<T> {
-    /// The next state, or `None` once the client has stopped.
-    pub async fn next(&mut self) -> Option<Update<T>> {
-        self.rx.recv().await
-    }
-}
-
-/// Decrements the live-subscription count when a subscription task ends.
-struct SubscriptionGuard(Arc<Shared>);
-
-impl Drop for SubscriptionGuard {
-    fn drop(&mut self) {
-        self.0.subscriptions.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
 /// A running client. Cheap to clone.
 #[derive(Clone)]
 pub struct Client {
     host: Host,
     shared: Arc<Shared>,
     config: ClientConfig,
-    stop: watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Client {
@@ -411,8 +496,20 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
-    /// Starts a client on `store` (must be called inside a tokio runtime).
+    /// Starts a client on `store`, on the current tokio runtime (must be called inside
+    /// one): [`Client::start_on`] with [`tokio::runtime::Handle::current`].
     pub fn start(store: Arc<dyn Storage>, config: ClientConfig) -> Result<Client, ClientError> {
+        Client::start_on(tokio::runtime::Handle::current(), store, config)
+    }
+
+    /// Starts a client on `store` whose tasks (the engine, the relay connections,
+    /// subscriptions) all run on `runtime`; callable from any thread, no ambient runtime
+    /// needed.
+    pub fn start_on(
+        runtime: tokio::runtime::Handle,
+        store: Arc<dyn Storage>,
+        config: ClientConfig,
+    ) -> Result<Client, ClientError> {
         if config
             .credential
             .as_ref()
@@ -421,47 +518,48 @@ impl Client {
             return Err(ClientError::CredentialMismatch);
         }
         let storage_id = store.storage_id()?;
-        let registrations = Registrations::load(store.clone())?;
+        let registrations = Registrations::load(store.clone(), runtime.clone())?;
         let seed = config.seed.unwrap_or_else(|| {
             let mut b = [0u8; 8];
-            b.copy_from_slice(&uuid::Uuid::new_v4().as_bytes()[..8]);
+            crate::membership::os_random(&mut b);
             u64::from_le_bytes(b)
         });
         let engine_config = EngineConfig::new(Role::Client, config.peer_id.clone(), seed)
             .with_storage_id(storage_id)
             .with_limits(config.limits.clone());
-        let (version, _) = watch::channel(0);
         let (announce, announce_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
-            version,
+            docs: DocNotifiers::default(),
+            general: watch::channel(0).0,
+            any_doc: watch::channel(0).0,
+            wakeups: AtomicU64::new(0),
             announce,
             subscriptions: AtomicUsize::new(0),
             our_peer: config.peer_id.clone(),
-            credential: watch::channel(config.credential.clone()).0,
-            connection: watch::channel(ConnectionStatus::Idle).0,
-            api: Mutex::new(None),
+            primary: Arc::new(RelayState::new(config.credential.clone())),
+            relays: Mutex::new(Vec::new()),
             registrations,
-            reoffer: tokio::sync::Notify::new(),
+            runtime: runtime.clone(),
+            stop: watch::channel(false).0,
         });
-        let host = Host::start(
+        let host = Host::start_on(
+            &runtime,
             Engine::new(engine_config),
             store,
             Box::new(ClientObserver(shared.clone())),
             HostConfig::default(),
         );
-        let (stop, _) = watch::channel(false);
-        tokio::spawn(presence_task(
+        runtime.spawn(presence_task(
             host.clone(),
             shared.clone(),
             announce_rx,
-            stop.subscribe(),
+            shared.stop.subscribe(),
         ));
         Ok(Client {
             host,
             shared,
             config,
-            stop,
         })
     }
 
@@ -470,30 +568,34 @@ impl Client {
         self.shared.with(|s| s.connections.len())
     }
 
-    async fn wait<R>(
+    /// Calls `check` until it gives a value, waking whenever `wake` changes (and at least
+    /// every [`WAIT_SAFETY_NET`]); [`ClientError::Timeout`] after `timeout`. The one wait
+    /// loop of the client: every wait names what wakes it, so an event about one document
+    /// does not wake waits on others.
+    async fn wait_until<R, Fut>(
         &self,
+        mut wake: watch::Receiver<u64>,
         timeout: Duration,
-        mut check: impl FnMut(&State) -> Option<R>,
-    ) -> Result<R, ClientError> {
-        let mut rx = self.shared.version.subscribe();
-        let fut = async {
-            loop {
-                if let Some(r) = self.shared.with(|s| check(s)) {
-                    return Ok(r);
-                }
-                if rx.changed().await.is_err() {
-                    return Err(ClientError::Stopped);
-                }
+        mut check: impl FnMut() -> Fut,
+    ) -> Result<R, ClientError>
+    where
+        Fut: Future<Output = Result<Option<R>, ClientError>>,
+    {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            wake.borrow_and_update();
+            if let Some(r) = check().await? {
+                return Ok(r);
             }
-        };
-        tokio::time::timeout(timeout, fut)
-            .await
-            .map_err(|_| ClientError::Timeout)?
-    }
-
-    /// Sleeps until the next event (or at most `left`, and at most 200 ms as a safety net).
-    async fn settle(&self, rx: &mut watch::Receiver<u64>, left: Duration) {
-        let _ = tokio::time::timeout(left.min(Duration::from_millis(200)), rx.changed()).await;
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Err(ClientError::Timeout);
+            }
+            let nap = (deadline - now).min(WAIT_SAFETY_NET);
+            if let Ok(Err(_)) = tokio::time::timeout(nap, wake.changed()).await {
+                return Err(ClientError::Stopped);
+            }
+        }
     }
 
     async fn wait_durable(
@@ -501,43 +603,63 @@ impl Client {
         doc: DocumentId,
         heads: Vec<ChangeHash>,
     ) -> Result<(), ClientError> {
-        self.wait(Duration::from_secs(60), |s| {
-            match s.failed.get(&doc) {
-                Some(true) => return Some(Err(ClientError::StorageFull(doc))),
-                Some(false) => return Some(Err(ClientError::StorageFailed(doc))),
-                None => {}
+        let shared = &self.shared;
+        self.wait_until(shared.docs.subscribe(doc), DURABLE_TIMEOUT, || {
+            let heads = &heads;
+            async move {
+                shared.with(|s| {
+                    match s.failed.get(&doc) {
+                        Some(true) => return Err(ClientError::StorageFull(doc)),
+                        Some(false) => return Err(ClientError::StorageFailed(doc)),
+                        None => {}
+                    }
+                    Ok(s.durable
+                        .get(&doc)
+                        .filter(|set| set.contains(heads))
+                        .map(|_| ()))
+                })
             }
-            s.durable
-                .get(&doc)
-                .filter(|set| set.contains(&heads))
-                .map(|_| Ok(()))
         })
-        .await?
+        .await
     }
 
-    /// Creates a document; returns once it is durable on this device.
-    pub async fn create(
+    /// Creates a document, initialised by `init`; returns its id and `init`'s value once
+    /// it is durable on this device. When `init` fails nothing is created
+    /// ([`ChangeError::Rejected`]).
+    pub async fn create<R: Send + 'static, E: Send + 'static>(
         &self,
-        init: impl FnOnce(&mut automerge::transaction::Transaction<'_>) + Send + 'static,
-    ) -> Result<DocumentId, ClientError> {
-        let (id, heads) = self
+        init: impl FnOnce(&mut Transaction<'_>) -> Result<R, E> + Send + 'static,
+    ) -> Result<(DocumentId, R), ChangeError<E>> {
+        let (id, value, heads) = self
             .host
             .call(move |e, now| {
-                let id = e.create_document(now, init);
+                let (id, value) = e.try_create_document(now, init)?;
                 let heads = e.document(&id).map(|d| d.get_heads()).unwrap_or_default();
-                (id, heads)
+                Ok((id, value, heads))
             })
-            .await?;
+            .await?
+            .map_err(ChangeError::Rejected)?;
         self.wait_durable(id, heads).await?;
-        Ok(id)
+        Ok((id, value))
     }
 
-    /// Applies a change; returns the new heads once durable on this device.
-    pub async fn change<E: std::fmt::Display + 'static>(
+    /// Applies a change; returns the closure's value once the change is durable on this
+    /// device. When the closure fails nothing is committed and its error comes back as
+    /// [`ChangeError::Rejected`].
+    pub async fn change<R: Send + 'static, E: Send + 'static>(
         &self,
         doc: DocumentId,
-        f: impl FnOnce(&mut automerge::transaction::Transaction<'_>) -> Result<(), E> + Send + 'static,
-    ) -> Result<Vec<ChangeHash>, ClientError> {
+        f: impl FnOnce(&mut Transaction<'_>) -> Result<R, E> + Send + 'static,
+    ) -> Result<R, ChangeError<E>> {
+        Ok(self.change_with_heads(doc, f).await?.0)
+    }
+
+    /// [`Client::change`], also returning the document's heads after the change.
+    pub async fn change_with_heads<R: Send + 'static, E: Send + 'static>(
+        &self,
+        doc: DocumentId,
+        f: impl FnOnce(&mut Transaction<'_>) -> Result<R, E> + Send + 'static,
+    ) -> Result<(R, Vec<ChangeHash>), ChangeError<E>> {
         // Not in memory: evicted, or dropped after a write failed (it holds only what is
         // durable on the device). Load it first, so a retry after `StorageFull` works.
         if !self
@@ -547,46 +669,45 @@ impl Client {
         {
             self.find(doc, RELOAD_TIMEOUT).await?;
         }
-        let (before, heads) = self
+        let (before, value, heads) = self
             .host
             .call(move |e, now| {
                 let before = e.document(&doc).map(|d| d.get_heads());
-                e.change_document(now, doc, f).map(|after| (before, after))
+                e.change_document(now, doc, f)
+                    .map(|(value, after)| (before, value, after))
             })
             .await??;
         if before.as_ref() == Some(&heads) {
             // The closure changed nothing: there is no write to wait for.
-            return Ok(heads);
+            return Ok((value, heads));
         }
         self.shared.with(|s| s.failed.remove(&doc));
         self.wait_durable(doc, heads.clone()).await?;
-        Ok(heads)
+        Ok((value, heads))
     }
 
     /// Opens a document from the device or, failing that, from the relay.
     pub async fn find(&self, doc: DocumentId, timeout: Duration) -> Result<(), ClientError> {
-        self.shared.with(|s| s.unavailable.remove(&doc));
+        self.shared.with(|s| {
+            s.unavailable.remove(&doc);
+            s.forgotten.remove(&doc);
+        });
+        let wake = self.shared.docs.subscribe(doc);
         self.host.call(move |e, now| e.find(now, doc)).await?;
-        let host = self.host.clone();
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut rx = self.shared.version.subscribe();
-        loop {
-            rx.borrow_and_update();
+        let (host, shared) = (&self.host, &self.shared);
+        self.wait_until(wake, timeout, || async move {
             let has = host
                 .call(move |e, _| e.document(&doc).is_some_and(|d| !d.get_heads().is_empty()))
                 .await?;
             if has {
-                return Ok(());
+                return Ok(Some(()));
             }
-            if self.shared.with(|s| s.unavailable.contains(&doc)) {
+            if shared.with(|s| s.unavailable.contains(&doc)) {
                 return Err(ClientError::Unavailable(doc));
             }
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if left.is_zero() {
-                return Err(ClientError::Timeout);
-            }
-            self.settle(&mut rx, left).await;
-        }
+            Ok(None)
+        })
+        .await
     }
 
     /// Reads a loaded document.
@@ -603,31 +724,27 @@ impl Client {
         self.read(doc, |d| d.get_heads()).await
     }
 
+    /// Whether the relay has shown it holds every change we have of `doc` (a document
+    /// not in memory reads as having none).
+    async fn acknowledged(&self, doc: DocumentId) -> Result<bool, ClientError> {
+        let ours = self.heads(doc).await?.unwrap_or_default();
+        Ok(self.shared.with(|s| {
+            s.remote_heads
+                .get(&doc)
+                .is_some_and(|theirs| ours.iter().all(|h| theirs.contains(h)))
+        }))
+    }
+
     /// Waits until a relay has shown it holds every change we have of `doc`.
     pub async fn wait_acknowledged(
         &self,
         doc: DocumentId,
         timeout: Duration,
     ) -> Result<(), ClientError> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut rx = self.shared.version.subscribe();
-        loop {
-            rx.borrow_and_update();
-            let ours = self.heads(doc).await?.unwrap_or_default();
-            let acked = self.shared.with(|s| {
-                s.remote_heads
-                    .get(&doc)
-                    .is_some_and(|theirs| ours.iter().all(|h| theirs.contains(h)))
-            });
-            if acked {
-                return Ok(());
-            }
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if left.is_zero() {
-                return Err(ClientError::Timeout);
-            }
-            self.settle(&mut rx, left).await;
-        }
+        self.wait_until(self.shared.docs.subscribe(doc), timeout, || async move {
+            Ok(self.acknowledged(doc).await?.then_some(()))
+        })
+        .await
     }
 
     /// Waits until `pred` holds for the document's content.
@@ -638,20 +755,14 @@ impl Client {
         pred: impl Fn(&Automerge) -> bool + Send + Sync + 'static,
     ) -> Result<(), ClientError> {
         let pred = Arc::new(pred);
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut rx = self.shared.version.subscribe();
-        loop {
-            rx.borrow_and_update();
+        self.wait_until(self.shared.docs.subscribe(doc), timeout, || {
             let p = pred.clone();
-            if self.read(doc, move |d| p(d)).await?.unwrap_or(false) {
-                return Ok(());
+            async move {
+                let holds = self.read(doc, move |d| p(d)).await?.unwrap_or(false);
+                Ok(holds.then_some(()))
             }
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if left.is_zero() {
-                return Err(ClientError::Timeout);
-            }
-            self.settle(&mut rx, left).await;
-        }
+        })
+        .await
     }
 
     /// Runs `f` on the engine (advanced use: tests and tools).
@@ -696,80 +807,6 @@ impl Client {
             })
             .await?;
         state.ok_or(ClientError::Engine(EngineError::NotLoaded(doc)))
-    }
-
-    /// Subscribes to `doc` (which must be loaded: [`Client::create`] or [`Client::find`]
-    /// first). Yields the current heads first, then an update per change.
-    pub async fn subscribe(&self, doc: DocumentId) -> Result<Subscription<()>, ClientError> {
-        self.subscribe_with(doc, |_| ()).await
-    }
-
-    /// Subscribes to `doc`, computing `view` (e.g. a model read function) for the current
-    /// state first and then for every change. `view` runs on the engine task: keep it to
-    /// reading.
-    pub async fn subscribe_with<T: Send + 'static>(
-        &self,
-        doc: DocumentId,
-        view: impl Fn(&Automerge) -> T + Send + Sync + 'static,
-    ) -> Result<Subscription<T>, ClientError> {
-        let view = Arc::new(view);
-        let first = {
-            let view = view.clone();
-            self.host
-                .call(move |e, _| e.document(&doc).map(|d| (d.get_heads(), view(d))))
-                .await?
-        };
-        let Some((heads, value)) = first else {
-            return Err(ClientError::Engine(EngineError::NotLoaded(doc)));
-        };
-        let (tx, rx) = mpsc::channel(16);
-        // The first update is in the channel before the caller sees the subscription.
-        let _ = tx.try_send(Update {
-            heads: heads.clone(),
-            value,
-        });
-        self.shared.subscriptions.fetch_add(1, Ordering::SeqCst);
-        let guard = SubscriptionGuard(self.shared.clone());
-        let host = self.host.clone();
-        let mut version = self.shared.version.subscribe();
-        let mut stop = self.stop.subscribe();
-        tokio::spawn(async move {
-            let _guard = guard;
-            let mut last = heads;
-            loop {
-                tokio::select! {
-                    changed = version.changed() => if changed.is_err() { return },
-                    _ = tx.closed() => return,
-                    _ = stop.changed() => return,
-                }
-                version.borrow_and_update();
-                let (view, seen) = (view.clone(), last.clone());
-                let next = host
-                    .call(move |e, _| {
-                        let d = e.document(&doc)?;
-                        let heads = d.get_heads();
-                        (heads != seen).then(|| (heads, view(d)))
-                    })
-                    .await;
-                match next {
-                    Ok(Some((heads, value))) => {
-                        last = heads.clone();
-                        if tx.send(Update { heads, value }).await.is_err() {
-                            return;
-                        }
-                    }
-                    Ok(None) => {}
-                    Err(_) => return,
-                }
-            }
-        });
-        Ok(Subscription { rx })
-    }
-
-    /// Subscriptions whose tasks are still running (a dropped [`Subscription`] stops its
-    /// task at once).
-    pub fn active_subscriptions(&self) -> usize {
-        self.shared.subscriptions.load(Ordering::SeqCst)
     }
 
     /// Sets our whole presence state on `doc` (e.g. `{"cursor": {...}, "name": ...}`) and
@@ -849,31 +886,26 @@ impl Client {
     ) -> Result<Vec<ChangeHash>, ClientError> {
         // A document kept on this device but not in memory must be loaded first, or the
         // import would start a second, empty copy beside it.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        let mut rx = self.shared.version.subscribe();
-        loop {
-            rx.borrow_and_update();
-            let ready = self
-                .host
-                .call(move |e, now| {
-                    if e.document(&doc).is_some() {
-                        return true;
-                    }
-                    if !e.document_ids().contains(&doc) {
-                        e.find(now, doc);
-                    }
-                    e.document(&doc).is_some()
-                })
-                .await?;
-            if ready {
-                break;
-            }
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if left.is_zero() {
-                return Err(ClientError::Timeout);
-            }
-            self.settle(&mut rx, left).await;
-        }
+        let host = &self.host;
+        self.wait_until(
+            self.shared.docs.subscribe(doc),
+            Duration::from_secs(60),
+            || async move {
+                let ready = host
+                    .call(move |e, now| {
+                        if e.document(&doc).is_some() {
+                            return true;
+                        }
+                        if !e.document_ids().contains(&doc) {
+                            e.find(now, doc);
+                        }
+                        e.document(&doc).is_some()
+                    })
+                    .await?;
+                Ok(ready.then_some(()))
+            },
+        )
+        .await?;
         let (before, heads) = self
             .host
             .call(move |e, now| {
@@ -890,7 +922,7 @@ impl Client {
 
     /// Disconnects, lets pending writes finish, and stops.
     pub async fn shutdown(&self) {
-        let _ = self.stop.send(true);
+        let _ = self.shared.stop.send(true);
         self.host.shutdown().await;
     }
 }

@@ -21,9 +21,14 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use automerge::transaction::Transaction;
 use automerge::Automerge;
 
-use super::{Client, ClientError, ConnectionStatus, RelayApi, INLINE_REGISTRATION_TIMEOUT};
+use super::connection::RelayShared;
+use super::{
+    ChangeError, Client, ClientError, ConnectionStatus, RelayApi, RelayHandle,
+    INLINE_REGISTRATION_TIMEOUT,
+};
 use crate::ids::DocumentId;
 use crate::membership::{BoundKind, GroupId};
 use crate::store::{Storage, StorageKey, StoreError};
@@ -113,6 +118,9 @@ pub struct PendingRegistration {
     /// Set when the relay refused it (see [`RegistrationRefused`]); `None` while it waits
     /// to be sent.
     pub refused: Option<RegistrationRefused>,
+    /// The websocket URL of the relay it is sent to (the group's); `None`: the first relay
+    /// the client connects to (records written before the client knew several relays).
+    pub relay: Option<String>,
 }
 
 /// The stored form (JSON; golden-tested: a device upgraded in place must read it).
@@ -122,6 +130,9 @@ struct Stored {
     kind: BoundKind,
     #[serde(default)]
     refused: Option<RegistrationRefused>,
+    /// Absent in records written before relays were told apart: the first relay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    relay: Option<String>,
 }
 
 /// Which pending registrations a retry sends.
@@ -148,16 +159,38 @@ pub(crate) struct Round {
 /// The pending registrations: in memory, mirrored durably in the device store.
 pub(crate) struct Registrations {
     store: Arc<dyn Storage>,
+    /// Where the blocking store writes run.
+    runtime: tokio::runtime::Handle,
     pending: Mutex<BTreeMap<DocumentId, PendingRegistration>>,
     /// One writer at a time, so a slow "refused" write cannot land after the removal
     /// that followed it.
     writer: tokio::sync::Mutex<()>,
+    /// Documents being created by [`Client::create_in_group`]: registered before they
+    /// exist, so a retry round that happens to register one need not have it offered
+    /// again (it has not been offered yet).
+    creating: Mutex<std::collections::BTreeSet<DocumentId>>,
+}
+
+/// Keeps a document in [`Registrations::creating`] while it is being created.
+struct Creating<'a>(&'a Registrations, DocumentId);
+
+impl Drop for Creating<'_> {
+    fn drop(&mut self) {
+        self.0
+            .creating
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.1);
+    }
 }
 
 impl Registrations {
     /// Reads the pending registrations kept in `store`. A record this version cannot read
     /// is skipped (and logged by document id), not fatal: the document itself is intact.
-    pub(crate) fn load(store: Arc<dyn Storage>) -> Result<Registrations, StoreError> {
+    pub(crate) fn load(
+        store: Arc<dyn Storage>,
+        runtime: tokio::runtime::Handle,
+    ) -> Result<Registrations, StoreError> {
         let prefix = vec![
             CLIENT_KEY_PREFIX.to_owned(),
             PENDING_REGISTRATION_TABLE.to_owned(),
@@ -177,6 +210,7 @@ impl Registrations {
                             group: s.group_id,
                             kind: s.kind,
                             refused: s.refused,
+                            relay: s.relay,
                         },
                     );
                 }
@@ -185,9 +219,16 @@ impl Registrations {
         }
         Ok(Registrations {
             store,
+            runtime,
             pending: Mutex::new(pending),
             writer: tokio::sync::Mutex::new(()),
+            creating: Mutex::default(),
         })
+    }
+
+    /// The device store.
+    pub(crate) fn store(&self) -> Arc<dyn Storage> {
+        self.store.clone()
     }
 
     fn with<R>(&self, f: impl FnOnce(&mut BTreeMap<DocumentId, PendingRegistration>) -> R) -> R {
@@ -213,11 +254,14 @@ impl Registrations {
                 group_id: p.group.clone(),
                 kind: p.kind,
                 refused: p.refused.clone(),
+                relay: p.relay.clone(),
             })
             .expect("a pending registration serialises")
         });
         let store = self.store.clone();
-        let written = tokio::task::spawn_blocking(move || store.write_batch(&[(key(&doc), bytes)]))
+        let written = self
+            .runtime
+            .spawn_blocking(move || store.write_batch(&[(key(&doc), bytes)]))
             .await
             .map_err(|_| ClientError::StorageFailed(doc))?;
         written.map_err(|e| {
@@ -236,12 +280,14 @@ impl Registrations {
         document: DocumentId,
         group: GroupId,
         kind: BoundKind,
+        relay: Option<String>,
     ) -> Result<(), ClientError> {
         let record = PendingRegistration {
             document,
             group,
             kind,
             refused: None,
+            relay,
         };
         let _one = self.writer.lock().await;
         self.persist(document, Some(&record)).await?;
@@ -249,17 +295,50 @@ impl Registrations {
         Ok(())
     }
 
-    /// Sends one registration and records the outcome: removed once accepted, marked
-    /// refused on a lasting refusal, kept as it was otherwise. Returns the relay's answer.
-    pub(crate) async fn attempt(&self, api: &RelayApi, doc: DocumentId) -> Result<(), ClientError> {
-        let Some(record) = self.get(&doc) else {
+    fn creating(&self, doc: DocumentId) -> Creating<'_> {
+        self.creating
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(doc);
+        Creating(self, doc)
+    }
+
+    fn is_creating(&self, doc: &DocumentId) -> bool {
+        self.creating
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(doc)
+    }
+
+    /// Drops `doc`'s registration, durably ([`Client::forget`]).
+    pub(crate) async fn remove(&self, doc: DocumentId) -> Result<(), ClientError> {
+        let _one = self.writer.lock().await;
+        if self.get(&doc).is_none() {
             return Ok(());
+        }
+        self.persist(doc, None).await?;
+        self.with(|p| p.remove(&doc));
+        Ok(())
+    }
+
+    /// Sends one registration and records the outcome: removed once accepted, marked
+    /// refused on a lasting refusal, kept as it was otherwise. Returns the relay's answer:
+    /// `Ok(true)` when this attempt is the one that removed the record (another one under
+    /// way at the same time, the app's inline attempt, say, gets `Ok(false)`, so only one
+    /// of them asks for the document to be offered again).
+    pub(crate) async fn attempt(
+        &self,
+        api: &RelayApi,
+        doc: DocumentId,
+    ) -> Result<bool, ClientError> {
+        let Some(record) = self.get(&doc) else {
+            return Ok(false);
         };
         let answer = api.register_document(&record.group, doc, record.kind).await;
         let _one = self.writer.lock().await;
         // Still the same record (the app may have retried it meanwhile).
         if self.get(&doc).as_ref() != Some(&record) {
-            return answer;
+            return answer.map(|()| false);
         }
         match &answer {
             Ok(()) => {
@@ -283,15 +362,16 @@ impl Registrations {
                 }
             }
         }
-        answer
+        answer.map(|()| true)
     }
 
     /// Sends the pending registrations `which` selects, in document order. Stops at the
     /// first answer saying the relay cannot be reached or asks to wait: the others would
     /// get the same.
-    pub(crate) async fn retry(&self, api: &RelayApi, which: Retry) -> Round {
+    pub(crate) async fn retry(&self, api: &RelayApi, which: Retry, relay: &RelayShared) -> Round {
         let docs: Vec<DocumentId> = self.with(|p| {
             p.values()
+                .filter(|r| relay.owns(r.relay.as_deref()))
                 .filter(|r| {
                     matches!(
                         (&r.refused, which),
@@ -309,7 +389,9 @@ impl Registrations {
         let mut round = Round::default();
         for doc in docs {
             match self.attempt(api, doc).await {
-                Ok(()) => round.registered.push(doc),
+                Ok(true) if !self.is_creating(&doc) => round.registered.push(doc),
+                Ok(true) => {}
+                Ok(false) => {}
                 Err(
                     ClientError::QuotaExceeded { retry_after }
                     | ClientError::RelayUnavailable { retry_after },
@@ -326,72 +408,105 @@ impl Registrations {
 }
 
 impl Client {
-    /// Creates a document of `group` as `kind`; returns once it is durable on this device.
-    ///
-    /// The registration that binds it to the group is written to the device store first
-    /// and, when the client is connected, sent before the document exists, so the relay
-    /// serves it from its first sync. Offline or refused, the document is created all the
-    /// same and the registration is retried (see [`Client::registration`]).
-    pub async fn create_in_group(
+    /// Creates a document of `group` as `kind` on the first relay (see
+    /// [`RelayHandle::create_in_group`]).
+    pub async fn create_in_group<R: Send + 'static, E: Send + 'static>(
         &self,
         group: &GroupId,
         kind: BoundKind,
-        init: impl FnOnce(&mut automerge::transaction::Transaction<'_>) + Send + 'static,
-    ) -> Result<DocumentId, ClientError> {
-        let doc = random_document_id();
-        self.shared
-            .registrations
-            .add(doc, group.clone(), kind)
-            .await?;
-        if self.connection_status() == ConnectionStatus::Connected {
-            if let Ok(api) = self.api() {
-                // Bounded: a slow network must not hold up creating a document; a later
-                // retry covers it.
-                let attempt = self.shared.registrations.attempt(&api, doc);
-                let _ = tokio::time::timeout(INLINE_REGISTRATION_TIMEOUT, attempt).await;
-                self.shared.bump();
-            }
-        }
+        init: impl FnOnce(&mut Transaction<'_>) -> Result<R, E> + Send + 'static,
+    ) -> Result<(DocumentId, R), ChangeError<E>> {
+        let relay = self.primary_relay();
+        self.create_bound(relay.as_ref(), group, kind, init).await
+    }
+
+    async fn create_bound<R: Send + 'static, E: Send + 'static>(
+        &self,
+        relay: Option<&RelayHandle>,
+        group: &GroupId,
+        kind: BoundKind,
+        init: impl FnOnce(&mut Transaction<'_>) -> Result<R, E> + Send + 'static,
+    ) -> Result<(DocumentId, R), ChangeError<E>> {
+        // The first change is made before anything is kept: a failing `init` leaves no
+        // registration behind.
         let mut first = Automerge::new();
         let mut tx = first.transaction();
-        init(&mut tx);
+        let value = match init(&mut tx) {
+            Ok(v) => v,
+            Err(e) => {
+                tx.rollback();
+                return Err(ChangeError::Rejected(e));
+            }
+        };
         tx.commit();
         let bytes = first.save();
+        let doc = random_document_id();
+        let _creating = self.shared.registrations.creating(doc);
+        let url = relay
+            .filter(|r| !r.shared().primary)
+            .map(|r| r.url().to_owned());
+        self.shared
+            .registrations
+            .add(doc, group.clone(), kind, url)
+            .await?;
+        if let Some(relay) = relay {
+            if relay.status() == ConnectionStatus::Connected {
+                if let Ok(api) = relay.api() {
+                    // Bounded: a slow network must not hold up creating a document; a
+                    // later retry covers it.
+                    let attempt = self.shared.registrations.attempt(&api, doc);
+                    let _ = tokio::time::timeout(INLINE_REGISTRATION_TIMEOUT, attempt).await;
+                    self.shared.bump();
+                }
+            }
+        }
         let heads = self
             .host
             .call(move |e, now| e.import_document(now, doc, &bytes))
-            .await??;
+            .await?
+            .map_err(ClientError::from)?;
         if !heads.is_empty() {
             self.wait_durable(doc, heads).await?;
         }
-        Ok(doc)
+        Ok((doc, value))
     }
 
-    /// Binds an existing document (imported, or created with [`Client::create`]) to
-    /// `group` as `kind`. Kept on the device until the relay accepts it; returns `None`
-    /// once accepted, or the registration as it stands (waiting, or refused with the
-    /// reason). A document the relay refused earlier on the open connection is offered
-    /// again once accepted.
+    /// Binds an existing document to `group` as `kind` on the first relay (see
+    /// [`RelayHandle::register`]).
     pub async fn register(
         &self,
         doc: DocumentId,
         group: &GroupId,
         kind: BoundKind,
     ) -> Result<Option<PendingRegistration>, ClientError> {
+        let relay = self.primary_relay();
+        self.register_on(relay.as_ref(), doc, group, kind).await
+    }
+
+    async fn register_on(
+        &self,
+        relay: Option<&RelayHandle>,
+        doc: DocumentId,
+        group: &GroupId,
+        kind: BoundKind,
+    ) -> Result<Option<PendingRegistration>, ClientError> {
+        let url = relay
+            .filter(|r| !r.shared().primary)
+            .map(|r| r.url().to_owned());
         self.shared
             .registrations
-            .add(doc, group.clone(), kind)
+            .add(doc, group.clone(), kind, url)
             .await?;
-        if let Ok(api) = self.api() {
+        if let Some(api) = relay.and_then(|r| r.api().ok()) {
             if self.shared.registrations.attempt(&api, doc).await.is_ok() {
-                self.reoffer(vec![doc]).await?;
+                self.reoffer(relay, vec![doc]).await?;
             }
             self.shared.bump();
         }
         Ok(self.shared.registrations.get(&doc))
     }
 
-    /// Registrations the relay has not accepted yet (waiting or refused).
+    /// Registrations the relays have not accepted yet (waiting or refused).
     pub fn registrations(&self) -> Vec<PendingRegistration> {
         self.shared.registrations.list()
     }
@@ -402,20 +517,37 @@ impl Client {
         self.shared.registrations.get(&doc)
     }
 
-    /// Sends every pending registration now, refused ones included (after the app fixed
-    /// the cause: accepted the code of conduct, got a writing role). Returns what is
-    /// still pending.
+    /// Sends every pending registration now, each to its relay, refused ones included
+    /// (after the app fixed the cause: accepted the code of conduct, got a writing role).
+    /// Returns what is still pending. [`ClientError::NoRelayApi`] when no relay with an API
+    /// is connected.
     pub async fn retry_registrations(&self) -> Result<Vec<PendingRegistration>, ClientError> {
-        let api = self.api()?;
-        let round = self.shared.registrations.retry(&api, Retry::All).await;
-        self.shared.bump();
-        self.reoffer(round.registered).await?;
+        let mut any = false;
+        for relay in self.relays() {
+            let Ok(api) = relay.api() else { continue };
+            any = true;
+            let round = self
+                .shared
+                .registrations
+                .retry(&api, Retry::All, relay.shared())
+                .await;
+            self.shared.bump();
+            self.reoffer(Some(&relay), round.registered).await?;
+        }
+        if !any {
+            return Err(ClientError::NoRelayApi);
+        }
         Ok(self.registrations())
     }
 
-    /// Asks the open connection to reconnect if one of `docs` is loaded (and so was
+    /// Asks `relay`'s open connection to reconnect if one of `docs` is loaded (and so was
     /// offered to the relay before it was registered).
-    async fn reoffer(&self, docs: Vec<DocumentId>) -> Result<(), ClientError> {
+    async fn reoffer(
+        &self,
+        relay: Option<&RelayHandle>,
+        docs: Vec<DocumentId>,
+    ) -> Result<(), ClientError> {
+        let Some(relay) = relay else { return Ok(()) };
         if docs.is_empty() {
             return Ok(());
         }
@@ -427,9 +559,46 @@ impl Client {
             })
             .await?;
         if loaded {
-            self.shared.reoffer.notify_waiters();
+            relay.shared().reoffer.notify_waiters();
         }
         Ok(())
+    }
+}
+
+impl RelayHandle {
+    /// Creates a document of `group` (a group on this relay) as `kind`, initialised by
+    /// `init`; returns its id and `init`'s value once it is durable on this device.
+    ///
+    /// The registration that binds it to the group is written to the device store first
+    /// (with this relay's URL) and, when connected, sent before the document exists, so
+    /// the relay serves it from its first sync. Offline or refused, the document is
+    /// created all the same and the registration is retried on this relay (see
+    /// [`Client::registration`]). When `init` fails nothing is created or kept.
+    pub async fn create_in_group<R: Send + 'static, E: Send + 'static>(
+        &self,
+        group: &GroupId,
+        kind: BoundKind,
+        init: impl FnOnce(&mut Transaction<'_>) -> Result<R, E> + Send + 'static,
+    ) -> Result<(DocumentId, R), ChangeError<E>> {
+        self.client()
+            .create_bound(Some(self), group, kind, init)
+            .await
+    }
+
+    /// Binds an existing document (imported, or created with [`Client::create`]) to
+    /// `group` on this relay as `kind`. Kept on the device until the relay accepts it;
+    /// returns `None` once accepted, or the registration as it stands (waiting, or
+    /// refused with the reason). A document the relay refused earlier on the open
+    /// connection is offered again once accepted.
+    pub async fn register(
+        &self,
+        doc: DocumentId,
+        group: &GroupId,
+        kind: BoundKind,
+    ) -> Result<Option<PendingRegistration>, ClientError> {
+        self.client()
+            .register_on(Some(self), doc, group, kind)
+            .await
     }
 }
 
@@ -454,6 +623,7 @@ mod tests {
             refused: Some(RegistrationRefused::Forbidden {
                 reason: "the role may not write this kind".to_owned(),
             }),
+            relay: None,
         };
         let golden = r#"{"group_id":"0123456789abcdef","kind":"thread","refused":{"error":"forbidden","reason":"the role may not write this kind"}}"#;
         assert_eq!(serde_json::to_string(&stored).unwrap(), golden);
@@ -462,5 +632,13 @@ mod tests {
         let back: Stored = serde_json::from_str(waiting).unwrap();
         assert_eq!(back.kind, BoundKind::Meeting);
         assert_eq!(back.refused, None);
+        assert_eq!(back.relay, None, "an old record belongs to the first relay");
+        let elsewhere = Stored {
+            relay: Some("wss://relay.example.org/".to_owned()),
+            ..back
+        };
+        let golden = r#"{"group_id":"0123456789abcdef","kind":"meeting","refused":null,"relay":"wss://relay.example.org/"}"#;
+        assert_eq!(serde_json::to_string(&elsewhere).unwrap(), golden);
+        assert_eq!(serde_json::from_str::<Stored>(golden).unwrap(), elsewhere);
     }
 }

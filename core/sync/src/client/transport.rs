@@ -45,14 +45,31 @@ pub enum TransportError {
     Closed,
 }
 
+/// What arrived on a [`Connection`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Received {
+    /// A binary frame.
+    Frame(Vec<u8>),
+    /// The answer to one of our pings (or any other sign of life the platform reports):
+    /// it keeps the connection alive without carrying data.
+    Pong,
+}
+
 /// One open connection carrying binary frames, in order and without loss (a websocket).
 ///
-/// `send` and `recv` are called concurrently from two tasks, so both take `&self`.
+/// `send`, `recv` and `ping` are called concurrently from several tasks, so all take
+/// `&self`.
 pub trait Connection: Send + Sync {
     /// Sends one binary frame. An error means the connection is unusable.
     fn send(&self, frame: Vec<u8>) -> BoxFuture<'_, Result<(), TransportError>>;
-    /// The next binary frame, or `None` once the connection has closed.
-    fn recv(&self) -> BoxFuture<'_, Option<Vec<u8>>>;
+    /// The next binary frame or pong, or `None` once the connection has closed.
+    fn recv(&self) -> BoxFuture<'_, Option<Received>>;
+    /// Sends a ping (a websocket ping frame, or the platform's own keepalive); its pong
+    /// comes back through `recv` as [`Received::Pong`]. The client pings every
+    /// [`ClientConfig::keepalive_interval`](super::ClientConfig::keepalive_interval) and
+    /// closes a connection on which nothing arrived for the keepalive timeout, so a
+    /// transport must report pongs.
+    fn ping(&self) -> BoxFuture<'_, Result<(), TransportError>>;
     /// Closes the connection (best effort).
     fn close(&self) -> BoxFuture<'_, ()>;
 }
@@ -169,17 +186,34 @@ impl Connection for TungsteniteConnection {
         })
     }
 
-    fn recv(&self) -> BoxFuture<'_, Option<Vec<u8>>> {
+    fn recv(&self) -> BoxFuture<'_, Option<Received>> {
         Box::pin(async move {
             let mut stream = self.stream.lock().await;
             loop {
                 match stream.next().await? {
-                    Ok(tungstenite::Message::Binary(b)) => return Some(b.to_vec()),
+                    Ok(tungstenite::Message::Binary(b)) => {
+                        return Some(Received::Frame(b.to_vec()))
+                    }
+                    // The relay's pings (tungstenite answers them) are signs of life too.
+                    Ok(tungstenite::Message::Pong(_) | tungstenite::Message::Ping(_)) => {
+                        return Some(Received::Pong)
+                    }
                     Ok(tungstenite::Message::Close(_)) | Err(_) => return None,
-                    // Pings are answered by tungstenite; text frames are not ours.
+                    // Text frames are not ours.
                     Ok(_) => {}
                 }
             }
+        })
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), TransportError>> {
+        Box::pin(async move {
+            self.sink
+                .lock()
+                .await
+                .send(tungstenite::Message::Ping(Vec::new().into()))
+                .await
+                .map_err(|_| TransportError::Closed)
         })
     }
 
@@ -190,12 +224,31 @@ impl Connection for TungsteniteConnection {
     }
 }
 
-/// Pumps one connection to and from the engine until either side closes or `until`
-/// completes (then the connection is closed). The engine always hears that it closed.
+/// How long closing a connection may take: 2 s. A half-open socket never answers the
+/// close; the connection is dropped after this either way.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+async fn close(conn: &dyn Connection) {
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, conn.close()).await;
+}
+
+/// A connection's keepalive settings.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Keepalive {
+    /// How often to ping.
+    pub(crate) interval: Duration,
+    /// Close after this long with nothing received.
+    pub(crate) timeout: Duration,
+}
+
+/// Pumps one connection to and from the engine until either side closes, `until`
+/// completes, or nothing has arrived for the keepalive timeout (then the connection is
+/// closed). Pings every keepalive interval. The engine always hears that it closed.
 pub(crate) async fn pump(
     conn: Arc<dyn Connection>,
     handle: crate::runtime::ConnectionHandle,
     until: impl std::future::Future<Output = ()>,
+    keepalive: Keepalive,
 ) {
     use crate::runtime::Outbound;
     let crate::runtime::ConnectionHandle {
@@ -217,17 +270,46 @@ pub(crate) async fn pump(
             }
         }
     };
+    let last_heard = std::sync::Mutex::new(tokio::time::Instant::now());
+    let heard = || *last_heard.lock().unwrap_or_else(|e| e.into_inner());
     let reader = async {
-        while let Some(frame) = conn.recv().await {
-            if input.frame(frame).await.is_err() {
-                break;
+        while let Some(received) = conn.recv().await {
+            *last_heard.lock().unwrap_or_else(|e| e.into_inner()) = tokio::time::Instant::now();
+            if let Received::Frame(frame) = received {
+                if input.frame(frame).await.is_err() {
+                    break;
+                }
+            }
+        }
+    };
+    let alive = async {
+        let mut next_ping = tokio::time::Instant::now() + keepalive.interval;
+        loop {
+            let silent_until = heard() + keepalive.timeout;
+            tokio::time::sleep_until(next_ping.min(silent_until)).await;
+            let now = tokio::time::Instant::now();
+            if now >= heard() + keepalive.timeout {
+                tracing::debug!(
+                    silent_ms = keepalive.timeout.as_millis() as u64,
+                    "nothing received for the keepalive timeout; closing"
+                );
+                return;
+            }
+            if now >= next_ping {
+                next_ping = now + keepalive.interval;
+                // A ping stuck behind a full send buffer must not hold up the timeout.
+                tokio::select! {
+                    sent = conn.ping() => if sent.is_err() { return },
+                    _ = tokio::time::sleep_until(heard() + keepalive.timeout) => {}
+                }
             }
         }
     };
     tokio::select! {
         _ = writer => {}
         _ = reader => {}
-        _ = until => conn.close().await,
+        _ = alive => close(&*conn).await,
+        _ = until => close(&*conn).await,
     }
     input.closed().await;
 }

@@ -4,7 +4,7 @@
 use automerge::{Automerge, ChangeHash};
 
 use super::document::{Doc, DocState};
-use super::{Engine, EngineError};
+use super::{ChangeFailed, Engine, EngineError};
 
 /// A change the host makes to a document, applied inside one Automerge transaction (see
 /// [`Engine::update_document`]).
@@ -20,15 +20,39 @@ impl Engine {
         now: Timestamp,
         init: impl FnOnce(&mut automerge::transaction::Transaction<'_>),
     ) -> DocumentId {
+        let created = self.try_create_document(now, |tx| {
+            init(tx);
+            Ok::<(), std::convert::Infallible>(())
+        });
+        match created {
+            Ok((id, ())) => id,
+            Err(never) => match never {},
+        }
+    }
+
+    /// Like [`Engine::create_document`], with an `init` that may fail (nothing is created
+    /// then: nothing is kept or written) or return a value. Returns the new id and
+    /// `init`'s value.
+    pub fn try_create_document<R, E>(
+        &mut self,
+        now: Timestamp,
+        init: impl FnOnce(&mut automerge::transaction::Transaction<'_>) -> Result<R, E>,
+    ) -> Result<(DocumentId, R), E> {
         let id = DocumentId::random(&mut self.rng);
         let mut am = self.new_automerge();
         let mut tx = am.transaction();
-        init(&mut tx);
+        let value = match init(&mut tx) {
+            Ok(v) => v,
+            Err(e) => {
+                tx.rollback();
+                return Err(e);
+            }
+        };
         tx.commit();
         self.insert_wanted(now, id, am);
         self.persist(id, &[]);
         self.share_with_open_peers(id, now);
-        id
+        Ok((id, value))
     }
 
     fn insert_wanted(&mut self, now: Timestamp, id: DocumentId, am: Automerge) {
@@ -62,7 +86,7 @@ impl Engine {
         doc.last_active = now;
         let before = am.get_heads();
         am.load_incremental(bytes)
-            .map_err(|e| EngineError::Change(e.to_string()))?;
+            .map_err(|e| EngineError::Import(e.to_string()))?;
         let heads = am.get_heads();
         if heads != before {
             self.recount(id);
@@ -105,24 +129,29 @@ impl Engine {
     }
 
     /// Applies a local change. The change is written at once and announced to peers once
-    /// the write is durable (watch for `DocumentDurable`). Returns the new heads.
-    pub fn change_document<E: std::fmt::Display>(
+    /// the write is durable (watch for `DocumentDurable`). Returns `f`'s value and the new
+    /// heads. When `f` fails the transaction is rolled back: nothing is committed or
+    /// written, and `f`'s error comes back as [`ChangeFailed::Rejected`].
+    pub fn change_document<R, E>(
         &mut self,
         now: Timestamp,
         id: DocumentId,
-        f: impl FnOnce(&mut automerge::transaction::Transaction<'_>) -> Result<(), E>,
-    ) -> Result<Vec<ChangeHash>, EngineError> {
+        f: impl FnOnce(&mut automerge::transaction::Transaction<'_>) -> Result<R, E>,
+    ) -> Result<(R, Vec<ChangeHash>), ChangeFailed<E>> {
         let doc = self.docs.get_mut(&id).ok_or(EngineError::NotLoaded(id))?;
         let DocState::Ready(am) = &mut doc.state else {
-            return Err(EngineError::NotLoaded(id));
+            return Err(EngineError::NotLoaded(id).into());
         };
         doc.last_active = now;
         let before = am.get_heads();
         let mut tx = am.transaction();
-        if let Err(e) = f(&mut tx) {
-            tx.rollback();
-            return Err(EngineError::Change(e.to_string()));
-        }
+        let value = match f(&mut tx) {
+            Ok(v) => v,
+            Err(e) => {
+                tx.rollback();
+                return Err(ChangeFailed::Rejected(e));
+            }
+        };
         tx.commit();
         let heads = am.get_heads();
         if heads != before {
@@ -130,7 +159,7 @@ impl Engine {
             self.persist(id, &before);
             self.maybe_sync(id, now);
         }
-        Ok(heads)
+        Ok((value, heads))
     }
 
     /// Changes a document on the host's own account, whether or not it is in memory: the

@@ -22,6 +22,8 @@ pub(super) struct Conn {
     pub(super) direction: Direction,
     /// The identity the host authenticated for this socket, if any.
     pub(super) identity: Option<String>,
+    /// The peer id we present on this connection, when not the engine's own.
+    pub(super) local_peer: Option<PeerId>,
     pub(super) state: ConnState,
     /// Documents this connection has open (it is in their `peers` or `queued`).
     pub(super) docs: BTreeSet<DocumentId>,
@@ -54,6 +56,7 @@ impl Engine {
         conn: ConnectionId,
         direction: Direction,
         identity: Option<String>,
+        local_peer: Option<PeerId>,
     ) {
         let limits = &self.config.limits;
         self.conns.insert(
@@ -61,6 +64,7 @@ impl Engine {
             Conn {
                 direction,
                 identity,
+                local_peer,
                 state: ConnState::Handshaking { since: now },
                 docs: BTreeSet::new(),
                 ephemeral_seen: BTreeMap::new(),
@@ -74,12 +78,21 @@ impl Engine {
         );
         if direction == Direction::Outgoing {
             let join = Message::Join {
-                sender_id: self.config.peer_id.clone(),
+                sender_id: self.local_id(conn),
                 peer_metadata: self.metadata(),
                 supported_protocol_versions: vec![PROTOCOL_VERSION.to_owned()],
             };
             self.send(conn, &join);
         }
+    }
+
+    /// The peer id we present on `conn`: its own when the host gave one, else the
+    /// engine's.
+    pub(super) fn local_id(&self, conn: ConnectionId) -> PeerId {
+        self.conns
+            .get(&conn)
+            .and_then(|c| c.local_peer.clone())
+            .unwrap_or_else(|| self.config.peer_id.clone())
     }
 
     /// Sends `error` and closes.

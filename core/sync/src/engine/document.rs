@@ -447,7 +447,7 @@ impl Engine {
 
     pub(super) fn reject_unavailable(&mut self, conn: ConnectionId, peer: &PeerId, id: DocumentId) {
         let msg = Message::DocUnavailable {
-            sender_id: self.config.peer_id.clone(),
+            sender_id: self.local_id(conn),
             target_id: peer.clone(),
             document_id: id,
         };
@@ -600,7 +600,6 @@ impl Engine {
     /// `doc-unavailable` instead and is dropped from it.
     pub(super) fn maybe_sync(&mut self, id: DocumentId, now: Timestamp) {
         let role = self.config.role;
-        let our_id = self.config.peer_id.clone();
         let (access, conns) = (&*self.access, &self.conns);
         let mut lost = Vec::new();
         let Some(doc) = self.docs.get_mut(&id) else {
@@ -656,7 +655,7 @@ impl Engine {
                 continue;
             };
             let d = DocMessage {
-                sender_id: our_id.clone(),
+                sender_id: self.local_id(conn),
                 target_id,
                 document_id: id,
                 data,

@@ -75,7 +75,7 @@ impl Engine {
         let Some(d) = self.docs.get(&doc) else {
             return;
         };
-        let targets: Vec<ConnectionId> = if m.target == self.config.peer_id {
+        let targets: Vec<ConnectionId> = if m.target == self.local_id(from) {
             d.peers.keys().copied().filter(|c| *c != from).collect()
         } else {
             match self.peers.get(&m.target) {
@@ -122,8 +122,8 @@ impl Engine {
         };
         let targets: Vec<ConnectionId> = doc.peers.keys().copied().collect();
         let session_id = self.session_id.clone();
-        let sender_id = self.config.peer_id.clone();
         for conn in targets {
+            let sender_id = self.local_id(conn);
             let Some(target_id) = self.peer_of(conn) else {
                 continue;
             };

@@ -29,6 +29,11 @@ pub enum Input {
         /// The identity the host authenticated for this socket (e.g. a device id), if any.
         /// When set, a `join` with a different `senderId` is refused.
         identity: Option<String>,
+        /// The peer id we present on this connection (outgoing: the `senderId` of our
+        /// `join` and of every message after it), when it is not the engine's own
+        /// ([`EngineConfig::peer_id`](super::EngineConfig)): a device that is a member on
+        /// two relays holds a different identity on each. `None`: the engine's own.
+        local_peer: Option<PeerId>,
     },
     /// A binary frame arrived.
     Frame {
@@ -123,6 +128,11 @@ pub enum CloseReason {
     /// [`Engine::revalidate_access`](super::Engine::revalidate_access).
     #[error("access revoked")]
     AccessRevoked,
+    /// This side forgot a document the connection was syncing
+    /// ([`Engine::forget_document`](super::Engine::forget_document)); a new connection
+    /// syncs the others without it.
+    #[error("a document was forgotten")]
+    Forgotten,
 }
 
 impl CloseReason {
@@ -141,6 +151,7 @@ impl CloseReason {
             CloseReason::PeerIdInUse => "peer_id_in_use",
             CloseReason::Internal => "internal",
             CloseReason::AccessRevoked => "access_revoked",
+            CloseReason::Forgotten => "forgotten",
         }
     }
 }
@@ -314,6 +325,12 @@ pub enum Event {
         /// How many.
         documents: usize,
     },
+    /// Every key of a forgotten document was deleted durably
+    /// ([`Engine::forget_document`](super::Engine::forget_document)).
+    DocumentForgotten {
+        /// Which.
+        doc: DocumentId,
+    },
     /// A document was compacted into a snapshot.
     Compacted {
         /// Which.
@@ -329,9 +346,22 @@ pub enum EngineError {
     /// The document is not in memory (call [`Engine::find`](super::Engine::find) and wait for it).
     #[error("document {0} is not loaded")]
     NotLoaded(DocumentId),
-    /// The change function returned an error; nothing was committed.
-    #[error("the change failed: {0}")]
-    Change(String),
+    /// The bytes handed to [`Engine::import_document`](super::Engine::import_document)
+    /// do not load as Automerge changes; nothing was applied.
+    #[error("the imported bytes do not load: {0}")]
+    Import(String),
+}
+
+/// Why [`Engine::change_document`](super::Engine::change_document) did not commit.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ChangeFailed<E> {
+    /// The document is not in memory.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The change function returned this error; the transaction was rolled back and
+    /// nothing was committed or written.
+    #[error("the change function failed; nothing was committed")]
+    Rejected(E),
 }
 
 /// A snapshot of the engine's counters, for metrics.

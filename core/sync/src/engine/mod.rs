@@ -55,7 +55,8 @@ pub use access::{Access, OpenAccess, Operation, PeerInfo};
 pub use app::DocumentUpdate;
 pub use config::{EngineConfig, Limits, Role};
 pub use interface::{
-    CloseReason, Direction, EngineError, EphemeralDrop, Event, Input, Output, Rejection, Stats,
+    ChangeFailed, CloseReason, Direction, EngineError, EphemeralDrop, Event, Input, Output,
+    Rejection, Stats,
 };
 pub use sync_check::{SyncCheckError, SyncLimits, SyncSummary};
 
@@ -193,7 +194,8 @@ impl Engine {
                 conn,
                 direction,
                 identity,
-            } => self.on_connected(now, conn, direction, identity),
+                local_peer,
+            } => self.on_connected(now, conn, direction, identity, local_peer),
             Input::Frame { conn, frame } => self.on_frame(now, conn, frame),
             Input::Disconnected { conn } => self.forget_conn(conn),
             Input::StorageDone { task, result } => self.on_storage(now, task, result),

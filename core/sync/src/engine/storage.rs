@@ -35,6 +35,9 @@ pub(super) enum Task {
     Delete {
         doc: DocumentId,
     },
+    Forget {
+        doc: DocumentId,
+    },
 }
 
 fn chunk_key(doc: &DocumentId, kind: &str, hash: String) -> StorageKey {
@@ -58,6 +61,35 @@ impl Engine {
                 generation,
             },
             StorageOp::LoadRange {
+                prefix: vec![id.to_string()],
+            },
+        );
+    }
+
+    /// Forgets a document: drops it from memory, closes the connections syncing it (so no
+    /// peer's later message brings it back; they reconnect without it) and deletes every
+    /// key stored under its id. The host reports the delete durable as
+    /// [`Event::DocumentForgotten`], or a failure as [`Event::StorageFailed`]. Writes for
+    /// it still in flight run first (the host runs storage tasks in order), so nothing of
+    /// it is left behind. A later [`Engine::find`] is a fresh fetch.
+    pub fn forget_document(&mut self, id: DocumentId) {
+        if let Some(doc) = self.remove_doc(id) {
+            let conns: BTreeSet<_> = doc
+                .peers
+                .keys()
+                .copied()
+                .chain(doc.queued.iter().map(|q| q.conn))
+                .collect();
+            for conn in conns {
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.docs.remove(&id);
+                }
+                self.close(conn, CloseReason::Forgotten);
+            }
+        }
+        self.task(
+            Task::Forget { doc: id },
+            StorageOp::DeleteRange {
                 prefix: vec![id.to_string()],
             },
         );
@@ -154,6 +186,13 @@ impl Engine {
                     }),
                 }
             }
+            Task::Forget { doc } => match result {
+                Ok(_) => self.emit(Event::DocumentForgotten { doc }),
+                Err(error) => self.emit(Event::StorageFailed {
+                    doc: Some(doc),
+                    error,
+                }),
+            },
             Task::Delete { doc } => {
                 if let Err(error) = result {
                     // A leftover chunk is harmless: loading is idempotent.
@@ -256,7 +295,6 @@ impl Engine {
             return;
         };
         doc.log_lost_updates(id);
-        let our_id = self.config.peer_id.clone();
         let mut told = BTreeSet::new();
         for conn in doc
             .queued
@@ -274,7 +312,7 @@ impl Engine {
                 self.send(
                     conn,
                     &Message::DocUnavailable {
-                        sender_id: our_id.clone(),
+                        sender_id: self.local_id(conn),
                         target_id,
                         document_id: id,
                     },

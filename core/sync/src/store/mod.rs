@@ -60,12 +60,20 @@ pub enum StorageOp {
         /// The key.
         key: StorageKey,
     },
+    /// Remove every key that starts with `prefix` (durably): forgetting a document.
+    DeleteRange {
+        /// The prefix.
+        prefix: StorageKey,
+    },
 }
 
 impl StorageOp {
     /// Whether this op changes the store (and so needs a flush before it is reported).
     pub fn is_write(&self) -> bool {
-        matches!(self, StorageOp::Put { .. } | StorageOp::Delete { .. })
+        matches!(
+            self,
+            StorageOp::Put { .. } | StorageOp::Delete { .. } | StorageOp::DeleteRange { .. }
+        )
     }
 }
 
@@ -150,6 +158,25 @@ pub trait Storage: Send + Sync {
         self.flush()
     }
 
+    /// Every key under `prefix`, in key order. The default reads the values too; a store
+    /// that can list keys alone should.
+    fn list_keys(&self, prefix: &[String]) -> Result<Vec<StorageKey>, StoreError> {
+        Ok(self
+            .load_range(prefix)?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect())
+    }
+
+    /// Removes every key under `prefix` (not yet durable). The default reads the range
+    /// and deletes each key: a document has a few dozen keys at most after compaction.
+    fn delete_range(&self, prefix: &[String]) -> Result<(), StoreError> {
+        for (key, _) in self.load_range(prefix)? {
+            self.delete(&key)?;
+        }
+        Ok(())
+    }
+
     /// Runs one op without flushing.
     fn apply(&self, op: &StorageOp) -> Result<StorageOutcome, StoreError> {
         Ok(match op {
@@ -161,6 +188,10 @@ pub trait Storage: Send + Sync {
             }
             StorageOp::Delete { key } => {
                 self.delete(key)?;
+                StorageOutcome::Written
+            }
+            StorageOp::DeleteRange { prefix } => {
+                self.delete_range(prefix)?;
                 StorageOutcome::Written
             }
         })

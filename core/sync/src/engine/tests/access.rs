@@ -112,6 +112,7 @@ impl Net {
                 conn,
                 direction: Direction::Incoming,
                 identity: Some(name.to_owned()),
+                local_peer: None,
             },
         );
     }
@@ -127,6 +128,7 @@ impl Net {
                 conn,
                 direction: Direction::Outgoing,
                 identity: None,
+                local_peer: None,
             },
         );
         self.phones.push((side, conn));
@@ -151,6 +153,7 @@ impl Net {
                 conn,
                 direction: Direction::Outgoing,
                 identity: None,
+                local_peer: None,
             },
         );
         self.phones[i].1 = conn;
@@ -269,7 +272,7 @@ fn get(am: &Automerge, key: &str) -> Option<String> {
 }
 
 fn put(phone: &mut Side, now: Timestamp, doc: DocumentId, key: &str, value: &str) -> ChangeHash {
-    let heads = phone
+    let (_, heads) = phone
         .engine
         .change_document(now, doc, |tx| tx.put(ROOT, key, value))
         .unwrap();

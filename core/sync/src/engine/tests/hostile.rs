@@ -68,6 +68,7 @@ impl Relay {
                 conn,
                 direction: Direction::Incoming,
                 identity: identity.map(str::to_owned),
+                local_peer: None,
             },
         );
         self.run();

@@ -79,6 +79,7 @@ fn connect(phone: &mut Side, relay: &mut Side) {
             conn: LINK,
             direction: Direction::Incoming,
             identity: None,
+            local_peer: None,
         },
     );
     phone.engine.handle_input(
@@ -87,6 +88,7 @@ fn connect(phone: &mut Side, relay: &mut Side) {
             conn: LINK,
             direction: Direction::Outgoing,
             identity: None,
+            local_peer: None,
         },
     );
 }
@@ -387,6 +389,7 @@ fn unsupported_version_gets_error_and_close() {
             conn: LINK,
             direction: Direction::Incoming,
             identity: None,
+            local_peer: None,
         },
     );
     let join = Message::Join {
@@ -417,6 +420,7 @@ fn identity_mismatch_is_refused() {
             conn: LINK,
             direction: Direction::Incoming,
             identity: Some("ana/phone".into()),
+            local_peer: None,
         },
     );
     let join = Message::Join {
@@ -463,6 +467,7 @@ fn three_phones() -> (Side, Vec<(Side, ConnectionId)>, DocumentId) {
                 conn,
                 direction: Direction::Incoming,
                 identity: None,
+                local_peer: None,
             },
         );
         phone.engine.handle_input(
@@ -471,6 +476,7 @@ fn three_phones() -> (Side, Vec<(Side, ConnectionId)>, DocumentId) {
                 conn,
                 direction: Direction::Outgoing,
                 identity: None,
+                local_peer: None,
             },
         );
         phones.push((phone, conn));
@@ -585,6 +591,7 @@ fn a_second_join_with_the_same_peer_id_replaces_the_first_socket() {
                 conn,
                 direction: Direction::Incoming,
                 identity: None,
+                local_peer: None,
             },
         );
         relay.engine.handle_input(
@@ -609,6 +616,7 @@ fn a_silent_socket_is_closed_after_the_handshake_timeout() {
             conn: LINK,
             direction: Direction::Incoming,
             identity: None,
+            local_peer: None,
         },
     );
     let deadline = relay.engine.poll_timeout().unwrap();
@@ -716,6 +724,7 @@ fn two_phones_importing_the_same_first_change_end_with_one_document() {
                 conn: *conn,
                 direction: Direction::Incoming,
                 identity: None,
+                local_peer: None,
             },
         );
         phone.engine.handle_input(
@@ -724,6 +733,7 @@ fn two_phones_importing_the_same_first_change_end_with_one_document() {
                 conn: *conn,
                 direction: Direction::Outgoing,
                 identity: None,
+                local_peer: None,
             },
         );
     }
