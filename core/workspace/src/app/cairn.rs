@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use automerge::transaction::Transaction;
 use automerge::Automerge;
-use cairn_sync::client::{api_base_for, Client, ClientConfig, ClientError, RelayApi};
+use cairn_sync::client::{
+    Client, ClientConfig, ClientError, RelayApi, RelayEndpoint, RelayHandle, Update,
+};
 use cairn_sync::ids::{DocumentId, MemberId};
 use cairn_sync::membership::api::GroupInfo;
 use cairn_sync::membership::{BoundKind, Credential, GroupId};
@@ -97,6 +99,8 @@ impl Drop for Runtime {
 
 pub(crate) struct Inner {
     pub(crate) client: Client,
+    /// The device store (documents, pending registrations, remembered groups, journal).
+    pub(crate) store: Arc<dyn Storage>,
     handle: tokio::runtime::Handle,
     _runtime: Runtime,
     zone: Mutex<TimeZone>,
@@ -107,30 +111,14 @@ pub(crate) struct Inner {
     pub(crate) relays: Mutex<Vec<RelayEntry>>,
 }
 
-/// One relay as the app layer sees it: its websocket URL, its membership API with this
-/// device's credential there, and the member id that credential names.
+/// One relay as the app layer sees it: the client's handle on it (its connection, status
+/// and membership API with this device's credential there) and the member id that
+/// credential names.
 #[derive(Clone, Debug)]
 pub(crate) struct RelayEntry {
     pub(crate) url: String,
-    pub(crate) api: Option<RelayApi>,
+    pub(crate) handle: RelayHandle,
     pub(crate) member: Option<MemberId>,
-}
-
-impl RelayEntry {
-    pub(crate) fn new(url: &str, credential: Option<Credential>) -> RelayEntry {
-        let api = api_base_for(url).map(|base| {
-            let api = RelayApi::over_http(&base);
-            match &credential {
-                Some(c) => api.with_credential(c.clone()),
-                None => api,
-            }
-        });
-        RelayEntry {
-            url: url.to_owned(),
-            api,
-            member: credential.map(|c| c.identity().member.clone()),
-        }
-    }
 }
 
 /// A running Cairn: the device's store, the sync client and the journal. Cheap to clone;
@@ -187,34 +175,36 @@ impl Cairn {
         std::fs::create_dir_all(&dir)
             .map_err(|e| CairnError::from(cairn_sync::store::StoreError::Io(e)))?;
         let store: Arc<dyn Storage> = Arc::new(SledStore::open(&dir, &SledConfig::default())?);
-        let mut client_config = match credentials.iter().flatten().next() {
-            Some(c) => ClientConfig::for_device(c.clone()),
-            None => ClientConfig::new(
-                config
-                    .device_name
-                    .clone()
-                    .unwrap_or_else(|| format!("device-{}", uuid_hex())),
-            ),
-        };
-        client_config.seed = None;
-        let client = {
-            let _enter = handle.enter();
-            Client::start(store.clone(), client_config)?
-        };
-        let mut relays = Vec::new();
-        for (relay, credential) in config.relays.iter().zip(credentials) {
-            relays.push(RelayEntry::new(&relay.url, credential));
-            let _enter = handle.enter();
-            client.connect(&relay.url);
-        }
+        // Each relay gets its own credential (a member of groups in two organisations has
+        // an identity on each); this peer id is only for a relay in open mode.
+        let client_config = ClientConfig::new(
+            config
+                .device_name
+                .clone()
+                .unwrap_or_else(|| format!("device-{}", uuid_hex())),
+        );
+        let client = Client::start_on(handle.clone(), store.clone(), client_config)?;
+        // The groups the device belonged to when it last heard from its relays: an offline
+        // start shows them, and a removed member can still wipe them.
+        let known = crate::app::sync::remembered_groups(store.as_ref())?
+            .into_iter()
+            .map(|(relay, info)| (info.group_id.clone(), (relay, info)))
+            .collect();
+        let relays = config
+            .relays
+            .iter()
+            .zip(credentials)
+            .map(|(relay, credential)| connect(&client, &relay.url, credential))
+            .collect();
         Ok(Cairn {
             inner: Arc::new(Inner {
                 client,
                 handle,
                 _runtime: runtime,
                 zone: Mutex::new(zone),
-                journal: Journal::open(store, &key),
-                groups: Mutex::new(BTreeMap::new()),
+                journal: Journal::open(store.clone(), &key),
+                groups: Mutex::new(known),
+                store,
                 relays: Mutex::new(relays),
             }),
         })
@@ -309,28 +299,7 @@ impl Cairn {
         let client = self.inner.client.clone();
         self.run(async move {
             Cairn::ensure_loaded(&client, doc).await?;
-            let slot: Arc<Mutex<Option<Result<R, CairnError>>>> = Arc::new(Mutex::new(None));
-            let out = slot.clone();
-            let changed = client
-                .change(doc, move |tx| {
-                    let result = f(tx);
-                    let failed = result.is_err();
-                    *out.lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
-                    // An error rolls the transaction back.
-                    if failed {
-                        Err("rejected")
-                    } else {
-                        Ok(())
-                    }
-                })
-                .await;
-            let result = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
-            match (changed, result) {
-                (_, Some(Err(e))) => Err(e),
-                (Ok(_), Some(Ok(v))) => Ok(v),
-                (Err(e), _) => Err(e.into()),
-                (Ok(_), None) => Err(CairnError::generic("the change did not run")),
-            }
+            client.change(doc, f).await.map_err(CairnError::from)
         })
         .await
     }
@@ -343,22 +312,26 @@ impl Cairn {
         kind: BoundKind,
         init: impl FnOnce(&mut Transaction<'_>) -> Result<R, CairnError> + Send + 'static,
     ) -> Result<(DocumentId, R), CairnError> {
-        // Run the closure on a scratch document first, so a refusal creates nothing.
-        let mut scratch = Automerge::new();
-        let mut tx = scratch.transaction();
-        let value = init(&mut tx)?;
-        tx.commit();
-        let bytes = scratch.save();
-        let client = self.inner.client.clone();
+        let relay = self.group_relay(group).await?;
         let group = group.clone();
-        let doc = self
-            .run(async move {
-                let doc = client.create_in_group(&group, kind, |_| {}).await?;
-                client.import(doc, bytes).await?;
-                Ok(doc)
-            })
-            .await?;
-        Ok((doc, value))
+        self.run(async move {
+            relay
+                .create_in_group(&group, kind, init)
+                .await
+                .map_err(CairnError::from)
+        })
+        .await
+    }
+
+    /// The client's handle on the relay `group` is on.
+    pub(crate) async fn group_relay(&self, group: &GroupId) -> Result<RelayHandle, CairnError> {
+        if self.relay_of(group).is_none() {
+            self.refresh_groups().await?;
+        }
+        let url = self
+            .relay_of(group)
+            .ok_or_else(|| CairnError::not_found(format!("group {group}")))?;
+        self.relay_handle(&url)
     }
 
     /// Delivers `view` of the document now, then after each of its changes, to `listener`
@@ -370,31 +343,23 @@ impl Cairn {
         listener: Arc<dyn Listener<T>>,
     ) -> Subscription {
         let cancelled = Arc::new(AtomicBool::new(false));
-        let client = self.inner.client.clone();
         let flag = cancelled.clone();
-        let task = self.inner.handle.spawn(async move {
-            let deliver = |value: Result<T, CairnError>| {
-                if flag.load(std::sync::atomic::Ordering::SeqCst) {
-                    return;
-                }
-                match value {
-                    Ok(v) => listener.on_update(v),
-                    Err(e) => listener.on_error(e),
-                }
-            };
-            if let Err(e) = Cairn::ensure_loaded(&client, doc).await {
-                deliver(Err(e));
+        let handle = self.inner.client.subscribe(doc, view, move |update| {
+            if flag.load(std::sync::atomic::Ordering::SeqCst) {
                 return;
             }
-            let Ok(mut sub) = client.subscribe_with(doc, view).await else {
-                deliver(Err(CairnError::not_found(format!("document {doc}"))));
-                return;
-            };
-            while let Some(update) = sub.next().await {
-                deliver(update.value);
+            match update {
+                Update::Changed { value: Ok(v), .. } => listener.on_update(v),
+                Update::Changed { value: Err(e), .. } => listener.on_error(e),
+                Update::Failed(e) => listener.on_error(match e {
+                    ClientError::Timeout | ClientError::Unavailable(_) => {
+                        CairnError::not_found(format!("document {doc}"))
+                    }
+                    other => other.into(),
+                }),
             }
         });
-        Subscription::new(cancelled, move || task.abort())
+        Subscription::new(cancelled, move || handle.cancel())
     }
 
     /// The device's current IANA zone.
@@ -438,13 +403,18 @@ impl Cairn {
 
     /// The membership API of the relay at `url`, with this device's credential there.
     pub(crate) fn api_of(&self, url: &str) -> Result<RelayApi, CairnError> {
+        Ok(self.relay_handle(url)?.api()?)
+    }
+
+    /// The client's handle on the relay at `url`.
+    pub(crate) fn relay_handle(&self, url: &str) -> Result<RelayHandle, CairnError> {
         self.inner
             .relays
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
             .find(|r| r.url == url)
-            .and_then(|r| r.api.clone())
+            .map(|r| r.handle.clone())
             .ok_or_else(|| CairnError::not_found(format!("relay {url}")))
     }
 
@@ -458,13 +428,18 @@ impl Cairn {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         for relay in relays {
-            let Some(api) = relay.api.filter(|a| a.credential().is_some()) else {
+            let Some(api) = relay.handle.api().ok().filter(|a| a.credential().is_some()) else {
                 continue;
             };
             let fresh = self.run(async move { Ok(api.groups().await?) }).await;
             match fresh {
                 Ok(groups) => {
+                    for g in &groups {
+                        crate::app::sync::remember_group(self.inner.store.as_ref(), &relay.url, g)?;
+                    }
                     let mut known = self.inner.groups.lock().unwrap_or_else(|e| e.into_inner());
+                    // A group the relay no longer lists (left, removed) stays remembered
+                    // on the device until it is wiped; only the live view forgets it.
                     known.retain(|_, (url, _)| *url != relay.url);
                     for g in groups {
                         known.insert(g.group_id.clone(), (relay.url.clone(), g));
@@ -496,15 +471,25 @@ impl Cairn {
             .ok_or_else(|| CairnError::not_found(format!("group {group}")))
     }
 
-    /// Keeps a connection to the relay at `url` (one per relay).
-    pub(crate) fn connect_relay(&self, url: &str) {
-        let _enter = self.inner.handle.enter();
-        self.inner.client.connect(url);
-    }
-
     /// The device's private journal (never synced; encrypted with the keystore's key).
     pub(crate) fn journal_store(&self) -> &Journal {
         &self.inner.journal
+    }
+}
+
+/// Keeps one connection to the relay at `url`, presenting `credential` (the client returns
+/// the existing relay's handle for a URL it already has, with the new credential).
+pub(crate) fn connect(client: &Client, url: &str, credential: Option<Credential>) -> RelayEntry {
+    let mut endpoint =
+        RelayEndpoint::over_tcp(url, cairn_sync::engine::Limits::default().max_frame_bytes);
+    let member = credential.as_ref().map(|c| c.identity().member.clone());
+    if let Some(c) = credential {
+        endpoint = endpoint.with_credential(c);
+    }
+    RelayEntry {
+        url: url.to_owned(),
+        handle: client.connect_to(endpoint),
+        member,
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use cairn_sync::client::ClientError;
+use cairn_sync::client::{ChangeError, ClientError};
 use cairn_sync::docs::schema::SchemaError;
 use cairn_sync::store::StoreError;
 use thiserror::Error;
@@ -134,5 +134,16 @@ impl From<SchemaError> for CairnError {
 impl From<automerge::AutomergeError> for CairnError {
     fn from(e: automerge::AutomergeError) -> Self {
         CairnError::generic(e)
+    }
+}
+
+/// A change's failure as the app sees it: the closure's own error (nothing was committed),
+/// or the client's.
+impl From<ChangeError<CairnError>> for CairnError {
+    fn from(e: ChangeError<CairnError>) -> Self {
+        match e {
+            ChangeError::Rejected(e) => e,
+            ChangeError::Client(e) => e.into(),
+        }
     }
 }

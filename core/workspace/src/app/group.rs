@@ -1024,21 +1024,7 @@ pub(crate) mod fixture {
     ) -> Result<(DocumentId, R), CairnError> {
         let client = cairn.inner.client.clone();
         cairn
-            .run(async move {
-                let slot = Arc::new(Mutex::new(None));
-                let out = slot.clone();
-                let doc = client
-                    .create(move |tx| {
-                        *out.lock().unwrap_or_else(|e| e.into_inner()) = Some(init(tx));
-                    })
-                    .await?;
-                let value = slot
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .take()
-                    .ok_or_else(|| CairnError::generic("the init did not run"))??;
-                Ok((doc, value))
-            })
+            .run(async move { Ok(client.create(init).await?) })
             .await
     }
 

@@ -23,6 +23,7 @@ pub mod meeting;
 pub mod minutes;
 pub mod resources;
 pub mod series;
+pub mod sync;
 pub mod thread;
 pub mod workspace;
 
@@ -32,3 +33,4 @@ pub use cairn::{
 pub use error::CairnError;
 pub use handles::{Group, Journal, Meeting, Minutes, Resources, Series, Thread, Workspace};
 pub use listen::{Listener, Subscription};
+pub use sync::{ConnectionState, RelayStatus, SyncReport};

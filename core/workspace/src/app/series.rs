@@ -387,10 +387,13 @@ async fn import_in_group(
     bytes: Vec<u8>,
 ) -> Result<(), CairnError> {
     let client = cairn.inner.client.clone();
+    let relay = cairn.group_relay(group).await?;
     let group = group.clone();
     cairn
         .run(async move {
-            client.register(doc, &group, kind).await?;
+            // On the group's relay: a member of groups on two relays registers each
+            // document with its own.
+            relay.register(doc, &group, kind).await?;
             client.import(doc, bytes).await?;
             Ok(())
         })

@@ -5,7 +5,7 @@ use cairn_sync::docs::group::Role;
 use cairn_sync::membership::api::{GroupInfo, InvitePreview};
 use cairn_sync::membership::{GroupId, MemberStatus};
 
-use crate::app::cairn::{parse_credential, RelayEntry};
+use crate::app::cairn::{connect, parse_credential};
 use crate::app::{Cairn, CairnError, Group, RelayConfig, Workspace};
 
 /// One of this device's groups, as its relay says.
@@ -213,8 +213,8 @@ impl Cairn {
         if let Ok(api) = self.api_of(relay_url) {
             return Ok(api);
         }
-        RelayEntry::new(relay_url, None)
-            .api
+        cairn_sync::client::api_base_for(relay_url)
+            .map(|base| cairn_sync::client::RelayApi::over_http(&base))
             .ok_or_else(|| CairnError::invalid("the relay URL is not ws:// or wss://"))
     }
 
@@ -242,7 +242,7 @@ impl Cairn {
             .as_deref()
             .map(parse_credential)
             .transpose()?;
-        let entry = RelayEntry::new(url, credential);
+        let entry = connect(&self.inner.client, url, credential);
         {
             let mut relays = self.inner.relays.lock().unwrap_or_else(|e| e.into_inner());
             match relays.iter_mut().find(|r| r.url == url) {
@@ -250,7 +250,6 @@ impl Cairn {
                 None => relays.push(entry),
             }
         }
-        self.connect_relay(url);
         Ok(())
     }
 }
