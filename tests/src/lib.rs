@@ -7,6 +7,7 @@
 //!   and fault injection (cut links, partitions, delays, relay power loss, disk-full writes).
 //! - [`volatile_fs`]: an in-memory FUSE filesystem that forgets, at a simulated power cut,
 //!   every write and directory change not made durable by an fsync.
+//! - [`app`]: helpers for tests that drive the app API (start a device, join, wait online).
 //! - [`proxy`]: a loopback TCP proxy that takes the network away (down, or half-open).
 //!
 //! The integration tests: `simulation.rs` (convergence and quiet-when-idle over many seeds),
@@ -17,6 +18,7 @@
 //! negative controls).
 #![warn(missing_docs)]
 
+pub mod app;
 pub mod proxy;
 pub mod relay;
 pub mod samod_peer;

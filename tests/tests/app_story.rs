@@ -9,23 +9,12 @@ use std::time::Duration;
 use cairn_core::app::group::GroupProfile;
 use cairn_core::app::meeting::{AgendaKind, MeetingKind, MeetingRecord, NewAgendaItem};
 use cairn_core::app::membership::InviteRequest;
-use cairn_core::app::{Cairn, CairnConfig, CairnError, ConnectionState, Listener, RelayStatus};
+use cairn_core::app::{Cairn, CairnError, ConnectionState, Listener, RelayStatus};
 use cairn_sync::docs::group::Role;
 use cairn_sync::store::{SledConfig, SledStore, Storage};
+use cairn_tests::app::{config, eventually, joined, online, WAIT};
 use cairn_tests::proxy::{Network, Proxy};
 use cairn_tests::relay::TestRelay;
-
-const WAIT: Duration = Duration::from_secs(20);
-
-fn config(dir: &Path, name: &str) -> CairnConfig {
-    CairnConfig {
-        data_dir: dir.to_string_lossy().into_owned(),
-        relays: Vec::new(),
-        journal_key: vec![9; 32],
-        time_zone: "Europe/London".to_owned(),
-        device_name: Some(name.to_owned()),
-    }
-}
 
 /// Opens the sled store in `dir` once the stopped client has let go of its lock.
 async fn wait_for_store(dir: &Path) -> SledStore {
@@ -150,59 +139,6 @@ impl<T: Clone + Send + 'static> Seen<T> {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-}
-
-/// Polls `check` until it holds or [`WAIT`] passes.
-async fn eventually<F: std::future::Future<Output = bool>>(what: &str, check: impl Fn() -> F) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: not within {WAIT:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-/// A device that joined `group` with `invite` under `pseudonym` through the relay at
-/// `url`, and accepted its code of conduct.
-async fn joined(
-    dir: &Path,
-    name: &str,
-    url: &str,
-    invite: &str,
-    pseudonym: &str,
-) -> (Cairn, String) {
-    let cairn = Cairn::start(config(dir, name)).unwrap();
-    let preview = cairn.workspace().preview_invite(url, invite).await.unwrap();
-    let enrolment = cairn
-        .workspace()
-        .join(url, invite, pseudonym)
-        .await
-        .unwrap();
-    cairn
-        .workspace()
-        .accept_code_of_conduct(&enrolment.group_id, preview.code_of_conduct_version)
-        .await
-        .unwrap();
-    (cairn, enrolment.group_id)
-}
-
-fn state_of(cairn: &Cairn) -> ConnectionState {
-    cairn
-        .relays()
-        .first()
-        .map(|r| r.state)
-        .unwrap_or(ConnectionState::Offline)
-}
-
-async fn online(cairn: &Cairn) {
-    let c = cairn.clone();
-    eventually("online", move || {
-        let c = c.clone();
-        async move { state_of(&c) == ConnectionState::Online }
-    })
-    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -313,25 +313,31 @@ impl Cairn {
         init: impl FnOnce(&mut Transaction<'_>) -> Result<R, CairnError> + Send + 'static,
     ) -> Result<(DocumentId, R), CairnError> {
         let relay = self.group_relay(group).await?;
-        let group = group.clone();
+        let (group, client) = (group.clone(), self.inner.client.clone());
         self.run(async move {
-            relay
-                .create_in_group(&group, kind, init)
-                .await
-                .map_err(CairnError::from)
+            match relay {
+                Some(relay) => relay.create_in_group(&group, kind, init).await,
+                None => client.create_in_group(&group, kind, init).await,
+            }
+            .map_err(CairnError::from)
         })
         .await
     }
 
-    /// The client's handle on the relay `group` is on.
-    pub(crate) async fn group_relay(&self, group: &GroupId) -> Result<RelayHandle, CairnError> {
+    /// The client's handle on the relay `group` is on; `None` when no relay has said yet
+    /// (offline since enrolling): the client's first relay then keeps the registration
+    /// on the device and sends it when it can.
+    pub(crate) async fn group_relay(
+        &self,
+        group: &GroupId,
+    ) -> Result<Option<RelayHandle>, CairnError> {
         if self.relay_of(group).is_none() {
             self.refresh_groups().await?;
         }
-        let url = self
-            .relay_of(group)
-            .ok_or_else(|| CairnError::not_found(format!("group {group}")))?;
-        self.relay_handle(&url)
+        match self.relay_of(group) {
+            Some(url) => Ok(Some(self.relay_handle(&url)?)),
+            None => Ok(None),
+        }
     }
 
     /// Delivers `view` of the document now, then after each of its changes, to `listener`

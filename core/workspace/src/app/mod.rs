@@ -10,6 +10,55 @@
 //! Unix epoch, zones as IANA names, heads as hex. Live values come through a
 //! [`Listener`]: the current value first, then one per change of that document only,
 //! until the [`Subscription`] is cancelled or dropped. Every error is a [`CairnError`].
+//!
+//! The example the README shows (compiled here, so it stays true):
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use cairn_core::app::group::GroupProfile;
+//! use cairn_core::app::meeting::{AgendaKind, MeetingKind, MeetingRecord, NewAgendaItem};
+//! use cairn_core::app::{Cairn, CairnConfig, RelayConfig, RelayStatus};
+//!
+//! # async fn demo() -> Result<(), cairn_core::app::CairnError> {
+//! // Every start: the data directory, the relays with this device's credential on each and the
+//! // journal key (both from the platform keystore; Cairn never writes them to disk), and the
+//! // device's IANA zone.
+//! let cairn = Cairn::start(CairnConfig {
+//!     data_dir: "/data/cairn".into(),
+//!     relays: vec![], // RelayConfig { url, credential: Some(from_keystore) } once enrolled
+//!     journal_key: vec![0; 32],
+//!     time_zone: "Europe/London".into(),
+//!     device_name: None,
+//! })?;
+//!
+//! // Once: join with an invite (code, link or QR payload); keep the credential in the keystore.
+//! let relay = "wss://relay.example.org/";
+//! let invite = cairn.workspace().preview_invite(relay, "cairn://invite/ABCD…").await?; // show it
+//! let enrolment = cairn.workspace().join(relay, "cairn://invite/ABCD…", "Ana").await?;
+//! let _for_keystore = enrolment.credential;
+//! cairn.workspace().accept_code_of_conduct(&enrolment.group_id, invite.code_of_conduct_version).await?;
+//!
+//! // A group, a meeting, a live agenda.
+//! let group = cairn.group(&enrolment.group_id);
+//! let meeting = group.create_meeting("March meeting".into(), MeetingKind::Other).await?;
+//! let item_id = meeting
+//!     .add_agenda_item(NewAgendaItem {
+//!         title: "Check-in".into(),
+//!         raised_by: None,
+//!         time_box_minutes: Some(10),
+//!         kind: AgendaKind::Case,
+//!         notes: String::new(),
+//!     })
+//!     .await?;                                  // returns once durable on the device
+//! let agenda = meeting.subscribe(Arc::new(|m: MeetingRecord| println!("{} items", m.agenda.len())));
+//! meeting.minutes().insert_text(0, "Welcome. ".into()).await?;
+//! let _states = cairn.subscribe_relays(Arc::new(|s: Vec<RelayStatus>| println!("{s:?}")));
+//! cairn.set_time_zone("America/New_York")?;    // the member travels: times follow
+//! let report = cairn.sync_now(20_000).await?;   // a background task: bounded
+//! agenda.cancel();
+//! # let _ = (item_id, report, GroupProfile::new("", ""), RelayConfig { url: String::new(), credential: None });
+//! # Ok(()) }
+//! ```
 
 mod cairn;
 mod error;

@@ -393,7 +393,10 @@ async fn import_in_group(
         .run(async move {
             // On the group's relay: a member of groups on two relays registers each
             // document with its own.
-            relay.register(doc, &group, kind).await?;
+            match relay {
+                Some(relay) => relay.register(doc, &group, kind).await?,
+                None => client.register(doc, &group, kind).await?,
+            };
             client.import(doc, bytes).await?;
             Ok(())
         })

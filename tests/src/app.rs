@@ -1,0 +1,75 @@
+//! Helpers for tests that drive the app API (`cairn_core::app`) against the real relay:
+//! start a device, enrol it with an invite, wait for it to be online.
+
+use std::path::Path;
+use std::time::Duration;
+
+use cairn_core::app::{Cairn, CairnConfig, ConnectionState};
+
+/// How long a helper waits before it fails the test.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// A device's start-up settings: its data under `dir`, no relay yet, a fixed journal key,
+/// London time.
+pub fn config(dir: &Path, name: &str) -> CairnConfig {
+    CairnConfig {
+        data_dir: dir.to_string_lossy().into_owned(),
+        relays: Vec::new(),
+        journal_key: vec![9; 32],
+        time_zone: "Europe/London".to_owned(),
+        device_name: Some(name.to_owned()),
+    }
+}
+
+/// A device that joined a group with `invite` under `pseudonym` through the relay at
+/// `url`, and accepted its code of conduct; returns it and the group's id.
+pub async fn joined(
+    dir: &Path,
+    name: &str,
+    url: &str,
+    invite: &str,
+    pseudonym: &str,
+) -> (Cairn, String) {
+    let cairn = Cairn::start(config(dir, name)).expect("starting a device");
+    let preview = cairn
+        .workspace()
+        .preview_invite(url, invite)
+        .await
+        .expect("previewing the invite");
+    let enrolment = cairn
+        .workspace()
+        .join(url, invite, pseudonym)
+        .await
+        .expect("joining");
+    cairn
+        .workspace()
+        .accept_code_of_conduct(&enrolment.group_id, preview.code_of_conduct_version)
+        .await
+        .expect("accepting the code of conduct");
+    (cairn, enrolment.group_id)
+}
+
+/// Polls `check` until it holds; fails the test after [`WAIT`].
+pub async fn eventually<F: std::future::Future<Output = bool>>(what: &str, check: impl Fn() -> F) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Waits until every relay of `cairn` is online.
+pub async fn online(cairn: &Cairn) {
+    let c = cairn.clone();
+    eventually("online", move || {
+        let c = c.clone();
+        async move {
+            let relays = c.relays();
+            !relays.is_empty() && relays.iter().all(|r| r.state == ConnectionState::Online)
+        }
+    })
+    .await;
+}
