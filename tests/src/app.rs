@@ -4,7 +4,10 @@
 use std::path::Path;
 use std::time::Duration;
 
+use cairn_core::app::group::GroupProfile;
+use cairn_core::app::membership::{InviteCode, InviteRequest};
 use cairn_core::app::{Cairn, CairnConfig, ConnectionState};
+use cairn_sync::docs::group::Role;
 
 /// How long a helper waits before it fails the test.
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -72,4 +75,33 @@ pub async fn online(cairn: &Cairn) {
         }
     })
     .await;
+}
+
+/// The organiser's device: joined with the relay's first invite, online, the group set up
+/// (settings and index), and an invite for `members` more members. Returns the device,
+/// the group's id and the invite.
+pub async fn organiser(
+    dir: &Path,
+    relay_url: &str,
+    first_invite: &str,
+    members: u32,
+) -> (Cairn, String, InviteCode) {
+    let (cairn, group_id) = joined(dir, "organiser-phone", relay_url, first_invite, "Robin").await;
+    online(&cairn).await;
+    let group = cairn.group(&group_id);
+    group
+        .set_up(GroupProfile::new("Peer support circle", "Monthly practice"))
+        .await
+        .expect("setting the group up");
+    let invite = group
+        .create_invite(InviteRequest {
+            role: Role::Member,
+            expires_in_secs: 600,
+            max_uses: members,
+            meeting_id: None,
+            access_expires_in_secs: None,
+        })
+        .await
+        .expect("inviting members");
+    (cairn, group_id, invite)
 }

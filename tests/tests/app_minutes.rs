@@ -3,12 +3,9 @@
 //! her insertion — then both reconnect, and each ends with the same text and the exact
 //! mark boundaries.
 
-use cairn_core::app::group::GroupProfile;
 use cairn_core::app::meeting::MeetingKind;
-use cairn_core::app::membership::InviteRequest;
 use cairn_core::app::minutes::{BlockKind, MinutesText};
-use cairn_sync::docs::group::Role;
-use cairn_tests::app::{eventually, joined, online};
+use cairn_tests::app::{eventually, joined, organiser};
 use cairn_tests::proxy::{Network, Proxy};
 use cairn_tests::relay::TestRelay;
 
@@ -41,30 +38,9 @@ async fn bolding_across_a_concurrent_insertion_survives_offline_editing_and_sync
     let (relay, first) = TestRelay::start_with_membership().await;
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     // The recorder sets up the group and the meeting while online.
-    let (recorder, group_id) = joined(
-        dirs[0].path(),
-        "recorder-phone",
-        &relay.url(),
-        &first.link,
-        "Robin",
-    )
-    .await;
-    online(&recorder).await;
+    let (recorder, group_id, invite) =
+        organiser(dirs[0].path(), &relay.url(), &first.link, 2).await;
     let group = recorder.group(&group_id);
-    group
-        .set_up(GroupProfile::new("Circle", "Monthly practice"))
-        .await
-        .unwrap();
-    let invite = group
-        .create_invite(InviteRequest {
-            role: Role::Member,
-            expires_in_secs: 600,
-            max_uses: 2,
-            meeting_id: None,
-            access_expires_in_secs: None,
-        })
-        .await
-        .unwrap();
     let meeting = group
         .create_meeting("Circle".to_owned(), MeetingKind::Training)
         .await

@@ -6,13 +6,11 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cairn_core::app::group::GroupProfile;
 use cairn_core::app::meeting::{AgendaKind, MeetingKind, MeetingRecord, NewAgendaItem};
-use cairn_core::app::membership::InviteRequest;
 use cairn_core::app::{Cairn, CairnError, ConnectionState, Listener, RelayStatus};
 use cairn_sync::docs::group::Role;
 use cairn_sync::store::{SledConfig, SledStore, Storage};
-use cairn_tests::app::{config, eventually, joined, online, WAIT};
+use cairn_tests::app::{config, eventually, joined, online, organiser, WAIT};
 use cairn_tests::proxy::{Network, Proxy};
 use cairn_tests::relay::TestRelay;
 
@@ -145,30 +143,8 @@ impl<T: Clone + Send + 'static> Seen<T> {
 async fn a_whole_meeting_through_the_app_api_with_the_network_lost_and_back() {
     let (relay, first) = TestRelay::start_with_membership().await;
     let (robin_dir, ana_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (robin, group_id) = joined(
-        robin_dir.path(),
-        "robin-phone",
-        &relay.url(),
-        &first.link,
-        "Robin",
-    )
-    .await;
-    online(&robin).await;
+    let (robin, group_id, invite) = organiser(robin_dir.path(), &relay.url(), &first.link, 1).await;
     let group = robin.group(&group_id);
-    group
-        .set_up(GroupProfile::new("Peer support circle", "Monthly practice"))
-        .await
-        .unwrap();
-    let invite = group
-        .create_invite(InviteRequest {
-            role: Role::Member,
-            expires_in_secs: 600,
-            max_uses: 1,
-            meeting_id: None,
-            access_expires_in_secs: None,
-        })
-        .await
-        .unwrap();
 
     // Ana's phone reaches the relay through a network that can go away.
     let proxy = Proxy::start(relay.addr()).await;
@@ -324,30 +300,8 @@ async fn a_whole_meeting_through_the_app_api_with_the_network_lost_and_back() {
 async fn leaving_a_group_wipes_its_documents_from_the_device() {
     let (relay, first) = TestRelay::start_with_membership().await;
     let (robin_dir, ana_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (robin, group_id) = joined(
-        robin_dir.path(),
-        "robin-phone",
-        &relay.url(),
-        &first.link,
-        "Robin",
-    )
-    .await;
-    online(&robin).await;
+    let (robin, group_id, invite) = organiser(robin_dir.path(), &relay.url(), &first.link, 1).await;
     let group = robin.group(&group_id);
-    group
-        .set_up(GroupProfile::new("Peer support circle", "Monthly practice"))
-        .await
-        .unwrap();
-    let invite = group
-        .create_invite(InviteRequest {
-            role: Role::Member,
-            expires_in_secs: 600,
-            max_uses: 1,
-            meeting_id: None,
-            access_expires_in_secs: None,
-        })
-        .await
-        .unwrap();
     let meeting = group
         .create_meeting("April meeting".to_owned(), MeetingKind::Other)
         .await

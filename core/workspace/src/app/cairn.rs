@@ -513,3 +513,53 @@ fn uuid_hex() -> String {
     cairn_sync::membership::os_random(&mut b);
     hex::encode(b)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &std::path::Path) -> CairnConfig {
+        CairnConfig {
+            data_dir: dir.to_string_lossy().into_owned(),
+            relays: Vec::new(),
+            journal_key: vec![1; JOURNAL_KEY_BYTES],
+            time_zone: "Europe/London".to_owned(),
+            device_name: Some("test-phone".to_owned()),
+        }
+    }
+
+    fn invalid<T: std::fmt::Debug>(result: Result<T, CairnError>) -> String {
+        match result {
+            Err(CairnError::Invalid { reason }) => reason,
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn start_up_refuses_bad_settings_with_a_clear_error_and_the_zone_can_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bad = config(dir.path());
+        bad.time_zone = "Mars/Olympus_Mons".to_owned();
+        assert!(invalid(Cairn::start(bad)).contains("time zone"));
+        let mut bad = config(dir.path());
+        bad.journal_key = vec![1; 31];
+        assert!(invalid(Cairn::start(bad)).contains("journal key"));
+        let mut bad = config(dir.path());
+        bad.relays = vec![RelayConfig {
+            url: "ws://127.0.0.1:9/".to_owned(),
+            credential: Some("cairn1_not_a_credential".to_owned()),
+        }];
+        let reason = invalid(Cairn::start(bad));
+        assert!(reason.contains("credential") && !reason.contains("not_a_credential"));
+
+        let cairn = Cairn::start(config(dir.path())).unwrap();
+        assert!(invalid(cairn.set_time_zone("Nowhere/Here")).contains("time zone"));
+        assert_eq!(
+            cairn.time_zone(),
+            "Europe/London",
+            "a refused zone changes nothing"
+        );
+        cairn.set_time_zone("Asia/Tokyo").unwrap();
+        assert_eq!(cairn.time_zone(), "Asia/Tokyo");
+    }
+}
