@@ -54,6 +54,7 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 
 step "tests"
 cargo test --workspace --locked
+scripts/bindings.sh  # the mobile bindings: generated files, Kotlin/Python stories, Swift, iOS, Android
 
 # Last: the replay of every saved crasher (in the tests above) names a failure precisely;
 # the fuzzers look for new ones.

@@ -19,6 +19,9 @@ import uniffi.cairn.CairnConfig
 import uniffi.cairn.CairnException
 import uniffi.cairn.ConnectionState
 import uniffi.cairn.CredentialKeeper
+import uniffi.cairn.CursorRecord
+import uniffi.cairn.CursorsListener
+import uniffi.cairn.DocumentSyncState
 import uniffi.cairn.GroupProfile
 import uniffi.cairn.GroupState
 import uniffi.cairn.InviteRequest
@@ -26,6 +29,7 @@ import uniffi.cairn.MeetingKind
 import uniffi.cairn.MinutesListener
 import uniffi.cairn.MinutesRecord
 import uniffi.cairn.MinutesText
+import uniffi.cairn.PeerCursor
 import uniffi.cairn.RelayConfig
 import uniffi.cairn.RelayStatus
 import uniffi.cairn.RelaysListener
@@ -103,6 +107,13 @@ class ThreadSeen : Seen<ThreadRecord>(), ThreadListener {
 
 class MinutesSeen : Seen<MinutesRecord>(), MinutesListener {
     override fun onUpdate(value: MinutesRecord) = add(value)
+    override fun onError(error: CairnException) {
+        errors.incrementAndGet()
+    }
+}
+
+class CursorsSeen : Seen<List<PeerCursor>>(), CursorsListener {
+    override fun onUpdate(value: List<PeerCursor>) = add(value)
     override fun onError(error: CairnException) {
         errors.incrementAndGet()
     }
@@ -348,12 +359,22 @@ class Run(val relayUrl: String, val organiserInvite: String, val relayData: File
         b.insertText(heading.start, "Decisions")
         val pending = member.cairn.syncNow(300uL)
         check(pending.pending.contains(b.id()), "the offline edits are reported pending, not lost")
+        val offlineStatus = b.syncStatus()
+        check(
+            offlineStatus.state != DocumentSyncState.SAFELY_ON_RELAY && offlineStatus.pendingChanges > 0u,
+            "offline, the minutes' status shows changes not on the relay (${offlineStatus.state}, ${offlineStatus.pendingChanges})",
+        )
         // Meanwhile the organiser edits too.
         a.insertText(firstStart(a.read().current), "Meanwhile the room is booked. ")
 
         member.network.setOnline(true)
         relays.until("the member's app shows online") { s -> s.isNotEmpty() && s.all { it.state == ConnectionState.ONLINE } }
         check(member.cairn.syncNow(10_000uL).pending.isEmpty(), "everything of the member's is on the relay")
+        val onlineStatus = b.syncStatus()
+        check(
+            onlineStatus.state == DocumentSyncState.SAFELY_ON_RELAY && onlineStatus.pendingChanges == 0u,
+            "back online, the minutes are safely on the relay (${onlineStatus.state}, ${onlineStatus.pendingChanges})",
+        )
 
         // Both devices converge on the same text, marks and blocks.
         waitFor("both devices show the same minutes") {
@@ -373,7 +394,18 @@ class Run(val relayUrl: String, val organiserInvite: String, val relayData: File
             "the member's heading survived the merge",
         )
         check(aSeen.errors.get() == 0 && bSeen.errors.get() == 0, "no listener errors")
-        for (s in listOf(aSub, bSub, relaysSub)) s.cancel()
+
+        // Presence: the organiser's selection shows on the member's device, then goes.
+        val cursors = CursorsSeen()
+        val cursorsSub = b.subscribeCursors(cursors)
+        a.setCursor(CursorRecord(anchor = 2u, head = 7u))
+        cursors.until("the organiser's selection on the member's device") { c ->
+            c.any { it.anchor == 2u && it.head == 7u }
+        }
+        a.setCursor(null)
+        cursors.until("the organiser's selection gone from the member's device") { it.isEmpty() }
+        check(cursors.errors.get() == 0, "no cursor listener errors")
+        for (s in listOf(aSub, bSub, relaysSub, cursorsSub)) s.cancel()
         val delivered = bSeen.count()
         a.insertText(0u, "After cancel. ")
         waitFor("the edit after cancel reaches the member") { b.read().current.text.contains("After cancel") }

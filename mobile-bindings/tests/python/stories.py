@@ -238,6 +238,25 @@ class ThreadSeen(cairn.ThreadListener):
         self.errors += 1
 
 
+class MinutesSeen(cairn.MinutesListener):
+    def __init__(self) -> None:
+        self.values, self.errors = [], 0
+
+    def on_update(self, value) -> None:
+        self.values.append(value)
+
+    def on_error(self, error) -> None:
+        self.errors += 1
+
+
+def text_of(t):
+    """A MinutesText as plain tuples (text; paragraphs with kind, range, runs and marks),
+    to compare two devices' copies."""
+    return (t.text, tuple((repr(p.kind), p.start, p.end,
+                           tuple((r.text, r.bold, r.italic, r.link, r.off_record) for r in p.runs))
+                          for p in t.paragraphs))
+
+
 JOURNAL_KEY = bytes((i * 7 + 3) % 256 for i in range(32))
 
 
@@ -371,6 +390,48 @@ class Run:
         for i, text in enumerate(self.reflections):
             check(text.encode() not in stored, f"reflection {i + 1} is not in the relay's store")
 
+    async def minutes_co_edited_offline_and_back(self) -> None:
+        """(2) Two devices co-edit the minutes, one offline for part of it; both end the same."""
+        meeting = await self.organiser.cairn.group(self.group_id).create_meeting("March meeting", cairn.MeetingKind.OTHER)
+        a = meeting.minutes()
+        check(not (await self.organiser.cairn.sync_now(10_000)).pending, "the meeting reached the relay")
+        b = self.member.cairn.group(self.group_id).meeting(meeting.id()).minutes()
+        a_seen, b_seen = MinutesSeen(), MinutesSeen()
+        subscriptions = [a.subscribe(a_seen), b.subscribe(b_seen)]
+        await wait_for("the member's app shows the minutes",
+                       lambda: a_seen.values and b_seen.values and
+                       text_of(a_seen.values[-1].current) == text_of(b_seen.values[-1].current))
+
+        def first_start(t) -> int:
+            return t.paragraphs[0].start if t.paragraphs else 0
+
+        await a.insert_text(first_start((await a.read()).current), "Alpha welcomes everyone. ")
+        self.member.network.set_online(False)
+
+        def offline():
+            return all(r.state != cairn.ConnectionState.ONLINE for r in self.member.cairn.relays())
+        await wait_for("the member's app shows offline", offline)
+        at = first_start((await b.read()).current)
+        await b.insert_text(at, "Offline idea. ")
+        await b.set_bold(at, at + len("Offline idea"), True)
+        check(b.id() in (await self.member.cairn.sync_now(300)).pending, "the offline edit is pending, not lost")
+        await a.insert_text(first_start((await a.read()).current), "Room booked. ")
+        self.member.network.set_online(True)
+        await self.member.online()
+
+        def same():
+            x = a_seen.values[-1].current if a_seen.values else None
+            y = b_seen.values[-1].current if b_seen.values else None
+            return (x is not None and y is not None and text_of(x) == text_of(y)
+                    and "Offline idea" in x.text and "Room booked" in x.text and "Alpha" in x.text)
+        await wait_for("both devices show the same minutes", same)
+        final = text_of((await a.read()).current)
+        check(final == text_of((await b.read()).current), "read() agrees on both devices")
+        check(any(run[0] == "Offline idea" and run[1] for p in final[1] for run in p[3]),
+              "the member's bold mark survived the merge")
+        for sub in subscriptions:
+            sub.cancel()
+
     async def typed_errors(self) -> None:
         ws = self.organiser.cairn.workspace()
         try:
@@ -399,6 +460,8 @@ async def main() -> int:
     for name, story in [
         ("story 3: an invite, a second device joins, accepts, posts; the first sees it", run.invite_join_post),
         ("story 1: two reflections survive a restart and never reach the relay", run.reflections_survive_a_restart),
+        ("story 2: two devices co-edit the minutes, one offline for part of it, and agree",
+         run.minutes_co_edited_offline_and_back),
         ("typed errors: a used invite, a bad journal key", run.typed_errors),
     ]:
         try:
