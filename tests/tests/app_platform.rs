@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use cairn_core::app::meeting::MeetingKind;
 use cairn_core::app::minutes::BlockKind;
 use cairn_core::app::presence::{CursorRecord, PeerCursor};
-use cairn_core::app::{Cairn, CredentialKeeper, DocumentSyncState, Platform};
+use cairn_core::app::{Cairn, CredentialKeeper, DocumentSync, DocumentSyncState, Platform};
 use cairn_sync::client::{
     Connection, HttpRequest, HttpResponse, HttpTransport, HyperTransport, Transport,
     TransportError, TungsteniteTransport,
@@ -169,6 +169,10 @@ async fn a_document_says_whether_its_changes_are_only_here_or_safe_on_the_relay(
     let (member, _) = joined(dirs[1].path(), "phone", &net.ws_url(), &invite.link, "Sam").await;
     let theirs = member.group(&group_id).meeting(&meeting.id()).unwrap();
     theirs.read().await.unwrap();
+    let states: Arc<Mutex<Vec<DocumentSync>>> = Arc::default();
+    let log = states.clone();
+    let live =
+        theirs.subscribe_sync_status(Arc::new(move |s: DocumentSync| log.lock().unwrap().push(s)));
     net.set(Network::Down);
     theirs.set_title("Circle, March".to_owned()).await.unwrap();
     let waiting = theirs.sync_status().await.unwrap();
@@ -186,6 +190,22 @@ async fn a_document_says_whether_its_changes_are_only_here_or_safe_on_the_relay(
         }
     })
     .await;
+    // The live status went the same way: sending while offline, then safe.
+    let l = states.clone();
+    eventually("the live status reached safe", move || {
+        let last = l.lock().unwrap().last().copied();
+        async move { last.is_some_and(|s| s.state == DocumentSyncState::SafelyOnRelay) }
+    })
+    .await;
+    let seen = states.lock().unwrap().clone();
+    let sending = seen
+        .iter()
+        .position(|s| s.state == DocumentSyncState::Sending && s.pending_changes >= 1);
+    assert!(
+        sending.is_some(),
+        "the offline edit showed as sending: {seen:?}"
+    );
+    live.cancel();
     for c in [organiser, member] {
         c.shutdown().await;
     }

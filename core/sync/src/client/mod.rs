@@ -882,6 +882,14 @@ impl Client {
         Ok(())
     }
 
+    /// A receiver that changes on every event about `doc`: a change (local or synced), a
+    /// load, a relay showing its heads (an acknowledgement), durability, a failed write,
+    /// unavailability. For values that depend on more than the document's content, like
+    /// its sync status; [`Client::subscribe`] is the way to follow the content.
+    pub fn document_events(&self, doc: DocumentId) -> watch::Receiver<u64> {
+        self.shared.docs.subscribe(doc)
+    }
+
     /// A receiver that changes whenever another peer's presence on `doc` arrives (a
     /// snapshot, an update, a heartbeat or a goodbye) or every peer is forgotten (the last
     /// connection closed). Peers that fall silent drop out of [`Client::presence`] after

@@ -472,6 +472,73 @@ impl Cairn {
         Subscription::new(cancelled, move || handle.cancel())
     }
 
+    /// A live value computed by `compute` (which reads through the handles' plumbing):
+    /// delivered first, then again whenever it differs after an event on `doc` (a change,
+    /// a relay showing its heads, an acknowledgement), a wake-up on `extra`, or every
+    /// `every` (for values that change without an event, like a peer falling silent).
+    pub(crate) fn subscribe_computed<T, F, Fut>(
+        &self,
+        doc: DocumentId,
+        mut extra: Option<tokio::sync::watch::Receiver<u64>>,
+        every: Option<Duration>,
+        compute: F,
+        listener: Arc<dyn Listener<T>>,
+    ) -> Subscription
+    where
+        T: Clone + PartialEq + Send + 'static,
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<T, CairnError>> + Send + 'static,
+    {
+        let cancelled = Arc::new(AtomicBool::new(false));
+        // Listening before the first read, so no event between the two is missed.
+        let mut events = self.inner.client.document_events(doc);
+        let flag = cancelled.clone();
+        let task = self.spawn(async move {
+            let mut last: Option<T> = None;
+            loop {
+                events.borrow_and_update();
+                let now = compute().await;
+                if flag.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                match now {
+                    Ok(v) if last.as_ref() != Some(&v) => {
+                        last = Some(v.clone());
+                        listener.on_update(v);
+                    }
+                    Ok(_) => {}
+                    Err(e) => listener.on_error(e),
+                }
+                let extra_changed = async {
+                    match extra.as_mut() {
+                        Some(rx) => rx.changed().await.is_ok(),
+                        None => std::future::pending().await,
+                    }
+                };
+                let tick = async {
+                    match every {
+                        Some(d) => tokio::time::sleep(d).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    alive = extra_changed => {
+                        if !alive {
+                            return;
+                        }
+                    }
+                    changed = events.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                    }
+                    () = tick => {}
+                }
+            }
+        });
+        Subscription::new(cancelled, move || task.abort())
+    }
+
     /// The device's current IANA zone.
     pub(crate) fn zone(&self) -> TimeZone {
         self.inner

@@ -4,7 +4,6 @@
 //! same character while others type before it; the app sees UTF-16 indexes into
 //! [`MinutesText::text`](crate::app::minutes::MinutesText), as every minutes call does.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use automerge::Automerge;
@@ -120,46 +119,18 @@ impl Minutes {
     /// a peer moves, arrives or leaves, or an edit moves their positions (a peer gone
     /// silent drops out within [`PEER_TTL`]).
     pub fn subscribe_cursors(&self, listener: Arc<dyn Listener<Vec<PeerCursor>>>) -> Subscription {
-        let cancelled = Arc::new(AtomicBool::new(false));
-        let client = self.cairn.inner.client.clone();
-        let doc = self.doc;
-        let mut presence = client.presence_changes(doc);
-        // Edits move positions: re-resolve on every change of the document.
-        let edits = Arc::new(tokio::sync::Notify::new());
-        let on_edit = edits.clone();
-        let doc_watch = client.subscribe(doc, |_| (), move |_| on_edit.notify_one());
+        let presence = self.cairn.inner.client.presence_changes(self.doc);
         let minutes = self.clone();
-        let flag = cancelled.clone();
-        let task = self.cairn.spawn(async move {
-            let mut last: Option<Vec<PeerCursor>> = None;
-            loop {
-                let now = minutes.cursors().await;
-                if flag.load(Ordering::SeqCst) {
-                    return;
-                }
-                match now {
-                    Ok(v) if last.as_ref() != Some(&v) => {
-                        last = Some(v.clone());
-                        listener.on_update(v);
-                    }
-                    Ok(_) => {}
-                    Err(e) => listener.on_error(e),
-                }
-                tokio::select! {
-                    changed = presence.changed() => {
-                        if changed.is_err() {
-                            return;
-                        }
-                    }
-                    () = edits.notified() => {}
-                    // Silent peers expire without an event.
-                    () = tokio::time::sleep(PEER_TTL / 3) => {}
-                }
-            }
-        });
-        Subscription::new(cancelled, move || {
-            task.abort();
-            doc_watch.cancel();
-        })
+        self.cairn.subscribe_computed(
+            self.doc,
+            Some(presence),
+            // Silent peers expire without an event.
+            Some(PEER_TTL / 3),
+            move || {
+                let minutes = minutes.clone();
+                async move { minutes.cursors().await }
+            },
+            listener,
+        )
     }
 }

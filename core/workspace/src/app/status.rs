@@ -6,7 +6,9 @@
 use cairn_sync::client::SyncStatus;
 use cairn_sync::ids::DocumentId;
 
-use crate::app::{Cairn, CairnError, Meeting, Minutes, Resources, Series, Thread};
+use crate::app::{
+    Cairn, CairnError, Listener, Meeting, Minutes, Resources, Series, Subscription, Thread,
+};
 
 /// Where a document's changes made on this device stand.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -62,6 +64,25 @@ macro_rules! sync_status {
             /// the relay, with the number of changes not yet acknowledged.
             pub async fn sync_status(&self) -> Result<DocumentSync, CairnError> {
                 self.cairn.document_sync(self.doc).await
+            }
+
+            /// This document's sync status, live: the current one first, then each
+            /// change (an edit here, the relay acknowledging it).
+            pub fn subscribe_sync_status(
+                &self,
+                listener: std::sync::Arc<dyn Listener<DocumentSync>>,
+            ) -> Subscription {
+                let (cairn, doc) = (self.cairn.clone(), self.doc);
+                self.cairn.subscribe_computed(
+                    doc,
+                    None,
+                    None,
+                    move || {
+                        let cairn = cairn.clone();
+                        async move { cairn.document_sync(doc).await }
+                    },
+                    listener,
+                )
             }
         }
     )*};
