@@ -1,0 +1,1 @@
+//! The platform network adapters against fake host sockets (no network).
