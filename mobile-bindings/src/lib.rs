@@ -23,6 +23,13 @@ pub mod objects;
 pub mod platform;
 pub mod records;
 
+/// Calls host code, containing a host exception: uniffi turns an exception thrown by a
+/// host method that returns nothing into a Rust panic, which must not unwind through
+/// Cairn's runtime (a dead connection loop would never reconnect). `None` if it threw.
+pub(crate) fn host<T>(call: impl FnOnce() -> T) -> Option<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)).ok()
+}
+
 /// This library's version (the Cargo package version).
 #[uniffi::export]
 pub fn cairn_version() -> String {

@@ -1,6 +1,7 @@
 //! The host-implemented listeners: one foreign trait per live value type, each adapted to
 //! `cairn_core::app::Listener<T>`. Cairn calls them on its own runtime threads: the host
-//! hands the value to its UI thread and returns quickly.
+//! hands the value to its UI thread and returns quickly. An exception a listener throws
+//! is dropped here (the subscription goes on).
 
 use std::sync::Arc;
 
@@ -38,11 +39,11 @@ macro_rules! listener {
 
         impl Listener<$value> for Adapter<dyn $name> {
             fn on_update(&self, value: $value) {
-                self.0.on_update(value)
+                crate::host(|| self.0.on_update(value));
             }
 
             fn on_error(&self, error: CairnError) {
-                self.0.on_error(error)
+                crate::host(|| self.0.on_error(error));
             }
         }
     };

@@ -279,7 +279,7 @@ impl HostConnection {
     /// Closes the host socket once.
     fn close_socket(&self) {
         if !self.closed.swap(true, Ordering::SeqCst) {
-            self.socket.close();
+            crate::host(|| self.socket.close());
         }
     }
 
@@ -302,8 +302,7 @@ impl Connection for HostConnection {
     fn send(&self, frame: Vec<u8>) -> BoxFuture<'_, Result<(), TransportError>> {
         Box::pin(async move {
             self.usable()?;
-            self.socket.send(frame);
-            Ok(())
+            crate::host(|| self.socket.send(frame)).ok_or(TransportError::Closed)
         })
     }
 
@@ -320,8 +319,7 @@ impl Connection for HostConnection {
     fn ping(&self) -> BoxFuture<'_, Result<(), TransportError>> {
         Box::pin(async move {
             self.usable()?;
-            self.socket.ping();
-            Ok(())
+            crate::host(|| self.socket.ping()).ok_or(TransportError::Closed)
         })
     }
 
@@ -339,7 +337,10 @@ impl Transport for HostTransport {
         Box::pin(async move {
             let (events, opened, received) = SocketEvents::new(self.max_frame_bytes);
             let bearer = credential.map(|c| c.as_str().to_owned());
-            let socket = self.network.open_socket(url.to_owned(), bearer, events);
+            let socket = crate::host(|| self.network.open_socket(url.to_owned(), bearer, events))
+                .ok_or_else(|| TransportError::Unreachable {
+                reason: "the platform failed to open a socket".to_owned(),
+            })?;
             let connection = HostConnection {
                 socket,
                 received: tokio::sync::Mutex::new(received),
@@ -374,7 +375,11 @@ impl HttpTransport for HostTransport {
                 bearer: request.bearer.map(|c| c.as_str().to_owned()),
                 json_body: request.json,
             };
-            self.network.http_request(request, reply);
+            if crate::host(|| self.network.http_request(request, reply)).is_none() {
+                return Err(TransportError::Unreachable {
+                    reason: "the platform failed to send the request".to_owned(),
+                });
+            }
             rx.await.unwrap_or_else(|_| {
                 Err(TransportError::Unreachable {
                     reason: "the platform released the request without an answer".to_owned(),

@@ -257,3 +257,59 @@ async fn a_dropped_unanswered_or_oversized_http_reply_is_unreachable() {
         ));
     }
 }
+
+/// A host whose every call throws (uniffi turns that into a panic in Rust).
+struct ThrowingHost;
+
+impl PlatformSocket for ThrowingHost {
+    fn send(&self, _frame: Vec<u8>) {
+        panic!("host exception in send");
+    }
+    fn ping(&self) {
+        panic!("host exception in ping");
+    }
+    fn close(&self) {
+        panic!("host exception in close");
+    }
+}
+
+impl PlatformNetwork for ThrowingHost {
+    fn open_socket(
+        &self,
+        _url: String,
+        _bearer: Option<String>,
+        events: Arc<SocketEvents>,
+    ) -> Arc<dyn PlatformSocket> {
+        if lock(&events.received).is_some() && events.max_frame_bytes == 1 {
+            panic!("host exception in open_socket");
+        }
+        events.opened();
+        Arc::new(ThrowingHost)
+    }
+    fn http_request(&self, _request: NetworkRequest, _reply: Arc<HttpReply>) {
+        panic!("host exception in http_request");
+    }
+}
+
+#[tokio::test]
+async fn a_host_exception_fails_the_call_instead_of_unwinding_through_cairn() {
+    let host: Arc<dyn PlatformNetwork> = Arc::new(ThrowingHost);
+    let mut t = HostTransport::new(host);
+    let conn = dial(&t).await.expect("opened");
+    assert!(matches!(
+        conn.send(vec![1]).await,
+        Err(TransportError::Closed)
+    ));
+    assert!(matches!(conn.ping().await, Err(TransportError::Closed)));
+    conn.close().await; // throws inside: contained
+    drop(conn);
+    assert!(matches!(
+        t.request(request(None)).await,
+        Err(TransportError::Unreachable { .. })
+    ));
+    t.max_frame_bytes = 1; // makes this host throw in open_socket
+    assert!(matches!(
+        dial(&t).await,
+        Err(TransportError::Unreachable { .. })
+    ));
+}
