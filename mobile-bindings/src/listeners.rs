@@ -8,6 +8,7 @@ use std::sync::Arc;
 use cairn_core::app::group::GroupRecord;
 use cairn_core::app::meeting::MeetingRecord;
 use cairn_core::app::minutes::MinutesRecord;
+use cairn_core::app::presence::PeerCursor;
 use cairn_core::app::resources::ResourceRecord;
 use cairn_core::app::series::SeriesRecord;
 use cairn_core::app::thread::ThreadRecord;
@@ -76,4 +77,8 @@ listener!(
 listener!(
     /// Receives every relay's connection state.
     RelaysListener(Vec<RelayStatus>)
+);
+listener!(
+    /// Receives the other devices' cursors in the minutes.
+    CursorsListener(Vec<PeerCursor>)
 );

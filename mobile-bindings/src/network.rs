@@ -8,9 +8,6 @@
 //! `HttpTransport`. Frames and bodies are never logged; a frame or body larger than the
 //! engine would accept is a failure, not something to buffer.
 
-// Until the app's `Cairn::start_with` lands, only the tests use the adapters.
-#![cfg_attr(not(test), allow(dead_code))]
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;

@@ -4,7 +4,11 @@ use std::sync::Arc;
 
 use cairn_core::app;
 
+use cairn_sync::client::{HttpTransport, Transport};
+
 use super::*;
+use crate::network::HostTransport;
+use crate::platform::HostKeeper;
 
 #[uniffi::export]
 impl Cairn {
@@ -18,9 +22,23 @@ impl Cairn {
         network: Option<Arc<dyn PlatformNetwork>>,
         credentials: Option<Arc<dyn CredentialKeeper>>,
     ) -> Result<Arc<Cairn>, CairnError> {
-        // Until the platform hooks land in the app API: no host network, no keeper.
-        let _ = (network, credentials);
-        app::Cairn::start(config).map(Cairn::wrap)
+        let (transport, http) = match network {
+            Some(network) => {
+                let host = Arc::new(HostTransport::new(network));
+                let transport: Arc<dyn Transport> = host.clone();
+                let http: Arc<dyn HttpTransport> = host;
+                (Some(transport), Some(http))
+            }
+            None => (None, None),
+        };
+        let credentials = credentials
+            .map(|keeper| Arc::new(HostKeeper(keeper)) as Arc<dyn app::CredentialKeeper>);
+        let platform = app::Platform {
+            transport,
+            http,
+            credentials,
+        };
+        app::Cairn::start_with(config, platform).map(Cairn::wrap)
     }
 
     /// The device's IANA time zone changed (a member who travels): times are shown in the

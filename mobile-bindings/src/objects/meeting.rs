@@ -16,6 +16,12 @@ impl Meeting {
         self.0.group_id()
     }
 
+    /// This document's sync status: only on this device, sending, or safely on the relay,
+    /// with the number of changes not yet acknowledged.
+    pub async fn sync_status(&self) -> Result<DocumentSync, CairnError> {
+        self.0.sync_status().await
+    }
+
     /// The meeting as it is on this device now.
     pub async fn read(&self) -> Result<MeetingRecord, CairnError> {
         self.0.read().await

@@ -16,6 +16,12 @@ impl Minutes {
         self.0.group_id()
     }
 
+    /// This document's sync status: only on this device, sending, or safely on the relay,
+    /// with the number of changes not yet acknowledged.
+    pub async fn sync_status(&self) -> Result<DocumentSync, CairnError> {
+        self.0.sync_status().await
+    }
+
     /// The minutes as they are on this device now.
     pub async fn read(&self) -> Result<MinutesRecord, CairnError> {
         self.0.read().await
@@ -126,5 +132,22 @@ impl Minutes {
     /// was asked for and the minutes are a draft.
     pub async fn export_html(&self, version: MinutesVersion) -> Result<Option<String>, CairnError> {
         self.0.export_html(version).await
+    }
+
+    /// Shows this device's caret or selection to everyone else in these minutes (`None`:
+    /// leaves, and others stop showing it at once). Indexes past the end are Invalid.
+    pub async fn set_cursor(&self, cursor: Option<CursorRecord>) -> Result<(), CairnError> {
+        self.0.set_cursor(cursor).await
+    }
+
+    /// The other devices' carets and selections in these minutes now.
+    pub async fn cursors(&self) -> Result<Vec<PeerCursor>, CairnError> {
+        self.0.cursors().await
+    }
+
+    /// The other devices' cursors, live: the current list first, then a new one whenever
+    /// a peer moves, arrives or leaves, or an edit moves their positions.
+    pub fn subscribe_cursors(&self, listener: Arc<dyn CursorsListener>) -> Arc<Subscription> {
+        Subscription::wrap(self.0.subscribe_cursors(listen(listener)))
     }
 }

@@ -14,11 +14,14 @@ pub(crate) use cairn_core::app::journal::*;
 pub(crate) use cairn_core::app::meeting::*;
 pub(crate) use cairn_core::app::membership::*;
 pub(crate) use cairn_core::app::minutes::*;
+pub(crate) use cairn_core::app::presence::*;
 pub(crate) use cairn_core::app::resources::*;
 pub(crate) use cairn_core::app::series::*;
 pub(crate) use cairn_core::app::thread::*;
 pub(crate) use cairn_core::app::workspace::*;
-pub(crate) use cairn_core::app::{CairnConfig, CairnError, RelayConfig, RelayStatus, SyncReport};
+pub(crate) use cairn_core::app::{
+    CairnConfig, CairnError, DocumentSync, RelayConfig, RelayStatus, SyncReport,
+};
 pub(crate) use cairn_sync::docs::group::Role;
 
 mod cairn;
