@@ -12,7 +12,7 @@ use cairn_core::app::presence::PeerCursor;
 use cairn_core::app::resources::ResourceRecord;
 use cairn_core::app::series::SeriesRecord;
 use cairn_core::app::thread::ThreadRecord;
-use cairn_core::app::{CairnError, Listener, RelayStatus};
+use cairn_core::app::{CairnError, DocumentSync, Listener, RelayStatus};
 
 /// A host listener seen as an app listener.
 pub(crate) struct Adapter<L: ?Sized>(Arc<L>);
@@ -81,4 +81,8 @@ listener!(
 listener!(
     /// Receives the other devices' cursors in the minutes.
     CursorsListener(Vec<PeerCursor>)
+);
+listener!(
+    /// Receives a document's sync status: only on this device, sending, safe on the relay.
+    SyncStatusListener(DocumentSync)
 );

@@ -22,6 +22,15 @@ impl Minutes {
         self.0.sync_status().await
     }
 
+    /// This document's sync status, live: the current one first, then each change (an
+    /// edit here, the relay acknowledging it).
+    pub fn subscribe_sync_status(
+        &self,
+        listener: Arc<dyn SyncStatusListener>,
+    ) -> Arc<Subscription> {
+        Subscription::wrap(self.0.subscribe_sync_status(listen(listener)))
+    }
+
     /// The minutes as they are on this device now.
     pub async fn read(&self) -> Result<MinutesRecord, CairnError> {
         self.0.read().await

@@ -22,6 +22,15 @@ impl Thread {
         self.0.sync_status().await
     }
 
+    /// This document's sync status, live: the current one first, then each change (an
+    /// edit here, the relay acknowledging it).
+    pub fn subscribe_sync_status(
+        &self,
+        listener: Arc<dyn SyncStatusListener>,
+    ) -> Arc<Subscription> {
+        Subscription::wrap(self.0.subscribe_sync_status(listen(listener)))
+    }
+
     /// The thread now.
     pub async fn read(&self) -> Result<ThreadRecord, CairnError> {
         self.0.read().await
