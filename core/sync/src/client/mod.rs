@@ -338,6 +338,8 @@ struct Shared {
     state: Mutex<State>,
     /// Wakes the waiters and subscriptions of one document.
     docs: DocNotifiers,
+    /// Wakes the watchers of one document's presence ([`Client::presence_changes`]).
+    presence_watch: DocNotifiers,
     /// Wakes waits that depend on connections and registrations.
     general: watch::Sender<u64>,
     /// Wakes waits over many documents ([`Client::sync_now`]); subscriptions never use it.
@@ -391,12 +393,14 @@ struct ClientObserver(Arc<Shared>);
 enum Wake {
     Nobody,
     Doc(DocumentId),
+    Presence(DocumentId),
     General,
 }
 
 impl Observer for ClientObserver {
     fn event(&mut self, event: &Event) {
         let mut announce = Vec::new();
+        let mut forgotten_presence = false;
         let wake = self.0.with(|s| match event {
             Event::Ephemeral { doc, sender, data } => {
                 let Some(msg) = PresenceMessage::decode(data) else {
@@ -411,8 +415,9 @@ impl Observer for ClientObserver {
                 {
                     announce.push(*doc);
                 }
-                // Presence is read when the app asks ([`Client::presence`]).
-                Wake::Nobody
+                // Presence is read when the app asks ([`Client::presence`]); its watchers
+                // are told to ask again.
+                Wake::Presence(*doc)
             }
             Event::DocumentDurable { doc, heads } => {
                 s.durable.entry(*doc).or_default().insert(heads.clone());
@@ -449,6 +454,7 @@ impl Observer for ClientObserver {
                 if s.connections.is_empty() {
                     // Their goodbyes cannot reach us any more.
                     s.presence.forget_all_peers();
+                    forgotten_presence = true;
                 }
                 Wake::General
             }
@@ -460,9 +466,13 @@ impl Observer for ClientObserver {
         for doc in announce {
             let _ = self.0.announce.send(doc);
         }
+        if forgotten_presence {
+            self.0.presence_watch.notify_all();
+        }
         match wake {
             Wake::Nobody => {}
             Wake::Doc(doc) => self.0.doc_changed(doc),
+            Wake::Presence(doc) => self.0.presence_watch.notify(doc),
             Wake::General => self.0.bump(),
         }
     }
@@ -531,6 +541,7 @@ impl Client {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             docs: DocNotifiers::default(),
+            presence_watch: DocNotifiers::default(),
             general: watch::channel(0).0,
             any_doc: watch::channel(0).0,
             wakeups: AtomicU64::new(0),
@@ -786,7 +797,8 @@ impl Client {
         Ok(self.sync_state(doc).await?.1)
     }
 
-    async fn sync_state(&self, doc: DocumentId) -> Result<(SyncStatus, usize), ClientError> {
+    /// [`Client::status`] and [`Client::pending_changes`] read together, at one moment.
+    pub async fn sync_state(&self, doc: DocumentId) -> Result<(SyncStatus, usize), ClientError> {
         let theirs = self.shared.with(|s| s.remote_heads.get(&doc).cloned());
         let state = self
             .host
@@ -868,6 +880,22 @@ impl Client {
                 .await?;
         }
         Ok(())
+    }
+
+    /// A receiver that changes on every event about `doc`: a change (local or synced), a
+    /// load, a relay showing its heads (an acknowledgement), durability, a failed write,
+    /// unavailability. For values that depend on more than the document's content, like
+    /// its sync status; [`Client::subscribe`] is the way to follow the content.
+    pub fn document_events(&self, doc: DocumentId) -> watch::Receiver<u64> {
+        self.shared.docs.subscribe(doc)
+    }
+
+    /// A receiver that changes whenever another peer's presence on `doc` arrives (a
+    /// snapshot, an update, a heartbeat or a goodbye) or every peer is forgotten (the last
+    /// connection closed). Peers that fall silent drop out of [`Client::presence`] after
+    /// [`PEER_TTL`] without a wake-up: a watcher re-reads at least that often.
+    pub fn presence_changes(&self, doc: DocumentId) -> watch::Receiver<u64> {
+        self.shared.presence_watch.subscribe(doc)
     }
 
     /// Other peers present on `doc` now (silent ones drop out after [`PEER_TTL`]).

@@ -49,6 +49,15 @@ impl DocNotifiers {
         }
     }
 
+    /// Wakes every document's listeners.
+    pub(super) fn notify_all(&self) {
+        let mut docs = self.map();
+        docs.retain(|_, tx| tx.receiver_count() > 0);
+        for tx in docs.values() {
+            tx.send_modify(|v| *v = v.wrapping_add(1));
+        }
+    }
+
     /// Notifiers currently kept (tests).
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {

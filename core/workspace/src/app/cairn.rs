@@ -11,7 +11,8 @@ use std::time::Duration;
 use automerge::transaction::Transaction;
 use automerge::Automerge;
 use cairn_sync::client::{
-    Client, ClientConfig, ClientError, RelayApi, RelayEndpoint, RelayHandle, Update,
+    Client, ClientConfig, ClientError, HttpTransport, HyperTransport, RelayApi, RelayEndpoint,
+    RelayHandle, Transport, TungsteniteTransport, Update,
 };
 use cairn_sync::ids::{DocumentId, MemberId};
 use cairn_sync::membership::api::GroupInfo;
@@ -80,6 +81,98 @@ impl std::fmt::Debug for CairnConfig {
     }
 }
 
+/// Receives this device's credential whenever Cairn obtains a new one (joining a group
+/// with an invite enrols the device; rotating replaces it), so the app can keep it in the
+/// platform keystore even if the screen that asked has gone. Called on Cairn's runtime
+/// threads before the call that obtained it returns; keep it quick.
+pub trait CredentialKeeper: Send + Sync {
+    /// `credential` is now this device's credential on the relay at `relay_url`: keep it
+    /// (the previous one there, if any, is refused from now on).
+    fn keep(&self, relay_url: &str, credential: &str);
+}
+
+/// What the platform provides: its network (so TLS, proxies and background rules are the
+/// platform's: OkHttp or the JDK on Android, `URLSession` on iOS) and its keystore.
+/// [`Platform::default`]: tokio-tungstenite websockets and plain-HTTP hyper (`ws://` and
+/// `http://` only; tests, desktop), no keeper.
+#[derive(Clone, Default)]
+pub struct Platform {
+    /// Opens the websockets to relays. `None`: tokio-tungstenite.
+    pub transport: Option<Arc<dyn Transport>>,
+    /// Carries the membership API's HTTP calls. `None`: hyper over plain HTTP.
+    pub http: Option<Arc<dyn HttpTransport>>,
+    /// Told of every new credential. `None`: the app reads them from the calls' results.
+    pub credentials: Option<Arc<dyn CredentialKeeper>>,
+}
+
+impl std::fmt::Debug for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Platform")
+            .field("transport", &self.transport.is_some())
+            .field("http", &self.http.is_some())
+            .field("credentials", &self.credentials.is_some())
+            .finish()
+    }
+}
+
+/// The platform's transports with the defaults filled in.
+#[derive(Clone)]
+pub(crate) struct Network {
+    transport: Arc<dyn Transport>,
+    http: Arc<dyn HttpTransport>,
+    keeper: Option<Arc<dyn CredentialKeeper>>,
+}
+
+impl Network {
+    fn new(platform: Platform) -> Network {
+        let max_frame = cairn_sync::engine::Limits::default().max_frame_bytes;
+        Network {
+            transport: platform
+                .transport
+                .unwrap_or_else(|| Arc::new(TungsteniteTransport::new(max_frame))),
+            http: platform
+                .http
+                .unwrap_or_else(|| Arc::new(HyperTransport::new())),
+            keeper: platform.credentials,
+        }
+    }
+
+    /// The membership API of the relay whose websocket is at `url`, without a credential.
+    pub(crate) fn api(&self, url: &str) -> Result<RelayApi, CairnError> {
+        cairn_sync::client::api_base_for(url)
+            .map(|base| RelayApi::new(&base, self.http.clone()))
+            .ok_or_else(|| CairnError::invalid("the relay URL is not ws:// or wss://"))
+    }
+
+    /// Starts syncing with the relay at `url` over the platform's transports.
+    pub(crate) fn connect(
+        &self,
+        client: &Client,
+        url: &str,
+        credential: Option<Credential>,
+    ) -> RelayEntry {
+        let member = credential.as_ref().map(|c| c.identity().member.clone());
+        let endpoint = RelayEndpoint {
+            url: url.to_owned(),
+            transport: self.transport.clone(),
+            api: self.api(url).ok(),
+            credential,
+        };
+        RelayEntry {
+            url: url.to_owned(),
+            handle: client.connect_to(endpoint),
+            member,
+        }
+    }
+
+    /// Hands a new credential to the app's keeper.
+    pub(crate) fn keep(&self, relay_url: &str, credential: &str) {
+        if let Some(keeper) = &self.keeper {
+            keeper.keep(relay_url, credential);
+        }
+    }
+}
+
 /// The runtime Cairn runs on: its own, or the app's.
 enum Runtime {
     Owned(Option<tokio::runtime::Runtime>),
@@ -105,6 +198,8 @@ pub(crate) struct Inner {
     _runtime: Runtime,
     zone: Mutex<TimeZone>,
     journal: Journal,
+    /// The platform's network and keystore hook.
+    pub(crate) network: Network,
     /// Which relay (by URL) each known group is on, and what it last said of the group.
     pub(crate) groups: Mutex<BTreeMap<GroupId, (String, GroupInfo)>>,
     /// The relays this device is enrolled with, in the order given.
@@ -135,9 +230,15 @@ impl std::fmt::Debug for Cairn {
 }
 
 impl Cairn {
-    /// Starts Cairn on a runtime of its own ([`RUNTIME_THREADS`] threads). Call it from
-    /// any thread that is not itself running async code.
+    /// Starts Cairn on a runtime of its own ([`RUNTIME_THREADS`] threads) with the
+    /// default network (tokio-tungstenite, plain HTTP). Call it from any thread that is
+    /// not itself running async code.
     pub fn start(config: CairnConfig) -> Result<Cairn, CairnError> {
+        Cairn::start_with(config, Platform::default())
+    }
+
+    /// Starts Cairn on a runtime of its own over the platform's network and keystore.
+    pub fn start_with(config: CairnConfig, platform: Platform) -> Result<Cairn, CairnError> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(RUNTIME_THREADS)
             .thread_name("cairn")
@@ -145,7 +246,7 @@ impl Cairn {
             .build()
             .map_err(CairnError::generic)?;
         let handle = rt.handle().clone();
-        Cairn::start_inner(handle, Runtime::Owned(Some(rt)), config)
+        Cairn::start_inner(handle, Runtime::Owned(Some(rt)), config, platform)
     }
 
     /// Starts Cairn on the app's tokio runtime.
@@ -153,14 +254,16 @@ impl Cairn {
         handle: tokio::runtime::Handle,
         config: CairnConfig,
     ) -> Result<Cairn, CairnError> {
-        Cairn::start_inner(handle, Runtime::Borrowed, config)
+        Cairn::start_inner(handle, Runtime::Borrowed, config, Platform::default())
     }
 
     fn start_inner(
         handle: tokio::runtime::Handle,
         runtime: Runtime,
         config: CairnConfig,
+        platform: Platform,
     ) -> Result<Cairn, CairnError> {
+        let network = Network::new(platform);
         let zone = zone_named(&config.time_zone)?;
         let key: [u8; JOURNAL_KEY_BYTES] =
             config.journal_key.as_slice().try_into().map_err(|_| {
@@ -194,7 +297,7 @@ impl Cairn {
             .relays
             .iter()
             .zip(credentials)
-            .map(|(relay, credential)| connect(&client, &relay.url, credential))
+            .map(|(relay, credential)| network.connect(&client, &relay.url, credential))
             .collect();
         Ok(Cairn {
             inner: Arc::new(Inner {
@@ -203,6 +306,7 @@ impl Cairn {
                 _runtime: runtime,
                 zone: Mutex::new(zone),
                 journal: Journal::open(store.clone(), &key),
+                network,
                 groups: Mutex::new(known),
                 store,
                 relays: Mutex::new(relays),
@@ -368,6 +472,73 @@ impl Cairn {
         Subscription::new(cancelled, move || handle.cancel())
     }
 
+    /// A live value computed by `compute` (which reads through the handles' plumbing):
+    /// delivered first, then again whenever it differs after an event on `doc` (a change,
+    /// a relay showing its heads, an acknowledgement), a wake-up on `extra`, or every
+    /// `every` (for values that change without an event, like a peer falling silent).
+    pub(crate) fn subscribe_computed<T, F, Fut>(
+        &self,
+        doc: DocumentId,
+        mut extra: Option<tokio::sync::watch::Receiver<u64>>,
+        every: Option<Duration>,
+        compute: F,
+        listener: Arc<dyn Listener<T>>,
+    ) -> Subscription
+    where
+        T: Clone + PartialEq + Send + 'static,
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<T, CairnError>> + Send + 'static,
+    {
+        let cancelled = Arc::new(AtomicBool::new(false));
+        // Listening before the first read, so no event between the two is missed.
+        let mut events = self.inner.client.document_events(doc);
+        let flag = cancelled.clone();
+        let task = self.spawn(async move {
+            let mut last: Option<T> = None;
+            loop {
+                events.borrow_and_update();
+                let now = compute().await;
+                if flag.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                match now {
+                    Ok(v) if last.as_ref() != Some(&v) => {
+                        last = Some(v.clone());
+                        listener.on_update(v);
+                    }
+                    Ok(_) => {}
+                    Err(e) => listener.on_error(e),
+                }
+                let extra_changed = async {
+                    match extra.as_mut() {
+                        Some(rx) => rx.changed().await.is_ok(),
+                        None => std::future::pending().await,
+                    }
+                };
+                let tick = async {
+                    match every {
+                        Some(d) => tokio::time::sleep(d).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    alive = extra_changed => {
+                        if !alive {
+                            return;
+                        }
+                    }
+                    changed = events.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                    }
+                    () = tick => {}
+                }
+            }
+        });
+        Subscription::new(cancelled, move || task.abort())
+    }
+
     /// The device's current IANA zone.
     pub(crate) fn zone(&self) -> TimeZone {
         self.inner
@@ -485,20 +656,6 @@ impl Cairn {
 
 /// Keeps one connection to the relay at `url`, presenting `credential` (the client returns
 /// the existing relay's handle for a URL it already has, with the new credential).
-pub(crate) fn connect(client: &Client, url: &str, credential: Option<Credential>) -> RelayEntry {
-    let mut endpoint =
-        RelayEndpoint::over_tcp(url, cairn_sync::engine::Limits::default().max_frame_bytes);
-    let member = credential.as_ref().map(|c| c.identity().member.clone());
-    if let Some(c) = credential {
-        endpoint = endpoint.with_credential(c);
-    }
-    RelayEntry {
-        url: url.to_owned(),
-        handle: client.connect_to(endpoint),
-        member,
-    }
-}
-
 fn zone_named(name: &str) -> Result<TimeZone, CairnError> {
     TimeZone::get(name).map_err(|_| CairnError::invalid(format!("unknown time zone {name:?}")))
 }

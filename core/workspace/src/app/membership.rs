@@ -242,6 +242,7 @@ impl Workspace {
             url: relay_url.to_owned(),
             credential: Some(token.clone()),
         })?;
+        self.cairn.inner.network.keep(relay_url, &token);
         Ok(token)
     }
 }

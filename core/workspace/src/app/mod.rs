@@ -70,16 +70,20 @@ pub mod group;
 pub mod journal;
 pub mod meeting;
 pub mod minutes;
+pub mod presence;
 pub mod resources;
 pub mod series;
+pub mod status;
 pub mod sync;
 pub mod thread;
 pub mod workspace;
 
 pub use cairn::{
-    Cairn, CairnConfig, RelayConfig, JOURNAL_KEY_BYTES, LOAD_TIMEOUT, RUNTIME_THREADS,
+    Cairn, CairnConfig, CredentialKeeper, Platform, RelayConfig, JOURNAL_KEY_BYTES, LOAD_TIMEOUT,
+    RUNTIME_THREADS,
 };
 pub use error::CairnError;
 pub use handles::{Group, Journal, Meeting, Minutes, Resources, Series, Thread, Workspace};
 pub use listen::{Listener, Subscription};
+pub use status::{DocumentSync, DocumentSyncState};
 pub use sync::{ConnectionState, RelayStatus, SyncReport};

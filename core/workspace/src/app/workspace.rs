@@ -5,7 +5,7 @@ use cairn_sync::docs::group::Role;
 use cairn_sync::membership::api::{GroupInfo, InvitePreview};
 use cairn_sync::membership::{GroupId, MemberStatus};
 
-use crate::app::cairn::{connect, parse_credential};
+use crate::app::cairn::parse_credential;
 use crate::app::{Cairn, CairnError, Group, RelayConfig, Workspace};
 
 /// One of this device's groups, as its relay says.
@@ -153,6 +153,10 @@ impl Workspace {
                 url: relay_url.to_owned(),
                 credential: Some(credential.as_str().to_owned()),
             })?;
+            self.cairn
+                .inner
+                .network
+                .keep(relay_url, credential.as_str());
         }
         self.cairn.refresh_groups().await?;
         Ok(Enrolment {
@@ -213,9 +217,7 @@ impl Cairn {
         if let Ok(api) = self.api_of(relay_url) {
             return Ok(api);
         }
-        cairn_sync::client::api_base_for(relay_url)
-            .map(|base| cairn_sync::client::RelayApi::over_http(&base))
-            .ok_or_else(|| CairnError::invalid("the relay URL is not ws:// or wss://"))
+        self.inner.network.api(relay_url)
     }
 
     /// The API of the relay `group` is on.
@@ -242,7 +244,10 @@ impl Cairn {
             .as_deref()
             .map(parse_credential)
             .transpose()?;
-        let entry = connect(&self.inner.client, url, credential);
+        let entry = self
+            .inner
+            .network
+            .connect(&self.inner.client, url, credential);
         {
             let mut relays = self.inner.relays.lock().unwrap_or_else(|e| e.into_inner());
             match relays.iter_mut().find(|r| r.url == url) {

@@ -586,6 +586,24 @@ pub fn read_minutes(doc: &impl ReadDoc) -> Result<RichText, MinutesError> {
     read_from(doc, &obj, None)
 }
 
+/// A stable position in the minutes for presence: the cursor at UTF-16 `index`, as text
+/// (Automerge's cursor form, which automerge-repo's JS clients use too). It keeps pointing
+/// at the same character while others type before it.
+pub fn cursor_at(doc: &impl ReadDoc, index: usize) -> Result<String, MinutesError> {
+    let obj = minutes_obj(doc)?;
+    check_range(doc, &obj, &(index..index))?;
+    Ok(doc.get_cursor(&obj, index, None)?.to_string())
+}
+
+/// Where a cursor from [`cursor_at`] (this device's or another's) points now, in UTF-16
+/// units; `None` when it is not a cursor into these minutes (another peer's malformed
+/// presence, or a character this copy has not received yet).
+pub fn cursor_position(doc: &impl ReadDoc, cursor: &str) -> Option<usize> {
+    let obj = minutes_obj(doc).ok()?;
+    let cursor = automerge::Cursor::try_from(cursor).ok()?;
+    doc.get_cursor_position(&obj, &cursor, None).ok()
+}
+
 /// Reads the minutes as they were at `heads` (e.g. the agreed version). Fails with
 /// [`MinutesError::MissingChanges`] if this copy does not have those changes yet.
 pub fn read_minutes_at(doc: &impl ReadDoc, heads: &[ChangeHash]) -> Result<RichText, MinutesError> {
