@@ -249,9 +249,9 @@ timed "generate Kotlin, Swift, Python" generate
 timed "compare with $MB/generated" compare
 timed "Swift parse (tree-sitter-swift) with a negative control" swift_parse
 timed "C header: compile and link every declared function" c_header
+timed "Python stories" python_run
 timed "Kotlin compile" kotlin_compile
 timed "Kotlin stories" kotlin_run
-timed "Python stories" python_run
 timed "iOS static library (aarch64-apple-ios)" ios_staticlib
 timed "Android check (aarch64-linux-android)" android_check
 step "all bindings checks passed"

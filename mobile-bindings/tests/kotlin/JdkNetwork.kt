@@ -48,6 +48,9 @@ class JdkNetwork : PlatformNetwork {
     val pongs = AtomicInteger()
     val socketsOpened = AtomicInteger()
 
+    /** HTTP statuses that refused a websocket upgrade (401 for a bad credential…). */
+    val refusedStatuses = java.util.concurrent.ConcurrentLinkedQueue<Int>()
+
     /** Off: open sockets drop, new ones and HTTP requests are unreachable. */
     fun setOnline(on: Boolean) {
         online = on
@@ -182,6 +185,7 @@ class JdkSocket(private val network: JdkNetwork, private val events: SocketEvent
         if (!wasDialing) return
         if (cause is WebSocketHandshakeException) {
             val response = cause.response
+            network.refusedStatuses.add(response.statusCode())
             events.refused(response.statusCode().toUShort(), retryAfter(response.headers()))
         } else {
             events.unreachable(cause.javaClass.simpleName)

@@ -415,7 +415,11 @@ class Run:
         await b.insert_text(at, "Offline idea. ")
         await b.set_bold(at, at + len("Offline idea"), True)
         check(b.id() in (await self.member.cairn.sync_now(300)).pending, "the offline edit is pending, not lost")
-        await a.insert_text(first_start((await a.read()).current), "Room booked. ")
+        # Elsewhere than the bold range's start: text typed concurrently right there can
+        # take the bold too (Automerge's mark boundary), which this story is not about.
+        current = (await a.read()).current
+        await a.insert_text(current.paragraphs[1].start if len(current.paragraphs) > 1 else current.length,
+                            "Room booked. ")
         self.member.network.set_online(True)
         await self.member.online()
 
@@ -444,6 +448,17 @@ class Run:
             raise Failure("a 16-byte journal key was accepted")
         except cairn.CairnError.Invalid:
             pass
+        # A credential the relay does not know: the upgrade is refused (401) and the app
+        # shows the relay as Unauthorized.
+        stranger = cairn.Cairn(cairn.CairnConfig(
+            data_dir=str(self.work / "stranger"),
+            relays=[cairn.RelayConfig(url=self.url, credential="cairn1_" + "0" * 16 + "_" + "1" * 16 + "_" + "ab" * 32)],
+            journal_key=JOURNAL_KEY, time_zone="Europe/London", device_name=None), Network(), Keystore())
+        try:
+            await wait_for("a device with an unknown credential shows Unauthorized", lambda: any(
+                r.state == cairn.ConnectionState.UNAUTHORIZED for r in stranger.relays()))
+        finally:
+            await stranger.shutdown()
 
     async def shutdown(self) -> None:
         for device in (getattr(self, "organiser", None), getattr(self, "member", None)):
@@ -462,7 +477,7 @@ async def main() -> int:
         ("story 1: two reflections survive a restart and never reach the relay", run.reflections_survive_a_restart),
         ("story 2: two devices co-edit the minutes, one offline for part of it, and agree",
          run.minutes_co_edited_offline_and_back),
-        ("typed errors: a used invite, a bad journal key", run.typed_errors),
+        ("typed errors: a used invite, a bad journal key; a refused upgrade shows Unauthorized", run.typed_errors),
     ]:
         try:
             await story()
