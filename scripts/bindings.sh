@@ -141,7 +141,8 @@ compare() {
     echo "copied into $MB/generated/: review the diff and commit it"
     return
   fi
-  if ! diff -ru $MB/generated $OUT/generated; then
+  if ! diff -rq $MB/generated $OUT/generated >/dev/null; then
+    diff -ru $MB/generated $OUT/generated | head -n 400 || true
     die "the generated bindings differ from $MB/generated/ (the public API changed?): run scripts/bindings.sh --regenerate and commit the result"
   fi
   echo "the generated Kotlin, Swift and Python match $MB/generated/"
