@@ -406,6 +406,8 @@ class Run:
             return t.paragraphs[0].start if t.paragraphs else 0
 
         await a.insert_text(first_start((await a.read()).current), "Alpha welcomes everyone. ")
+        await wait_for("the organiser's edit on the member's device",
+                       lambda: b_seen.values and "Alpha welcomes" in b_seen.values[-1].current.text)
         self.member.network.set_online(False)
 
         def offline():
