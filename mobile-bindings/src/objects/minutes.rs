@@ -6,31 +6,6 @@ use super::*;
 
 #[uniffi::export]
 impl Minutes {
-    /// The document's id.
-    pub fn id(&self) -> String {
-        self.0.id()
-    }
-
-    /// The id of the group it belongs to.
-    pub fn group_id(&self) -> String {
-        self.0.group_id()
-    }
-
-    /// This document's sync status: only on this device, sending, or safely on the relay,
-    /// with the number of changes not yet acknowledged.
-    pub async fn sync_status(&self) -> Result<DocumentSync, CairnError> {
-        self.0.sync_status().await
-    }
-
-    /// This document's sync status, live: the current one first, then each change (an
-    /// edit here, the relay acknowledging it).
-    pub fn subscribe_sync_status(
-        &self,
-        listener: Arc<dyn SyncStatusListener>,
-    ) -> Arc<Subscription> {
-        Subscription::wrap(self.0.subscribe_sync_status(listen(listener)))
-    }
-
     /// The minutes as they are on this device now.
     pub async fn read(&self) -> Result<MinutesRecord, CairnError> {
         self.0.read().await
