@@ -655,9 +655,9 @@ def _uniffi_check_api_checksums(lib):
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_cairn_mobile_checksum_method_meeting_carry_open_actions() != 26709:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
-    if lib.uniffi_cairn_mobile_checksum_method_meeting_group_id() != 28643:
+    if lib.uniffi_cairn_mobile_checksum_method_meeting_group_id() != 56538:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
-    if lib.uniffi_cairn_mobile_checksum_method_meeting_id() != 30783:
+    if lib.uniffi_cairn_mobile_checksum_method_meeting_id() != 11594:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_cairn_mobile_checksum_method_meeting_minutes() != 10104:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
@@ -703,9 +703,9 @@ def _uniffi_check_api_checksums(lib):
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_cairn_mobile_checksum_method_meeting_subscribe() != 586:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
-    if lib.uniffi_cairn_mobile_checksum_method_meeting_subscribe_sync_status() != 59090:
+    if lib.uniffi_cairn_mobile_checksum_method_meeting_subscribe_sync_status() != 8353:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
-    if lib.uniffi_cairn_mobile_checksum_method_meeting_sync_status() != 50545:
+    if lib.uniffi_cairn_mobile_checksum_method_meeting_sync_status() != 26976:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_cairn_mobile_checksum_method_meetinglistener_on_update() != 18760:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
@@ -729,9 +729,9 @@ def _uniffi_check_api_checksums(lib):
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_cairn_mobile_checksum_method_minutes_export_markdown() != 17262:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
-    if lib.uniffi_cairn_mobile_checksum_method_minutes_group_id() != 58703:
+    if lib.uniffi_cairn_mobile_checksum_method_minutes_group_id() != 35041:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
-    if lib.uniffi_cairn_mobile_checksum_method_minutes_id() != 31315:
+    if lib.uniffi_cairn_mobile_checksum_method_minutes_id() != 61019:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_cairn_mobile_checksum_method_minutes_insert_paragraph() != 21117:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
@@ -759,9 +759,9 @@ def _uniffi_check_api_checksums(lib):
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_cairn_mobile_checksum_method_minutes_subscribe_cursors() != 18615:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
-    if lib.uniffi_cairn_mobile_checksum_method_minutes_subscribe_sync_status() != 37200:
+    if lib.uniffi_cairn_mobile_checksum_method_minutes_subscribe_sync_status() != 56801:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
-    if lib.uniffi_cairn_mobile_checksum_method_minutes_sync_status() != 3707:
+    if lib.uniffi_cairn_mobile_checksum_method_minutes_sync_status() != 49131:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_cairn_mobile_checksum_method_minuteslistener_on_update() != 28380:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
@@ -795,9 +795,9 @@ def _uniffi_check_api_checksums(lib):
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_cairn_mobile_checksum_method_resources_get() != 43956:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
-    if lib.uniffi_cairn_mobile_checksum_method_resources_group_id() != 9770:
+    if lib.uniffi_cairn_mobile_checksum_method_resources_group_id() != 59210:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
-    if lib.uniffi_cairn_mobile_checksum_method_resources_id() != 49362:
+    if lib.uniffi_cairn_mobile_checksum_method_resources_id() != 63919:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_cairn_mobile_checksum_method_resources_list() != 61387:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
@@ -815,9 +815,9 @@ def _uniffi_check_api_checksums(lib):
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_cairn_mobile_checksum_method_resources_subscribe() != 9038:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
-    if lib.uniffi_cairn_mobile_checksum_method_resources_subscribe_sync_status() != 23751:
+    if lib.uniffi_cairn_mobile_checksum_method_resources_subscribe_sync_status() != 16352:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
-    if lib.uniffi_cairn_mobile_checksum_method_resources_sync_status() != 5736:
+    if lib.uniffi_cairn_mobile_checksum_method_resources_sync_status() != 47344:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_cairn_mobile_checksum_method_resourceslistener_on_update() != 57084:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
@@ -825,9 +825,9 @@ def _uniffi_check_api_checksums(lib):
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_cairn_mobile_checksum_method_series_cancel_occurrence() != 5561:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
-    if lib.uniffi_cairn_mobile_checksum_method_series_group_id() != 46305:
+    if lib.uniffi_cairn_mobile_checksum_method_series_group_id() != 17063:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
-    if lib.uniffi_cairn_mobile_checksum_method_series_id() != 18173:
+    if lib.uniffi_cairn_mobile_checksum_method_series_id() != 3036:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_cairn_mobile_checksum_method_series_move_occurrence() != 60392:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
@@ -851,9 +851,9 @@ def _uniffi_check_api_checksums(lib):
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_cairn_mobile_checksum_method_series_subscribe() != 38587:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
-    if lib.uniffi_cairn_mobile_checksum_method_series_subscribe_sync_status() != 62633:
+    if lib.uniffi_cairn_mobile_checksum_method_series_subscribe_sync_status() != 30189:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
-    if lib.uniffi_cairn_mobile_checksum_method_series_sync_status() != 34107:
+    if lib.uniffi_cairn_mobile_checksum_method_series_sync_status() != 37373:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_cairn_mobile_checksum_method_serieslistener_on_update() != 37005:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
@@ -887,9 +887,9 @@ def _uniffi_check_api_checksums(lib):
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_cairn_mobile_checksum_method_thread_edit_post_with_mentions() != 4690:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
-    if lib.uniffi_cairn_mobile_checksum_method_thread_group_id() != 38977:
+    if lib.uniffi_cairn_mobile_checksum_method_thread_group_id() != 57267:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
-    if lib.uniffi_cairn_mobile_checksum_method_thread_id() != 45914:
+    if lib.uniffi_cairn_mobile_checksum_method_thread_id() != 39686:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_cairn_mobile_checksum_method_thread_post() != 41133:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
@@ -907,9 +907,9 @@ def _uniffi_check_api_checksums(lib):
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_cairn_mobile_checksum_method_thread_subscribe() != 36459:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
-    if lib.uniffi_cairn_mobile_checksum_method_thread_subscribe_sync_status() != 21344:
+    if lib.uniffi_cairn_mobile_checksum_method_thread_subscribe_sync_status() != 48126:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
-    if lib.uniffi_cairn_mobile_checksum_method_thread_sync_status() != 11441:
+    if lib.uniffi_cairn_mobile_checksum_method_thread_sync_status() != 16467:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_cairn_mobile_checksum_method_thread_unreact() != 30585:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
@@ -10915,14 +10915,14 @@ class MinutesProtocol(typing.Protocol):
         raise NotImplementedError
     def subscribe_sync_status(self, listener: SyncStatusListener) -> Subscription:
         """
-        This document's sync status, live: the current one first, then each change (an
-        edit here, the relay acknowledging it).
+        This document's sync status, live: the current one first, then each change
+        (an edit here, the relay acknowledging it).
 """
         raise NotImplementedError
     async def sync_status(self, ) -> DocumentSync:
         """
-        This document's sync status: only on this device, sending, or safely on the relay,
-        with the number of changes not yet acknowledged.
+        This document's sync status: only on this device, sending, or safely on the
+        relay, with the number of changes not yet acknowledged.
 """
         raise NotImplementedError
 
@@ -11455,8 +11455,8 @@ class Minutes(MinutesProtocol):
         return _uniffi_lift_return(_uniffi_ffi_result)
     def subscribe_sync_status(self, listener: SyncStatusListener) -> Subscription:
         """
-        This document's sync status, live: the current one first, then each change (an
-        edit here, the relay acknowledging it).
+        This document's sync status, live: the current one first, then each change
+        (an edit here, the relay acknowledging it).
 """
         
         _UniffiFfiConverterTypeSyncStatusListener.check_lower(listener)
@@ -11474,8 +11474,8 @@ class Minutes(MinutesProtocol):
         return _uniffi_lift_return(_uniffi_ffi_result)
     async def sync_status(self, ) -> DocumentSync:
         """
-        This document's sync status: only on this device, sending, or safely on the relay,
-        with the number of changes not yet acknowledged.
+        This document's sync status: only on this device, sending, or safely on the
+        relay, with the number of changes not yet acknowledged.
 """
         _uniffi_lowered_args = (
             self._uniffi_clone_handle(),
@@ -11816,14 +11816,14 @@ class SeriesProtocol(typing.Protocol):
         raise NotImplementedError
     def subscribe_sync_status(self, listener: SyncStatusListener) -> Subscription:
         """
-        This document's sync status, live: the current one first, then each change (an
-        edit here, the relay acknowledging it).
+        This document's sync status, live: the current one first, then each change
+        (an edit here, the relay acknowledging it).
 """
         raise NotImplementedError
     async def sync_status(self, ) -> DocumentSync:
         """
-        This document's sync status: only on this device, sending, or safely on the relay,
-        with the number of changes not yet acknowledged.
+        This document's sync status: only on this device, sending, or safely on the
+        relay, with the number of changes not yet acknowledged.
 """
         raise NotImplementedError
 
@@ -12143,8 +12143,8 @@ class Series(SeriesProtocol):
         return _uniffi_lift_return(_uniffi_ffi_result)
     def subscribe_sync_status(self, listener: SyncStatusListener) -> Subscription:
         """
-        This document's sync status, live: the current one first, then each change (an
-        edit here, the relay acknowledging it).
+        This document's sync status, live: the current one first, then each change
+        (an edit here, the relay acknowledging it).
 """
         
         _UniffiFfiConverterTypeSyncStatusListener.check_lower(listener)
@@ -12162,8 +12162,8 @@ class Series(SeriesProtocol):
         return _uniffi_lift_return(_uniffi_ffi_result)
     async def sync_status(self, ) -> DocumentSync:
         """
-        This document's sync status: only on this device, sending, or safely on the relay,
-        with the number of changes not yet acknowledged.
+        This document's sync status: only on this device, sending, or safely on the
+        relay, with the number of changes not yet acknowledged.
 """
         _uniffi_lowered_args = (
             self._uniffi_clone_handle(),
@@ -12618,14 +12618,14 @@ class MeetingProtocol(typing.Protocol):
         raise NotImplementedError
     def subscribe_sync_status(self, listener: SyncStatusListener) -> Subscription:
         """
-        This document's sync status, live: the current one first, then each change (an
-        edit here, the relay acknowledging it).
+        This document's sync status, live: the current one first, then each change
+        (an edit here, the relay acknowledging it).
 """
         raise NotImplementedError
     async def sync_status(self, ) -> DocumentSync:
         """
-        This document's sync status: only on this device, sending, or safely on the relay,
-        with the number of changes not yet acknowledged.
+        This document's sync status: only on this device, sending, or safely on the
+        relay, with the number of changes not yet acknowledged.
 """
         raise NotImplementedError
 
@@ -13236,8 +13236,8 @@ class Meeting(MeetingProtocol):
         return _uniffi_lift_return(_uniffi_ffi_result)
     def subscribe_sync_status(self, listener: SyncStatusListener) -> Subscription:
         """
-        This document's sync status, live: the current one first, then each change (an
-        edit here, the relay acknowledging it).
+        This document's sync status, live: the current one first, then each change
+        (an edit here, the relay acknowledging it).
 """
         
         _UniffiFfiConverterTypeSyncStatusListener.check_lower(listener)
@@ -13255,8 +13255,8 @@ class Meeting(MeetingProtocol):
         return _uniffi_lift_return(_uniffi_ffi_result)
     async def sync_status(self, ) -> DocumentSync:
         """
-        This document's sync status: only on this device, sending, or safely on the relay,
-        with the number of changes not yet acknowledged.
+        This document's sync status: only on this device, sending, or safely on the
+        relay, with the number of changes not yet acknowledged.
 """
         _uniffi_lowered_args = (
             self._uniffi_clone_handle(),
@@ -13568,14 +13568,14 @@ class ThreadProtocol(typing.Protocol):
         raise NotImplementedError
     def subscribe_sync_status(self, listener: SyncStatusListener) -> Subscription:
         """
-        This document's sync status, live: the current one first, then each change (an
-        edit here, the relay acknowledging it).
+        This document's sync status, live: the current one first, then each change
+        (an edit here, the relay acknowledging it).
 """
         raise NotImplementedError
     async def sync_status(self, ) -> DocumentSync:
         """
-        This document's sync status: only on this device, sending, or safely on the relay,
-        with the number of changes not yet acknowledged.
+        This document's sync status: only on this device, sending, or safely on the
+        relay, with the number of changes not yet acknowledged.
 """
         raise NotImplementedError
     async def unreact(self, post_id: str,emoji: str) -> None:
@@ -13906,8 +13906,8 @@ class Thread(ThreadProtocol):
         return _uniffi_lift_return(_uniffi_ffi_result)
     def subscribe_sync_status(self, listener: SyncStatusListener) -> Subscription:
         """
-        This document's sync status, live: the current one first, then each change (an
-        edit here, the relay acknowledging it).
+        This document's sync status, live: the current one first, then each change
+        (an edit here, the relay acknowledging it).
 """
         
         _UniffiFfiConverterTypeSyncStatusListener.check_lower(listener)
@@ -13925,8 +13925,8 @@ class Thread(ThreadProtocol):
         return _uniffi_lift_return(_uniffi_ffi_result)
     async def sync_status(self, ) -> DocumentSync:
         """
-        This document's sync status: only on this device, sending, or safely on the relay,
-        with the number of changes not yet acknowledged.
+        This document's sync status: only on this device, sending, or safely on the
+        relay, with the number of changes not yet acknowledged.
 """
         _uniffi_lowered_args = (
             self._uniffi_clone_handle(),
@@ -14321,14 +14321,14 @@ class ResourcesProtocol(typing.Protocol):
         raise NotImplementedError
     def subscribe_sync_status(self, listener: SyncStatusListener) -> Subscription:
         """
-        This document's sync status, live: the current one first, then each change (an
-        edit here, the relay acknowledging it).
+        This document's sync status, live: the current one first, then each change
+        (an edit here, the relay acknowledging it).
 """
         raise NotImplementedError
     async def sync_status(self, ) -> DocumentSync:
         """
-        This document's sync status: only on this device, sending, or safely on the relay,
-        with the number of changes not yet acknowledged.
+        This document's sync status: only on this device, sending, or safely on the
+        relay, with the number of changes not yet acknowledged.
 """
         raise NotImplementedError
 
@@ -14701,8 +14701,8 @@ class Resources(ResourcesProtocol):
         return _uniffi_lift_return(_uniffi_ffi_result)
     def subscribe_sync_status(self, listener: SyncStatusListener) -> Subscription:
         """
-        This document's sync status, live: the current one first, then each change (an
-        edit here, the relay acknowledging it).
+        This document's sync status, live: the current one first, then each change
+        (an edit here, the relay acknowledging it).
 """
         
         _UniffiFfiConverterTypeSyncStatusListener.check_lower(listener)
@@ -14720,8 +14720,8 @@ class Resources(ResourcesProtocol):
         return _uniffi_lift_return(_uniffi_ffi_result)
     async def sync_status(self, ) -> DocumentSync:
         """
-        This document's sync status: only on this device, sending, or safely on the relay,
-        with the number of changes not yet acknowledged.
+        This document's sync status: only on this device, sending, or safely on the
+        relay, with the number of changes not yet acknowledged.
 """
         _uniffi_lowered_args = (
             self._uniffi_clone_handle(),

@@ -3153,6 +3153,28 @@ public func FfiConverterTypeJournal_lower(_ value: Journal) -> UInt64 {
 public protocol MeetingProtocol: AnyObject, Sendable {
     
     /**
+     * The id of the group it belongs to.
+     */
+    func groupId()  -> String
+    
+    /**
+     * The document's id.
+     */
+    func id()  -> String
+    
+    /**
+     * This document's sync status, live: the current one first, then each change
+     * (an edit here, the relay acknowledging it).
+     */
+    func subscribeSyncStatus(listener: SyncStatusListener)  -> Subscription
+    
+    /**
+     * This document's sync status: only on this device, sending, or safely on the
+     * relay, with the number of changes not yet acknowledged.
+     */
+    func syncStatus() async throws  -> DocumentSync
+    
+    /**
      * Adds an open action item for `owner`, due by `due` (`YYYY-MM-DD`); returns its id.
      */
     func addAction(text: String, owner: String, due: String?) async throws  -> String
@@ -3169,16 +3191,6 @@ public protocol MeetingProtocol: AnyObject, Sendable {
      * carried now.
      */
     func carryOpenActions(fromMeetingId: String) async throws  -> [String]
-    
-    /**
-     * The id of the group it belongs to.
-     */
-    func groupId()  -> String
-    
-    /**
-     * The document's id.
-     */
-    func id()  -> String
     
     /**
      * The minutes of this meeting.
@@ -3293,18 +3305,6 @@ public protocol MeetingProtocol: AnyObject, Sendable {
      */
     func subscribe(listener: MeetingListener)  -> Subscription
     
-    /**
-     * This document's sync status, live: the current one first, then each change (an
-     * edit here, the relay acknowledging it).
-     */
-    func subscribeSyncStatus(listener: SyncStatusListener)  -> Subscription
-    
-    /**
-     * This document's sync status: only on this device, sending, or safely on the relay,
-     * with the number of changes not yet acknowledged.
-     */
-    func syncStatus() async throws  -> DocumentSync
-    
 }
 /**
  * A meeting (one-off or one occurrence of a series): agenda, attendance, RSVPs,
@@ -3364,6 +3364,64 @@ open class Meeting: MeetingProtocol, @unchecked Sendable {
 
     
     /**
+     * The id of the group it belongs to.
+     */
+open func groupId() -> String  {
+    return try!  FfiConverterString.lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_cairn_mobile_fn_method_meeting_group_id(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * The document's id.
+     */
+open func id() -> String  {
+    return try!  FfiConverterString.lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_cairn_mobile_fn_method_meeting_id(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * This document's sync status, live: the current one first, then each change
+     * (an edit here, the relay acknowledging it).
+     */
+open func subscribeSyncStatus(listener: SyncStatusListener) -> Subscription  {
+    return try!  FfiConverterTypeSubscription_lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_cairn_mobile_fn_method_meeting_subscribe_sync_status(
+            self.uniffiCloneHandle(),
+        FfiConverterTypeSyncStatusListener_lower(listener),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * This document's sync status: only on this device, sending, or safely on the
+     * relay, with the number of changes not yet acknowledged.
+     */
+open func syncStatus()async throws  -> DocumentSync  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_cairn_mobile_fn_method_meeting_sync_status(
+                        self.uniffiCloneHandle()
+                )
+            },
+            pollFunc: ffi_cairn_mobile_rust_future_poll_rust_buffer,
+            completeFunc: ffi_cairn_mobile_rust_future_complete_rust_buffer,
+            freeFunc: ffi_cairn_mobile_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeDocumentSync_lift,
+            errorHandler: FfiConverterTypeCairnError_lift
+        )
+}
+    
+    /**
      * Adds an open action item for `owner`, due by `due` (`YYYY-MM-DD`); returns its id.
      */
 open func addAction(text: String, owner: String, due: String?)async throws  -> String  {
@@ -3421,30 +3479,6 @@ open func carryOpenActions(fromMeetingId: String)async throws  -> [String]  {
             liftFunc: FfiConverterSequenceString.lift,
             errorHandler: FfiConverterTypeCairnError_lift
         )
-}
-    
-    /**
-     * The id of the group it belongs to.
-     */
-open func groupId() -> String  {
-    return try!  FfiConverterString.lift(try! rustCall() {
-        uniffiCallStatus in
-    uniffi_cairn_mobile_fn_method_meeting_group_id(
-            self.uniffiCloneHandle(),uniffiCallStatus
-    )
-})
-}
-    
-    /**
-     * The document's id.
-     */
-open func id() -> String  {
-    return try!  FfiConverterString.lift(try! rustCall() {
-        uniffiCallStatus in
-    uniffi_cairn_mobile_fn_method_meeting_id(
-            self.uniffiCloneHandle(),uniffiCallStatus
-    )
-})
 }
     
     /**
@@ -3855,40 +3889,6 @@ open func subscribe(listener: MeetingListener) -> Subscription  {
 })
 }
     
-    /**
-     * This document's sync status, live: the current one first, then each change (an
-     * edit here, the relay acknowledging it).
-     */
-open func subscribeSyncStatus(listener: SyncStatusListener) -> Subscription  {
-    return try!  FfiConverterTypeSubscription_lift(try! rustCall() {
-        uniffiCallStatus in
-    uniffi_cairn_mobile_fn_method_meeting_subscribe_sync_status(
-            self.uniffiCloneHandle(),
-        FfiConverterTypeSyncStatusListener_lower(listener),uniffiCallStatus
-    )
-})
-}
-    
-    /**
-     * This document's sync status: only on this device, sending, or safely on the relay,
-     * with the number of changes not yet acknowledged.
-     */
-open func syncStatus()async throws  -> DocumentSync  {
-    return
-        try  await uniffiRustCallAsync(
-            rustFutureFunc: {
-                uniffi_cairn_mobile_fn_method_meeting_sync_status(
-                        self.uniffiCloneHandle()
-                )
-            },
-            pollFunc: ffi_cairn_mobile_rust_future_poll_rust_buffer,
-            completeFunc: ffi_cairn_mobile_rust_future_complete_rust_buffer,
-            freeFunc: ffi_cairn_mobile_rust_future_free_rust_buffer,
-            liftFunc: FfiConverterTypeDocumentSync_lift,
-            errorHandler: FfiConverterTypeCairnError_lift
-        )
-}
-    
 
     
 }
@@ -4199,6 +4199,28 @@ public func FfiConverterTypeMeetingListener_lower(_ value: MeetingListener) -> U
 public protocol MinutesProtocol: AnyObject, Sendable {
     
     /**
+     * The id of the group it belongs to.
+     */
+    func groupId()  -> String
+    
+    /**
+     * The document's id.
+     */
+    func id()  -> String
+    
+    /**
+     * This document's sync status, live: the current one first, then each change
+     * (an edit here, the relay acknowledging it).
+     */
+    func subscribeSyncStatus(listener: SyncStatusListener)  -> Subscription
+    
+    /**
+     * This document's sync status: only on this device, sending, or safely on the
+     * relay, with the number of changes not yet acknowledged.
+     */
+    func syncStatus() async throws  -> DocumentSync
+    
+    /**
      * Records, as this device's member, that the group agreed the minutes as they are on
      * this device now. Prefer [`Minutes::agree_at`] with the heads of the copy on screen.
      */
@@ -4249,16 +4271,6 @@ public protocol MinutesProtocol: AnyObject, Sendable {
      * left out and member text is escaped.
      */
     func exportMarkdown() async throws  -> String
-    
-    /**
-     * The id of the group it belongs to.
-     */
-    func groupId()  -> String
-    
-    /**
-     * The document's id.
-     */
-    func id()  -> String
     
     /**
      * Starts a new paragraph of `kind` at `index` (Enter pressed there): the text after
@@ -4332,18 +4344,6 @@ public protocol MinutesProtocol: AnyObject, Sendable {
      */
     func subscribeCursors(listener: CursorsListener)  -> Subscription
     
-    /**
-     * This document's sync status, live: the current one first, then each change (an
-     * edit here, the relay acknowledging it).
-     */
-    func subscribeSyncStatus(listener: SyncStatusListener)  -> Subscription
-    
-    /**
-     * This document's sync status: only on this device, sending, or safely on the relay,
-     * with the number of changes not yet acknowledged.
-     */
-    func syncStatus() async throws  -> DocumentSync
-    
 }
 /**
  * The minutes of a meeting: co-edited rich text (indexes in UTF-16 code units),
@@ -4401,6 +4401,64 @@ open class Minutes: MinutesProtocol, @unchecked Sendable {
 
     
 
+    
+    /**
+     * The id of the group it belongs to.
+     */
+open func groupId() -> String  {
+    return try!  FfiConverterString.lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_cairn_mobile_fn_method_minutes_group_id(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * The document's id.
+     */
+open func id() -> String  {
+    return try!  FfiConverterString.lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_cairn_mobile_fn_method_minutes_id(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * This document's sync status, live: the current one first, then each change
+     * (an edit here, the relay acknowledging it).
+     */
+open func subscribeSyncStatus(listener: SyncStatusListener) -> Subscription  {
+    return try!  FfiConverterTypeSubscription_lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_cairn_mobile_fn_method_minutes_subscribe_sync_status(
+            self.uniffiCloneHandle(),
+        FfiConverterTypeSyncStatusListener_lower(listener),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * This document's sync status: only on this device, sending, or safely on the
+     * relay, with the number of changes not yet acknowledged.
+     */
+open func syncStatus()async throws  -> DocumentSync  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_cairn_mobile_fn_method_minutes_sync_status(
+                        self.uniffiCloneHandle()
+                )
+            },
+            pollFunc: ffi_cairn_mobile_rust_future_poll_rust_buffer,
+            completeFunc: ffi_cairn_mobile_rust_future_complete_rust_buffer,
+            freeFunc: ffi_cairn_mobile_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeDocumentSync_lift,
+            errorHandler: FfiConverterTypeCairnError_lift
+        )
+}
     
     /**
      * Records, as this device's member, that the group agreed the minutes as they are on
@@ -4578,30 +4636,6 @@ open func exportMarkdown()async throws  -> String  {
             liftFunc: FfiConverterString.lift,
             errorHandler: FfiConverterTypeCairnError_lift
         )
-}
-    
-    /**
-     * The id of the group it belongs to.
-     */
-open func groupId() -> String  {
-    return try!  FfiConverterString.lift(try! rustCall() {
-        uniffiCallStatus in
-    uniffi_cairn_mobile_fn_method_minutes_group_id(
-            self.uniffiCloneHandle(),uniffiCallStatus
-    )
-})
-}
-    
-    /**
-     * The document's id.
-     */
-open func id() -> String  {
-    return try!  FfiConverterString.lift(try! rustCall() {
-        uniffiCallStatus in
-    uniffi_cairn_mobile_fn_method_minutes_id(
-            self.uniffiCloneHandle(),uniffiCallStatus
-    )
-})
 }
     
     /**
@@ -4837,40 +4871,6 @@ open func subscribeCursors(listener: CursorsListener) -> Subscription  {
         FfiConverterTypeCursorsListener_lower(listener),uniffiCallStatus
     )
 })
-}
-    
-    /**
-     * This document's sync status, live: the current one first, then each change (an
-     * edit here, the relay acknowledging it).
-     */
-open func subscribeSyncStatus(listener: SyncStatusListener) -> Subscription  {
-    return try!  FfiConverterTypeSubscription_lift(try! rustCall() {
-        uniffiCallStatus in
-    uniffi_cairn_mobile_fn_method_minutes_subscribe_sync_status(
-            self.uniffiCloneHandle(),
-        FfiConverterTypeSyncStatusListener_lower(listener),uniffiCallStatus
-    )
-})
-}
-    
-    /**
-     * This document's sync status: only on this device, sending, or safely on the relay,
-     * with the number of changes not yet acknowledged.
-     */
-open func syncStatus()async throws  -> DocumentSync  {
-    return
-        try  await uniffiRustCallAsync(
-            rustFutureFunc: {
-                uniffi_cairn_mobile_fn_method_minutes_sync_status(
-                        self.uniffiCloneHandle()
-                )
-            },
-            pollFunc: ffi_cairn_mobile_rust_future_poll_rust_buffer,
-            completeFunc: ffi_cairn_mobile_rust_future_complete_rust_buffer,
-            freeFunc: ffi_cairn_mobile_rust_future_free_rust_buffer,
-            liftFunc: FfiConverterTypeDocumentSync_lift,
-            errorHandler: FfiConverterTypeCairnError_lift
-        )
 }
     
 
@@ -6002,6 +6002,28 @@ public func FfiConverterTypeRelaysListener_lower(_ value: RelaysListener) -> UIn
 public protocol ResourcesProtocol: AnyObject, Sendable {
     
     /**
+     * The id of the group it belongs to.
+     */
+    func groupId()  -> String
+    
+    /**
+     * The document's id.
+     */
+    func id()  -> String
+    
+    /**
+     * This document's sync status, live: the current one first, then each change
+     * (an edit here, the relay acknowledging it).
+     */
+    func subscribeSyncStatus(listener: SyncStatusListener)  -> Subscription
+    
+    /**
+     * This document's sync status: only on this device, sending, or safely on the
+     * relay, with the number of changes not yet acknowledged.
+     */
+    func syncStatus() async throws  -> DocumentSync
+    
+    /**
      * Adds a resource and returns its id. An empty title, a file over
      * [`MAX_FILE_BYTES`] or a bad meeting id is Invalid and adds nothing.
      */
@@ -6036,16 +6058,6 @@ public protocol ResourcesProtocol: AnyObject, Sendable {
      * One resource (NotFound if there is none with this id).
      */
     func get(resourceId: String) async throws  -> ResourceRecord
-    
-    /**
-     * The id of the group it belongs to.
-     */
-    func groupId()  -> String
-    
-    /**
-     * The document's id.
-     */
-    func id()  -> String
     
     /**
      * Every resource, in list order.
@@ -6088,18 +6100,6 @@ public protocol ResourcesProtocol: AnyObject, Sendable {
      * The resources, live: the current list first, then one per change.
      */
     func subscribe(listener: ResourcesListener)  -> Subscription
-    
-    /**
-     * This document's sync status, live: the current one first, then each change (an
-     * edit here, the relay acknowledging it).
-     */
-    func subscribeSyncStatus(listener: SyncStatusListener)  -> Subscription
-    
-    /**
-     * This document's sync status: only on this device, sending, or safely on the relay,
-     * with the number of changes not yet acknowledged.
-     */
-    func syncStatus() async throws  -> DocumentSync
     
 }
 /**
@@ -6157,6 +6157,64 @@ open class Resources: ResourcesProtocol, @unchecked Sendable {
 
     
 
+    
+    /**
+     * The id of the group it belongs to.
+     */
+open func groupId() -> String  {
+    return try!  FfiConverterString.lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_cairn_mobile_fn_method_resources_group_id(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * The document's id.
+     */
+open func id() -> String  {
+    return try!  FfiConverterString.lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_cairn_mobile_fn_method_resources_id(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * This document's sync status, live: the current one first, then each change
+     * (an edit here, the relay acknowledging it).
+     */
+open func subscribeSyncStatus(listener: SyncStatusListener) -> Subscription  {
+    return try!  FfiConverterTypeSubscription_lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_cairn_mobile_fn_method_resources_subscribe_sync_status(
+            self.uniffiCloneHandle(),
+        FfiConverterTypeSyncStatusListener_lower(listener),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * This document's sync status: only on this device, sending, or safely on the
+     * relay, with the number of changes not yet acknowledged.
+     */
+open func syncStatus()async throws  -> DocumentSync  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_cairn_mobile_fn_method_resources_sync_status(
+                        self.uniffiCloneHandle()
+                )
+            },
+            pollFunc: ffi_cairn_mobile_rust_future_poll_rust_buffer,
+            completeFunc: ffi_cairn_mobile_rust_future_complete_rust_buffer,
+            freeFunc: ffi_cairn_mobile_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeDocumentSync_lift,
+            errorHandler: FfiConverterTypeCairnError_lift
+        )
+}
     
     /**
      * Adds a resource and returns its id. An empty title, a file over
@@ -6290,30 +6348,6 @@ open func get(resourceId: String)async throws  -> ResourceRecord  {
             liftFunc: FfiConverterTypeResourceRecord_lift,
             errorHandler: FfiConverterTypeCairnError_lift
         )
-}
-    
-    /**
-     * The id of the group it belongs to.
-     */
-open func groupId() -> String  {
-    return try!  FfiConverterString.lift(try! rustCall() {
-        uniffiCallStatus in
-    uniffi_cairn_mobile_fn_method_resources_group_id(
-            self.uniffiCloneHandle(),uniffiCallStatus
-    )
-})
-}
-    
-    /**
-     * The document's id.
-     */
-open func id() -> String  {
-    return try!  FfiConverterString.lift(try! rustCall() {
-        uniffiCallStatus in
-    uniffi_cairn_mobile_fn_method_resources_id(
-            self.uniffiCloneHandle(),uniffiCallStatus
-    )
-})
 }
     
     /**
@@ -6462,40 +6496,6 @@ open func subscribe(listener: ResourcesListener) -> Subscription  {
         FfiConverterTypeResourcesListener_lower(listener),uniffiCallStatus
     )
 })
-}
-    
-    /**
-     * This document's sync status, live: the current one first, then each change (an
-     * edit here, the relay acknowledging it).
-     */
-open func subscribeSyncStatus(listener: SyncStatusListener) -> Subscription  {
-    return try!  FfiConverterTypeSubscription_lift(try! rustCall() {
-        uniffiCallStatus in
-    uniffi_cairn_mobile_fn_method_resources_subscribe_sync_status(
-            self.uniffiCloneHandle(),
-        FfiConverterTypeSyncStatusListener_lower(listener),uniffiCallStatus
-    )
-})
-}
-    
-    /**
-     * This document's sync status: only on this device, sending, or safely on the relay,
-     * with the number of changes not yet acknowledged.
-     */
-open func syncStatus()async throws  -> DocumentSync  {
-    return
-        try  await uniffiRustCallAsync(
-            rustFutureFunc: {
-                uniffi_cairn_mobile_fn_method_resources_sync_status(
-                        self.uniffiCloneHandle()
-                )
-            },
-            pollFunc: ffi_cairn_mobile_rust_future_poll_rust_buffer,
-            completeFunc: ffi_cairn_mobile_rust_future_complete_rust_buffer,
-            freeFunc: ffi_cairn_mobile_rust_future_free_rust_buffer,
-            liftFunc: FfiConverterTypeDocumentSync_lift,
-            errorHandler: FfiConverterTypeCairnError_lift
-        )
 }
     
 
@@ -6807,11 +6807,6 @@ public func FfiConverterTypeResourcesListener_lower(_ value: ResourcesListener) 
 public protocol SeriesProtocol: AnyObject, Sendable {
     
     /**
-     * Cancels the occurrence originally on `original_date` (idempotent).
-     */
-    func cancelOccurrence(originalDate: String) async throws 
-    
-    /**
      * The id of the group it belongs to.
      */
     func groupId()  -> String
@@ -6820,6 +6815,23 @@ public protocol SeriesProtocol: AnyObject, Sendable {
      * The document's id.
      */
     func id()  -> String
+    
+    /**
+     * This document's sync status, live: the current one first, then each change
+     * (an edit here, the relay acknowledging it).
+     */
+    func subscribeSyncStatus(listener: SyncStatusListener)  -> Subscription
+    
+    /**
+     * This document's sync status: only on this device, sending, or safely on the
+     * relay, with the number of changes not yet acknowledged.
+     */
+    func syncStatus() async throws  -> DocumentSync
+    
+    /**
+     * Cancels the occurrence originally on `original_date` (idempotent).
+     */
+    func cancelOccurrence(originalDate: String) async throws 
     
     /**
      * Moves the occurrence originally on `original_date` to start at `new_start_ms`
@@ -6886,18 +6898,6 @@ public protocol SeriesProtocol: AnyObject, Sendable {
      */
     func subscribe(listener: SeriesListener)  -> Subscription
     
-    /**
-     * This document's sync status, live: the current one first, then each change (an
-     * edit here, the relay acknowledging it).
-     */
-    func subscribeSyncStatus(listener: SyncStatusListener)  -> Subscription
-    
-    /**
-     * This document's sync status: only on this device, sending, or safely on the relay,
-     * with the number of changes not yet acknowledged.
-     */
-    func syncStatus() async throws  -> DocumentSync
-    
 }
 /**
  * A recurring meeting: its rule in an IANA zone and its occurrences.
@@ -6956,25 +6956,6 @@ open class Series: SeriesProtocol, @unchecked Sendable {
 
     
     /**
-     * Cancels the occurrence originally on `original_date` (idempotent).
-     */
-open func cancelOccurrence(originalDate: String)async throws   {
-    return
-        try  await uniffiRustCallAsync(
-            rustFutureFunc: {
-                uniffi_cairn_mobile_fn_method_series_cancel_occurrence(
-                        self.uniffiCloneHandle(),FfiConverterString.lower(originalDate)
-                )
-            },
-            pollFunc: ffi_cairn_mobile_rust_future_poll_void,
-            completeFunc: ffi_cairn_mobile_rust_future_complete_void,
-            freeFunc: ffi_cairn_mobile_rust_future_free_void,
-            liftFunc: { $0 },
-            errorHandler: FfiConverterTypeCairnError_lift
-        )
-}
-    
-    /**
      * The id of the group it belongs to.
      */
 open func groupId() -> String  {
@@ -6996,6 +6977,59 @@ open func id() -> String  {
             self.uniffiCloneHandle(),uniffiCallStatus
     )
 })
+}
+    
+    /**
+     * This document's sync status, live: the current one first, then each change
+     * (an edit here, the relay acknowledging it).
+     */
+open func subscribeSyncStatus(listener: SyncStatusListener) -> Subscription  {
+    return try!  FfiConverterTypeSubscription_lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_cairn_mobile_fn_method_series_subscribe_sync_status(
+            self.uniffiCloneHandle(),
+        FfiConverterTypeSyncStatusListener_lower(listener),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * This document's sync status: only on this device, sending, or safely on the
+     * relay, with the number of changes not yet acknowledged.
+     */
+open func syncStatus()async throws  -> DocumentSync  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_cairn_mobile_fn_method_series_sync_status(
+                        self.uniffiCloneHandle()
+                )
+            },
+            pollFunc: ffi_cairn_mobile_rust_future_poll_rust_buffer,
+            completeFunc: ffi_cairn_mobile_rust_future_complete_rust_buffer,
+            freeFunc: ffi_cairn_mobile_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeDocumentSync_lift,
+            errorHandler: FfiConverterTypeCairnError_lift
+        )
+}
+    
+    /**
+     * Cancels the occurrence originally on `original_date` (idempotent).
+     */
+open func cancelOccurrence(originalDate: String)async throws   {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_cairn_mobile_fn_method_series_cancel_occurrence(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(originalDate)
+                )
+            },
+            pollFunc: ffi_cairn_mobile_rust_future_poll_void,
+            completeFunc: ffi_cairn_mobile_rust_future_complete_void,
+            freeFunc: ffi_cairn_mobile_rust_future_free_void,
+            liftFunc: { $0 },
+            errorHandler: FfiConverterTypeCairnError_lift
+        )
 }
     
     /**
@@ -7209,40 +7243,6 @@ open func subscribe(listener: SeriesListener) -> Subscription  {
         FfiConverterTypeSeriesListener_lower(listener),uniffiCallStatus
     )
 })
-}
-    
-    /**
-     * This document's sync status, live: the current one first, then each change (an
-     * edit here, the relay acknowledging it).
-     */
-open func subscribeSyncStatus(listener: SyncStatusListener) -> Subscription  {
-    return try!  FfiConverterTypeSubscription_lift(try! rustCall() {
-        uniffiCallStatus in
-    uniffi_cairn_mobile_fn_method_series_subscribe_sync_status(
-            self.uniffiCloneHandle(),
-        FfiConverterTypeSyncStatusListener_lower(listener),uniffiCallStatus
-    )
-})
-}
-    
-    /**
-     * This document's sync status: only on this device, sending, or safely on the relay,
-     * with the number of changes not yet acknowledged.
-     */
-open func syncStatus()async throws  -> DocumentSync  {
-    return
-        try  await uniffiRustCallAsync(
-            rustFutureFunc: {
-                uniffi_cairn_mobile_fn_method_series_sync_status(
-                        self.uniffiCloneHandle()
-                )
-            },
-            pollFunc: ffi_cairn_mobile_rust_future_poll_rust_buffer,
-            completeFunc: ffi_cairn_mobile_rust_future_complete_rust_buffer,
-            freeFunc: ffi_cairn_mobile_rust_future_free_rust_buffer,
-            liftFunc: FfiConverterTypeDocumentSync_lift,
-            errorHandler: FfiConverterTypeCairnError_lift
-        )
 }
     
 
@@ -8170,6 +8170,28 @@ public func FfiConverterTypeSyncStatusListener_lower(_ value: SyncStatusListener
 public protocol ThreadProtocol: AnyObject, Sendable {
     
     /**
+     * The id of the group it belongs to.
+     */
+    func groupId()  -> String
+    
+    /**
+     * The document's id.
+     */
+    func id()  -> String
+    
+    /**
+     * This document's sync status, live: the current one first, then each change
+     * (an edit here, the relay acknowledging it).
+     */
+    func subscribeSyncStatus(listener: SyncStatusListener)  -> Subscription
+    
+    /**
+     * This document's sync status: only on this device, sending, or safely on the
+     * relay, with the number of changes not yet acknowledged.
+     */
+    func syncStatus() async throws  -> DocumentSync
+    
+    /**
      * Proposes an agenda item from a post (for a meeting's agenda). A deleted post is
      * Invalid.
      */
@@ -8191,16 +8213,6 @@ public protocol ThreadProtocol: AnyObject, Sendable {
      * Rewrites one's own post and who it calls on.
      */
     func editPostWithMentions(postId: String, text: String, mentions: [Mention]) async throws 
-    
-    /**
-     * The id of the group it belongs to.
-     */
-    func groupId()  -> String
-    
-    /**
-     * The document's id.
-     */
-    func id()  -> String
     
     /**
      * Posts `text` (kept exactly, not trimmed; not empty); returns the post's id.
@@ -8242,18 +8254,6 @@ public protocol ThreadProtocol: AnyObject, Sendable {
      * [`Subscription`] ends.
      */
     func subscribe(listener: ThreadListener)  -> Subscription
-    
-    /**
-     * This document's sync status, live: the current one first, then each change (an
-     * edit here, the relay acknowledging it).
-     */
-    func subscribeSyncStatus(listener: SyncStatusListener)  -> Subscription
-    
-    /**
-     * This document's sync status: only on this device, sending, or safely on the relay,
-     * with the number of changes not yet acknowledged.
-     */
-    func syncStatus() async throws  -> DocumentSync
     
     /**
      * Takes this member's reaction back (nothing happens if there was none).
@@ -8316,6 +8316,64 @@ open class Thread: ThreadProtocol, @unchecked Sendable {
 
     
 
+    
+    /**
+     * The id of the group it belongs to.
+     */
+open func groupId() -> String  {
+    return try!  FfiConverterString.lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_cairn_mobile_fn_method_thread_group_id(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * The document's id.
+     */
+open func id() -> String  {
+    return try!  FfiConverterString.lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_cairn_mobile_fn_method_thread_id(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * This document's sync status, live: the current one first, then each change
+     * (an edit here, the relay acknowledging it).
+     */
+open func subscribeSyncStatus(listener: SyncStatusListener) -> Subscription  {
+    return try!  FfiConverterTypeSubscription_lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_cairn_mobile_fn_method_thread_subscribe_sync_status(
+            self.uniffiCloneHandle(),
+        FfiConverterTypeSyncStatusListener_lower(listener),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * This document's sync status: only on this device, sending, or safely on the
+     * relay, with the number of changes not yet acknowledged.
+     */
+open func syncStatus()async throws  -> DocumentSync  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_cairn_mobile_fn_method_thread_sync_status(
+                        self.uniffiCloneHandle()
+                )
+            },
+            pollFunc: ffi_cairn_mobile_rust_future_poll_rust_buffer,
+            completeFunc: ffi_cairn_mobile_rust_future_complete_rust_buffer,
+            freeFunc: ffi_cairn_mobile_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeDocumentSync_lift,
+            errorHandler: FfiConverterTypeCairnError_lift
+        )
+}
     
     /**
      * Proposes an agenda item from a post (for a meeting's agenda). A deleted post is
@@ -8394,30 +8452,6 @@ open func editPostWithMentions(postId: String, text: String, mentions: [Mention]
             liftFunc: { $0 },
             errorHandler: FfiConverterTypeCairnError_lift
         )
-}
-    
-    /**
-     * The id of the group it belongs to.
-     */
-open func groupId() -> String  {
-    return try!  FfiConverterString.lift(try! rustCall() {
-        uniffiCallStatus in
-    uniffi_cairn_mobile_fn_method_thread_group_id(
-            self.uniffiCloneHandle(),uniffiCallStatus
-    )
-})
-}
-    
-    /**
-     * The document's id.
-     */
-open func id() -> String  {
-    return try!  FfiConverterString.lift(try! rustCall() {
-        uniffiCallStatus in
-    uniffi_cairn_mobile_fn_method_thread_id(
-            self.uniffiCloneHandle(),uniffiCallStatus
-    )
-})
 }
     
     /**
@@ -8565,40 +8599,6 @@ open func subscribe(listener: ThreadListener) -> Subscription  {
         FfiConverterTypeThreadListener_lower(listener),uniffiCallStatus
     )
 })
-}
-    
-    /**
-     * This document's sync status, live: the current one first, then each change (an
-     * edit here, the relay acknowledging it).
-     */
-open func subscribeSyncStatus(listener: SyncStatusListener) -> Subscription  {
-    return try!  FfiConverterTypeSubscription_lift(try! rustCall() {
-        uniffiCallStatus in
-    uniffi_cairn_mobile_fn_method_thread_subscribe_sync_status(
-            self.uniffiCloneHandle(),
-        FfiConverterTypeSyncStatusListener_lower(listener),uniffiCallStatus
-    )
-})
-}
-    
-    /**
-     * This document's sync status: only on this device, sending, or safely on the relay,
-     * with the number of changes not yet acknowledged.
-     */
-open func syncStatus()async throws  -> DocumentSync  {
-    return
-        try  await uniffiRustCallAsync(
-            rustFutureFunc: {
-                uniffi_cairn_mobile_fn_method_thread_sync_status(
-                        self.uniffiCloneHandle()
-                )
-            },
-            pollFunc: ffi_cairn_mobile_rust_future_poll_rust_buffer,
-            completeFunc: ffi_cairn_mobile_rust_future_complete_rust_buffer,
-            freeFunc: ffi_cairn_mobile_rust_future_free_rust_buffer,
-            liftFunc: FfiConverterTypeDocumentSync_lift,
-            errorHandler: FfiConverterTypeCairnError_lift
-        )
 }
     
     /**
@@ -18375,6 +18375,18 @@ private let initializationResult: InitializationResult = {
     if (uniffi_cairn_mobile_checksum_method_journal_write() != 59444) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_cairn_mobile_checksum_method_meeting_group_id() != 56538) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_cairn_mobile_checksum_method_meeting_id() != 11594) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_cairn_mobile_checksum_method_meeting_subscribe_sync_status() != 8353) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_cairn_mobile_checksum_method_meeting_sync_status() != 26976) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_cairn_mobile_checksum_method_meeting_add_action() != 59938) {
         return InitializationResult.apiChecksumMismatch
     }
@@ -18382,12 +18394,6 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_cairn_mobile_checksum_method_meeting_carry_open_actions() != 26709) {
-        return InitializationResult.apiChecksumMismatch
-    }
-    if (uniffi_cairn_mobile_checksum_method_meeting_group_id() != 28643) {
-        return InitializationResult.apiChecksumMismatch
-    }
-    if (uniffi_cairn_mobile_checksum_method_meeting_id() != 30783) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_cairn_mobile_checksum_method_meeting_minutes() != 10104) {
@@ -18456,10 +18462,16 @@ private let initializationResult: InitializationResult = {
     if (uniffi_cairn_mobile_checksum_method_meeting_subscribe() != 586) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_cairn_mobile_checksum_method_meeting_subscribe_sync_status() != 59090) {
+    if (uniffi_cairn_mobile_checksum_method_minutes_group_id() != 35041) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_cairn_mobile_checksum_method_meeting_sync_status() != 50545) {
+    if (uniffi_cairn_mobile_checksum_method_minutes_id() != 61019) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_cairn_mobile_checksum_method_minutes_subscribe_sync_status() != 56801) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_cairn_mobile_checksum_method_minutes_sync_status() != 49131) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_cairn_mobile_checksum_method_minutes_agree() != 47918) {
@@ -18487,12 +18499,6 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_cairn_mobile_checksum_method_minutes_export_markdown() != 17262) {
-        return InitializationResult.apiChecksumMismatch
-    }
-    if (uniffi_cairn_mobile_checksum_method_minutes_group_id() != 58703) {
-        return InitializationResult.apiChecksumMismatch
-    }
-    if (uniffi_cairn_mobile_checksum_method_minutes_id() != 31315) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_cairn_mobile_checksum_method_minutes_insert_paragraph() != 21117) {
@@ -18534,10 +18540,16 @@ private let initializationResult: InitializationResult = {
     if (uniffi_cairn_mobile_checksum_method_minutes_subscribe_cursors() != 18615) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_cairn_mobile_checksum_method_minutes_subscribe_sync_status() != 37200) {
+    if (uniffi_cairn_mobile_checksum_method_resources_group_id() != 59210) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_cairn_mobile_checksum_method_minutes_sync_status() != 3707) {
+    if (uniffi_cairn_mobile_checksum_method_resources_id() != 63919) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_cairn_mobile_checksum_method_resources_subscribe_sync_status() != 16352) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_cairn_mobile_checksum_method_resources_sync_status() != 47344) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_cairn_mobile_checksum_method_resources_add() != 19594) {
@@ -18559,12 +18571,6 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_cairn_mobile_checksum_method_resources_get() != 43956) {
-        return InitializationResult.apiChecksumMismatch
-    }
-    if (uniffi_cairn_mobile_checksum_method_resources_group_id() != 9770) {
-        return InitializationResult.apiChecksumMismatch
-    }
-    if (uniffi_cairn_mobile_checksum_method_resources_id() != 49362) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_cairn_mobile_checksum_method_resources_list() != 61387) {
@@ -18591,19 +18597,19 @@ private let initializationResult: InitializationResult = {
     if (uniffi_cairn_mobile_checksum_method_resources_subscribe() != 9038) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_cairn_mobile_checksum_method_resources_subscribe_sync_status() != 23751) {
+    if (uniffi_cairn_mobile_checksum_method_series_group_id() != 17063) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_cairn_mobile_checksum_method_resources_sync_status() != 5736) {
+    if (uniffi_cairn_mobile_checksum_method_series_id() != 3036) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_cairn_mobile_checksum_method_series_subscribe_sync_status() != 30189) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_cairn_mobile_checksum_method_series_sync_status() != 37373) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_cairn_mobile_checksum_method_series_cancel_occurrence() != 5561) {
-        return InitializationResult.apiChecksumMismatch
-    }
-    if (uniffi_cairn_mobile_checksum_method_series_group_id() != 46305) {
-        return InitializationResult.apiChecksumMismatch
-    }
-    if (uniffi_cairn_mobile_checksum_method_series_id() != 18173) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_cairn_mobile_checksum_method_series_move_occurrence() != 60392) {
@@ -18639,16 +18645,22 @@ private let initializationResult: InitializationResult = {
     if (uniffi_cairn_mobile_checksum_method_series_subscribe() != 38587) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_cairn_mobile_checksum_method_series_subscribe_sync_status() != 62633) {
-        return InitializationResult.apiChecksumMismatch
-    }
-    if (uniffi_cairn_mobile_checksum_method_series_sync_status() != 34107) {
-        return InitializationResult.apiChecksumMismatch
-    }
     if (uniffi_cairn_mobile_checksum_method_subscription_cancel() != 2741) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_cairn_mobile_checksum_method_subscription_is_cancelled() != 37370) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_cairn_mobile_checksum_method_thread_group_id() != 57267) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_cairn_mobile_checksum_method_thread_id() != 39686) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_cairn_mobile_checksum_method_thread_subscribe_sync_status() != 48126) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_cairn_mobile_checksum_method_thread_sync_status() != 16467) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_cairn_mobile_checksum_method_thread_agenda_draft() != 41503) {
@@ -18661,12 +18673,6 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_cairn_mobile_checksum_method_thread_edit_post_with_mentions() != 4690) {
-        return InitializationResult.apiChecksumMismatch
-    }
-    if (uniffi_cairn_mobile_checksum_method_thread_group_id() != 38977) {
-        return InitializationResult.apiChecksumMismatch
-    }
-    if (uniffi_cairn_mobile_checksum_method_thread_id() != 45914) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_cairn_mobile_checksum_method_thread_post() != 41133) {
@@ -18691,12 +18697,6 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_cairn_mobile_checksum_method_thread_subscribe() != 36459) {
-        return InitializationResult.apiChecksumMismatch
-    }
-    if (uniffi_cairn_mobile_checksum_method_thread_subscribe_sync_status() != 21344) {
-        return InitializationResult.apiChecksumMismatch
-    }
-    if (uniffi_cairn_mobile_checksum_method_thread_sync_status() != 11441) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_cairn_mobile_checksum_method_thread_unreact() != 30585) {

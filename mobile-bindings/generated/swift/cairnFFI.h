@@ -1181,6 +1181,26 @@ uint64_t uniffi_cairn_mobile_fn_clone_meeting(uint64_t handle, RustCallStatus *_
 void uniffi_cairn_mobile_fn_free_meeting(uint64_t handle, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_MEETING_GROUP_ID
+#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_MEETING_GROUP_ID
+RustBuffer uniffi_cairn_mobile_fn_method_meeting_group_id(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_MEETING_ID
+#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_MEETING_ID
+RustBuffer uniffi_cairn_mobile_fn_method_meeting_id(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_MEETING_SUBSCRIBE_SYNC_STATUS
+#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_MEETING_SUBSCRIBE_SYNC_STATUS
+uint64_t uniffi_cairn_mobile_fn_method_meeting_subscribe_sync_status(uint64_t ptr, uint64_t listener, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_MEETING_SYNC_STATUS
+#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_MEETING_SYNC_STATUS
+uint64_t uniffi_cairn_mobile_fn_method_meeting_sync_status(uint64_t ptr
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_MEETING_ADD_ACTION
 #define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_MEETING_ADD_ACTION
 uint64_t uniffi_cairn_mobile_fn_method_meeting_add_action(uint64_t ptr, RustBuffer text, RustBuffer owner, RustBuffer due
@@ -1194,16 +1214,6 @@ uint64_t uniffi_cairn_mobile_fn_method_meeting_add_agenda_item(uint64_t ptr, Rus
 #ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_MEETING_CARRY_OPEN_ACTIONS
 #define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_MEETING_CARRY_OPEN_ACTIONS
 uint64_t uniffi_cairn_mobile_fn_method_meeting_carry_open_actions(uint64_t ptr, RustBuffer from_meeting_id
-);
-#endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_MEETING_GROUP_ID
-#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_MEETING_GROUP_ID
-RustBuffer uniffi_cairn_mobile_fn_method_meeting_group_id(uint64_t ptr, RustCallStatus *_Nonnull out_status
-);
-#endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_MEETING_ID
-#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_MEETING_ID
-RustBuffer uniffi_cairn_mobile_fn_method_meeting_id(uint64_t ptr, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_MEETING_MINUTES
@@ -1316,16 +1326,6 @@ uint64_t uniffi_cairn_mobile_fn_method_meeting_splice_text(uint64_t ptr, RustBuf
 uint64_t uniffi_cairn_mobile_fn_method_meeting_subscribe(uint64_t ptr, uint64_t listener, RustCallStatus *_Nonnull out_status
 );
 #endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_MEETING_SUBSCRIBE_SYNC_STATUS
-#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_MEETING_SUBSCRIBE_SYNC_STATUS
-uint64_t uniffi_cairn_mobile_fn_method_meeting_subscribe_sync_status(uint64_t ptr, uint64_t listener, RustCallStatus *_Nonnull out_status
-);
-#endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_MEETING_SYNC_STATUS
-#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_MEETING_SYNC_STATUS
-uint64_t uniffi_cairn_mobile_fn_method_meeting_sync_status(uint64_t ptr
-);
-#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_CLONE_MINUTES
 #define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_CLONE_MINUTES
 uint64_t uniffi_cairn_mobile_fn_clone_minutes(uint64_t handle, RustCallStatus *_Nonnull out_status
@@ -1334,6 +1334,26 @@ uint64_t uniffi_cairn_mobile_fn_clone_minutes(uint64_t handle, RustCallStatus *_
 #ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_FREE_MINUTES
 #define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_FREE_MINUTES
 void uniffi_cairn_mobile_fn_free_minutes(uint64_t handle, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_MINUTES_GROUP_ID
+#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_MINUTES_GROUP_ID
+RustBuffer uniffi_cairn_mobile_fn_method_minutes_group_id(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_MINUTES_ID
+#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_MINUTES_ID
+RustBuffer uniffi_cairn_mobile_fn_method_minutes_id(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_MINUTES_SUBSCRIBE_SYNC_STATUS
+#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_MINUTES_SUBSCRIBE_SYNC_STATUS
+uint64_t uniffi_cairn_mobile_fn_method_minutes_subscribe_sync_status(uint64_t ptr, uint64_t listener, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_MINUTES_SYNC_STATUS
+#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_MINUTES_SYNC_STATUS
+uint64_t uniffi_cairn_mobile_fn_method_minutes_sync_status(uint64_t ptr
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_MINUTES_AGREE
@@ -1379,16 +1399,6 @@ uint64_t uniffi_cairn_mobile_fn_method_minutes_export_html(uint64_t ptr, RustBuf
 #ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_MINUTES_EXPORT_MARKDOWN
 #define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_MINUTES_EXPORT_MARKDOWN
 uint64_t uniffi_cairn_mobile_fn_method_minutes_export_markdown(uint64_t ptr
-);
-#endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_MINUTES_GROUP_ID
-#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_MINUTES_GROUP_ID
-RustBuffer uniffi_cairn_mobile_fn_method_minutes_group_id(uint64_t ptr, RustCallStatus *_Nonnull out_status
-);
-#endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_MINUTES_ID
-#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_MINUTES_ID
-RustBuffer uniffi_cairn_mobile_fn_method_minutes_id(uint64_t ptr, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_MINUTES_INSERT_PARAGRAPH
@@ -1456,16 +1466,6 @@ uint64_t uniffi_cairn_mobile_fn_method_minutes_subscribe(uint64_t ptr, uint64_t 
 uint64_t uniffi_cairn_mobile_fn_method_minutes_subscribe_cursors(uint64_t ptr, uint64_t listener, RustCallStatus *_Nonnull out_status
 );
 #endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_MINUTES_SUBSCRIBE_SYNC_STATUS
-#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_MINUTES_SUBSCRIBE_SYNC_STATUS
-uint64_t uniffi_cairn_mobile_fn_method_minutes_subscribe_sync_status(uint64_t ptr, uint64_t listener, RustCallStatus *_Nonnull out_status
-);
-#endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_MINUTES_SYNC_STATUS
-#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_MINUTES_SYNC_STATUS
-uint64_t uniffi_cairn_mobile_fn_method_minutes_sync_status(uint64_t ptr
-);
-#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_CLONE_RESOURCES
 #define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_CLONE_RESOURCES
 uint64_t uniffi_cairn_mobile_fn_clone_resources(uint64_t handle, RustCallStatus *_Nonnull out_status
@@ -1474,6 +1474,26 @@ uint64_t uniffi_cairn_mobile_fn_clone_resources(uint64_t handle, RustCallStatus 
 #ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_FREE_RESOURCES
 #define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_FREE_RESOURCES
 void uniffi_cairn_mobile_fn_free_resources(uint64_t handle, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_RESOURCES_GROUP_ID
+#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_RESOURCES_GROUP_ID
+RustBuffer uniffi_cairn_mobile_fn_method_resources_group_id(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_RESOURCES_ID
+#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_RESOURCES_ID
+RustBuffer uniffi_cairn_mobile_fn_method_resources_id(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_RESOURCES_SUBSCRIBE_SYNC_STATUS
+#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_RESOURCES_SUBSCRIBE_SYNC_STATUS
+uint64_t uniffi_cairn_mobile_fn_method_resources_subscribe_sync_status(uint64_t ptr, uint64_t listener, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_RESOURCES_SYNC_STATUS
+#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_RESOURCES_SYNC_STATUS
+uint64_t uniffi_cairn_mobile_fn_method_resources_sync_status(uint64_t ptr
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_RESOURCES_ADD
@@ -1509,16 +1529,6 @@ uint64_t uniffi_cairn_mobile_fn_method_resources_for_meeting(uint64_t ptr, RustB
 #ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_RESOURCES_GET
 #define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_RESOURCES_GET
 uint64_t uniffi_cairn_mobile_fn_method_resources_get(uint64_t ptr, RustBuffer resource_id
-);
-#endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_RESOURCES_GROUP_ID
-#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_RESOURCES_GROUP_ID
-RustBuffer uniffi_cairn_mobile_fn_method_resources_group_id(uint64_t ptr, RustCallStatus *_Nonnull out_status
-);
-#endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_RESOURCES_ID
-#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_RESOURCES_ID
-RustBuffer uniffi_cairn_mobile_fn_method_resources_id(uint64_t ptr, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_RESOURCES_LIST
@@ -1561,16 +1571,6 @@ uint64_t uniffi_cairn_mobile_fn_method_resources_set_title(uint64_t ptr, RustBuf
 uint64_t uniffi_cairn_mobile_fn_method_resources_subscribe(uint64_t ptr, uint64_t listener, RustCallStatus *_Nonnull out_status
 );
 #endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_RESOURCES_SUBSCRIBE_SYNC_STATUS
-#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_RESOURCES_SUBSCRIBE_SYNC_STATUS
-uint64_t uniffi_cairn_mobile_fn_method_resources_subscribe_sync_status(uint64_t ptr, uint64_t listener, RustCallStatus *_Nonnull out_status
-);
-#endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_RESOURCES_SYNC_STATUS
-#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_RESOURCES_SYNC_STATUS
-uint64_t uniffi_cairn_mobile_fn_method_resources_sync_status(uint64_t ptr
-);
-#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_CLONE_SERIES
 #define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_CLONE_SERIES
 uint64_t uniffi_cairn_mobile_fn_clone_series(uint64_t handle, RustCallStatus *_Nonnull out_status
@@ -1581,11 +1581,6 @@ uint64_t uniffi_cairn_mobile_fn_clone_series(uint64_t handle, RustCallStatus *_N
 void uniffi_cairn_mobile_fn_free_series(uint64_t handle, RustCallStatus *_Nonnull out_status
 );
 #endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_SERIES_CANCEL_OCCURRENCE
-#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_SERIES_CANCEL_OCCURRENCE
-uint64_t uniffi_cairn_mobile_fn_method_series_cancel_occurrence(uint64_t ptr, RustBuffer original_date
-);
-#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_SERIES_GROUP_ID
 #define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_SERIES_GROUP_ID
 RustBuffer uniffi_cairn_mobile_fn_method_series_group_id(uint64_t ptr, RustCallStatus *_Nonnull out_status
@@ -1594,6 +1589,21 @@ RustBuffer uniffi_cairn_mobile_fn_method_series_group_id(uint64_t ptr, RustCallS
 #ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_SERIES_ID
 #define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_SERIES_ID
 RustBuffer uniffi_cairn_mobile_fn_method_series_id(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_SERIES_SUBSCRIBE_SYNC_STATUS
+#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_SERIES_SUBSCRIBE_SYNC_STATUS
+uint64_t uniffi_cairn_mobile_fn_method_series_subscribe_sync_status(uint64_t ptr, uint64_t listener, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_SERIES_SYNC_STATUS
+#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_SERIES_SYNC_STATUS
+uint64_t uniffi_cairn_mobile_fn_method_series_sync_status(uint64_t ptr
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_SERIES_CANCEL_OCCURRENCE
+#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_SERIES_CANCEL_OCCURRENCE
+uint64_t uniffi_cairn_mobile_fn_method_series_cancel_occurrence(uint64_t ptr, RustBuffer original_date
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_SERIES_MOVE_OCCURRENCE
@@ -1651,16 +1661,6 @@ uint64_t uniffi_cairn_mobile_fn_method_series_set_title(uint64_t ptr, RustBuffer
 uint64_t uniffi_cairn_mobile_fn_method_series_subscribe(uint64_t ptr, uint64_t listener, RustCallStatus *_Nonnull out_status
 );
 #endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_SERIES_SUBSCRIBE_SYNC_STATUS
-#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_SERIES_SUBSCRIBE_SYNC_STATUS
-uint64_t uniffi_cairn_mobile_fn_method_series_subscribe_sync_status(uint64_t ptr, uint64_t listener, RustCallStatus *_Nonnull out_status
-);
-#endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_SERIES_SYNC_STATUS
-#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_SERIES_SYNC_STATUS
-uint64_t uniffi_cairn_mobile_fn_method_series_sync_status(uint64_t ptr
-);
-#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_CLONE_SUBSCRIPTION
 #define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_CLONE_SUBSCRIPTION
 uint64_t uniffi_cairn_mobile_fn_clone_subscription(uint64_t handle, RustCallStatus *_Nonnull out_status
@@ -1691,6 +1691,26 @@ uint64_t uniffi_cairn_mobile_fn_clone_thread(uint64_t handle, RustCallStatus *_N
 void uniffi_cairn_mobile_fn_free_thread(uint64_t handle, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_THREAD_GROUP_ID
+#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_THREAD_GROUP_ID
+RustBuffer uniffi_cairn_mobile_fn_method_thread_group_id(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_THREAD_ID
+#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_THREAD_ID
+RustBuffer uniffi_cairn_mobile_fn_method_thread_id(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_THREAD_SUBSCRIBE_SYNC_STATUS
+#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_THREAD_SUBSCRIBE_SYNC_STATUS
+uint64_t uniffi_cairn_mobile_fn_method_thread_subscribe_sync_status(uint64_t ptr, uint64_t listener, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_THREAD_SYNC_STATUS
+#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_THREAD_SYNC_STATUS
+uint64_t uniffi_cairn_mobile_fn_method_thread_sync_status(uint64_t ptr
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_THREAD_AGENDA_DRAFT
 #define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_THREAD_AGENDA_DRAFT
 uint64_t uniffi_cairn_mobile_fn_method_thread_agenda_draft(uint64_t ptr, RustBuffer post_id
@@ -1709,16 +1729,6 @@ uint64_t uniffi_cairn_mobile_fn_method_thread_edit_post(uint64_t ptr, RustBuffer
 #ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_THREAD_EDIT_POST_WITH_MENTIONS
 #define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_THREAD_EDIT_POST_WITH_MENTIONS
 uint64_t uniffi_cairn_mobile_fn_method_thread_edit_post_with_mentions(uint64_t ptr, RustBuffer post_id, RustBuffer text, RustBuffer mentions
-);
-#endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_THREAD_GROUP_ID
-#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_THREAD_GROUP_ID
-RustBuffer uniffi_cairn_mobile_fn_method_thread_group_id(uint64_t ptr, RustCallStatus *_Nonnull out_status
-);
-#endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_THREAD_ID
-#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_THREAD_ID
-RustBuffer uniffi_cairn_mobile_fn_method_thread_id(uint64_t ptr, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_THREAD_POST
@@ -1759,16 +1769,6 @@ uint64_t uniffi_cairn_mobile_fn_method_thread_set_title(uint64_t ptr, RustBuffer
 #ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_THREAD_SUBSCRIBE
 #define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_THREAD_SUBSCRIBE
 uint64_t uniffi_cairn_mobile_fn_method_thread_subscribe(uint64_t ptr, uint64_t listener, RustCallStatus *_Nonnull out_status
-);
-#endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_THREAD_SUBSCRIBE_SYNC_STATUS
-#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_THREAD_SUBSCRIBE_SYNC_STATUS
-uint64_t uniffi_cairn_mobile_fn_method_thread_subscribe_sync_status(uint64_t ptr, uint64_t listener, RustCallStatus *_Nonnull out_status
-);
-#endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_THREAD_SYNC_STATUS
-#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_THREAD_SYNC_STATUS
-uint64_t uniffi_cairn_mobile_fn_method_thread_sync_status(uint64_t ptr
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_THREAD_UNREACT
@@ -2627,6 +2627,30 @@ uint16_t uniffi_cairn_mobile_checksum_method_journal_write(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_MEETING_GROUP_ID
+#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_MEETING_GROUP_ID
+uint16_t uniffi_cairn_mobile_checksum_method_meeting_group_id(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_MEETING_ID
+#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_MEETING_ID
+uint16_t uniffi_cairn_mobile_checksum_method_meeting_id(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_MEETING_SUBSCRIBE_SYNC_STATUS
+#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_MEETING_SUBSCRIBE_SYNC_STATUS
+uint16_t uniffi_cairn_mobile_checksum_method_meeting_subscribe_sync_status(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_MEETING_SYNC_STATUS
+#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_MEETING_SYNC_STATUS
+uint16_t uniffi_cairn_mobile_checksum_method_meeting_sync_status(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_MEETING_ADD_ACTION
 #define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_MEETING_ADD_ACTION
 uint16_t uniffi_cairn_mobile_checksum_method_meeting_add_action(void
@@ -2642,18 +2666,6 @@ uint16_t uniffi_cairn_mobile_checksum_method_meeting_add_agenda_item(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_MEETING_CARRY_OPEN_ACTIONS
 #define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_MEETING_CARRY_OPEN_ACTIONS
 uint16_t uniffi_cairn_mobile_checksum_method_meeting_carry_open_actions(void
-    
-);
-#endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_MEETING_GROUP_ID
-#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_MEETING_GROUP_ID
-uint16_t uniffi_cairn_mobile_checksum_method_meeting_group_id(void
-    
-);
-#endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_MEETING_ID
-#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_MEETING_ID
-uint16_t uniffi_cairn_mobile_checksum_method_meeting_id(void
     
 );
 #endif
@@ -2789,15 +2801,27 @@ uint16_t uniffi_cairn_mobile_checksum_method_meeting_subscribe(void
     
 );
 #endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_MEETING_SUBSCRIBE_SYNC_STATUS
-#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_MEETING_SUBSCRIBE_SYNC_STATUS
-uint16_t uniffi_cairn_mobile_checksum_method_meeting_subscribe_sync_status(void
+#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_MINUTES_GROUP_ID
+#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_MINUTES_GROUP_ID
+uint16_t uniffi_cairn_mobile_checksum_method_minutes_group_id(void
     
 );
 #endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_MEETING_SYNC_STATUS
-#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_MEETING_SYNC_STATUS
-uint16_t uniffi_cairn_mobile_checksum_method_meeting_sync_status(void
+#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_MINUTES_ID
+#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_MINUTES_ID
+uint16_t uniffi_cairn_mobile_checksum_method_minutes_id(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_MINUTES_SUBSCRIBE_SYNC_STATUS
+#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_MINUTES_SUBSCRIBE_SYNC_STATUS
+uint16_t uniffi_cairn_mobile_checksum_method_minutes_subscribe_sync_status(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_MINUTES_SYNC_STATUS
+#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_MINUTES_SYNC_STATUS
+uint16_t uniffi_cairn_mobile_checksum_method_minutes_sync_status(void
     
 );
 #endif
@@ -2852,18 +2876,6 @@ uint16_t uniffi_cairn_mobile_checksum_method_minutes_export_html(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_MINUTES_EXPORT_MARKDOWN
 #define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_MINUTES_EXPORT_MARKDOWN
 uint16_t uniffi_cairn_mobile_checksum_method_minutes_export_markdown(void
-    
-);
-#endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_MINUTES_GROUP_ID
-#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_MINUTES_GROUP_ID
-uint16_t uniffi_cairn_mobile_checksum_method_minutes_group_id(void
-    
-);
-#endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_MINUTES_ID
-#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_MINUTES_ID
-uint16_t uniffi_cairn_mobile_checksum_method_minutes_id(void
     
 );
 #endif
@@ -2945,15 +2957,27 @@ uint16_t uniffi_cairn_mobile_checksum_method_minutes_subscribe_cursors(void
     
 );
 #endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_MINUTES_SUBSCRIBE_SYNC_STATUS
-#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_MINUTES_SUBSCRIBE_SYNC_STATUS
-uint16_t uniffi_cairn_mobile_checksum_method_minutes_subscribe_sync_status(void
+#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_RESOURCES_GROUP_ID
+#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_RESOURCES_GROUP_ID
+uint16_t uniffi_cairn_mobile_checksum_method_resources_group_id(void
     
 );
 #endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_MINUTES_SYNC_STATUS
-#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_MINUTES_SYNC_STATUS
-uint16_t uniffi_cairn_mobile_checksum_method_minutes_sync_status(void
+#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_RESOURCES_ID
+#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_RESOURCES_ID
+uint16_t uniffi_cairn_mobile_checksum_method_resources_id(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_RESOURCES_SUBSCRIBE_SYNC_STATUS
+#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_RESOURCES_SUBSCRIBE_SYNC_STATUS
+uint16_t uniffi_cairn_mobile_checksum_method_resources_subscribe_sync_status(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_RESOURCES_SYNC_STATUS
+#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_RESOURCES_SYNC_STATUS
+uint16_t uniffi_cairn_mobile_checksum_method_resources_sync_status(void
     
 );
 #endif
@@ -2996,18 +3020,6 @@ uint16_t uniffi_cairn_mobile_checksum_method_resources_for_meeting(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_RESOURCES_GET
 #define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_RESOURCES_GET
 uint16_t uniffi_cairn_mobile_checksum_method_resources_get(void
-    
-);
-#endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_RESOURCES_GROUP_ID
-#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_RESOURCES_GROUP_ID
-uint16_t uniffi_cairn_mobile_checksum_method_resources_group_id(void
-    
-);
-#endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_RESOURCES_ID
-#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_RESOURCES_ID
-uint16_t uniffi_cairn_mobile_checksum_method_resources_id(void
     
 );
 #endif
@@ -3059,24 +3071,6 @@ uint16_t uniffi_cairn_mobile_checksum_method_resources_subscribe(void
     
 );
 #endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_RESOURCES_SUBSCRIBE_SYNC_STATUS
-#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_RESOURCES_SUBSCRIBE_SYNC_STATUS
-uint16_t uniffi_cairn_mobile_checksum_method_resources_subscribe_sync_status(void
-    
-);
-#endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_RESOURCES_SYNC_STATUS
-#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_RESOURCES_SYNC_STATUS
-uint16_t uniffi_cairn_mobile_checksum_method_resources_sync_status(void
-    
-);
-#endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_SERIES_CANCEL_OCCURRENCE
-#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_SERIES_CANCEL_OCCURRENCE
-uint16_t uniffi_cairn_mobile_checksum_method_series_cancel_occurrence(void
-    
-);
-#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_SERIES_GROUP_ID
 #define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_SERIES_GROUP_ID
 uint16_t uniffi_cairn_mobile_checksum_method_series_group_id(void
@@ -3086,6 +3080,24 @@ uint16_t uniffi_cairn_mobile_checksum_method_series_group_id(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_SERIES_ID
 #define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_SERIES_ID
 uint16_t uniffi_cairn_mobile_checksum_method_series_id(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_SERIES_SUBSCRIBE_SYNC_STATUS
+#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_SERIES_SUBSCRIBE_SYNC_STATUS
+uint16_t uniffi_cairn_mobile_checksum_method_series_subscribe_sync_status(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_SERIES_SYNC_STATUS
+#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_SERIES_SYNC_STATUS
+uint16_t uniffi_cairn_mobile_checksum_method_series_sync_status(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_SERIES_CANCEL_OCCURRENCE
+#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_SERIES_CANCEL_OCCURRENCE
+uint16_t uniffi_cairn_mobile_checksum_method_series_cancel_occurrence(void
     
 );
 #endif
@@ -3155,18 +3167,6 @@ uint16_t uniffi_cairn_mobile_checksum_method_series_subscribe(void
     
 );
 #endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_SERIES_SUBSCRIBE_SYNC_STATUS
-#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_SERIES_SUBSCRIBE_SYNC_STATUS
-uint16_t uniffi_cairn_mobile_checksum_method_series_subscribe_sync_status(void
-    
-);
-#endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_SERIES_SYNC_STATUS
-#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_SERIES_SYNC_STATUS
-uint16_t uniffi_cairn_mobile_checksum_method_series_sync_status(void
-    
-);
-#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_SUBSCRIPTION_CANCEL
 #define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_SUBSCRIPTION_CANCEL
 uint16_t uniffi_cairn_mobile_checksum_method_subscription_cancel(void
@@ -3176,6 +3176,30 @@ uint16_t uniffi_cairn_mobile_checksum_method_subscription_cancel(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_SUBSCRIPTION_IS_CANCELLED
 #define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_SUBSCRIPTION_IS_CANCELLED
 uint16_t uniffi_cairn_mobile_checksum_method_subscription_is_cancelled(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_THREAD_GROUP_ID
+#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_THREAD_GROUP_ID
+uint16_t uniffi_cairn_mobile_checksum_method_thread_group_id(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_THREAD_ID
+#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_THREAD_ID
+uint16_t uniffi_cairn_mobile_checksum_method_thread_id(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_THREAD_SUBSCRIBE_SYNC_STATUS
+#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_THREAD_SUBSCRIBE_SYNC_STATUS
+uint16_t uniffi_cairn_mobile_checksum_method_thread_subscribe_sync_status(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_THREAD_SYNC_STATUS
+#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_THREAD_SYNC_STATUS
+uint16_t uniffi_cairn_mobile_checksum_method_thread_sync_status(void
     
 );
 #endif
@@ -3200,18 +3224,6 @@ uint16_t uniffi_cairn_mobile_checksum_method_thread_edit_post(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_THREAD_EDIT_POST_WITH_MENTIONS
 #define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_THREAD_EDIT_POST_WITH_MENTIONS
 uint16_t uniffi_cairn_mobile_checksum_method_thread_edit_post_with_mentions(void
-    
-);
-#endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_THREAD_GROUP_ID
-#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_THREAD_GROUP_ID
-uint16_t uniffi_cairn_mobile_checksum_method_thread_group_id(void
-    
-);
-#endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_THREAD_ID
-#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_THREAD_ID
-uint16_t uniffi_cairn_mobile_checksum_method_thread_id(void
     
 );
 #endif
@@ -3260,18 +3272,6 @@ uint16_t uniffi_cairn_mobile_checksum_method_thread_set_title(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_THREAD_SUBSCRIBE
 #define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_THREAD_SUBSCRIBE
 uint16_t uniffi_cairn_mobile_checksum_method_thread_subscribe(void
-    
-);
-#endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_THREAD_SUBSCRIBE_SYNC_STATUS
-#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_THREAD_SUBSCRIBE_SYNC_STATUS
-uint16_t uniffi_cairn_mobile_checksum_method_thread_subscribe_sync_status(void
-    
-);
-#endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_THREAD_SYNC_STATUS
-#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_THREAD_SYNC_STATUS
-uint16_t uniffi_cairn_mobile_checksum_method_thread_sync_status(void
     
 );
 #endif

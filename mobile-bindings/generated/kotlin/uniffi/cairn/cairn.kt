@@ -1188,15 +1188,19 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_cairn_mobile_checksum_method_journal_write(
     ): Int
+    external fun uniffi_cairn_mobile_checksum_method_meeting_group_id(
+    ): Int
+    external fun uniffi_cairn_mobile_checksum_method_meeting_id(
+    ): Int
+    external fun uniffi_cairn_mobile_checksum_method_meeting_subscribe_sync_status(
+    ): Int
+    external fun uniffi_cairn_mobile_checksum_method_meeting_sync_status(
+    ): Int
     external fun uniffi_cairn_mobile_checksum_method_meeting_add_action(
     ): Int
     external fun uniffi_cairn_mobile_checksum_method_meeting_add_agenda_item(
     ): Int
     external fun uniffi_cairn_mobile_checksum_method_meeting_carry_open_actions(
-    ): Int
-    external fun uniffi_cairn_mobile_checksum_method_meeting_group_id(
-    ): Int
-    external fun uniffi_cairn_mobile_checksum_method_meeting_id(
     ): Int
     external fun uniffi_cairn_mobile_checksum_method_meeting_minutes(
     ): Int
@@ -1242,9 +1246,13 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_cairn_mobile_checksum_method_meeting_subscribe(
     ): Int
-    external fun uniffi_cairn_mobile_checksum_method_meeting_subscribe_sync_status(
+    external fun uniffi_cairn_mobile_checksum_method_minutes_group_id(
     ): Int
-    external fun uniffi_cairn_mobile_checksum_method_meeting_sync_status(
+    external fun uniffi_cairn_mobile_checksum_method_minutes_id(
+    ): Int
+    external fun uniffi_cairn_mobile_checksum_method_minutes_subscribe_sync_status(
+    ): Int
+    external fun uniffi_cairn_mobile_checksum_method_minutes_sync_status(
     ): Int
     external fun uniffi_cairn_mobile_checksum_method_minutes_agree(
     ): Int
@@ -1263,10 +1271,6 @@ internal object IntegrityCheckingUniffiLib {
     external fun uniffi_cairn_mobile_checksum_method_minutes_export_html(
     ): Int
     external fun uniffi_cairn_mobile_checksum_method_minutes_export_markdown(
-    ): Int
-    external fun uniffi_cairn_mobile_checksum_method_minutes_group_id(
-    ): Int
-    external fun uniffi_cairn_mobile_checksum_method_minutes_id(
     ): Int
     external fun uniffi_cairn_mobile_checksum_method_minutes_insert_paragraph(
     ): Int
@@ -1294,9 +1298,13 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_cairn_mobile_checksum_method_minutes_subscribe_cursors(
     ): Int
-    external fun uniffi_cairn_mobile_checksum_method_minutes_subscribe_sync_status(
+    external fun uniffi_cairn_mobile_checksum_method_resources_group_id(
     ): Int
-    external fun uniffi_cairn_mobile_checksum_method_minutes_sync_status(
+    external fun uniffi_cairn_mobile_checksum_method_resources_id(
+    ): Int
+    external fun uniffi_cairn_mobile_checksum_method_resources_subscribe_sync_status(
+    ): Int
+    external fun uniffi_cairn_mobile_checksum_method_resources_sync_status(
     ): Int
     external fun uniffi_cairn_mobile_checksum_method_resources_add(
     ): Int
@@ -1311,10 +1319,6 @@ internal object IntegrityCheckingUniffiLib {
     external fun uniffi_cairn_mobile_checksum_method_resources_for_meeting(
     ): Int
     external fun uniffi_cairn_mobile_checksum_method_resources_get(
-    ): Int
-    external fun uniffi_cairn_mobile_checksum_method_resources_group_id(
-    ): Int
-    external fun uniffi_cairn_mobile_checksum_method_resources_id(
     ): Int
     external fun uniffi_cairn_mobile_checksum_method_resources_list(
     ): Int
@@ -1332,15 +1336,15 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_cairn_mobile_checksum_method_resources_subscribe(
     ): Int
-    external fun uniffi_cairn_mobile_checksum_method_resources_subscribe_sync_status(
-    ): Int
-    external fun uniffi_cairn_mobile_checksum_method_resources_sync_status(
-    ): Int
-    external fun uniffi_cairn_mobile_checksum_method_series_cancel_occurrence(
-    ): Int
     external fun uniffi_cairn_mobile_checksum_method_series_group_id(
     ): Int
     external fun uniffi_cairn_mobile_checksum_method_series_id(
+    ): Int
+    external fun uniffi_cairn_mobile_checksum_method_series_subscribe_sync_status(
+    ): Int
+    external fun uniffi_cairn_mobile_checksum_method_series_sync_status(
+    ): Int
+    external fun uniffi_cairn_mobile_checksum_method_series_cancel_occurrence(
     ): Int
     external fun uniffi_cairn_mobile_checksum_method_series_move_occurrence(
     ): Int
@@ -1364,13 +1368,17 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_cairn_mobile_checksum_method_series_subscribe(
     ): Int
-    external fun uniffi_cairn_mobile_checksum_method_series_subscribe_sync_status(
-    ): Int
-    external fun uniffi_cairn_mobile_checksum_method_series_sync_status(
-    ): Int
     external fun uniffi_cairn_mobile_checksum_method_subscription_cancel(
     ): Int
     external fun uniffi_cairn_mobile_checksum_method_subscription_is_cancelled(
+    ): Int
+    external fun uniffi_cairn_mobile_checksum_method_thread_group_id(
+    ): Int
+    external fun uniffi_cairn_mobile_checksum_method_thread_id(
+    ): Int
+    external fun uniffi_cairn_mobile_checksum_method_thread_subscribe_sync_status(
+    ): Int
+    external fun uniffi_cairn_mobile_checksum_method_thread_sync_status(
     ): Int
     external fun uniffi_cairn_mobile_checksum_method_thread_agenda_draft(
     ): Int
@@ -1379,10 +1387,6 @@ internal object IntegrityCheckingUniffiLib {
     external fun uniffi_cairn_mobile_checksum_method_thread_edit_post(
     ): Int
     external fun uniffi_cairn_mobile_checksum_method_thread_edit_post_with_mentions(
-    ): Int
-    external fun uniffi_cairn_mobile_checksum_method_thread_group_id(
-    ): Int
-    external fun uniffi_cairn_mobile_checksum_method_thread_id(
     ): Int
     external fun uniffi_cairn_mobile_checksum_method_thread_post(
     ): Int
@@ -1399,10 +1403,6 @@ internal object IntegrityCheckingUniffiLib {
     external fun uniffi_cairn_mobile_checksum_method_thread_set_title(
     ): Int
     external fun uniffi_cairn_mobile_checksum_method_thread_subscribe(
-    ): Int
-    external fun uniffi_cairn_mobile_checksum_method_thread_subscribe_sync_status(
-    ): Int
-    external fun uniffi_cairn_mobile_checksum_method_thread_sync_status(
     ): Int
     external fun uniffi_cairn_mobile_checksum_method_thread_unreact(
     ): Int
@@ -1720,16 +1720,20 @@ internal object UniffiLib {
     ): Long
     external fun uniffi_cairn_mobile_fn_free_meeting(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
+    external fun uniffi_cairn_mobile_fn_method_meeting_group_id(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
+    external fun uniffi_cairn_mobile_fn_method_meeting_id(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
+    external fun uniffi_cairn_mobile_fn_method_meeting_subscribe_sync_status(`ptr`: Long,`listener`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Long
+    external fun uniffi_cairn_mobile_fn_method_meeting_sync_status(`ptr`: Long,
+    ): Long
     external fun uniffi_cairn_mobile_fn_method_meeting_add_action(`ptr`: Long,`text`: RustBuffer.ByValue,`owner`: RustBuffer.ByValue,`due`: RustBuffer.ByValue,
     ): Long
     external fun uniffi_cairn_mobile_fn_method_meeting_add_agenda_item(`ptr`: Long,`item`: RustBuffer.ByValue,
     ): Long
     external fun uniffi_cairn_mobile_fn_method_meeting_carry_open_actions(`ptr`: Long,`fromMeetingId`: RustBuffer.ByValue,
     ): Long
-    external fun uniffi_cairn_mobile_fn_method_meeting_group_id(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
-    ): RustBuffer.ByValue
-    external fun uniffi_cairn_mobile_fn_method_meeting_id(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
-    ): RustBuffer.ByValue
     external fun uniffi_cairn_mobile_fn_method_meeting_minutes(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
     external fun uniffi_cairn_mobile_fn_method_meeting_move_agenda_item(`ptr`: Long,`itemId`: RustBuffer.ByValue,`beforeId`: RustBuffer.ByValue,
@@ -1774,14 +1778,18 @@ internal object UniffiLib {
     ): Long
     external fun uniffi_cairn_mobile_fn_method_meeting_subscribe(`ptr`: Long,`listener`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
-    external fun uniffi_cairn_mobile_fn_method_meeting_subscribe_sync_status(`ptr`: Long,`listener`: Long,uniffi_out_err: UniffiRustCallStatus, 
-    ): Long
-    external fun uniffi_cairn_mobile_fn_method_meeting_sync_status(`ptr`: Long,
-    ): Long
     external fun uniffi_cairn_mobile_fn_clone_minutes(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
     external fun uniffi_cairn_mobile_fn_free_minutes(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
+    external fun uniffi_cairn_mobile_fn_method_minutes_group_id(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
+    external fun uniffi_cairn_mobile_fn_method_minutes_id(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
+    external fun uniffi_cairn_mobile_fn_method_minutes_subscribe_sync_status(`ptr`: Long,`listener`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Long
+    external fun uniffi_cairn_mobile_fn_method_minutes_sync_status(`ptr`: Long,
+    ): Long
     external fun uniffi_cairn_mobile_fn_method_minutes_agree(`ptr`: Long,
     ): Long
     external fun uniffi_cairn_mobile_fn_method_minutes_agree_at(`ptr`: Long,`heads`: RustBuffer.ByValue,
@@ -1800,10 +1808,6 @@ internal object UniffiLib {
     ): Long
     external fun uniffi_cairn_mobile_fn_method_minutes_export_markdown(`ptr`: Long,
     ): Long
-    external fun uniffi_cairn_mobile_fn_method_minutes_group_id(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
-    ): RustBuffer.ByValue
-    external fun uniffi_cairn_mobile_fn_method_minutes_id(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
-    ): RustBuffer.ByValue
     external fun uniffi_cairn_mobile_fn_method_minutes_insert_paragraph(`ptr`: Long,`index`: Int,`kind`: RustBuffer.ByValue,
     ): Long
     external fun uniffi_cairn_mobile_fn_method_minutes_insert_text(`ptr`: Long,`index`: Int,`text`: RustBuffer.ByValue,
@@ -1830,14 +1834,18 @@ internal object UniffiLib {
     ): Long
     external fun uniffi_cairn_mobile_fn_method_minutes_subscribe_cursors(`ptr`: Long,`listener`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
-    external fun uniffi_cairn_mobile_fn_method_minutes_subscribe_sync_status(`ptr`: Long,`listener`: Long,uniffi_out_err: UniffiRustCallStatus, 
-    ): Long
-    external fun uniffi_cairn_mobile_fn_method_minutes_sync_status(`ptr`: Long,
-    ): Long
     external fun uniffi_cairn_mobile_fn_clone_resources(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
     external fun uniffi_cairn_mobile_fn_free_resources(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
+    external fun uniffi_cairn_mobile_fn_method_resources_group_id(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
+    external fun uniffi_cairn_mobile_fn_method_resources_id(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
+    external fun uniffi_cairn_mobile_fn_method_resources_subscribe_sync_status(`ptr`: Long,`listener`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Long
+    external fun uniffi_cairn_mobile_fn_method_resources_sync_status(`ptr`: Long,
+    ): Long
     external fun uniffi_cairn_mobile_fn_method_resources_add(`ptr`: Long,`resource`: RustBuffer.ByValue,
     ): Long
     external fun uniffi_cairn_mobile_fn_method_resources_add_tag(`ptr`: Long,`resourceId`: RustBuffer.ByValue,`tag`: RustBuffer.ByValue,
@@ -1852,10 +1860,6 @@ internal object UniffiLib {
     ): Long
     external fun uniffi_cairn_mobile_fn_method_resources_get(`ptr`: Long,`resourceId`: RustBuffer.ByValue,
     ): Long
-    external fun uniffi_cairn_mobile_fn_method_resources_group_id(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
-    ): RustBuffer.ByValue
-    external fun uniffi_cairn_mobile_fn_method_resources_id(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
-    ): RustBuffer.ByValue
     external fun uniffi_cairn_mobile_fn_method_resources_list(`ptr`: Long,
     ): Long
     external fun uniffi_cairn_mobile_fn_method_resources_readings_for_next_meeting(`ptr`: Long,
@@ -1872,20 +1876,20 @@ internal object UniffiLib {
     ): Long
     external fun uniffi_cairn_mobile_fn_method_resources_subscribe(`ptr`: Long,`listener`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
-    external fun uniffi_cairn_mobile_fn_method_resources_subscribe_sync_status(`ptr`: Long,`listener`: Long,uniffi_out_err: UniffiRustCallStatus, 
-    ): Long
-    external fun uniffi_cairn_mobile_fn_method_resources_sync_status(`ptr`: Long,
-    ): Long
     external fun uniffi_cairn_mobile_fn_clone_series(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
     external fun uniffi_cairn_mobile_fn_free_series(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
-    external fun uniffi_cairn_mobile_fn_method_series_cancel_occurrence(`ptr`: Long,`originalDate`: RustBuffer.ByValue,
-    ): Long
     external fun uniffi_cairn_mobile_fn_method_series_group_id(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
     external fun uniffi_cairn_mobile_fn_method_series_id(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
+    external fun uniffi_cairn_mobile_fn_method_series_subscribe_sync_status(`ptr`: Long,`listener`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Long
+    external fun uniffi_cairn_mobile_fn_method_series_sync_status(`ptr`: Long,
+    ): Long
+    external fun uniffi_cairn_mobile_fn_method_series_cancel_occurrence(`ptr`: Long,`originalDate`: RustBuffer.ByValue,
+    ): Long
     external fun uniffi_cairn_mobile_fn_method_series_move_occurrence(`ptr`: Long,`originalDate`: RustBuffer.ByValue,`newStartMs`: Long,
     ): Long
     external fun uniffi_cairn_mobile_fn_method_series_next_occurrences(`ptr`: Long,`count`: Int,`includeCancelled`: Byte,
@@ -1908,10 +1912,6 @@ internal object UniffiLib {
     ): Long
     external fun uniffi_cairn_mobile_fn_method_series_subscribe(`ptr`: Long,`listener`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
-    external fun uniffi_cairn_mobile_fn_method_series_subscribe_sync_status(`ptr`: Long,`listener`: Long,uniffi_out_err: UniffiRustCallStatus, 
-    ): Long
-    external fun uniffi_cairn_mobile_fn_method_series_sync_status(`ptr`: Long,
-    ): Long
     external fun uniffi_cairn_mobile_fn_clone_subscription(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
     external fun uniffi_cairn_mobile_fn_free_subscription(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
@@ -1924,6 +1924,14 @@ internal object UniffiLib {
     ): Long
     external fun uniffi_cairn_mobile_fn_free_thread(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
+    external fun uniffi_cairn_mobile_fn_method_thread_group_id(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
+    external fun uniffi_cairn_mobile_fn_method_thread_id(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
+    external fun uniffi_cairn_mobile_fn_method_thread_subscribe_sync_status(`ptr`: Long,`listener`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Long
+    external fun uniffi_cairn_mobile_fn_method_thread_sync_status(`ptr`: Long,
+    ): Long
     external fun uniffi_cairn_mobile_fn_method_thread_agenda_draft(`ptr`: Long,`postId`: RustBuffer.ByValue,
     ): Long
     external fun uniffi_cairn_mobile_fn_method_thread_delete_post(`ptr`: Long,`postId`: RustBuffer.ByValue,
@@ -1932,10 +1940,6 @@ internal object UniffiLib {
     ): Long
     external fun uniffi_cairn_mobile_fn_method_thread_edit_post_with_mentions(`ptr`: Long,`postId`: RustBuffer.ByValue,`text`: RustBuffer.ByValue,`mentions`: RustBuffer.ByValue,
     ): Long
-    external fun uniffi_cairn_mobile_fn_method_thread_group_id(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
-    ): RustBuffer.ByValue
-    external fun uniffi_cairn_mobile_fn_method_thread_id(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
-    ): RustBuffer.ByValue
     external fun uniffi_cairn_mobile_fn_method_thread_post(`ptr`: Long,`text`: RustBuffer.ByValue,
     ): Long
     external fun uniffi_cairn_mobile_fn_method_thread_post_with_mentions(`ptr`: Long,`text`: RustBuffer.ByValue,`mentions`: RustBuffer.ByValue,
@@ -1951,10 +1955,6 @@ internal object UniffiLib {
     external fun uniffi_cairn_mobile_fn_method_thread_set_title(`ptr`: Long,`title`: RustBuffer.ByValue,
     ): Long
     external fun uniffi_cairn_mobile_fn_method_thread_subscribe(`ptr`: Long,`listener`: Long,uniffi_out_err: UniffiRustCallStatus, 
-    ): Long
-    external fun uniffi_cairn_mobile_fn_method_thread_subscribe_sync_status(`ptr`: Long,`listener`: Long,uniffi_out_err: UniffiRustCallStatus, 
-    ): Long
-    external fun uniffi_cairn_mobile_fn_method_thread_sync_status(`ptr`: Long,
     ): Long
     external fun uniffi_cairn_mobile_fn_method_thread_unreact(`ptr`: Long,`postId`: RustBuffer.ByValue,`emoji`: RustBuffer.ByValue,
     ): Long
@@ -2364,6 +2364,18 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_cairn_mobile_checksum_method_journal_write() and 0xFFFF) != 59444) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
+    if ((lib.uniffi_cairn_mobile_checksum_method_meeting_group_id() and 0xFFFF) != 56538) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_cairn_mobile_checksum_method_meeting_id() and 0xFFFF) != 11594) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_cairn_mobile_checksum_method_meeting_subscribe_sync_status() and 0xFFFF) != 8353) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_cairn_mobile_checksum_method_meeting_sync_status() and 0xFFFF) != 26976) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if ((lib.uniffi_cairn_mobile_checksum_method_meeting_add_action() and 0xFFFF) != 59938) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
@@ -2371,12 +2383,6 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_cairn_mobile_checksum_method_meeting_carry_open_actions() and 0xFFFF) != 26709) {
-        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
-    }
-    if ((lib.uniffi_cairn_mobile_checksum_method_meeting_group_id() and 0xFFFF) != 28643) {
-        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
-    }
-    if ((lib.uniffi_cairn_mobile_checksum_method_meeting_id() and 0xFFFF) != 30783) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_cairn_mobile_checksum_method_meeting_minutes() and 0xFFFF) != 10104) {
@@ -2445,10 +2451,16 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_cairn_mobile_checksum_method_meeting_subscribe() and 0xFFFF) != 586) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_cairn_mobile_checksum_method_meeting_subscribe_sync_status() and 0xFFFF) != 59090) {
+    if ((lib.uniffi_cairn_mobile_checksum_method_minutes_group_id() and 0xFFFF) != 35041) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_cairn_mobile_checksum_method_meeting_sync_status() and 0xFFFF) != 50545) {
+    if ((lib.uniffi_cairn_mobile_checksum_method_minutes_id() and 0xFFFF) != 61019) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_cairn_mobile_checksum_method_minutes_subscribe_sync_status() and 0xFFFF) != 56801) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_cairn_mobile_checksum_method_minutes_sync_status() and 0xFFFF) != 49131) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_cairn_mobile_checksum_method_minutes_agree() and 0xFFFF) != 47918) {
@@ -2476,12 +2488,6 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_cairn_mobile_checksum_method_minutes_export_markdown() and 0xFFFF) != 17262) {
-        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
-    }
-    if ((lib.uniffi_cairn_mobile_checksum_method_minutes_group_id() and 0xFFFF) != 58703) {
-        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
-    }
-    if ((lib.uniffi_cairn_mobile_checksum_method_minutes_id() and 0xFFFF) != 31315) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_cairn_mobile_checksum_method_minutes_insert_paragraph() and 0xFFFF) != 21117) {
@@ -2523,10 +2529,16 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_cairn_mobile_checksum_method_minutes_subscribe_cursors() and 0xFFFF) != 18615) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_cairn_mobile_checksum_method_minutes_subscribe_sync_status() and 0xFFFF) != 37200) {
+    if ((lib.uniffi_cairn_mobile_checksum_method_resources_group_id() and 0xFFFF) != 59210) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_cairn_mobile_checksum_method_minutes_sync_status() and 0xFFFF) != 3707) {
+    if ((lib.uniffi_cairn_mobile_checksum_method_resources_id() and 0xFFFF) != 63919) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_cairn_mobile_checksum_method_resources_subscribe_sync_status() and 0xFFFF) != 16352) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_cairn_mobile_checksum_method_resources_sync_status() and 0xFFFF) != 47344) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_cairn_mobile_checksum_method_resources_add() and 0xFFFF) != 19594) {
@@ -2548,12 +2560,6 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_cairn_mobile_checksum_method_resources_get() and 0xFFFF) != 43956) {
-        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
-    }
-    if ((lib.uniffi_cairn_mobile_checksum_method_resources_group_id() and 0xFFFF) != 9770) {
-        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
-    }
-    if ((lib.uniffi_cairn_mobile_checksum_method_resources_id() and 0xFFFF) != 49362) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_cairn_mobile_checksum_method_resources_list() and 0xFFFF) != 61387) {
@@ -2580,19 +2586,19 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_cairn_mobile_checksum_method_resources_subscribe() and 0xFFFF) != 9038) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_cairn_mobile_checksum_method_resources_subscribe_sync_status() and 0xFFFF) != 23751) {
+    if ((lib.uniffi_cairn_mobile_checksum_method_series_group_id() and 0xFFFF) != 17063) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_cairn_mobile_checksum_method_resources_sync_status() and 0xFFFF) != 5736) {
+    if ((lib.uniffi_cairn_mobile_checksum_method_series_id() and 0xFFFF) != 3036) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_cairn_mobile_checksum_method_series_subscribe_sync_status() and 0xFFFF) != 30189) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_cairn_mobile_checksum_method_series_sync_status() and 0xFFFF) != 37373) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_cairn_mobile_checksum_method_series_cancel_occurrence() and 0xFFFF) != 5561) {
-        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
-    }
-    if ((lib.uniffi_cairn_mobile_checksum_method_series_group_id() and 0xFFFF) != 46305) {
-        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
-    }
-    if ((lib.uniffi_cairn_mobile_checksum_method_series_id() and 0xFFFF) != 18173) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_cairn_mobile_checksum_method_series_move_occurrence() and 0xFFFF) != 60392) {
@@ -2628,16 +2634,22 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_cairn_mobile_checksum_method_series_subscribe() and 0xFFFF) != 38587) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_cairn_mobile_checksum_method_series_subscribe_sync_status() and 0xFFFF) != 62633) {
-        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
-    }
-    if ((lib.uniffi_cairn_mobile_checksum_method_series_sync_status() and 0xFFFF) != 34107) {
-        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
-    }
     if ((lib.uniffi_cairn_mobile_checksum_method_subscription_cancel() and 0xFFFF) != 2741) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_cairn_mobile_checksum_method_subscription_is_cancelled() and 0xFFFF) != 37370) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_cairn_mobile_checksum_method_thread_group_id() and 0xFFFF) != 57267) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_cairn_mobile_checksum_method_thread_id() and 0xFFFF) != 39686) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_cairn_mobile_checksum_method_thread_subscribe_sync_status() and 0xFFFF) != 48126) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_cairn_mobile_checksum_method_thread_sync_status() and 0xFFFF) != 16467) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_cairn_mobile_checksum_method_thread_agenda_draft() and 0xFFFF) != 41503) {
@@ -2650,12 +2662,6 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_cairn_mobile_checksum_method_thread_edit_post_with_mentions() and 0xFFFF) != 4690) {
-        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
-    }
-    if ((lib.uniffi_cairn_mobile_checksum_method_thread_group_id() and 0xFFFF) != 38977) {
-        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
-    }
-    if ((lib.uniffi_cairn_mobile_checksum_method_thread_id() and 0xFFFF) != 45914) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_cairn_mobile_checksum_method_thread_post() and 0xFFFF) != 41133) {
@@ -2680,12 +2686,6 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_cairn_mobile_checksum_method_thread_subscribe() and 0xFFFF) != 36459) {
-        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
-    }
-    if ((lib.uniffi_cairn_mobile_checksum_method_thread_subscribe_sync_status() and 0xFFFF) != 21344) {
-        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
-    }
-    if ((lib.uniffi_cairn_mobile_checksum_method_thread_sync_status() and 0xFFFF) != 11441) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_cairn_mobile_checksum_method_thread_unreact() and 0xFFFF) != 30585) {
@@ -6976,6 +6976,28 @@ public object FfiConverterTypeJournal: FfiConverter<Journal, Long> {
 public interface MeetingInterface {
     
     /**
+     * The id of the group it belongs to.
+     */
+    fun `groupId`(): kotlin.String
+    
+    /**
+     * The document's id.
+     */
+    fun `id`(): kotlin.String
+    
+    /**
+     * This document's sync status, live: the current one first, then each change
+     * (an edit here, the relay acknowledging it).
+     */
+    fun `subscribeSyncStatus`(`listener`: SyncStatusListener): Subscription
+    
+    /**
+     * This document's sync status: only on this device, sending, or safely on the
+     * relay, with the number of changes not yet acknowledged.
+     */
+    suspend fun `syncStatus`(): DocumentSync
+    
+    /**
      * Adds an open action item for `owner`, due by `due` (`YYYY-MM-DD`); returns its id.
      */
     suspend fun `addAction`(`text`: kotlin.String, `owner`: kotlin.String, `due`: kotlin.String?): kotlin.String
@@ -6992,16 +7014,6 @@ public interface MeetingInterface {
      * carried now.
      */
     suspend fun `carryOpenActions`(`fromMeetingId`: kotlin.String): List<kotlin.String>
-    
-    /**
-     * The id of the group it belongs to.
-     */
-    fun `groupId`(): kotlin.String
-    
-    /**
-     * The document's id.
-     */
-    fun `id`(): kotlin.String
     
     /**
      * The minutes of this meeting.
@@ -7116,18 +7128,6 @@ public interface MeetingInterface {
      */
     fun `subscribe`(`listener`: MeetingListener): Subscription
     
-    /**
-     * This document's sync status, live: the current one first, then each change (an
-     * edit here, the relay acknowledging it).
-     */
-    fun `subscribeSyncStatus`(`listener`: SyncStatusListener): Subscription
-    
-    /**
-     * This document's sync status: only on this device, sending, or safely on the relay,
-     * with the number of changes not yet acknowledged.
-     */
-    suspend fun `syncStatus`(): DocumentSync
-    
     companion object
 }
 
@@ -7238,6 +7238,81 @@ open class Meeting: Disposable, AutoCloseable, MeetingInterface
 
     
     /**
+     * The id of the group it belongs to.
+     */override fun `groupId`(): kotlin.String {
+            return FfiConverterString.lift(
+    callWithHandle {
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_cairn_mobile_fn_method_meeting_group_id(
+        it,
+        _status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * The document's id.
+     */override fun `id`(): kotlin.String {
+            return FfiConverterString.lift(
+    callWithHandle {
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_cairn_mobile_fn_method_meeting_id(
+        it,
+        _status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * This document's sync status, live: the current one first, then each change
+     * (an edit here, the relay acknowledging it).
+     */override fun `subscribeSyncStatus`(`listener`: SyncStatusListener): Subscription {
+            return FfiConverterTypeSubscription.lift(
+    callWithHandle {
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_cairn_mobile_fn_method_meeting_subscribe_sync_status(
+        it,
+        
+        FfiConverterTypeSyncStatusListener.lower(`listener`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * This document's sync status: only on this device, sending, or safely on the
+     * relay, with the number of changes not yet acknowledged.
+     */
+    @Throws(CairnException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `syncStatus`() : DocumentSync {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_cairn_mobile_fn_method_meeting_sync_status(
+                uniffiHandle,
+                
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_cairn_mobile_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_cairn_mobile_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_cairn_mobile_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeDocumentSync.lift(it) },
+        // Error FFI converter
+        CairnException.ErrorHandler,
+    )
+    }
+
+    
+    /**
      * Adds an open action item for `owner`, due by `due` (`YYYY-MM-DD`); returns its id.
      */
     @Throws(CairnException::class)
@@ -7315,38 +7390,6 @@ open class Meeting: Disposable, AutoCloseable, MeetingInterface
         CairnException.ErrorHandler,
     )
     }
-
-    
-    /**
-     * The id of the group it belongs to.
-     */override fun `groupId`(): kotlin.String {
-            return FfiConverterString.lift(
-    callWithHandle {
-    uniffiRustCall() { _status ->
-    UniffiLib.uniffi_cairn_mobile_fn_method_meeting_group_id(
-        it,
-        _status)
-}
-    }
-    )
-    }
-    
-
-    
-    /**
-     * The document's id.
-     */override fun `id`(): kotlin.String {
-            return FfiConverterString.lift(
-    callWithHandle {
-    uniffiRustCall() { _status ->
-    UniffiLib.uniffi_cairn_mobile_fn_method_meeting_id(
-        it,
-        _status)
-}
-    }
-    )
-    }
-    
 
     
     /**
@@ -7917,49 +7960,6 @@ open class Meeting: Disposable, AutoCloseable, MeetingInterface
     
 
     
-    /**
-     * This document's sync status, live: the current one first, then each change (an
-     * edit here, the relay acknowledging it).
-     */override fun `subscribeSyncStatus`(`listener`: SyncStatusListener): Subscription {
-            return FfiConverterTypeSubscription.lift(
-    callWithHandle {
-    uniffiRustCall() { _status ->
-    UniffiLib.uniffi_cairn_mobile_fn_method_meeting_subscribe_sync_status(
-        it,
-        
-        FfiConverterTypeSyncStatusListener.lower(`listener`),_status)
-}
-    }
-    )
-    }
-    
-
-    
-    /**
-     * This document's sync status: only on this device, sending, or safely on the relay,
-     * with the number of changes not yet acknowledged.
-     */
-    @Throws(CairnException::class)
-    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
-    override suspend fun `syncStatus`() : DocumentSync {
-        return uniffiRustCallAsync(
-        callWithHandle { uniffiHandle ->
-            UniffiLib.uniffi_cairn_mobile_fn_method_meeting_sync_status(
-                uniffiHandle,
-                
-            )
-        },
-        { future, callback, continuation -> UniffiLib.ffi_cairn_mobile_rust_future_poll_rust_buffer(future, callback, continuation) },
-        { future, continuation -> UniffiLib.ffi_cairn_mobile_rust_future_complete_rust_buffer(future, continuation) },
-        { future -> UniffiLib.ffi_cairn_mobile_rust_future_free_rust_buffer(future) },
-        // lift function
-        { FfiConverterTypeDocumentSync.lift(it) },
-        // Error FFI converter
-        CairnException.ErrorHandler,
-    )
-    }
-
-    
 
     
 
@@ -8459,6 +8459,28 @@ public object FfiConverterTypeMeetingListener: FfiConverter<MeetingListener, Lon
 public interface MinutesInterface {
     
     /**
+     * The id of the group it belongs to.
+     */
+    fun `groupId`(): kotlin.String
+    
+    /**
+     * The document's id.
+     */
+    fun `id`(): kotlin.String
+    
+    /**
+     * This document's sync status, live: the current one first, then each change
+     * (an edit here, the relay acknowledging it).
+     */
+    fun `subscribeSyncStatus`(`listener`: SyncStatusListener): Subscription
+    
+    /**
+     * This document's sync status: only on this device, sending, or safely on the
+     * relay, with the number of changes not yet acknowledged.
+     */
+    suspend fun `syncStatus`(): DocumentSync
+    
+    /**
      * Records, as this device's member, that the group agreed the minutes as they are on
      * this device now. Prefer [`Minutes::agree_at`] with the heads of the copy on screen.
      */
@@ -8509,16 +8531,6 @@ public interface MinutesInterface {
      * left out and member text is escaped.
      */
     suspend fun `exportMarkdown`(): kotlin.String
-    
-    /**
-     * The id of the group it belongs to.
-     */
-    fun `groupId`(): kotlin.String
-    
-    /**
-     * The document's id.
-     */
-    fun `id`(): kotlin.String
     
     /**
      * Starts a new paragraph of `kind` at `index` (Enter pressed there): the text after
@@ -8591,18 +8603,6 @@ public interface MinutesInterface {
      * a peer moves, arrives or leaves, or an edit moves their positions.
      */
     fun `subscribeCursors`(`listener`: CursorsListener): Subscription
-    
-    /**
-     * This document's sync status, live: the current one first, then each change (an
-     * edit here, the relay acknowledging it).
-     */
-    fun `subscribeSyncStatus`(`listener`: SyncStatusListener): Subscription
-    
-    /**
-     * This document's sync status: only on this device, sending, or safely on the relay,
-     * with the number of changes not yet acknowledged.
-     */
-    suspend fun `syncStatus`(): DocumentSync
     
     companion object
 }
@@ -8710,6 +8710,81 @@ open class Minutes: Disposable, AutoCloseable, MinutesInterface
         return uniffiRustCall() { status ->
             UniffiLib.uniffi_cairn_mobile_fn_clone_minutes(handle, status)
         }
+    }
+
+    
+    /**
+     * The id of the group it belongs to.
+     */override fun `groupId`(): kotlin.String {
+            return FfiConverterString.lift(
+    callWithHandle {
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_cairn_mobile_fn_method_minutes_group_id(
+        it,
+        _status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * The document's id.
+     */override fun `id`(): kotlin.String {
+            return FfiConverterString.lift(
+    callWithHandle {
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_cairn_mobile_fn_method_minutes_id(
+        it,
+        _status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * This document's sync status, live: the current one first, then each change
+     * (an edit here, the relay acknowledging it).
+     */override fun `subscribeSyncStatus`(`listener`: SyncStatusListener): Subscription {
+            return FfiConverterTypeSubscription.lift(
+    callWithHandle {
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_cairn_mobile_fn_method_minutes_subscribe_sync_status(
+        it,
+        
+        FfiConverterTypeSyncStatusListener.lower(`listener`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * This document's sync status: only on this device, sending, or safely on the
+     * relay, with the number of changes not yet acknowledged.
+     */
+    @Throws(CairnException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `syncStatus`() : DocumentSync {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_cairn_mobile_fn_method_minutes_sync_status(
+                uniffiHandle,
+                
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_cairn_mobile_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_cairn_mobile_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_cairn_mobile_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeDocumentSync.lift(it) },
+        // Error FFI converter
+        CairnException.ErrorHandler,
+    )
     }
 
     
@@ -8941,38 +9016,6 @@ open class Minutes: Disposable, AutoCloseable, MinutesInterface
         CairnException.ErrorHandler,
     )
     }
-
-    
-    /**
-     * The id of the group it belongs to.
-     */override fun `groupId`(): kotlin.String {
-            return FfiConverterString.lift(
-    callWithHandle {
-    uniffiRustCall() { _status ->
-    UniffiLib.uniffi_cairn_mobile_fn_method_minutes_group_id(
-        it,
-        _status)
-}
-    }
-    )
-    }
-    
-
-    
-    /**
-     * The document's id.
-     */override fun `id`(): kotlin.String {
-            return FfiConverterString.lift(
-    callWithHandle {
-    uniffiRustCall() { _status ->
-    UniffiLib.uniffi_cairn_mobile_fn_method_minutes_id(
-        it,
-        _status)
-}
-    }
-    )
-    }
-    
 
     
     /**
@@ -9301,49 +9344,6 @@ open class Minutes: Disposable, AutoCloseable, MinutesInterface
     )
     }
     
-
-    
-    /**
-     * This document's sync status, live: the current one first, then each change (an
-     * edit here, the relay acknowledging it).
-     */override fun `subscribeSyncStatus`(`listener`: SyncStatusListener): Subscription {
-            return FfiConverterTypeSubscription.lift(
-    callWithHandle {
-    uniffiRustCall() { _status ->
-    UniffiLib.uniffi_cairn_mobile_fn_method_minutes_subscribe_sync_status(
-        it,
-        
-        FfiConverterTypeSyncStatusListener.lower(`listener`),_status)
-}
-    }
-    )
-    }
-    
-
-    
-    /**
-     * This document's sync status: only on this device, sending, or safely on the relay,
-     * with the number of changes not yet acknowledged.
-     */
-    @Throws(CairnException::class)
-    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
-    override suspend fun `syncStatus`() : DocumentSync {
-        return uniffiRustCallAsync(
-        callWithHandle { uniffiHandle ->
-            UniffiLib.uniffi_cairn_mobile_fn_method_minutes_sync_status(
-                uniffiHandle,
-                
-            )
-        },
-        { future, callback, continuation -> UniffiLib.ffi_cairn_mobile_rust_future_poll_rust_buffer(future, callback, continuation) },
-        { future, continuation -> UniffiLib.ffi_cairn_mobile_rust_future_complete_rust_buffer(future, continuation) },
-        { future -> UniffiLib.ffi_cairn_mobile_rust_future_free_rust_buffer(future) },
-        // lift function
-        { FfiConverterTypeDocumentSync.lift(it) },
-        // Error FFI converter
-        CairnException.ErrorHandler,
-    )
-    }
 
     
 
@@ -10974,6 +10974,28 @@ public object FfiConverterTypeRelaysListener: FfiConverter<RelaysListener, Long>
 public interface ResourcesInterface {
     
     /**
+     * The id of the group it belongs to.
+     */
+    fun `groupId`(): kotlin.String
+    
+    /**
+     * The document's id.
+     */
+    fun `id`(): kotlin.String
+    
+    /**
+     * This document's sync status, live: the current one first, then each change
+     * (an edit here, the relay acknowledging it).
+     */
+    fun `subscribeSyncStatus`(`listener`: SyncStatusListener): Subscription
+    
+    /**
+     * This document's sync status: only on this device, sending, or safely on the
+     * relay, with the number of changes not yet acknowledged.
+     */
+    suspend fun `syncStatus`(): DocumentSync
+    
+    /**
      * Adds a resource and returns its id. An empty title, a file over
      * [`MAX_FILE_BYTES`] or a bad meeting id is Invalid and adds nothing.
      */
@@ -11008,16 +11030,6 @@ public interface ResourcesInterface {
      * One resource (NotFound if there is none with this id).
      */
     suspend fun `get`(`resourceId`: kotlin.String): ResourceRecord
-    
-    /**
-     * The id of the group it belongs to.
-     */
-    fun `groupId`(): kotlin.String
-    
-    /**
-     * The document's id.
-     */
-    fun `id`(): kotlin.String
     
     /**
      * Every resource, in list order.
@@ -11060,18 +11072,6 @@ public interface ResourcesInterface {
      * The resources, live: the current list first, then one per change.
      */
     fun `subscribe`(`listener`: ResourcesListener): Subscription
-    
-    /**
-     * This document's sync status, live: the current one first, then each change (an
-     * edit here, the relay acknowledging it).
-     */
-    fun `subscribeSyncStatus`(`listener`: SyncStatusListener): Subscription
-    
-    /**
-     * This document's sync status: only on this device, sending, or safely on the relay,
-     * with the number of changes not yet acknowledged.
-     */
-    suspend fun `syncStatus`(): DocumentSync
     
     companion object
 }
@@ -11178,6 +11178,81 @@ open class Resources: Disposable, AutoCloseable, ResourcesInterface
         return uniffiRustCall() { status ->
             UniffiLib.uniffi_cairn_mobile_fn_clone_resources(handle, status)
         }
+    }
+
+    
+    /**
+     * The id of the group it belongs to.
+     */override fun `groupId`(): kotlin.String {
+            return FfiConverterString.lift(
+    callWithHandle {
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_cairn_mobile_fn_method_resources_group_id(
+        it,
+        _status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * The document's id.
+     */override fun `id`(): kotlin.String {
+            return FfiConverterString.lift(
+    callWithHandle {
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_cairn_mobile_fn_method_resources_id(
+        it,
+        _status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * This document's sync status, live: the current one first, then each change
+     * (an edit here, the relay acknowledging it).
+     */override fun `subscribeSyncStatus`(`listener`: SyncStatusListener): Subscription {
+            return FfiConverterTypeSubscription.lift(
+    callWithHandle {
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_cairn_mobile_fn_method_resources_subscribe_sync_status(
+        it,
+        
+        FfiConverterTypeSyncStatusListener.lower(`listener`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * This document's sync status: only on this device, sending, or safely on the
+     * relay, with the number of changes not yet acknowledged.
+     */
+    @Throws(CairnException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `syncStatus`() : DocumentSync {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_cairn_mobile_fn_method_resources_sync_status(
+                uniffiHandle,
+                
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_cairn_mobile_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_cairn_mobile_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_cairn_mobile_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeDocumentSync.lift(it) },
+        // Error FFI converter
+        CairnException.ErrorHandler,
+    )
     }
 
     
@@ -11358,38 +11433,6 @@ open class Resources: Disposable, AutoCloseable, ResourcesInterface
         CairnException.ErrorHandler,
     )
     }
-
-    
-    /**
-     * The id of the group it belongs to.
-     */override fun `groupId`(): kotlin.String {
-            return FfiConverterString.lift(
-    callWithHandle {
-    uniffiRustCall() { _status ->
-    UniffiLib.uniffi_cairn_mobile_fn_method_resources_group_id(
-        it,
-        _status)
-}
-    }
-    )
-    }
-    
-
-    
-    /**
-     * The document's id.
-     */override fun `id`(): kotlin.String {
-            return FfiConverterString.lift(
-    callWithHandle {
-    uniffiRustCall() { _status ->
-    UniffiLib.uniffi_cairn_mobile_fn_method_resources_id(
-        it,
-        _status)
-}
-    }
-    )
-    }
-    
 
     
     /**
@@ -11591,49 +11634,6 @@ open class Resources: Disposable, AutoCloseable, ResourcesInterface
     )
     }
     
-
-    
-    /**
-     * This document's sync status, live: the current one first, then each change (an
-     * edit here, the relay acknowledging it).
-     */override fun `subscribeSyncStatus`(`listener`: SyncStatusListener): Subscription {
-            return FfiConverterTypeSubscription.lift(
-    callWithHandle {
-    uniffiRustCall() { _status ->
-    UniffiLib.uniffi_cairn_mobile_fn_method_resources_subscribe_sync_status(
-        it,
-        
-        FfiConverterTypeSyncStatusListener.lower(`listener`),_status)
-}
-    }
-    )
-    }
-    
-
-    
-    /**
-     * This document's sync status: only on this device, sending, or safely on the relay,
-     * with the number of changes not yet acknowledged.
-     */
-    @Throws(CairnException::class)
-    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
-    override suspend fun `syncStatus`() : DocumentSync {
-        return uniffiRustCallAsync(
-        callWithHandle { uniffiHandle ->
-            UniffiLib.uniffi_cairn_mobile_fn_method_resources_sync_status(
-                uniffiHandle,
-                
-            )
-        },
-        { future, callback, continuation -> UniffiLib.ffi_cairn_mobile_rust_future_poll_rust_buffer(future, callback, continuation) },
-        { future, continuation -> UniffiLib.ffi_cairn_mobile_rust_future_complete_rust_buffer(future, continuation) },
-        { future -> UniffiLib.ffi_cairn_mobile_rust_future_free_rust_buffer(future) },
-        // lift function
-        { FfiConverterTypeDocumentSync.lift(it) },
-        // Error FFI converter
-        CairnException.ErrorHandler,
-    )
-    }
 
     
 
@@ -12134,11 +12134,6 @@ public object FfiConverterTypeResourcesListener: FfiConverter<ResourcesListener,
 public interface SeriesInterface {
     
     /**
-     * Cancels the occurrence originally on `original_date` (idempotent).
-     */
-    suspend fun `cancelOccurrence`(`originalDate`: kotlin.String)
-    
-    /**
      * The id of the group it belongs to.
      */
     fun `groupId`(): kotlin.String
@@ -12147,6 +12142,23 @@ public interface SeriesInterface {
      * The document's id.
      */
     fun `id`(): kotlin.String
+    
+    /**
+     * This document's sync status, live: the current one first, then each change
+     * (an edit here, the relay acknowledging it).
+     */
+    fun `subscribeSyncStatus`(`listener`: SyncStatusListener): Subscription
+    
+    /**
+     * This document's sync status: only on this device, sending, or safely on the
+     * relay, with the number of changes not yet acknowledged.
+     */
+    suspend fun `syncStatus`(): DocumentSync
+    
+    /**
+     * Cancels the occurrence originally on `original_date` (idempotent).
+     */
+    suspend fun `cancelOccurrence`(`originalDate`: kotlin.String)
     
     /**
      * Moves the occurrence originally on `original_date` to start at `new_start_ms`
@@ -12212,18 +12224,6 @@ public interface SeriesInterface {
      * The series now, then after every change to it, until cancelled or dropped.
      */
     fun `subscribe`(`listener`: SeriesListener): Subscription
-    
-    /**
-     * This document's sync status, live: the current one first, then each change (an
-     * edit here, the relay acknowledging it).
-     */
-    fun `subscribeSyncStatus`(`listener`: SyncStatusListener): Subscription
-    
-    /**
-     * This document's sync status: only on this device, sending, or safely on the relay,
-     * with the number of changes not yet acknowledged.
-     */
-    suspend fun `syncStatus`(): DocumentSync
     
     companion object
 }
@@ -12334,32 +12334,6 @@ open class Series: Disposable, AutoCloseable, SeriesInterface
 
     
     /**
-     * Cancels the occurrence originally on `original_date` (idempotent).
-     */
-    @Throws(CairnException::class)
-    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
-    override suspend fun `cancelOccurrence`(`originalDate`: kotlin.String) {
-        return uniffiRustCallAsync(
-        callWithHandle { uniffiHandle ->
-            UniffiLib.uniffi_cairn_mobile_fn_method_series_cancel_occurrence(
-                uniffiHandle,
-                
-        FfiConverterString.lower(`originalDate`),
-            )
-        },
-        { future, callback, continuation -> UniffiLib.ffi_cairn_mobile_rust_future_poll_void(future, callback, continuation) },
-        { future, continuation -> UniffiLib.ffi_cairn_mobile_rust_future_complete_void(future, continuation) },
-        { future -> UniffiLib.ffi_cairn_mobile_rust_future_free_void(future) },
-        // lift function
-        { },
-        
-        // Error FFI converter
-        CairnException.ErrorHandler,
-    )
-    }
-
-    
-    /**
      * The id of the group it belongs to.
      */override fun `groupId`(): kotlin.String {
             return FfiConverterString.lift(
@@ -12389,6 +12363,75 @@ open class Series: Disposable, AutoCloseable, SeriesInterface
     )
     }
     
+
+    
+    /**
+     * This document's sync status, live: the current one first, then each change
+     * (an edit here, the relay acknowledging it).
+     */override fun `subscribeSyncStatus`(`listener`: SyncStatusListener): Subscription {
+            return FfiConverterTypeSubscription.lift(
+    callWithHandle {
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_cairn_mobile_fn_method_series_subscribe_sync_status(
+        it,
+        
+        FfiConverterTypeSyncStatusListener.lower(`listener`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * This document's sync status: only on this device, sending, or safely on the
+     * relay, with the number of changes not yet acknowledged.
+     */
+    @Throws(CairnException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `syncStatus`() : DocumentSync {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_cairn_mobile_fn_method_series_sync_status(
+                uniffiHandle,
+                
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_cairn_mobile_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_cairn_mobile_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_cairn_mobile_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeDocumentSync.lift(it) },
+        // Error FFI converter
+        CairnException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Cancels the occurrence originally on `original_date` (idempotent).
+     */
+    @Throws(CairnException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `cancelOccurrence`(`originalDate`: kotlin.String) {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_cairn_mobile_fn_method_series_cancel_occurrence(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`originalDate`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_cairn_mobile_rust_future_poll_void(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_cairn_mobile_rust_future_complete_void(future, continuation) },
+        { future -> UniffiLib.ffi_cairn_mobile_rust_future_free_void(future) },
+        // lift function
+        { },
+        
+        // Error FFI converter
+        CairnException.ErrorHandler,
+    )
+    }
 
     
     /**
@@ -12674,49 +12717,6 @@ open class Series: Disposable, AutoCloseable, SeriesInterface
     )
     }
     
-
-    
-    /**
-     * This document's sync status, live: the current one first, then each change (an
-     * edit here, the relay acknowledging it).
-     */override fun `subscribeSyncStatus`(`listener`: SyncStatusListener): Subscription {
-            return FfiConverterTypeSubscription.lift(
-    callWithHandle {
-    uniffiRustCall() { _status ->
-    UniffiLib.uniffi_cairn_mobile_fn_method_series_subscribe_sync_status(
-        it,
-        
-        FfiConverterTypeSyncStatusListener.lower(`listener`),_status)
-}
-    }
-    )
-    }
-    
-
-    
-    /**
-     * This document's sync status: only on this device, sending, or safely on the relay,
-     * with the number of changes not yet acknowledged.
-     */
-    @Throws(CairnException::class)
-    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
-    override suspend fun `syncStatus`() : DocumentSync {
-        return uniffiRustCallAsync(
-        callWithHandle { uniffiHandle ->
-            UniffiLib.uniffi_cairn_mobile_fn_method_series_sync_status(
-                uniffiHandle,
-                
-            )
-        },
-        { future, callback, continuation -> UniffiLib.ffi_cairn_mobile_rust_future_poll_rust_buffer(future, callback, continuation) },
-        { future, continuation -> UniffiLib.ffi_cairn_mobile_rust_future_complete_rust_buffer(future, continuation) },
-        { future -> UniffiLib.ffi_cairn_mobile_rust_future_free_rust_buffer(future) },
-        // lift function
-        { FfiConverterTypeDocumentSync.lift(it) },
-        // Error FFI converter
-        CairnException.ErrorHandler,
-    )
-    }
 
     
 
@@ -14239,6 +14239,28 @@ public object FfiConverterTypeSyncStatusListener: FfiConverter<SyncStatusListene
 public interface ThreadInterface {
     
     /**
+     * The id of the group it belongs to.
+     */
+    fun `groupId`(): kotlin.String
+    
+    /**
+     * The document's id.
+     */
+    fun `id`(): kotlin.String
+    
+    /**
+     * This document's sync status, live: the current one first, then each change
+     * (an edit here, the relay acknowledging it).
+     */
+    fun `subscribeSyncStatus`(`listener`: SyncStatusListener): Subscription
+    
+    /**
+     * This document's sync status: only on this device, sending, or safely on the
+     * relay, with the number of changes not yet acknowledged.
+     */
+    suspend fun `syncStatus`(): DocumentSync
+    
+    /**
      * Proposes an agenda item from a post (for a meeting's agenda). A deleted post is
      * Invalid.
      */
@@ -14260,16 +14282,6 @@ public interface ThreadInterface {
      * Rewrites one's own post and who it calls on.
      */
     suspend fun `editPostWithMentions`(`postId`: kotlin.String, `text`: kotlin.String, `mentions`: List<Mention>)
-    
-    /**
-     * The id of the group it belongs to.
-     */
-    fun `groupId`(): kotlin.String
-    
-    /**
-     * The document's id.
-     */
-    fun `id`(): kotlin.String
     
     /**
      * Posts `text` (kept exactly, not trimmed; not empty); returns the post's id.
@@ -14311,18 +14323,6 @@ public interface ThreadInterface {
      * [`Subscription`] ends.
      */
     fun `subscribe`(`listener`: ThreadListener): Subscription
-    
-    /**
-     * This document's sync status, live: the current one first, then each change (an
-     * edit here, the relay acknowledging it).
-     */
-    fun `subscribeSyncStatus`(`listener`: SyncStatusListener): Subscription
-    
-    /**
-     * This document's sync status: only on this device, sending, or safely on the relay,
-     * with the number of changes not yet acknowledged.
-     */
-    suspend fun `syncStatus`(): DocumentSync
     
     /**
      * Takes this member's reaction back (nothing happens if there was none).
@@ -14438,6 +14438,81 @@ open class Thread: Disposable, AutoCloseable, ThreadInterface
 
     
     /**
+     * The id of the group it belongs to.
+     */override fun `groupId`(): kotlin.String {
+            return FfiConverterString.lift(
+    callWithHandle {
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_cairn_mobile_fn_method_thread_group_id(
+        it,
+        _status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * The document's id.
+     */override fun `id`(): kotlin.String {
+            return FfiConverterString.lift(
+    callWithHandle {
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_cairn_mobile_fn_method_thread_id(
+        it,
+        _status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * This document's sync status, live: the current one first, then each change
+     * (an edit here, the relay acknowledging it).
+     */override fun `subscribeSyncStatus`(`listener`: SyncStatusListener): Subscription {
+            return FfiConverterTypeSubscription.lift(
+    callWithHandle {
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_cairn_mobile_fn_method_thread_subscribe_sync_status(
+        it,
+        
+        FfiConverterTypeSyncStatusListener.lower(`listener`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * This document's sync status: only on this device, sending, or safely on the
+     * relay, with the number of changes not yet acknowledged.
+     */
+    @Throws(CairnException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `syncStatus`() : DocumentSync {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_cairn_mobile_fn_method_thread_sync_status(
+                uniffiHandle,
+                
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_cairn_mobile_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_cairn_mobile_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_cairn_mobile_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeDocumentSync.lift(it) },
+        // Error FFI converter
+        CairnException.ErrorHandler,
+    )
+    }
+
+    
+    /**
      * Proposes an agenda item from a post (for a meeting's agenda). A deleted post is
      * Invalid.
      */
@@ -14544,38 +14619,6 @@ open class Thread: Disposable, AutoCloseable, ThreadInterface
         CairnException.ErrorHandler,
     )
     }
-
-    
-    /**
-     * The id of the group it belongs to.
-     */override fun `groupId`(): kotlin.String {
-            return FfiConverterString.lift(
-    callWithHandle {
-    uniffiRustCall() { _status ->
-    UniffiLib.uniffi_cairn_mobile_fn_method_thread_group_id(
-        it,
-        _status)
-}
-    }
-    )
-    }
-    
-
-    
-    /**
-     * The document's id.
-     */override fun `id`(): kotlin.String {
-            return FfiConverterString.lift(
-    callWithHandle {
-    uniffiRustCall() { _status ->
-    UniffiLib.uniffi_cairn_mobile_fn_method_thread_id(
-        it,
-        _status)
-}
-    }
-    )
-    }
-    
 
     
     /**
@@ -14775,49 +14818,6 @@ open class Thread: Disposable, AutoCloseable, ThreadInterface
     )
     }
     
-
-    
-    /**
-     * This document's sync status, live: the current one first, then each change (an
-     * edit here, the relay acknowledging it).
-     */override fun `subscribeSyncStatus`(`listener`: SyncStatusListener): Subscription {
-            return FfiConverterTypeSubscription.lift(
-    callWithHandle {
-    uniffiRustCall() { _status ->
-    UniffiLib.uniffi_cairn_mobile_fn_method_thread_subscribe_sync_status(
-        it,
-        
-        FfiConverterTypeSyncStatusListener.lower(`listener`),_status)
-}
-    }
-    )
-    }
-    
-
-    
-    /**
-     * This document's sync status: only on this device, sending, or safely on the relay,
-     * with the number of changes not yet acknowledged.
-     */
-    @Throws(CairnException::class)
-    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
-    override suspend fun `syncStatus`() : DocumentSync {
-        return uniffiRustCallAsync(
-        callWithHandle { uniffiHandle ->
-            UniffiLib.uniffi_cairn_mobile_fn_method_thread_sync_status(
-                uniffiHandle,
-                
-            )
-        },
-        { future, callback, continuation -> UniffiLib.ffi_cairn_mobile_rust_future_poll_rust_buffer(future, callback, continuation) },
-        { future, continuation -> UniffiLib.ffi_cairn_mobile_rust_future_complete_rust_buffer(future, continuation) },
-        { future -> UniffiLib.ffi_cairn_mobile_rust_future_free_rust_buffer(future) },
-        // lift function
-        { FfiConverterTypeDocumentSync.lift(it) },
-        // Error FFI converter
-        CairnException.ErrorHandler,
-    )
-    }
 
     
     /**
