@@ -58,8 +58,9 @@ pub trait PlatformSocket: Send + Sync {
     /// do nothing where the platform pings by itself (then report its pongs, or any sign
     /// of life, as `pong()`).
     fn ping(&self);
-    /// Closes the socket (idempotent).
-    fn close(&self);
+    /// Closes the socket (idempotent). Not `close`: the generated Kotlin class is
+    /// `AutoCloseable`, whose `close()` releases the Rust handle.
+    fn disconnect(&self);
 }
 
 /// One HTTP request of the membership API.
@@ -276,7 +277,7 @@ impl HostConnection {
     /// Closes the host socket once.
     fn close_socket(&self) {
         if !self.closed.swap(true, Ordering::SeqCst) {
-            crate::host(|| self.socket.close());
+            crate::host(|| self.socket.disconnect());
         }
     }
 

@@ -775,7 +775,7 @@ def _uniffi_check_api_checksums(lib):
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_cairn_mobile_checksum_method_platformsocket_ping() != 24561:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
-    if lib.uniffi_cairn_mobile_checksum_method_platformsocket_close() != 18437:
+    if lib.uniffi_cairn_mobile_checksum_method_platformsocket_disconnect() != 11791:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_cairn_mobile_checksum_method_relayslistener_on_update() != 7254:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
@@ -1339,9 +1339,9 @@ _UniffiLib.uniffi_cairn_mobile_checksum_method_platformsocket_send.restype = cty
 _UniffiLib.uniffi_cairn_mobile_checksum_method_platformsocket_ping.argtypes = (
 )
 _UniffiLib.uniffi_cairn_mobile_checksum_method_platformsocket_ping.restype = ctypes.c_uint16
-_UniffiLib.uniffi_cairn_mobile_checksum_method_platformsocket_close.argtypes = (
+_UniffiLib.uniffi_cairn_mobile_checksum_method_platformsocket_disconnect.argtypes = (
 )
-_UniffiLib.uniffi_cairn_mobile_checksum_method_platformsocket_close.restype = ctypes.c_uint16
+_UniffiLib.uniffi_cairn_mobile_checksum_method_platformsocket_disconnect.restype = ctypes.c_uint16
 _UniffiLib.uniffi_cairn_mobile_checksum_method_relayslistener_on_update.argtypes = (
 )
 _UniffiLib.uniffi_cairn_mobile_checksum_method_relayslistener_on_update.restype = ctypes.c_uint16
@@ -2264,11 +2264,11 @@ _UniffiLib.uniffi_cairn_mobile_fn_method_platformsocket_ping.argtypes = (
     ctypes.POINTER(_UniffiRustCallStatus),
 )
 _UniffiLib.uniffi_cairn_mobile_fn_method_platformsocket_ping.restype = None
-_UniffiLib.uniffi_cairn_mobile_fn_method_platformsocket_close.argtypes = (
+_UniffiLib.uniffi_cairn_mobile_fn_method_platformsocket_disconnect.argtypes = (
     ctypes.c_uint64,
     ctypes.POINTER(_UniffiRustCallStatus),
 )
-_UniffiLib.uniffi_cairn_mobile_fn_method_platformsocket_close.restype = None
+_UniffiLib.uniffi_cairn_mobile_fn_method_platformsocket_disconnect.restype = None
 _UniffiLib.uniffi_cairn_mobile_fn_method_relayslistener_on_update.argtypes = (
     ctypes.c_uint64,
     _UniffiRustBuffer,
@@ -3083,7 +3083,7 @@ class _UniffiVTableCallbackInterfaceCairnPlatformSocket(ctypes.Structure):
         ("uniffi_clone", _UNIFFI_CALLBACK_INTERFACE_CLONE_CAIRN_PLATFORM_SOCKET),
         ("send", _UNIFFI_CALLBACK_INTERFACE_CAIRN_PLATFORM_SOCKET_METHOD0),
         ("ping", _UNIFFI_CALLBACK_INTERFACE_CAIRN_PLATFORM_SOCKET_METHOD1),
-        ("close", _UNIFFI_CALLBACK_INTERFACE_CAIRN_PLATFORM_SOCKET_METHOD2),
+        ("disconnect", _UNIFFI_CALLBACK_INTERFACE_CAIRN_PLATFORM_SOCKET_METHOD2),
     ]
 _UniffiLib.uniffi_cairn_mobile_fn_init_callback_vtable_platformsocket.argtypes = (
     ctypes.POINTER(_UniffiVTableCallbackInterfaceCairnPlatformSocket),
@@ -17643,9 +17643,10 @@ class PlatformSocket():
         of life, as `pong()`).
 """
         raise NotImplementedError
-    def close(self, ) -> None:
+    def disconnect(self, ) -> None:
         """
-        Closes the socket (idempotent).
+        Closes the socket (idempotent). Not `close`: the generated Kotlin class is
+        `AutoCloseable`, whose `close()` releases the Rust handle.
 """
         raise NotImplementedError
 
@@ -17711,9 +17712,10 @@ class PlatformSocketImpl(PlatformSocket):
             *_uniffi_lowered_args,
         )
         return _uniffi_lift_return(_uniffi_ffi_result)
-    def close(self, ) -> None:
+    def disconnect(self, ) -> None:
         """
-        Closes the socket (idempotent).
+        Closes the socket (idempotent). Not `close`: the generated Kotlin class is
+        `AutoCloseable`, whose `close()` releases the Rust handle.
 """
         _uniffi_lowered_args = (
             self._uniffi_clone_handle(),
@@ -17722,7 +17724,7 @@ class PlatformSocketImpl(PlatformSocket):
         _uniffi_error_converter = None
         _uniffi_ffi_result = _uniffi_rust_call_with_error(
             _uniffi_error_converter,
-            _UniffiLib.uniffi_cairn_mobile_fn_method_platformsocket_close,
+            _UniffiLib.uniffi_cairn_mobile_fn_method_platformsocket_disconnect,
             *_uniffi_lowered_args,
         )
         return _uniffi_lift_return(_uniffi_ffi_result)
@@ -17772,7 +17774,7 @@ class _UniffiTraitImplPlatformSocketImpl:
         )
 
     @_UNIFFI_CALLBACK_INTERFACE_CAIRN_PLATFORM_SOCKET_METHOD2
-    def close(
+    def disconnect(
             uniffi_handle,
             uniffi_out_return,
             uniffi_call_status_ptr,
@@ -17780,7 +17782,7 @@ class _UniffiTraitImplPlatformSocketImpl:
         uniffi_obj = _UniffiFfiConverterTypePlatformSocket._handle_map.get(uniffi_handle)
         def make_call():
             uniffi_args = ()
-            uniffi_method = uniffi_obj.close
+            uniffi_method = uniffi_obj.disconnect
             return uniffi_method(*uniffi_args)
         write_return_value = lambda v: None
         _uniffi_trait_interface_call(
@@ -17803,7 +17805,7 @@ class _UniffiTraitImplPlatformSocketImpl:
         _uniffi_clone,
         send,
         ping,
-        close,
+        disconnect,
     )
     # Send Rust a pointer to the VTable.  Note: this means we need to keep the struct alive forever,
     # or else bad things will happen when Rust tries to access it.

@@ -5471,9 +5471,10 @@ public protocol PlatformSocket: AnyObject, Sendable {
     func ping() 
     
     /**
-     * Closes the socket (idempotent).
+     * Closes the socket (idempotent). Not `close`: the generated Kotlin class is
+     * `AutoCloseable`, whose `close()` releases the Rust handle.
      */
-    func close() 
+    func disconnect() 
     
 }
 /**
@@ -5558,11 +5559,12 @@ open func ping()  {try! rustCall() {
 }
     
     /**
-     * Closes the socket (idempotent).
+     * Closes the socket (idempotent). Not `close`: the generated Kotlin class is
+     * `AutoCloseable`, whose `close()` releases the Rust handle.
      */
-open func close()  {try! rustCall() {
+open func disconnect()  {try! rustCall() {
         uniffiCallStatus in
-    uniffi_cairn_mobile_fn_method_platformsocket_close(
+    uniffi_cairn_mobile_fn_method_platformsocket_disconnect(
             self.uniffiCloneHandle(),uniffiCallStatus
     )
 }
@@ -5642,7 +5644,7 @@ fileprivate struct UniffiCallbackInterfacePlatformSocket {
                 writeReturn: writeReturn
             )
         },
-        close: { (
+        disconnect: { (
             uniffiHandle: UInt64,
             uniffiOutReturn: UnsafeMutableRawPointer,
             uniffiCallStatus: UnsafeMutablePointer<RustCallStatus>
@@ -5652,7 +5654,7 @@ fileprivate struct UniffiCallbackInterfacePlatformSocket {
                 guard let uniffiObj = try? FfiConverterTypePlatformSocket.handleMap.get(handle: uniffiHandle) else {
                     throw UniffiInternalError.unexpectedStaleHandle
                 }
-                return uniffiObj.close(
+                return uniffiObj.disconnect(
                 )
             }
 
@@ -18195,7 +18197,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_cairn_mobile_checksum_method_platformsocket_ping() != 24561) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_cairn_mobile_checksum_method_platformsocket_close() != 18437) {
+    if (uniffi_cairn_mobile_checksum_method_platformsocket_disconnect() != 11791) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_cairn_mobile_checksum_method_socketevents_closed() != 55576) {

@@ -518,7 +518,7 @@ typedef struct UniffiVTableCallbackInterfacePlatformSocket {
     UniffiCallbackInterfaceClone _Nonnull uniffiClone;
     UniffiCallbackInterfacePlatformSocketMethod0 _Nonnull send;
     UniffiCallbackInterfacePlatformSocketMethod1 _Nonnull ping;
-    UniffiCallbackInterfacePlatformSocketMethod2 _Nonnull close;
+    UniffiCallbackInterfacePlatformSocketMethod2 _Nonnull disconnect;
 } UniffiVTableCallbackInterfacePlatformSocket;
 
 #endif
@@ -826,9 +826,9 @@ void uniffi_cairn_mobile_fn_method_platformsocket_send(uint64_t ptr, RustBuffer 
 void uniffi_cairn_mobile_fn_method_platformsocket_ping(uint64_t ptr, RustCallStatus *_Nonnull out_status
 );
 #endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_PLATFORMSOCKET_CLOSE
-#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_PLATFORMSOCKET_CLOSE
-void uniffi_cairn_mobile_fn_method_platformsocket_close(uint64_t ptr, RustCallStatus *_Nonnull out_status
+#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_PLATFORMSOCKET_DISCONNECT
+#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_PLATFORMSOCKET_DISCONNECT
+void uniffi_cairn_mobile_fn_method_platformsocket_disconnect(uint64_t ptr, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_CLONE_SOCKETEVENTS
@@ -2267,9 +2267,9 @@ uint16_t uniffi_cairn_mobile_checksum_method_platformsocket_ping(void
     
 );
 #endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_PLATFORMSOCKET_CLOSE
-#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_PLATFORMSOCKET_CLOSE
-uint16_t uniffi_cairn_mobile_checksum_method_platformsocket_close(void
+#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_PLATFORMSOCKET_DISCONNECT
+#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_PLATFORMSOCKET_DISCONNECT
+uint16_t uniffi_cairn_mobile_checksum_method_platformsocket_disconnect(void
     
 );
 #endif

@@ -26,7 +26,7 @@ impl PlatformSocket for FakeSocket {
     fn ping(&self) {
         self.pings.fetch_add(1, Ordering::SeqCst);
     }
-    fn close(&self) {
+    fn disconnect(&self) {
         self.closes.fetch_add(1, Ordering::SeqCst);
     }
 }
@@ -268,8 +268,8 @@ impl PlatformSocket for ThrowingHost {
     fn ping(&self) {
         panic!("host exception in ping");
     }
-    fn close(&self) {
-        panic!("host exception in close");
+    fn disconnect(&self) {
+        panic!("host exception in disconnect");
     }
 }
 

@@ -228,7 +228,7 @@ class JdkSocket(private val network: JdkNetwork, private val events: SocketEvent
 
     override fun ping() = enqueue { it.sendPing(ByteBuffer.allocate(0)) }
 
-    override fun close() {
+    override fun disconnect() {
         val dialing = synchronized(lock) { state == State.DIALING }
         if (dialing) {
             lose("closed by the client")

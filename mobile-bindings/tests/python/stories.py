@@ -139,7 +139,7 @@ class Socket(cairn.PlatformSocket):
     def ping(self) -> None:
         self.outbox.put("ping")
 
-    def close(self) -> None:
+    def disconnect(self) -> None:
         with self.lock:
             dialing = self.state == "dialing"
             if dialing:

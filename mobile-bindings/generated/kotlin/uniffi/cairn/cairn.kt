@@ -949,28 +949,28 @@ internal open class UniffiVTableCallbackInterfacePlatformNetwork(
     }
 
 }
-@Structure.FieldOrder("uniffiFree", "uniffiClone", "send", "ping", "close")
+@Structure.FieldOrder("uniffiFree", "uniffiClone", "send", "ping", "disconnect")
 internal open class UniffiVTableCallbackInterfacePlatformSocket(
     @JvmField internal var `uniffiFree`: UniffiCallbackInterfaceFree? = null,
     @JvmField internal var `uniffiClone`: UniffiCallbackInterfaceClone? = null,
     @JvmField internal var `send`: UniffiCallbackInterfacePlatformSocketMethod0? = null,
     @JvmField internal var `ping`: UniffiCallbackInterfacePlatformSocketMethod1? = null,
-    @JvmField internal var `close`: UniffiCallbackInterfacePlatformSocketMethod2? = null,
+    @JvmField internal var `disconnect`: UniffiCallbackInterfacePlatformSocketMethod2? = null,
 ) : Structure() {
     class UniffiByValue(
         `uniffiFree`: UniffiCallbackInterfaceFree? = null,
         `uniffiClone`: UniffiCallbackInterfaceClone? = null,
         `send`: UniffiCallbackInterfacePlatformSocketMethod0? = null,
         `ping`: UniffiCallbackInterfacePlatformSocketMethod1? = null,
-        `close`: UniffiCallbackInterfacePlatformSocketMethod2? = null,
-    ): UniffiVTableCallbackInterfacePlatformSocket(`uniffiFree`,`uniffiClone`,`send`,`ping`,`close`,), Structure.ByValue
+        `disconnect`: UniffiCallbackInterfacePlatformSocketMethod2? = null,
+    ): UniffiVTableCallbackInterfacePlatformSocket(`uniffiFree`,`uniffiClone`,`send`,`ping`,`disconnect`,), Structure.ByValue
 
    internal fun uniffiSetValue(other: UniffiVTableCallbackInterfacePlatformSocket) {
         `uniffiFree` = other.`uniffiFree`
         `uniffiClone` = other.`uniffiClone`
         `send` = other.`send`
         `ping` = other.`ping`
-        `close` = other.`close`
+        `disconnect` = other.`disconnect`
     }
 
 }
@@ -1068,7 +1068,7 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_cairn_mobile_checksum_method_platformsocket_ping(
     ): Int
-    external fun uniffi_cairn_mobile_checksum_method_platformsocket_close(
+    external fun uniffi_cairn_mobile_checksum_method_platformsocket_disconnect(
     ): Int
     external fun uniffi_cairn_mobile_checksum_method_socketevents_closed(
     ): Int
@@ -1578,7 +1578,7 @@ internal object UniffiLib {
     ): Unit
     external fun uniffi_cairn_mobile_fn_method_platformsocket_ping(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
-    external fun uniffi_cairn_mobile_fn_method_platformsocket_close(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    external fun uniffi_cairn_mobile_fn_method_platformsocket_disconnect(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
     external fun uniffi_cairn_mobile_fn_clone_socketevents(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
@@ -2184,7 +2184,7 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_cairn_mobile_checksum_method_platformsocket_ping() and 0xFFFF) != 24561) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_cairn_mobile_checksum_method_platformsocket_close() and 0xFFFF) != 18437) {
+    if ((lib.uniffi_cairn_mobile_checksum_method_platformsocket_disconnect() and 0xFFFF) != 11791) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_cairn_mobile_checksum_method_socketevents_closed() and 0xFFFF) != 55576) {
@@ -10236,9 +10236,10 @@ public interface PlatformSocket {
     fun `ping`()
     
     /**
-     * Closes the socket (idempotent).
+     * Closes the socket (idempotent). Not `close`: the generated Kotlin class is
+     * `AutoCloseable`, whose `close()` releases the Rust handle.
      */
-    fun `close`()
+    fun `disconnect`()
     
     companion object
 }
@@ -10382,12 +10383,13 @@ open class PlatformSocketImpl: Disposable, AutoCloseable, PlatformSocket
 
     
     /**
-     * Closes the socket (idempotent).
-     */override fun `close`()
+     * Closes the socket (idempotent). Not `close`: the generated Kotlin class is
+     * `AutoCloseable`, whose `close()` releases the Rust handle.
+     */override fun `disconnect`()
         = 
     callWithHandle {
     uniffiRustCall() { _status ->
-    UniffiLib.uniffi_cairn_mobile_fn_method_platformsocket_close(
+    UniffiLib.uniffi_cairn_mobile_fn_method_platformsocket_disconnect(
         it,
         _status)
 }
@@ -10436,11 +10438,11 @@ internal object uniffiCallbackInterfacePlatformSocket {
             uniffiTraitInterfaceCall(uniffiCallStatus, makeCall, writeReturn)
         }
     }
-    internal object `close`: UniffiCallbackInterfacePlatformSocketMethod2 {
+    internal object `disconnect`: UniffiCallbackInterfacePlatformSocketMethod2 {
         override fun callback(`uniffiHandle`: Long,`uniffiOutReturn`: Pointer,uniffiCallStatus: UniffiRustCallStatus,) {
             val uniffiObj = FfiConverterTypePlatformSocket.handleMap.get(uniffiHandle)
             val makeCall = { ->
-                uniffiObj.`close`(
+                uniffiObj.`disconnect`(
                 )
             }
             val writeReturn = { _: Unit -> Unit }
@@ -10465,7 +10467,7 @@ internal object uniffiCallbackInterfacePlatformSocket {
         uniffiClone,
         `send`,
         `ping`,
-        `close`,
+        `disconnect`,
     )
 
     // Registers the foreign callback with the Rust side.
