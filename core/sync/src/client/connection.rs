@@ -27,6 +27,12 @@ use crate::ids::DocumentId;
 use crate::membership::Credential;
 use crate::runtime::Host;
 
+/// How long a connection must last before its loss starts the backoff over at
+/// `min_backoff`: 10 s, longer than any upgrade plus the first sync exchange. A relay that
+/// restarts after hours reconnects at once; one that drops every connection as it opens
+/// is dialled at a doubling interval up to `max_backoff`.
+pub const HEALTHY_CONNECTION: Duration = Duration::from_secs(10);
+
 /// Where and how the client reaches its relay.
 #[derive(Clone)]
 pub struct RelayEndpoint {
@@ -538,7 +544,7 @@ impl Dialler {
                 .await;
             let wait = match dial {
                 Ok(conn) => {
-                    backoff = self.min_backoff;
+                    let opened = tokio::time::Instant::now();
                     self.set_status(ConnectionStatus::Connected);
                     let local_peer = credential.as_ref().map(|c| c.peer_id());
                     let Ok(handle) = self
@@ -561,6 +567,13 @@ impl Dialler {
                     )
                     .await;
                     self.set_status(ConnectionStatus::Offline);
+                    // Only a connection that lasted starts the backoff over: one that
+                    // drops as soon as it opens (a relay answering garbage, a proxy that
+                    // accepts and hangs up) would otherwise be redialled four times a
+                    // second for ever, draining a phone's battery.
+                    if opened.elapsed() >= HEALTHY_CONNECTION {
+                        backoff = self.min_backoff;
+                    }
                     if reoffer {
                         // The relay answered `doc-unavailable` for a document it now
                         // accepts: a new connection offers every document afresh.

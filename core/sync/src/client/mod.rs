@@ -81,7 +81,9 @@ mod sync;
 mod tests;
 mod transport;
 
-pub use connection::{ConnectionState, ConnectionStatus, RelayEndpoint, RelayHandle};
+pub use connection::{
+    ConnectionState, ConnectionStatus, RelayEndpoint, RelayHandle, HEALTHY_CONNECTION,
+};
 use connection::{RelayShared, RelayState};
 pub use http::{
     HttpRequest, HttpResponse, HttpTransport, HyperTransport, Method, MAX_RESPONSE_BYTES,

@@ -344,3 +344,86 @@ async fn an_import_merges_into_the_stored_copy_and_is_durable() {
     assert_eq!(restarted.pending_changes(doc).await.unwrap(), 2);
     restarted.shutdown().await;
 }
+
+/// A relay that accepts every upgrade and then drops the connection after the next of
+/// `lifetimes` (the last one repeats): a proxy that accepts and hangs up, or a relay that
+/// answers garbage.
+struct HangingUp {
+    lifetimes: Vec<Duration>,
+    dials: Mutex<Vec<tokio::time::Instant>>,
+}
+
+struct Dropping(Duration);
+
+impl Connection for Dropping {
+    fn send(&self, _: Vec<u8>) -> futures_util::future::BoxFuture<'_, Result<(), TransportError>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn recv(&self) -> futures_util::future::BoxFuture<'_, Option<Received>> {
+        let life = self.0;
+        Box::pin(async move {
+            tokio::time::sleep(life).await;
+            None
+        })
+    }
+    fn ping(&self) -> futures_util::future::BoxFuture<'_, Result<(), TransportError>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn close(&self) -> futures_util::future::BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}
+
+impl Transport for HangingUp {
+    fn connect<'a>(
+        &'a self,
+        _url: &'a str,
+        _credential: Option<&'a crate::membership::Credential>,
+    ) -> futures_util::future::BoxFuture<'a, Result<Box<dyn Connection>, TransportError>> {
+        let mut dials = self.dials.lock().unwrap();
+        let n = dials.len().min(self.lifetimes.len() - 1);
+        dials.push(tokio::time::Instant::now());
+        let life = self.lifetimes[n];
+        Box::pin(async move { Ok(Box::new(Dropping(life)) as Box<dyn Connection>) })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_relay_that_hangs_up_at_once_is_redialled_at_a_doubling_interval() {
+    let client = offline();
+    let zero = Duration::ZERO;
+    let relay = Arc::new(HangingUp {
+        // Four connections dropped at once, one that lasts, then at once again.
+        lifetimes: vec![zero, zero, zero, zero, Duration::from_secs(15), zero],
+        dials: Mutex::new(Vec::new()),
+    });
+    let _handle = client.connect_to(RelayEndpoint {
+        url: "ws://relay.test/".to_owned(),
+        transport: relay.clone(),
+        api: None,
+        credential: None,
+    });
+    // Virtual time: the intervals below are the client's own waits, exactly.
+    while relay.dials.lock().unwrap().len() < 7 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let dials = relay.dials.lock().unwrap().clone();
+    let gaps: Vec<Duration> = dials.windows(2).map(|w| w[1] - w[0]).collect();
+    let min = ClientConfig::new("x").min_backoff;
+    // Dropped at once: every wait doubles (a redial four times a second drains a phone).
+    for w in gaps[..4].windows(2) {
+        assert!(
+            w[1] >= w[0] * 2,
+            "waits double while connections drop at once: {gaps:?}"
+        );
+    }
+    // A connection that lasted starts over: the relay restarted, reconnect at once.
+    let after_lasting = gaps[4] - Duration::from_secs(15);
+    assert!(
+        after_lasting < min * 2,
+        "reconnects quickly after a lasting connection: {gaps:?}"
+    );
+    // ...and the next instant drop waits again from there.
+    assert!(gaps[5] >= gaps[4] - Duration::from_secs(15), "{gaps:?}");
+    client.shutdown().await;
+}
