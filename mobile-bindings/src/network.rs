@@ -4,7 +4,7 @@
 //! back through the Rust objects [`SocketEvents`] and [`HttpReply`], from any host thread,
 //! before or after the call that handed them out has returned.
 //!
-//! [`HostTransport`] adapts it to the client's `Transport`/`Connection` and
+//! `HostTransport` adapts it to the client's `Transport`/`Connection` and
 //! `HttpTransport`. Frames and bodies are never logged; a frame or body larger than the
 //! engine would accept is a failure, not something to buffer.
 

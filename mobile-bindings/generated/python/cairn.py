@@ -617,7 +617,7 @@ def _uniffi_check_api_checksums(lib):
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_cairn_mobile_checksum_method_group_set_up() != 28104:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
-    if lib.uniffi_cairn_mobile_checksum_method_group_subscribe() != 57547:
+    if lib.uniffi_cairn_mobile_checksum_method_group_subscribe() != 2924:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_cairn_mobile_checksum_method_group_suspend_member() != 21772:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
@@ -15115,7 +15115,7 @@ class GroupProtocol(typing.Protocol):
         The group screen, live: the current [`GroupRecord`] first, then a new one whenever
         the settings, roster or index change, until the [`Subscription`] ends. Errors (the
         relay unreachable before the group was ever seen, a document that cannot be read)
-        go to [`Listener::on_error`]. Which documents the group has is read when the
+        go to [`GroupListener::on_error`]. Which documents the group has is read when the
         subscription starts: after [`Group::set_up`], subscribe again.
 """
         raise NotImplementedError
@@ -15728,7 +15728,7 @@ class Group(GroupProtocol):
         The group screen, live: the current [`GroupRecord`] first, then a new one whenever
         the settings, roster or index change, until the [`Subscription`] ends. Errors (the
         relay unreachable before the group was ever seen, a document that cannot be read)
-        go to [`Listener::on_error`]. Which documents the group has is read when the
+        go to [`GroupListener::on_error`]. Which documents the group has is read when the
         subscription starts: after [`Group::set_up`], subscribe again.
 """
         

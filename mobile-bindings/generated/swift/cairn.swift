@@ -1710,7 +1710,7 @@ public protocol GroupProtocol: AnyObject, Sendable {
      * The group screen, live: the current [`GroupRecord`] first, then a new one whenever
      * the settings, roster or index change, until the [`Subscription`] ends. Errors (the
      * relay unreachable before the group was ever seen, a document that cannot be read)
-     * go to [`Listener::on_error`]. Which documents the group has is read when the
+     * go to [`GroupListener::on_error`]. Which documents the group has is read when the
      * subscription starts: after [`Group::set_up`], subscribe again.
      */
     func subscribe(listener: GroupListener)  -> Subscription
@@ -2316,7 +2316,7 @@ open func setUp(profile: GroupProfile)async throws   {
      * The group screen, live: the current [`GroupRecord`] first, then a new one whenever
      * the settings, roster or index change, until the [`Subscription`] ends. Errors (the
      * relay unreachable before the group was ever seen, a document that cannot be read)
-     * go to [`Listener::on_error`]. Which documents the group has is read when the
+     * go to [`GroupListener::on_error`]. Which documents the group has is read when the
      * subscription starts: after [`Group::set_up`], subscribe again.
      */
 open func subscribe(listener: GroupListener) -> Subscription  {
@@ -18341,7 +18341,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_cairn_mobile_checksum_method_group_set_up() != 28104) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_cairn_mobile_checksum_method_group_subscribe() != 57547) {
+    if (uniffi_cairn_mobile_checksum_method_group_subscribe() != 2924) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_cairn_mobile_checksum_method_group_suspend_member() != 21772) {

@@ -98,7 +98,7 @@ impl Group {
     /// The group screen, live: the current [`GroupRecord`] first, then a new one whenever
     /// the settings, roster or index change, until the [`Subscription`] ends. Errors (the
     /// relay unreachable before the group was ever seen, a document that cannot be read)
-    /// go to [`Listener::on_error`]. Which documents the group has is read when the
+    /// go to [`GroupListener::on_error`]. Which documents the group has is read when the
     /// subscription starts: after [`Group::set_up`], subscribe again.
     pub fn subscribe(&self, listener: Arc<dyn GroupListener>) -> Arc<Subscription> {
         Subscription::wrap(self.0.subscribe(listen(listener)))

@@ -1,7 +1,7 @@
 //! Per-document sync status: what a phone shows beside a meeting, its minutes or a thread
 //! ("only on this phone", "sending", "safe on the relay"). The overall picture is
-//! [`Workspace::relays`](crate::app::Workspace::relays) and
-//! [`Workspace::sync_now`](crate::app::Workspace::sync_now).
+//! [`Cairn::relays`](crate::app::Cairn::relays) and
+//! [`Cairn::sync_now`](crate::app::Cairn::sync_now).
 
 use cairn_sync::client::SyncStatus;
 use cairn_sync::ids::DocumentId;

@@ -2328,7 +2328,7 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_cairn_mobile_checksum_method_group_set_up() and 0xFFFF) != 28104) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_cairn_mobile_checksum_method_group_subscribe() and 0xFFFF) != 57547) {
+    if ((lib.uniffi_cairn_mobile_checksum_method_group_subscribe() and 0xFFFF) != 2924) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_cairn_mobile_checksum_method_group_suspend_member() and 0xFFFF) != 21772) {
@@ -4767,7 +4767,7 @@ public interface GroupInterface {
      * The group screen, live: the current [`GroupRecord`] first, then a new one whenever
      * the settings, roster or index change, until the [`Subscription`] ends. Errors (the
      * relay unreachable before the group was ever seen, a document that cannot be read)
-     * go to [`Listener::on_error`]. Which documents the group has is read when the
+     * go to [`GroupListener::on_error`]. Which documents the group has is read when the
      * subscription starts: after [`Group::set_up`], subscribe again.
      */
     fun `subscribe`(`listener`: GroupListener): Subscription
@@ -5598,7 +5598,7 @@ open class Group: Disposable, AutoCloseable, GroupInterface
      * The group screen, live: the current [`GroupRecord`] first, then a new one whenever
      * the settings, roster or index change, until the [`Subscription`] ends. Errors (the
      * relay unreachable before the group was ever seen, a document that cannot be read)
-     * go to [`Listener::on_error`]. Which documents the group has is read when the
+     * go to [`GroupListener::on_error`]. Which documents the group has is read when the
      * subscription starts: after [`Group::set_up`], subscribe again.
      */override fun `subscribe`(`listener`: GroupListener): Subscription {
             return FfiConverterTypeSubscription.lift(
