@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use cairn_core::app::group::GroupProfile;
 use cairn_core::app::membership::{InviteCode, InviteRequest};
+use cairn_core::app::workspace::Enrolment;
 use cairn_core::app::{Cairn, CairnConfig, ConnectionState};
 use cairn_sync::docs::group::Role;
 
@@ -34,6 +35,13 @@ pub async fn joined(
     pseudonym: &str,
 ) -> (Cairn, String) {
     let cairn = Cairn::start(config(dir, name)).expect("starting a device");
+    let enrolment = enrol(&cairn, url, invite, pseudonym).await;
+    (cairn, enrolment.group_id)
+}
+
+/// What a member does with an invite: preview it, join under `pseudonym`, accept the code
+/// of conduct the preview showed.
+pub async fn enrol(cairn: &Cairn, url: &str, invite: &str, pseudonym: &str) -> Enrolment {
     let preview = cairn
         .workspace()
         .preview_invite(url, invite)
@@ -49,7 +57,7 @@ pub async fn joined(
         .accept_code_of_conduct(&enrolment.group_id, preview.code_of_conduct_version)
         .await
         .expect("accepting the code of conduct");
-    (cairn, enrolment.group_id)
+    enrolment
 }
 
 /// Polls `check` until it holds; fails the test after [`WAIT`].

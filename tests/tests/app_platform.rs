@@ -15,7 +15,7 @@ use cairn_sync::client::{
     TransportError, TungsteniteTransport,
 };
 use cairn_sync::membership::Credential;
-use cairn_tests::app::{config, eventually, joined, organiser};
+use cairn_tests::app::{config, enrol, eventually, joined, organiser};
 use cairn_tests::proxy::{Network, Proxy};
 use cairn_tests::relay::TestRelay;
 use futures::future::BoxFuture;
@@ -89,16 +89,7 @@ async fn the_platform_network_carries_every_call_and_new_credentials_reach_the_k
     };
     let cairn = Cairn::start_with(config(dir.path(), "phone"), platform).unwrap();
     let url = relay.url();
-    let preview = cairn
-        .workspace()
-        .preview_invite(&url, &first.link)
-        .await
-        .unwrap();
-    let enrolment = cairn
-        .workspace()
-        .join(&url, &first.link, "Robin")
-        .await
-        .unwrap();
+    let enrolment = enrol(&cairn, &url, &first.link, "Robin").await;
     // The credential the join returned is the one the keystore was handed.
     let credential = enrolment
         .credential
@@ -108,11 +99,6 @@ async fn the_platform_network_carries_every_call_and_new_credentials_reach_the_k
         *keystore.0.lock().unwrap(),
         vec![(url.clone(), credential.clone())]
     );
-    cairn
-        .workspace()
-        .accept_code_of_conduct(&enrolment.group_id, preview.code_of_conduct_version)
-        .await
-        .unwrap();
     cairn_tests::app::online(&cairn).await;
     assert!(
         sockets.dials.load(Ordering::SeqCst) >= 1,
