@@ -12,6 +12,7 @@ use automerge::{Automerge, ChangeHash};
 use cairn_sync::ids::{DocumentId, MemberId};
 
 use crate::app::meeting::{heads_hex, AgreementRecord, MinutesStatus};
+use crate::app::saturating_u32;
 use crate::app::{CairnError, Listener, Meeting, Minutes, Subscription};
 use crate::export::minutes::{self as export, ExportError, Version};
 use crate::model::meeting as meeting_model;
@@ -120,21 +121,17 @@ pub enum MinutesVersion {
     Agreed,
 }
 
-fn units(n: usize) -> u32 {
-    u32::try_from(n).unwrap_or(u32::MAX)
-}
-
 pub(crate) fn minutes_text(rich: &RichText) -> MinutesText {
     MinutesText {
         text: rich.text.clone(),
-        length: units(rich.len_utf16()),
+        length: saturating_u32(rich.len_utf16()),
         paragraphs: rich
             .paragraphs()
             .into_iter()
             .map(|p| ParagraphRecord {
                 kind: p.kind.into(),
-                start: units(p.start),
-                end: units(p.end),
+                start: saturating_u32(p.start),
+                end: saturating_u32(p.end),
                 runs: p
                     .runs
                     .into_iter()

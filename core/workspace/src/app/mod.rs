@@ -87,3 +87,9 @@ pub use handles::{Group, Journal, Meeting, Minutes, Resources, Series, Thread, W
 pub use listen::{Listener, Subscription};
 pub use status::{DocumentSync, DocumentSyncState};
 pub use sync::{ConnectionState, RelayStatus, SyncReport};
+
+/// A count or UTF-16 index as the app API's `u32`, saturating (no minutes, list or
+/// document comes near 4 billion; a saturated value is never wrapped into a small one).
+pub(crate) fn saturating_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}

@@ -10,6 +10,7 @@ use automerge::Automerge;
 use cairn_sync::client::{PeerPresence, PEER_TTL};
 use serde_json::{json, Value};
 
+use crate::app::saturating_u32;
 use crate::app::{CairnError, Listener, Minutes, Subscription};
 use crate::model::minutes as model;
 
@@ -43,10 +44,6 @@ const CURSOR: &str = "cursor";
 /// The channel naming the member.
 const MEMBER: &str = "member";
 
-fn units(n: usize) -> u32 {
-    u32::try_from(n).unwrap_or(u32::MAX)
-}
-
 /// The peers' cursors that point into this copy; peers without one (or with one into text
 /// this copy has not received yet) are left out.
 fn peer_cursors(doc: &Automerge, peers: &[PeerPresence]) -> Vec<PeerCursor> {
@@ -56,7 +53,7 @@ fn peer_cursors(doc: &Automerge, peers: &[PeerPresence]) -> Vec<PeerCursor> {
             let cursor = p.state.get(CURSOR)?;
             let at = |key: &str| {
                 let c = cursor.get(key)?.as_str()?;
-                model::cursor_position(doc, c).map(units)
+                model::cursor_position(doc, c).map(saturating_u32)
             };
             Some(PeerCursor {
                 peer_id: p.peer.to_string(),

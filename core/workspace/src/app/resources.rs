@@ -280,7 +280,7 @@ impl Resources {
         self.cairn
             .change_doc(self.doc, |tx| {
                 let n = model::clear_for_next_meeting(tx)?;
-                Ok(u32::try_from(n).unwrap_or(u32::MAX))
+                Ok(crate::app::saturating_u32(n))
             })
             .await
     }

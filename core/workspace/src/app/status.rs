@@ -50,7 +50,7 @@ impl Cairn {
             let (status, pending) = client.sync_state(doc).await?;
             Ok(DocumentSync {
                 state: status.into(),
-                pending_changes: u32::try_from(pending).unwrap_or(u32::MAX),
+                pending_changes: crate::app::saturating_u32(pending),
             })
         })
         .await

@@ -152,7 +152,7 @@ impl Cairn {
             .run(async move { Ok(client.sync_now(wait).await?) })
             .await?;
         Ok(SyncReport {
-            synced: u32::try_from(report.synced).unwrap_or(u32::MAX),
+            synced: crate::app::saturating_u32(report.synced),
             pending: report.pending.iter().map(ToString::to_string).collect(),
             offline: report.offline,
         })
@@ -181,7 +181,7 @@ impl Cairn {
     async fn wipe(&self, group: &GroupId, docs: BTreeSet<DocumentId>) -> Result<u32, CairnError> {
         let client = self.inner.client.clone();
         let list: Vec<DocumentId> = docs.into_iter().collect();
-        let count = u32::try_from(list.len()).unwrap_or(u32::MAX);
+        let count = crate::app::saturating_u32(list.len());
         self.run(async move { Ok(client.forget(&list).await?) })
             .await?;
         self.inner.store.delete(&group_key(group))?;
