@@ -10,9 +10,10 @@ use super::api::{
     LinkCode, MemberInfo, Redeemed,
 };
 use super::{
-    hash_secret, normalise_code, random_code, random_id, secret_matches, BindingRecord, BoundKind,
-    Credential, DeviceRecord, GroupId, GroupRecord, Identity, InviteRecord, LinkCodeRecord,
-    MemberStatus, MembershipAccess, MembershipRecord, MembershipState, MembershipStore, Record,
+    hash_secret, normalise_code, random_code, random_id, secret_matches, Actor, AuditEntry,
+    AuditKind, BindingRecord, BoundKind, Commit, Credential, DeviceRecord, GroupId, GroupRecord,
+    Identity, InviteRecord, LinkCodeRecord, MemberStatus, MembershipAccess, MembershipRecord,
+    MembershipState, MembershipStore, Record,
 };
 use crate::docs::group::Role;
 use crate::ids::{DeviceId, DocumentId, MemberId};
@@ -174,19 +175,62 @@ impl Membership {
         MembershipAccess::new(self.state.clone(), origin_unix_ms)
     }
 
-    /// Runs one change: `f` checks it against the state and returns the records to write
-    /// and its answer; the records are committed durably, then applied.
-    fn change<T>(&self, f: impl FnOnce(&MembershipState) -> Result<(Vec<Record>, T)>) -> Result<T> {
+    /// Runs one change: `f` checks it against the state and returns what to commit (records,
+    /// deletions, audit entries) and its answer; the audit entries get their `seq`, the
+    /// commit is made durable, then applied. A failed commit changes nothing.
+    fn change<T>(&self, f: impl FnOnce(&MembershipState) -> Result<(Commit, T)>) -> Result<T> {
         let _one = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let (records, answer) = f(&self.read())?;
-        if !records.is_empty() {
-            self.store.commit(&records)?;
-            let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
-            for r in records {
-                state.apply(r);
+        let (mut commit, answer) = {
+            let state = self.read();
+            let (mut commit, answer) = f(&state)?;
+            for (seq, e) in (state.next_audit_seq.max(1)..).zip(commit.audit.iter_mut()) {
+                e.seq = seq;
             }
+            (std::mem::take(&mut commit), answer)
+        };
+        if !commit.is_empty() {
+            self.store.commit(&commit)?;
+            let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+            state.apply_commit(std::mem::take(&mut commit));
         }
         Ok(answer)
+    }
+
+    // ------------------------------------------------------------------ audit
+
+    /// Audit entries with `seq > since_seq`, oldest first, at most `limit`.
+    pub fn audit_since(&self, since_seq: u64, limit: usize) -> Result<Vec<AuditEntry>> {
+        Ok(self.store.audit_since(since_seq, limit)?)
+    }
+
+    /// Records a relay-side event (credential failures, backups, token rotation,
+    /// restores), durably. Ids and a count only.
+    #[allow(clippy::too_many_arguments, reason = "one entry's fields")]
+    pub fn record_audit(
+        &self,
+        kind: AuditKind,
+        actor: Actor,
+        group: Option<GroupId>,
+        member: Option<MemberId>,
+        device: Option<DeviceId>,
+        count: Option<u64>,
+        now_ms: u64,
+    ) -> Result<()> {
+        self.change(|_| {
+            let mut entry = AuditEntry::new(kind, actor, now_ms);
+            entry.group = group;
+            entry.member = member;
+            entry.device = device;
+            entry.count = count;
+            Ok((Commit::default().audit(entry), ()))
+        })
+    }
+
+    /// Retention: deletes (durably) the audit entries made before `before_ms` (the newest
+    /// entry stays, so the sequence goes on after a restart). Returns how many.
+    pub fn expire_audit(&self, before_ms: u64) -> Result<usize> {
+        let _one = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(self.store.expire_audit(before_ms)?)
     }
 
     /// The device a presented credential belongs to, if it is valid and not revoked.
@@ -273,12 +317,18 @@ impl Membership {
                 now_ms,
             );
             let id = group.id.clone();
-            let records = vec![
+            let commit = Commit::of(vec![
                 Self::roster_binding(&group),
                 Record::Group(group),
                 Record::Invite(invite_record),
-            ];
-            Ok((records, (id, invite)))
+            ])
+            .audit(AuditEntry::new(AuditKind::GroupCreated, Actor::Operator, now_ms).group(&id))
+            .audit(
+                AuditEntry::new(AuditKind::OperatorInvite, Actor::Operator, now_ms)
+                    .group(&id)
+                    .role(Role::Organiser),
+            );
+            Ok((commit, (id, invite)))
         })
     }
 
@@ -304,7 +354,12 @@ impl Membership {
                 None,
                 now_ms,
             );
-            Ok((vec![Record::Invite(r)], invite))
+            let commit = Commit::of(vec![Record::Invite(r)]).audit(
+                AuditEntry::new(AuditKind::OperatorInvite, Actor::Operator, now_ms)
+                    .group(group)
+                    .role(Role::Organiser),
+            );
+            Ok((commit, invite))
         })
     }
 
@@ -357,12 +412,17 @@ impl Membership {
                 expires_ms: None,
             };
             let info = Self::group_info(state, &group, &membership);
+            let entry = AuditEntry::new(AuditKind::GroupCreated, Actor::member(who), now_ms)
+                .group(&group.id)
+                .member(&who.member)
+                .role(Role::Organiser);
             Ok((
-                vec![
+                Commit::of(vec![
                     Self::roster_binding(&group),
                     Record::Group(group),
                     Record::Membership(membership),
-                ],
+                ])
+                .audit(entry),
                 info,
             ))
         })
@@ -632,7 +692,11 @@ impl Membership {
                 Some(who.member.clone()),
                 now_ms,
             );
-            Ok((vec![Record::Invite(r)], invite))
+            let entry = AuditEntry::new(AuditKind::InviteCreated, Actor::member(who), now_ms)
+                .group(group)
+                .role(req.role)
+                .count(u64::from(req.max_uses));
+            Ok((Commit::of(vec![Record::Invite(r)]).audit(entry), invite))
         })
     }
 
@@ -693,10 +757,16 @@ impl Membership {
                 expires_ms: invite.access_ms.map(|ms| now_ms.saturating_add(ms)),
             };
             let info = Self::group_info(state, group, &membership);
+            let entry =
+                AuditEntry::new(AuditKind::InviteRedeemed, Actor::member(&identity), now_ms)
+                    .group(&membership.group)
+                    .member(&identity.member)
+                    .device(&identity.device)
+                    .role(membership.role);
             records.push(Record::Invite(used));
             records.push(Record::Membership(membership));
             Ok((
-                records,
+                Commit::of(records).audit(entry),
                 Redeemed {
                     member_id: identity.member.clone(),
                     device_id: identity.device.clone(),
@@ -755,7 +825,14 @@ impl Membership {
                 version: g.coc_version,
                 text: g.coc_text.clone(),
             };
-            Ok((vec![Record::Group(g), Record::Membership(m)], coc))
+            let entry =
+                AuditEntry::new(AuditKind::CodeOfConductChanged, Actor::member(who), now_ms)
+                    .group(group)
+                    .count(g.coc_version);
+            Ok((
+                Commit::of(vec![Record::Group(g), Record::Membership(m)]).audit(entry),
+                coc,
+            ))
         })
     }
 
@@ -773,11 +850,11 @@ impl Membership {
                 return Err(MembershipError::Conflict("that is not the current version"));
             }
             if m.accepted_version == version {
-                return Ok((vec![], ()));
+                return Ok((Commit::default(), ()));
             }
             let mut m = m.clone();
             m.accepted_version = version;
-            Ok((vec![Record::Membership(m)], ()))
+            Ok((Commit::of(vec![Record::Membership(m)]), ()))
         })
     }
 
@@ -842,7 +919,11 @@ impl Membership {
             let mut t = target.clone();
             t.role = role;
             let info = Self::member_info(&t);
-            Ok((vec![Record::Membership(t)], info))
+            let entry = AuditEntry::new(AuditKind::RoleChanged, Actor::member(who), now_ms)
+                .group(group)
+                .member(member)
+                .role(role);
+            Ok((Commit::of(vec![Record::Membership(t)]).audit(entry), info))
         })
     }
 
@@ -890,10 +971,19 @@ impl Membership {
                     "a group keeps at least one organiser",
                 ));
             }
+            let kind = match status {
+                MemberStatus::Active => AuditKind::Reinstated,
+                MemberStatus::Suspended => AuditKind::Suspended,
+                MemberStatus::Left => AuditKind::Left,
+                MemberStatus::Removed => AuditKind::Removed,
+            };
             let mut t = target.clone();
             t.status = status;
             let info = Self::member_info(&t);
-            Ok((vec![Record::Membership(t)], info))
+            let entry = AuditEntry::new(kind, Actor::member(who), now_ms)
+                .group(group)
+                .member(member);
+            Ok((Commit::of(vec![Record::Membership(t)]).audit(entry), info))
         })
     }
 
@@ -949,7 +1039,7 @@ impl Membership {
             let (_, m) = Self::current(state, who, group, now_ms)?;
             let mut m = m.clone();
             m.pseudonym = pseudonym;
-            Ok((vec![Record::Membership(m)], ()))
+            Ok((Commit::of(vec![Record::Membership(m)]), ()))
         })
     }
 
@@ -977,7 +1067,7 @@ impl Membership {
                     && b.kind == kind
                     && (kind != BoundKind::Report || b.registrant.as_ref() == Some(&who.member));
                 if same && state.allows(who, &doc, crate::engine::Operation::Write, now_ms) {
-                    return Ok((vec![], ()));
+                    return Ok((Commit::default(), ()));
                 }
                 return Err(MembershipError::Conflict(
                     "the document is bound to a group already",
@@ -1038,7 +1128,7 @@ impl Membership {
                 registrant: Some(who.member.clone()),
                 created_ms: now_ms,
             }));
-            Ok((records, ()))
+            Ok((Commit::of(records), ()))
         })
     }
 
@@ -1057,7 +1147,7 @@ impl Membership {
                 used: false,
             };
             Ok((
-                vec![Record::LinkCode(record)],
+                Commit::of(vec![Record::LinkCode(record)]),
                 LinkCode { code, expires_ms },
             ))
         })
@@ -1086,8 +1176,11 @@ impl Membership {
             let mut used = link.clone();
             used.used = true;
             let identity = credential.identity().clone();
+            let entry = AuditEntry::new(AuditKind::DeviceLinked, Actor::member(&identity), now_ms)
+                .member(&identity.member)
+                .device(&identity.device);
             Ok((
-                vec![Record::LinkCode(used), Record::Device(device)],
+                Commit::of(vec![Record::LinkCode(used), Record::Device(device)]).audit(entry),
                 Redeemed {
                     member_id: identity.member.clone(),
                     device_id: identity.device.clone(),
@@ -1116,12 +1209,18 @@ impl Membership {
     }
 
     /// A new credential for the caller's device; the old one is refused from now on.
-    pub fn rotate(&self, who: &Identity, _now_ms: u64) -> Result<String> {
+    pub fn rotate(&self, who: &Identity, now_ms: u64) -> Result<String> {
         self.change(|state| {
             let mut device = Self::device(state, who)?.clone();
             let (credential, hash) = Credential::issue(who.clone());
             device.secret_hash = hash;
-            Ok((vec![Record::Device(device)], credential.as_str().to_owned()))
+            let entry = AuditEntry::new(AuditKind::CredentialRotated, Actor::member(who), now_ms)
+                .member(&who.member)
+                .device(&who.device);
+            Ok((
+                Commit::of(vec![Record::Device(device)]).audit(entry),
+                credential.as_str().to_owned(),
+            ))
         })
     }
 
@@ -1134,11 +1233,14 @@ impl Membership {
                 .get(&(who.member.clone(), device.clone()))
                 .ok_or(MembershipError::NotFound)?;
             if target.revoked_ms.is_some() {
-                return Ok((vec![], ()));
+                return Ok((Commit::default(), ()));
             }
             let mut t = target.clone();
             t.revoked_ms = Some(now_ms);
-            Ok((vec![Record::Device(t)], ()))
+            let entry = AuditEntry::new(AuditKind::DeviceRevoked, Actor::member(who), now_ms)
+                .member(&who.member)
+                .device(device);
+            Ok((Commit::of(vec![Record::Device(t)]).audit(entry), ()))
         })
     }
 }
