@@ -6,9 +6,10 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use thiserror::Error;
 
 use super::api::{
-    CodeOfConduct, CreateInvite, DeviceInfo, GroupDocuments, GroupInfo, Invite, InvitePreview,
-    LinkCode, MemberInfo, Redeemed,
+    CodeOfConduct, CreateInvite, DeviceInfo, GroupDocuments, GroupInfo, GroupQuota, GroupSummary,
+    Invite, InvitePreview, LinkCode, MemberInfo, Redeemed,
 };
+use super::policy::DocumentSizes;
 use super::{
     hash_secret, normalise_code, random_code, random_id, secret_matches, Actor, AuditEntry,
     AuditKind, BindingRecord, BoundKind, Commit, Credential, DeviceRecord, GroupId, GroupRecord,
@@ -38,8 +39,14 @@ pub struct Quotas {
     pub max_code_of_conduct_bytes: usize,
     /// Bytes of a pseudonym: 200.
     pub max_pseudonym_bytes: usize,
-    /// Documents bound to one group: 100,000.
+    /// Documents bound to one group: 100,000 (the operator may override it per group).
     pub documents_per_group: usize,
+    /// Bytes the relay stores for one group's documents: 1 GiB (the operator may override
+    /// it per group).
+    pub bytes_per_group: u64,
+    /// Documents one member may register in an hour: 120 (a buggy or hostile app that
+    /// creates documents in a loop is stopped; a person creates a few a day).
+    pub documents_per_member_per_hour: usize,
     /// Whether a member who organises a group may create more groups (the operator may
     /// keep group creation to `bootstrap`).
     pub organisers_create_groups: bool,
@@ -56,6 +63,8 @@ impl Default for Quotas {
             max_code_of_conduct_bytes: 64 * 1024,
             max_pseudonym_bytes: 200,
             documents_per_group: 100_000,
+            bytes_per_group: 1 << 30,
+            documents_per_member_per_hour: 120,
             organisers_create_groups: true,
         }
     }
@@ -134,6 +143,8 @@ pub struct Membership {
     /// One change at a time: check, commit, apply.
     writer: Arc<Mutex<()>>,
     quotas: Quotas,
+    /// Each document's stored size, shared with the engine's [`MembershipAccess`].
+    sizes: Arc<Mutex<DocumentSizes>>,
 }
 
 impl std::fmt::Debug for Membership {
@@ -157,6 +168,7 @@ impl Membership {
             state: Arc::new(RwLock::new(state)),
             writer: Arc::new(Mutex::new(())),
             quotas,
+            sizes: Arc::new(Mutex::new(DocumentSizes::default())),
         })
     }
 
@@ -172,7 +184,7 @@ impl Membership {
     /// The engine's access policy over this state; `origin_unix_ms` is the host clock's
     /// origin in Unix ms (`runtime::Host::origin_unix_ms`).
     pub fn access(&self, origin_unix_ms: u64) -> MembershipAccess {
-        MembershipAccess::new(self.state.clone(), origin_unix_ms)
+        MembershipAccess::new(self.state.clone(), self.sizes.clone(), origin_unix_ms)
     }
 
     /// Runs one change: `f` checks it against the state and returns what to commit (records,
@@ -927,41 +939,69 @@ impl Membership {
         })
     }
 
+    /// The member-facing caller of an action, or `None` for the operator; the relay itself
+    /// takes no membership action.
+    fn caller(actor: &Actor) -> Result<Option<Identity>> {
+        match actor {
+            Actor::Operator => Ok(None),
+            Actor::Member { .. } => Ok(actor.identity()),
+            Actor::Relay => Err(MembershipError::Forbidden(
+                "the relay takes no membership action of its own",
+            )),
+        }
+    }
+
     fn moderate(
         &self,
-        who: &Identity,
+        actor: &Actor,
         group: &GroupId,
         member: &MemberId,
         status: MemberStatus,
         now_ms: u64,
     ) -> Result<MemberInfo> {
+        let caller = Self::caller(actor)?;
         self.change(|state| {
-            let leaving = &who.member == member && status == MemberStatus::Left;
-            let target = Self::target(state, group, member)?;
-            if leaving {
-                Self::current(state, who, group, now_ms).or_else(|_| {
-                    Self::device(state, who)?;
-                    Ok::<_, MembershipError>((
-                        state.groups.get(group).ok_or(MembershipError::NotFound)?,
-                        target,
-                    ))
-                })?;
-            } else {
-                let (_, me) = Self::seeing(state, who, group, now_ms)?;
-                if !me.role.is_facilitator() {
-                    return Err(MembershipError::Forbidden(
-                        "only facilitators and organisers moderate",
-                    ));
+            let target = match &caller {
+                Some(who) => {
+                    let leaving = &who.member == member && status == MemberStatus::Left;
+                    let target = Self::target(state, group, member)?;
+                    if leaving {
+                        Self::current(state, who, group, now_ms).or_else(|_| {
+                            Self::device(state, who)?;
+                            Ok::<_, MembershipError>((
+                                state.groups.get(group).ok_or(MembershipError::NotFound)?,
+                                target,
+                            ))
+                        })?;
+                    } else {
+                        let (_, me) = Self::seeing(state, who, group, now_ms)?;
+                        if !me.role.is_facilitator() {
+                            return Err(MembershipError::Forbidden(
+                                "only facilitators and organisers moderate",
+                            ));
+                        }
+                        if target.role == Role::Organiser && me.role != Role::Organiser {
+                            return Err(MembershipError::Forbidden(
+                                "a facilitator cannot moderate an organiser",
+                            ));
+                        }
+                        if &who.member == member {
+                            return Err(MembershipError::BadRequest("use leave to leave a group"));
+                        }
+                    }
+                    target
                 }
-                if target.role == Role::Organiser && me.role != Role::Organiser {
-                    return Err(MembershipError::Forbidden(
-                        "a facilitator cannot moderate an organiser",
-                    ));
+                None => {
+                    // The operator may do what an organiser may, in any group.
+                    if !state.groups.contains_key(group) {
+                        return Err(MembershipError::NotFound);
+                    }
+                    if status == MemberStatus::Left {
+                        return Err(MembershipError::BadRequest("only a member leaves"));
+                    }
+                    Self::target(state, group, member)?
                 }
-                if &who.member == member {
-                    return Err(MembershipError::BadRequest("use leave to leave a group"));
-                }
-            }
+            };
             let demotes_last = target.role == Role::Organiser
                 && target.status == MemberStatus::Active
                 && status != MemberStatus::Active
@@ -980,7 +1020,7 @@ impl Membership {
             let mut t = target.clone();
             t.status = status;
             let info = Self::member_info(&t);
-            let entry = AuditEntry::new(kind, Actor::member(who), now_ms)
+            let entry = AuditEntry::new(kind, actor.clone(), now_ms)
                 .group(group)
                 .member(member);
             Ok((Commit::of(vec![Record::Membership(t)]).audit(entry), info))
@@ -995,7 +1035,19 @@ impl Membership {
         member: &MemberId,
         now_ms: u64,
     ) -> Result<MemberInfo> {
-        self.moderate(who, group, member, MemberStatus::Suspended, now_ms)
+        self.suspend_as(&Actor::member(who), group, member, now_ms)
+    }
+
+    /// Suspends a member as `actor`: a facilitator or organiser of the group, or the
+    /// operator (in any group). A group keeps at least one active organiser.
+    pub fn suspend_as(
+        &self,
+        actor: &Actor,
+        group: &GroupId,
+        member: &MemberId,
+        now_ms: u64,
+    ) -> Result<MemberInfo> {
+        self.moderate(actor, group, member, MemberStatus::Suspended, now_ms)
     }
 
     /// Reinstates a suspended member.
@@ -1006,7 +1058,18 @@ impl Membership {
         member: &MemberId,
         now_ms: u64,
     ) -> Result<MemberInfo> {
-        self.moderate(who, group, member, MemberStatus::Active, now_ms)
+        self.reinstate_as(&Actor::member(who), group, member, now_ms)
+    }
+
+    /// Reinstates a suspended member as `actor` (as [`Membership::suspend_as`]).
+    pub fn reinstate_as(
+        &self,
+        actor: &Actor,
+        group: &GroupId,
+        member: &MemberId,
+        now_ms: u64,
+    ) -> Result<MemberInfo> {
+        self.moderate(actor, group, member, MemberStatus::Active, now_ms)
     }
 
     /// Removes a member (facilitators, organisers), or leaves when `member` is the caller.
@@ -1017,12 +1080,24 @@ impl Membership {
         member: &MemberId,
         now_ms: u64,
     ) -> Result<()> {
-        let status = if &who.member == member {
-            MemberStatus::Left
-        } else {
-            MemberStatus::Removed
+        self.remove_as(&Actor::member(who), group, member, now_ms)
+    }
+
+    /// Removes a member as `actor`: a facilitator or organiser of the group, the operator
+    /// (any group), or the member themself (then they leave). A group keeps at least one
+    /// active organiser.
+    pub fn remove_as(
+        &self,
+        actor: &Actor,
+        group: &GroupId,
+        member: &MemberId,
+        now_ms: u64,
+    ) -> Result<()> {
+        let status = match actor {
+            Actor::Member { member: me, .. } if me == member => MemberStatus::Left,
+            _ => MemberStatus::Removed,
         };
-        self.moderate(who, group, member, status, now_ms)
+        self.moderate(actor, group, member, status, now_ms)
             .map(|_| ())
     }
 
@@ -1226,21 +1301,92 @@ impl Membership {
 
     /// Revokes one of the caller's member's devices (a lost phone), for good.
     pub fn revoke_device(&self, who: &Identity, device: &DeviceId, now_ms: u64) -> Result<()> {
+        self.revoke_device_as(&Actor::member(who), &who.member, device, now_ms)
+    }
+
+    /// Revokes a device of `member` as `actor`: a device of the same member, or the
+    /// operator. Revoking a revoked device changes nothing.
+    pub fn revoke_device_as(
+        &self,
+        actor: &Actor,
+        member: &MemberId,
+        device: &DeviceId,
+        now_ms: u64,
+    ) -> Result<()> {
+        let caller = Self::caller(actor)?;
         self.change(|state| {
-            Self::device(state, who)?;
+            if let Some(who) = &caller {
+                Self::device(state, who)?;
+                if &who.member != member {
+                    return Err(MembershipError::NotFound);
+                }
+            }
             let target = state
                 .devices
-                .get(&(who.member.clone(), device.clone()))
+                .get(&(member.clone(), device.clone()))
                 .ok_or(MembershipError::NotFound)?;
             if target.revoked_ms.is_some() {
                 return Ok((Commit::default(), ()));
             }
             let mut t = target.clone();
             t.revoked_ms = Some(now_ms);
-            let entry = AuditEntry::new(AuditKind::DeviceRevoked, Actor::member(who), now_ms)
-                .member(&who.member)
+            let entry = AuditEntry::new(AuditKind::DeviceRevoked, actor.clone(), now_ms)
+                .member(member)
                 .device(device);
             Ok((Commit::of(vec![Record::Device(t)]).audit(entry), ()))
         })
+    }
+
+    // ------------------------------------------------------------------ operator
+
+    /// Every group as the operator sees it: ids, counts and the effective quota (no
+    /// names, no content).
+    pub fn group_summaries(&self) -> Vec<GroupSummary> {
+        let state = self.read();
+        state
+            .groups
+            .values()
+            .map(|g| GroupSummary {
+                group: g.id.clone(),
+                created_ms: g.created_ms,
+                deleted_ms: None,
+                members_active: state
+                    .members_of(&g.id)
+                    .filter(|m| m.status == MemberStatus::Active)
+                    .count(),
+                members_total: state.members_of(&g.id).count(),
+                documents: state.bindings.values().filter(|b| b.group == g.id).count(),
+                quota: self.effective_quota(&state, &g.id),
+            })
+            .collect()
+    }
+
+    fn effective_quota(&self, state: &MembershipState, group: &GroupId) -> GroupQuota {
+        GroupQuota {
+            documents: self.quotas.documents_per_group,
+            bytes: self.quotas.bytes_per_group,
+            documents_used: state
+                .bindings
+                .values()
+                .filter(|b| &b.group == group)
+                .count(),
+            bytes_used: self.sizes().group_bytes(group),
+        }
+    }
+
+    /// Seeds each document's stored size (the relay calls it at start with the store's
+    /// per-document sizes; ids of no bound document are ignored). The engine keeps them
+    /// current from then on through [`MembershipAccess`].
+    pub fn seed_document_sizes(&self, sizes: impl IntoIterator<Item = (DocumentId, u64)>) {
+        let state = self.read();
+        let mut known = self.sizes();
+        for (doc, bytes) in sizes {
+            let group = state.bindings.get(&doc).map(|b| &b.group);
+            known.set(doc, group, bytes);
+        }
+    }
+
+    fn sizes(&self) -> std::sync::MutexGuard<'_, DocumentSizes> {
+        self.sizes.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

@@ -711,3 +711,60 @@ fn a_failed_commit_leaves_neither_the_change_nor_its_entry_and_reopening_continu
         .unwrap();
     assert_eq!(reopened.audit_since(last + 1, 10).unwrap()[0].seq, last + 2);
 }
+
+#[test]
+fn the_operator_moderates_any_group_and_is_audited_as_the_operator() {
+    let r = relay();
+    let (org, g) = group(&r.m);
+    let (mem, token, _) = join(&r.m, &invite(&r.m, &org, &g, Role::Member, 2), T0);
+    let (other, _, _) = join(&r.m, &invite(&r.m, &org, &g, Role::Member, 1), T0);
+    let op = Actor::Operator;
+    let since = r.m.audit_since(0, 10_000).unwrap().len() as u64;
+    r.m.suspend_as(&op, &g, &mem.member, T0).unwrap();
+    assert!(!r.m.snapshot().allows(&mem, &doc(3), Operation::Read, T0));
+    r.m.reinstate_as(&op, &g, &mem.member, T0).unwrap();
+    r.m.revoke_device_as(&op, &mem.member, &mem.device, T0)
+        .unwrap();
+    assert!(r.m.authenticate(&token).is_err());
+    r.m.remove_as(&op, &g, &other.member, T0).unwrap();
+    assert!(!r.m.snapshot().allows(&other, &doc(3), Operation::Read, T0));
+    // The operator too leaves a group an organiser; the relay acts on nobody's behalf.
+    assert!(matches!(
+        r.m.remove_as(&op, &g, &org.member, T0),
+        Err(MembershipError::Conflict(_))
+    ));
+    assert!(matches!(
+        r.m.suspend_as(&Actor::Relay, &g, &mem.member, T0),
+        Err(MembershipError::Forbidden(_))
+    ));
+    // A member revokes only their own member's devices.
+    assert!(matches!(
+        r.m.revoke_device_as(&Actor::member(&org), &other.member, &other.device, T0),
+        Err(MembershipError::NotFound)
+    ));
+    assert!(matches!(
+        r.m.suspend_as(&op, &GroupId::from("nope"), &mem.member, T0),
+        Err(MembershipError::NotFound)
+    ));
+    let entries = r.m.audit_since(since, 100).unwrap();
+    let got: Vec<_> = entries.iter().map(|e| (e.kind, e.actor.clone())).collect();
+    assert_eq!(
+        got,
+        vec![
+            (AuditKind::Suspended, Actor::Operator),
+            (AuditKind::Reinstated, Actor::Operator),
+            (AuditKind::DeviceRevoked, Actor::Operator),
+            (AuditKind::Removed, Actor::Operator),
+        ]
+    );
+    let summaries = r.m.group_summaries();
+    assert_eq!(summaries.len(), 1);
+    let s = &summaries[0];
+    assert_eq!(s.group, g);
+    assert_eq!((s.members_active, s.members_total), (2, 3));
+    assert_eq!(s.documents, 3, "roster, settings, index");
+    assert_eq!(s.quota.documents, Quotas::default().documents_per_group);
+    assert_eq!(s.quota.documents_used, 3);
+    r.m.seed_document_sizes([(doc(2), 100), (doc(3), 50), (doc(99), 7)]);
+    assert_eq!(r.m.group_summaries()[0].quota.bytes_used, 150);
+}
