@@ -303,13 +303,8 @@ fn migrate(
     }
     write_current(dir, &name)?;
     ensure_marker(dir)?;
-    let store = SledStore::open_in(&target, config, Some(dir))?;
-    tracing::info!(
-        from = 1,
-        to = STORE_FORMAT,
-        "migrated the store from format 1 to 2"
-    );
-    Ok(store)
+    // The caller logs the migration (from the report), once.
+    SledStore::open_in(&target, config, Some(dir))
 }
 
 /// Removes what a crash left: store directories `CURRENT` does not name (a rewrite's old
