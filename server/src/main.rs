@@ -53,6 +53,13 @@ async fn main() -> anyhow::Result<()> {
             print_invite(&made);
             return Ok(());
         }
+        Command::Admin(args) => {
+            if let Err(e) = cairn_relay::admin_cli::run(args).await {
+                eprintln!("error: {e}");
+                std::process::exit(1);
+            }
+            return Ok(());
+        }
         Command::Check { data } => match cairn_relay::check(&data) {
             Ok(report) => {
                 println!(
