@@ -262,3 +262,37 @@ pub struct Rotated {
     /// The new credential (keep it in the platform keystore).
     pub token: String,
 }
+
+/// A group as the operator sees it (ids and counts; no names, no content).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupSummary {
+    /// The group.
+    pub group: GroupId,
+    /// When it was created (Unix ms).
+    pub created_ms: u64,
+    /// When it was deleted (Unix ms): it is purged after the grace period unless restored.
+    #[serde(default)]
+    pub deleted_ms: Option<u64>,
+    /// Members whose status is active.
+    pub members_active: usize,
+    /// Every membership record (active, suspended, left, removed).
+    pub members_total: usize,
+    /// Documents bound to the group.
+    pub documents: usize,
+    /// Its effective quota and what it uses.
+    pub quota: GroupQuota,
+}
+
+/// A group's effective quota (the operator's override, else the relay's default) and
+/// what the group uses of it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupQuota {
+    /// Documents the group may have bound.
+    pub documents: usize,
+    /// Bytes the relay stores for the group's documents at most.
+    pub bytes: u64,
+    /// Documents bound now.
+    pub documents_used: usize,
+    /// Bytes stored now.
+    pub bytes_used: u64,
+}

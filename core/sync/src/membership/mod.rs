@@ -30,6 +30,7 @@
 //! document bound to no group is read and written by nobody, so the relay never stores it.
 
 pub mod api;
+mod audit;
 mod credential;
 mod policy;
 mod roster;
@@ -39,6 +40,7 @@ mod store;
 
 use serde::{Deserialize, Serialize};
 
+pub use audit::{Actor, AuditEntry, AuditKind};
 pub use credential::{
     hash_secret, normalise_code, os_random, random_code, random_id, secret_matches, Credential,
     CredentialError, Identity, CODE_CHARS, ID_HEX, SECRET_HEX,
@@ -46,10 +48,10 @@ pub use credential::{
 pub use policy::MembershipAccess;
 pub use service::{Membership, MembershipError, Quotas, LINK_CODE_MS};
 pub use state::{
-    BindingRecord, DeviceRecord, GroupRecord, InviteRecord, LinkCodeRecord, MembershipRecord,
-    MembershipState, Record,
+    BindingRecord, Commit, DeviceRecord, GroupRecord, InviteRecord, LinkCodeRecord,
+    MembershipRecord, MembershipState, Record, RecordKey,
 };
-pub use store::{KvMembershipStore, MembershipStore, KEY_PREFIX};
+pub use store::{KvMembershipStore, MembershipStore, AUDIT_PREFIX, KEY_PREFIX};
 
 crate::ids::string_id!(
     /// A group's id (16 hex characters; not secret).

@@ -1,9 +1,10 @@
 //! The access policy: who may read and write a document, decided from the membership
 //! state alone (no IO), for the engine to consult on every message.
 
-use std::sync::{Arc, RwLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
 
-use super::{BoundKind, Identity, MembershipState};
+use super::{BoundKind, GroupId, Identity, MembershipState};
 use crate::engine::{Access, Operation, PeerInfo};
 use crate::ids::DocumentId;
 use crate::time::Timestamp;
@@ -56,6 +57,43 @@ impl MembershipState {
     }
 }
 
+/// Each stored document's size and each group's total, as the engine reports them. Kept
+/// in memory beside the membership state (the engine consults the totals on every change
+/// it is about to accept, without IO); the relay seeds it at start from the store.
+#[derive(Debug, Default)]
+pub(super) struct DocumentSizes {
+    docs: HashMap<DocumentId, (GroupId, u64)>,
+    groups: HashMap<GroupId, u64>,
+}
+
+impl DocumentSizes {
+    /// `doc` now takes `bytes`; `group` is its group (`None`: unbound, not counted).
+    pub(super) fn set(&mut self, doc: DocumentId, group: Option<&GroupId>, bytes: u64) {
+        self.forget(&doc);
+        if let Some(group) = group {
+            *self.groups.entry(group.clone()).or_default() += bytes;
+            self.docs.insert(doc, (group.clone(), bytes));
+        }
+    }
+
+    /// `doc` no longer counts (forgotten, or its group purged).
+    pub(super) fn forget(&mut self, doc: &DocumentId) {
+        if let Some((group, bytes)) = self.docs.remove(doc) {
+            if let Some(total) = self.groups.get_mut(&group) {
+                *total = total.saturating_sub(bytes);
+                if *total == 0 {
+                    self.groups.remove(&group);
+                }
+            }
+        }
+    }
+
+    /// Bytes stored for `group`'s documents.
+    pub(super) fn group_bytes(&self, group: &GroupId) -> u64 {
+        self.groups.get(group).copied().unwrap_or(0)
+    }
+}
+
 /// The engine's [`Access`] over the relay's in-memory membership state.
 ///
 /// Connections carry the identity the relay authenticated (`member/device`); one without
@@ -64,13 +102,20 @@ impl MembershipState {
 #[derive(Clone, Debug)]
 pub struct MembershipAccess {
     state: Arc<RwLock<MembershipState>>,
+    #[allow(dead_code, reason = "the engine's quota hook reads it")]
+    sizes: Arc<Mutex<DocumentSizes>>,
     origin_unix_ms: u64,
 }
 
 impl MembershipAccess {
-    pub(super) fn new(state: Arc<RwLock<MembershipState>>, origin_unix_ms: u64) -> Self {
+    pub(super) fn new(
+        state: Arc<RwLock<MembershipState>>,
+        sizes: Arc<Mutex<DocumentSizes>>,
+        origin_unix_ms: u64,
+    ) -> Self {
         MembershipAccess {
             state,
+            sizes,
             origin_unix_ms,
         }
     }

@@ -6,13 +6,15 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use thiserror::Error;
 
 use super::api::{
-    CodeOfConduct, CreateInvite, DeviceInfo, GroupDocuments, GroupInfo, Invite, InvitePreview,
-    LinkCode, MemberInfo, Redeemed,
+    CodeOfConduct, CreateInvite, DeviceInfo, GroupDocuments, GroupInfo, GroupQuota, GroupSummary,
+    Invite, InvitePreview, LinkCode, MemberInfo, Redeemed,
 };
+use super::policy::DocumentSizes;
 use super::{
-    hash_secret, normalise_code, random_code, random_id, secret_matches, BindingRecord, BoundKind,
-    Credential, DeviceRecord, GroupId, GroupRecord, Identity, InviteRecord, LinkCodeRecord,
-    MemberStatus, MembershipAccess, MembershipRecord, MembershipState, MembershipStore, Record,
+    hash_secret, normalise_code, random_code, random_id, secret_matches, Actor, AuditEntry,
+    AuditKind, BindingRecord, BoundKind, Commit, Credential, DeviceRecord, GroupId, GroupRecord,
+    Identity, InviteRecord, LinkCodeRecord, MemberStatus, MembershipAccess, MembershipRecord,
+    MembershipState, MembershipStore, Record,
 };
 use crate::docs::group::Role;
 use crate::ids::{DeviceId, DocumentId, MemberId};
@@ -37,8 +39,14 @@ pub struct Quotas {
     pub max_code_of_conduct_bytes: usize,
     /// Bytes of a pseudonym: 200.
     pub max_pseudonym_bytes: usize,
-    /// Documents bound to one group: 100,000.
+    /// Documents bound to one group: 100,000 (the operator may override it per group).
     pub documents_per_group: usize,
+    /// Bytes the relay stores for one group's documents: 1 GiB (the operator may override
+    /// it per group).
+    pub bytes_per_group: u64,
+    /// Documents one member may register in an hour: 120 (a buggy or hostile app that
+    /// creates documents in a loop is stopped; a person creates a few a day).
+    pub documents_per_member_per_hour: usize,
     /// Whether a member who organises a group may create more groups (the operator may
     /// keep group creation to `bootstrap`).
     pub organisers_create_groups: bool,
@@ -55,6 +63,8 @@ impl Default for Quotas {
             max_code_of_conduct_bytes: 64 * 1024,
             max_pseudonym_bytes: 200,
             documents_per_group: 100_000,
+            bytes_per_group: 1 << 30,
+            documents_per_member_per_hour: 120,
             organisers_create_groups: true,
         }
     }
@@ -133,6 +143,8 @@ pub struct Membership {
     /// One change at a time: check, commit, apply.
     writer: Arc<Mutex<()>>,
     quotas: Quotas,
+    /// Each document's stored size, shared with the engine's [`MembershipAccess`].
+    sizes: Arc<Mutex<DocumentSizes>>,
 }
 
 impl std::fmt::Debug for Membership {
@@ -156,6 +168,7 @@ impl Membership {
             state: Arc::new(RwLock::new(state)),
             writer: Arc::new(Mutex::new(())),
             quotas,
+            sizes: Arc::new(Mutex::new(DocumentSizes::default())),
         })
     }
 
@@ -171,22 +184,65 @@ impl Membership {
     /// The engine's access policy over this state; `origin_unix_ms` is the host clock's
     /// origin in Unix ms (`runtime::Host::origin_unix_ms`).
     pub fn access(&self, origin_unix_ms: u64) -> MembershipAccess {
-        MembershipAccess::new(self.state.clone(), origin_unix_ms)
+        MembershipAccess::new(self.state.clone(), self.sizes.clone(), origin_unix_ms)
     }
 
-    /// Runs one change: `f` checks it against the state and returns the records to write
-    /// and its answer; the records are committed durably, then applied.
-    fn change<T>(&self, f: impl FnOnce(&MembershipState) -> Result<(Vec<Record>, T)>) -> Result<T> {
+    /// Runs one change: `f` checks it against the state and returns what to commit (records,
+    /// deletions, audit entries) and its answer; the audit entries get their `seq`, the
+    /// commit is made durable, then applied. A failed commit changes nothing.
+    fn change<T>(&self, f: impl FnOnce(&MembershipState) -> Result<(Commit, T)>) -> Result<T> {
         let _one = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let (records, answer) = f(&self.read())?;
-        if !records.is_empty() {
-            self.store.commit(&records)?;
-            let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
-            for r in records {
-                state.apply(r);
+        let (mut commit, answer) = {
+            let state = self.read();
+            let (mut commit, answer) = f(&state)?;
+            for (seq, e) in (state.next_audit_seq.max(1)..).zip(commit.audit.iter_mut()) {
+                e.seq = seq;
             }
+            (std::mem::take(&mut commit), answer)
+        };
+        if !commit.is_empty() {
+            self.store.commit(&commit)?;
+            let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+            state.apply_commit(std::mem::take(&mut commit));
         }
         Ok(answer)
+    }
+
+    // ------------------------------------------------------------------ audit
+
+    /// Audit entries with `seq > since_seq`, oldest first, at most `limit`.
+    pub fn audit_since(&self, since_seq: u64, limit: usize) -> Result<Vec<AuditEntry>> {
+        Ok(self.store.audit_since(since_seq, limit)?)
+    }
+
+    /// Records a relay-side event (credential failures, backups, token rotation,
+    /// restores), durably. Ids and a count only.
+    #[allow(clippy::too_many_arguments, reason = "one entry's fields")]
+    pub fn record_audit(
+        &self,
+        kind: AuditKind,
+        actor: Actor,
+        group: Option<GroupId>,
+        member: Option<MemberId>,
+        device: Option<DeviceId>,
+        count: Option<u64>,
+        now_ms: u64,
+    ) -> Result<()> {
+        self.change(|_| {
+            let mut entry = AuditEntry::new(kind, actor, now_ms);
+            entry.group = group;
+            entry.member = member;
+            entry.device = device;
+            entry.count = count;
+            Ok((Commit::default().audit(entry), ()))
+        })
+    }
+
+    /// Retention: deletes (durably) the audit entries made before `before_ms` (the newest
+    /// entry stays, so the sequence goes on after a restart). Returns how many.
+    pub fn expire_audit(&self, before_ms: u64) -> Result<usize> {
+        let _one = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(self.store.expire_audit(before_ms)?)
     }
 
     /// The device a presented credential belongs to, if it is valid and not revoked.
@@ -273,12 +329,18 @@ impl Membership {
                 now_ms,
             );
             let id = group.id.clone();
-            let records = vec![
+            let commit = Commit::of(vec![
                 Self::roster_binding(&group),
                 Record::Group(group),
                 Record::Invite(invite_record),
-            ];
-            Ok((records, (id, invite)))
+            ])
+            .audit(AuditEntry::new(AuditKind::GroupCreated, Actor::Operator, now_ms).group(&id))
+            .audit(
+                AuditEntry::new(AuditKind::OperatorInvite, Actor::Operator, now_ms)
+                    .group(&id)
+                    .role(Role::Organiser),
+            );
+            Ok((commit, (id, invite)))
         })
     }
 
@@ -304,7 +366,12 @@ impl Membership {
                 None,
                 now_ms,
             );
-            Ok((vec![Record::Invite(r)], invite))
+            let commit = Commit::of(vec![Record::Invite(r)]).audit(
+                AuditEntry::new(AuditKind::OperatorInvite, Actor::Operator, now_ms)
+                    .group(group)
+                    .role(Role::Organiser),
+            );
+            Ok((commit, invite))
         })
     }
 
@@ -357,12 +424,17 @@ impl Membership {
                 expires_ms: None,
             };
             let info = Self::group_info(state, &group, &membership);
+            let entry = AuditEntry::new(AuditKind::GroupCreated, Actor::member(who), now_ms)
+                .group(&group.id)
+                .member(&who.member)
+                .role(Role::Organiser);
             Ok((
-                vec![
+                Commit::of(vec![
                     Self::roster_binding(&group),
                     Record::Group(group),
                     Record::Membership(membership),
-                ],
+                ])
+                .audit(entry),
                 info,
             ))
         })
@@ -632,7 +704,11 @@ impl Membership {
                 Some(who.member.clone()),
                 now_ms,
             );
-            Ok((vec![Record::Invite(r)], invite))
+            let entry = AuditEntry::new(AuditKind::InviteCreated, Actor::member(who), now_ms)
+                .group(group)
+                .role(req.role)
+                .count(u64::from(req.max_uses));
+            Ok((Commit::of(vec![Record::Invite(r)]).audit(entry), invite))
         })
     }
 
@@ -693,10 +769,16 @@ impl Membership {
                 expires_ms: invite.access_ms.map(|ms| now_ms.saturating_add(ms)),
             };
             let info = Self::group_info(state, group, &membership);
+            let entry =
+                AuditEntry::new(AuditKind::InviteRedeemed, Actor::member(&identity), now_ms)
+                    .group(&membership.group)
+                    .member(&identity.member)
+                    .device(&identity.device)
+                    .role(membership.role);
             records.push(Record::Invite(used));
             records.push(Record::Membership(membership));
             Ok((
-                records,
+                Commit::of(records).audit(entry),
                 Redeemed {
                     member_id: identity.member.clone(),
                     device_id: identity.device.clone(),
@@ -755,7 +837,14 @@ impl Membership {
                 version: g.coc_version,
                 text: g.coc_text.clone(),
             };
-            Ok((vec![Record::Group(g), Record::Membership(m)], coc))
+            let entry =
+                AuditEntry::new(AuditKind::CodeOfConductChanged, Actor::member(who), now_ms)
+                    .group(group)
+                    .count(g.coc_version);
+            Ok((
+                Commit::of(vec![Record::Group(g), Record::Membership(m)]).audit(entry),
+                coc,
+            ))
         })
     }
 
@@ -773,11 +862,11 @@ impl Membership {
                 return Err(MembershipError::Conflict("that is not the current version"));
             }
             if m.accepted_version == version {
-                return Ok((vec![], ()));
+                return Ok((Commit::default(), ()));
             }
             let mut m = m.clone();
             m.accepted_version = version;
-            Ok((vec![Record::Membership(m)], ()))
+            Ok((Commit::of(vec![Record::Membership(m)]), ()))
         })
     }
 
@@ -842,45 +931,77 @@ impl Membership {
             let mut t = target.clone();
             t.role = role;
             let info = Self::member_info(&t);
-            Ok((vec![Record::Membership(t)], info))
+            let entry = AuditEntry::new(AuditKind::RoleChanged, Actor::member(who), now_ms)
+                .group(group)
+                .member(member)
+                .role(role);
+            Ok((Commit::of(vec![Record::Membership(t)]).audit(entry), info))
         })
+    }
+
+    /// The member-facing caller of an action, or `None` for the operator; the relay itself
+    /// takes no membership action.
+    fn caller(actor: &Actor) -> Result<Option<Identity>> {
+        match actor {
+            Actor::Operator => Ok(None),
+            Actor::Member { .. } => Ok(actor.identity()),
+            Actor::Relay => Err(MembershipError::Forbidden(
+                "the relay takes no membership action of its own",
+            )),
+        }
     }
 
     fn moderate(
         &self,
-        who: &Identity,
+        actor: &Actor,
         group: &GroupId,
         member: &MemberId,
         status: MemberStatus,
         now_ms: u64,
     ) -> Result<MemberInfo> {
+        let caller = Self::caller(actor)?;
         self.change(|state| {
-            let leaving = &who.member == member && status == MemberStatus::Left;
-            let target = Self::target(state, group, member)?;
-            if leaving {
-                Self::current(state, who, group, now_ms).or_else(|_| {
-                    Self::device(state, who)?;
-                    Ok::<_, MembershipError>((
-                        state.groups.get(group).ok_or(MembershipError::NotFound)?,
-                        target,
-                    ))
-                })?;
-            } else {
-                let (_, me) = Self::seeing(state, who, group, now_ms)?;
-                if !me.role.is_facilitator() {
-                    return Err(MembershipError::Forbidden(
-                        "only facilitators and organisers moderate",
-                    ));
+            let target = match &caller {
+                Some(who) => {
+                    let leaving = &who.member == member && status == MemberStatus::Left;
+                    let target = Self::target(state, group, member)?;
+                    if leaving {
+                        Self::current(state, who, group, now_ms).or_else(|_| {
+                            Self::device(state, who)?;
+                            Ok::<_, MembershipError>((
+                                state.groups.get(group).ok_or(MembershipError::NotFound)?,
+                                target,
+                            ))
+                        })?;
+                    } else {
+                        let (_, me) = Self::seeing(state, who, group, now_ms)?;
+                        if !me.role.is_facilitator() {
+                            return Err(MembershipError::Forbidden(
+                                "only facilitators and organisers moderate",
+                            ));
+                        }
+                        if target.role == Role::Organiser && me.role != Role::Organiser {
+                            return Err(MembershipError::Forbidden(
+                                "a facilitator cannot moderate an organiser",
+                            ));
+                        }
+                        if &who.member == member {
+                            return Err(MembershipError::BadRequest("use leave to leave a group"));
+                        }
+                    }
+                    target
                 }
-                if target.role == Role::Organiser && me.role != Role::Organiser {
-                    return Err(MembershipError::Forbidden(
-                        "a facilitator cannot moderate an organiser",
-                    ));
+                None => {
+                    // The operator may do what an organiser may, in any group.
+                    if !state.groups.contains_key(group) {
+                        return Err(MembershipError::NotFound);
+                    }
+                    if status == MemberStatus::Left {
+                        return Err(MembershipError::BadRequest("only a member leaves"));
+                    }
+                    Self::target(state, group, member)?
                 }
-                if &who.member == member {
-                    return Err(MembershipError::BadRequest("use leave to leave a group"));
-                }
-            }
+            };
             let demotes_last = target.role == Role::Organiser
                 && target.status == MemberStatus::Active
                 && status != MemberStatus::Active
@@ -890,10 +1011,19 @@ impl Membership {
                     "a group keeps at least one organiser",
                 ));
             }
+            let kind = match status {
+                MemberStatus::Active => AuditKind::Reinstated,
+                MemberStatus::Suspended => AuditKind::Suspended,
+                MemberStatus::Left => AuditKind::Left,
+                MemberStatus::Removed => AuditKind::Removed,
+            };
             let mut t = target.clone();
             t.status = status;
             let info = Self::member_info(&t);
-            Ok((vec![Record::Membership(t)], info))
+            let entry = AuditEntry::new(kind, actor.clone(), now_ms)
+                .group(group)
+                .member(member);
+            Ok((Commit::of(vec![Record::Membership(t)]).audit(entry), info))
         })
     }
 
@@ -905,7 +1035,19 @@ impl Membership {
         member: &MemberId,
         now_ms: u64,
     ) -> Result<MemberInfo> {
-        self.moderate(who, group, member, MemberStatus::Suspended, now_ms)
+        self.suspend_as(&Actor::member(who), group, member, now_ms)
+    }
+
+    /// Suspends a member as `actor`: a facilitator or organiser of the group, or the
+    /// operator (in any group). A group keeps at least one active organiser.
+    pub fn suspend_as(
+        &self,
+        actor: &Actor,
+        group: &GroupId,
+        member: &MemberId,
+        now_ms: u64,
+    ) -> Result<MemberInfo> {
+        self.moderate(actor, group, member, MemberStatus::Suspended, now_ms)
     }
 
     /// Reinstates a suspended member.
@@ -916,7 +1058,18 @@ impl Membership {
         member: &MemberId,
         now_ms: u64,
     ) -> Result<MemberInfo> {
-        self.moderate(who, group, member, MemberStatus::Active, now_ms)
+        self.reinstate_as(&Actor::member(who), group, member, now_ms)
+    }
+
+    /// Reinstates a suspended member as `actor` (as [`Membership::suspend_as`]).
+    pub fn reinstate_as(
+        &self,
+        actor: &Actor,
+        group: &GroupId,
+        member: &MemberId,
+        now_ms: u64,
+    ) -> Result<MemberInfo> {
+        self.moderate(actor, group, member, MemberStatus::Active, now_ms)
     }
 
     /// Removes a member (facilitators, organisers), or leaves when `member` is the caller.
@@ -927,12 +1080,24 @@ impl Membership {
         member: &MemberId,
         now_ms: u64,
     ) -> Result<()> {
-        let status = if &who.member == member {
-            MemberStatus::Left
-        } else {
-            MemberStatus::Removed
+        self.remove_as(&Actor::member(who), group, member, now_ms)
+    }
+
+    /// Removes a member as `actor`: a facilitator or organiser of the group, the operator
+    /// (any group), or the member themself (then they leave). A group keeps at least one
+    /// active organiser.
+    pub fn remove_as(
+        &self,
+        actor: &Actor,
+        group: &GroupId,
+        member: &MemberId,
+        now_ms: u64,
+    ) -> Result<()> {
+        let status = match actor {
+            Actor::Member { member: me, .. } if me == member => MemberStatus::Left,
+            _ => MemberStatus::Removed,
         };
-        self.moderate(who, group, member, status, now_ms)
+        self.moderate(actor, group, member, status, now_ms)
             .map(|_| ())
     }
 
@@ -949,7 +1114,7 @@ impl Membership {
             let (_, m) = Self::current(state, who, group, now_ms)?;
             let mut m = m.clone();
             m.pseudonym = pseudonym;
-            Ok((vec![Record::Membership(m)], ()))
+            Ok((Commit::of(vec![Record::Membership(m)]), ()))
         })
     }
 
@@ -977,7 +1142,7 @@ impl Membership {
                     && b.kind == kind
                     && (kind != BoundKind::Report || b.registrant.as_ref() == Some(&who.member));
                 if same && state.allows(who, &doc, crate::engine::Operation::Write, now_ms) {
-                    return Ok((vec![], ()));
+                    return Ok((Commit::default(), ()));
                 }
                 return Err(MembershipError::Conflict(
                     "the document is bound to a group already",
@@ -1038,7 +1203,7 @@ impl Membership {
                 registrant: Some(who.member.clone()),
                 created_ms: now_ms,
             }));
-            Ok((records, ()))
+            Ok((Commit::of(records), ()))
         })
     }
 
@@ -1057,7 +1222,7 @@ impl Membership {
                 used: false,
             };
             Ok((
-                vec![Record::LinkCode(record)],
+                Commit::of(vec![Record::LinkCode(record)]),
                 LinkCode { code, expires_ms },
             ))
         })
@@ -1086,8 +1251,11 @@ impl Membership {
             let mut used = link.clone();
             used.used = true;
             let identity = credential.identity().clone();
+            let entry = AuditEntry::new(AuditKind::DeviceLinked, Actor::member(&identity), now_ms)
+                .member(&identity.member)
+                .device(&identity.device);
             Ok((
-                vec![Record::LinkCode(used), Record::Device(device)],
+                Commit::of(vec![Record::LinkCode(used), Record::Device(device)]).audit(entry),
                 Redeemed {
                     member_id: identity.member.clone(),
                     device_id: identity.device.clone(),
@@ -1116,29 +1284,109 @@ impl Membership {
     }
 
     /// A new credential for the caller's device; the old one is refused from now on.
-    pub fn rotate(&self, who: &Identity, _now_ms: u64) -> Result<String> {
+    pub fn rotate(&self, who: &Identity, now_ms: u64) -> Result<String> {
         self.change(|state| {
             let mut device = Self::device(state, who)?.clone();
             let (credential, hash) = Credential::issue(who.clone());
             device.secret_hash = hash;
-            Ok((vec![Record::Device(device)], credential.as_str().to_owned()))
+            let entry = AuditEntry::new(AuditKind::CredentialRotated, Actor::member(who), now_ms)
+                .member(&who.member)
+                .device(&who.device);
+            Ok((
+                Commit::of(vec![Record::Device(device)]).audit(entry),
+                credential.as_str().to_owned(),
+            ))
         })
     }
 
     /// Revokes one of the caller's member's devices (a lost phone), for good.
     pub fn revoke_device(&self, who: &Identity, device: &DeviceId, now_ms: u64) -> Result<()> {
+        self.revoke_device_as(&Actor::member(who), &who.member, device, now_ms)
+    }
+
+    /// Revokes a device of `member` as `actor`: a device of the same member, or the
+    /// operator. Revoking a revoked device changes nothing.
+    pub fn revoke_device_as(
+        &self,
+        actor: &Actor,
+        member: &MemberId,
+        device: &DeviceId,
+        now_ms: u64,
+    ) -> Result<()> {
+        let caller = Self::caller(actor)?;
         self.change(|state| {
-            Self::device(state, who)?;
+            if let Some(who) = &caller {
+                Self::device(state, who)?;
+                if &who.member != member {
+                    return Err(MembershipError::NotFound);
+                }
+            }
             let target = state
                 .devices
-                .get(&(who.member.clone(), device.clone()))
+                .get(&(member.clone(), device.clone()))
                 .ok_or(MembershipError::NotFound)?;
             if target.revoked_ms.is_some() {
-                return Ok((vec![], ()));
+                return Ok((Commit::default(), ()));
             }
             let mut t = target.clone();
             t.revoked_ms = Some(now_ms);
-            Ok((vec![Record::Device(t)], ()))
+            let entry = AuditEntry::new(AuditKind::DeviceRevoked, actor.clone(), now_ms)
+                .member(member)
+                .device(device);
+            Ok((Commit::of(vec![Record::Device(t)]).audit(entry), ()))
         })
+    }
+
+    // ------------------------------------------------------------------ operator
+
+    /// Every group as the operator sees it: ids, counts and the effective quota (no
+    /// names, no content).
+    pub fn group_summaries(&self) -> Vec<GroupSummary> {
+        let state = self.read();
+        state
+            .groups
+            .values()
+            .map(|g| GroupSummary {
+                group: g.id.clone(),
+                created_ms: g.created_ms,
+                deleted_ms: None,
+                members_active: state
+                    .members_of(&g.id)
+                    .filter(|m| m.status == MemberStatus::Active)
+                    .count(),
+                members_total: state.members_of(&g.id).count(),
+                documents: state.bindings.values().filter(|b| b.group == g.id).count(),
+                quota: self.effective_quota(&state, &g.id),
+            })
+            .collect()
+    }
+
+    fn effective_quota(&self, state: &MembershipState, group: &GroupId) -> GroupQuota {
+        GroupQuota {
+            documents: self.quotas.documents_per_group,
+            bytes: self.quotas.bytes_per_group,
+            documents_used: state
+                .bindings
+                .values()
+                .filter(|b| &b.group == group)
+                .count(),
+            bytes_used: self.sizes().group_bytes(group),
+        }
+    }
+
+    /// Seeds each document's stored size (the relay calls it at start with the store's
+    /// per-document sizes; ids of no bound document are ignored). The engine keeps them
+    /// current from then on through [`MembershipAccess`].
+    pub fn seed_document_sizes(&self, sizes: impl IntoIterator<Item = (DocumentId, u64)>) {
+        let state = self.read();
+        let mut known = self.sizes();
+        for (doc, bytes) in sizes {
+            let group = state.bindings.get(&doc).map(|b| &b.group);
+            known.set(doc, group, bytes);
+        }
+    }
+
+    fn sizes(&self) -> std::sync::MutexGuard<'_, DocumentSizes> {
+        self.sizes.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{role_name, BoundKind, GroupId, Identity, MemberStatus};
+use super::{role_name, AuditEntry, BoundKind, GroupId, Identity, MemberStatus};
 use crate::docs::group::Role;
 use crate::ids::{DeviceId, DocumentId, MemberId};
 
@@ -137,16 +137,85 @@ pub enum Record {
 }
 
 impl Record {
+    /// The record's key: which record it replaces.
+    pub fn key(&self) -> RecordKey {
+        match self {
+            Record::Group(r) => RecordKey::Group(r.id.clone()),
+            Record::Device(r) => RecordKey::Device(r.member.clone(), r.device.clone()),
+            Record::Membership(r) => RecordKey::Membership(r.group.clone(), r.member.clone()),
+            Record::Invite(r) => RecordKey::Invite(r.code_hash.clone()),
+            Record::LinkCode(r) => RecordKey::LinkCode(r.code_hash.clone()),
+            Record::Binding(r) => RecordKey::Binding(r.document),
+        }
+    }
+
+    /// The table and the record's id in it (its storage key under the membership prefix).
+    pub fn table_and_id(&self) -> (&'static str, String) {
+        self.key().table_and_id()
+    }
+}
+
+/// Which record: a deletion names the record it removes by this.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RecordKey {
+    /// A group.
+    Group(GroupId),
+    /// A device of a member.
+    Device(MemberId, DeviceId),
+    /// A member's place in a group.
+    Membership(GroupId, MemberId),
+    /// An invite, by its code's hash.
+    Invite(String),
+    /// A device-link code, by its hash.
+    LinkCode(String),
+    /// A document's binding.
+    Binding(DocumentId),
+}
+
+impl RecordKey {
     /// The table and the record's id in it (its storage key under the membership prefix).
     pub fn table_and_id(&self) -> (&'static str, String) {
         match self {
-            Record::Group(r) => ("group", r.id.to_string()),
-            Record::Device(r) => ("device", format!("{}/{}", r.member, r.device)),
-            Record::Membership(r) => ("membership", format!("{}/{}", r.group, r.member)),
-            Record::Invite(r) => ("invite", r.code_hash.clone()),
-            Record::LinkCode(r) => ("link", r.code_hash.clone()),
-            Record::Binding(r) => ("binding", r.document.to_string()),
+            RecordKey::Group(g) => ("group", g.to_string()),
+            RecordKey::Device(m, d) => ("device", format!("{m}/{d}")),
+            RecordKey::Membership(g, m) => ("membership", format!("{g}/{m}")),
+            RecordKey::Invite(h) => ("invite", h.clone()),
+            RecordKey::LinkCode(h) => ("link", h.clone()),
+            RecordKey::Binding(d) => ("binding", d.to_string()),
         }
+    }
+}
+
+/// One change as it is committed: records written, records deleted and the audit entries
+/// that describe it, durable together or not at all.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Commit {
+    /// Records to write (each replaces the one with its key).
+    pub records: Vec<Record>,
+    /// Records to delete.
+    pub deletions: Vec<RecordKey>,
+    /// Audit entries, their `seq` given.
+    pub audit: Vec<AuditEntry>,
+}
+
+impl Commit {
+    /// A commit that writes `records`.
+    pub fn of(records: Vec<Record>) -> Commit {
+        Commit {
+            records,
+            ..Commit::default()
+        }
+    }
+
+    /// With one more audit entry.
+    pub fn audit(mut self, entry: AuditEntry) -> Commit {
+        self.audit.push(entry);
+        self
+    }
+
+    /// Whether it changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty() && self.deletions.is_empty() && self.audit.is_empty()
     }
 }
 
@@ -165,6 +234,8 @@ pub struct MembershipState {
     pub link_codes: BTreeMap<String, LinkCodeRecord>,
     /// Document bindings by document.
     pub bindings: BTreeMap<DocumentId, BindingRecord>,
+    /// The `seq` the next audit entry gets (0 or 1: the log is empty).
+    pub next_audit_seq: u64,
 }
 
 impl MembershipState {
@@ -190,6 +261,44 @@ impl MembershipState {
             Record::Binding(r) => {
                 self.bindings.insert(r.document, r);
             }
+        }
+    }
+
+    /// Removes one record (nothing if it is not there).
+    pub fn remove(&mut self, key: &RecordKey) {
+        match key {
+            RecordKey::Group(g) => {
+                self.groups.remove(g);
+            }
+            RecordKey::Device(m, d) => {
+                self.devices.remove(&(m.clone(), d.clone()));
+            }
+            RecordKey::Membership(g, m) => {
+                self.memberships.remove(&(g.clone(), m.clone()));
+            }
+            RecordKey::Invite(h) => {
+                self.invites.remove(h);
+            }
+            RecordKey::LinkCode(h) => {
+                self.link_codes.remove(h);
+            }
+            RecordKey::Binding(d) => {
+                self.bindings.remove(d);
+            }
+        }
+    }
+
+    /// Applies a committed change: its records, then its deletions, then counts its audit
+    /// entries.
+    pub fn apply_commit(&mut self, commit: Commit) {
+        for r in commit.records {
+            self.apply(r);
+        }
+        for k in &commit.deletions {
+            self.remove(k);
+        }
+        if let Some(last) = commit.audit.iter().map(|e| e.seq).max() {
+            self.next_audit_seq = self.next_audit_seq.max(last + 1);
         }
     }
 

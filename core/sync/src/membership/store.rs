@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::{MembershipState, Record};
+use super::{AuditEntry, Commit, MembershipState, Record, RecordKey};
 use crate::ids::DocumentId;
 use crate::store::{Storage, StorageKey, StoreError};
 
@@ -11,14 +11,24 @@ use crate::store::{Storage, StorageKey, StoreError};
 /// No document id can collide with it (`-` is not in the base58 alphabet).
 pub const KEY_PREFIX: &str = "cairn-membership";
 
+/// The first key part of every audit entry: `cairn-audit` (then the entry's `seq`, 20
+/// digits, so key order is log order).
+pub const AUDIT_PREFIX: &str = "cairn-audit";
+
 /// Durable membership state. Implementations: [`KvMembershipStore`] (beside the documents in
 /// the relay's store); a database-backed one for several relays later.
 pub trait MembershipStore: Send + Sync {
-    /// Every record, to rebuild the in-memory state at start-up.
+    /// Every record, to rebuild the in-memory state at start-up, and the next audit `seq`.
     fn load(&self) -> Result<MembershipState, StoreError>;
-    /// Writes `records` (each replacing the one with its key) and makes them durable
-    /// before returning. Either all are durable or the call fails.
-    fn commit(&self, records: &[Record]) -> Result<(), StoreError>;
+    /// Writes the commit's records (each replacing the one with its key), deletes its
+    /// deletions and appends its audit entries, and makes all of it durable before
+    /// returning. Either all are durable or the call fails.
+    fn commit(&self, commit: &Commit) -> Result<(), StoreError>;
+    /// Audit entries with `seq > since_seq`, oldest first, at most `limit`.
+    fn audit_since(&self, since_seq: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
+    /// Deletes (durably) the audit entries made before `before_ms`, except the newest
+    /// entry of all: it keeps the sequence going after a restart. Returns how many.
+    fn expire_audit(&self, before_ms: u64) -> Result<usize, StoreError>;
     /// Whether the document store already holds anything for `doc` (an id that is held
     /// cannot be bound to a group: it may hold someone else's content).
     fn holds_document(&self, doc: &DocumentId) -> Result<bool, StoreError>;
@@ -41,9 +51,38 @@ impl KvMembershipStore {
         KvMembershipStore { storage }
     }
 
-    fn key(record: &Record) -> StorageKey {
+    fn key(record: &RecordKey) -> StorageKey {
         let (table, id) = record.table_and_id();
         vec![KEY_PREFIX.to_owned(), table.to_owned(), id]
+    }
+
+    fn audit_key(seq: u64) -> StorageKey {
+        vec![AUDIT_PREFIX.to_owned(), format!("{seq:020}")]
+    }
+
+    fn audit_entries(&self) -> Result<Vec<AuditEntry>, StoreError> {
+        self.storage
+            .load_range(&[AUDIT_PREFIX.to_owned()])?
+            .into_iter()
+            .map(|(key, value)| {
+                let entry: AuditEntry =
+                    serde_json::from_slice(&value).map_err(|e| StoreError::Corrupt {
+                        detail: format!("audit entry does not read back: {e}"),
+                    })?;
+                if Self::audit_key(entry.seq) != key {
+                    return Err(StoreError::Corrupt {
+                        detail: "an audit entry is stored under another entry's key".into(),
+                    });
+                }
+                Ok(entry)
+            })
+            .collect()
+    }
+
+    fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+        serde_json::to_vec(value).map_err(|e| StoreError::Corrupt {
+            detail: format!("a membership record does not serialise: {e}"),
+        })
     }
 }
 
@@ -58,25 +97,68 @@ impl MembershipStore for KvMembershipStore {
                         key.get(1).map_or("?", String::as_str)
                     ),
                 })?;
-            if Self::key(&record) != key {
+            if Self::key(&record.key()) != key {
                 return Err(StoreError::Corrupt {
                     detail: "a membership record is stored under another record's key".into(),
                 });
             }
             state.apply(record);
         }
+        let last = self.storage.list_keys(&[AUDIT_PREFIX.to_owned()])?;
+        if let Some(key) = last.last() {
+            let last_seq = key
+                .get(1)
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or_else(|| StoreError::Corrupt {
+                    detail: "an audit key is not a sequence number".into(),
+                })?;
+            state.next_audit_seq = last_seq + 1;
+        }
         Ok(state)
     }
 
-    fn commit(&self, records: &[Record]) -> Result<(), StoreError> {
-        let writes: Vec<(StorageKey, Option<Vec<u8>>)> = records
-            .iter()
-            .map(|r| {
-                let bytes = serde_json::to_vec(r).expect("records serialise");
-                (Self::key(r), Some(bytes))
-            })
-            .collect();
+    fn commit(&self, commit: &Commit) -> Result<(), StoreError> {
+        let mut writes: Vec<(StorageKey, Option<Vec<u8>>)> =
+            Vec::with_capacity(commit.records.len() + commit.deletions.len() + commit.audit.len());
+        for r in &commit.records {
+            writes.push((Self::key(&r.key()), Some(Self::encode(r)?)));
+        }
+        for k in &commit.deletions {
+            writes.push((Self::key(k), None));
+        }
+        for e in &commit.audit {
+            writes.push((Self::audit_key(e.seq), Some(Self::encode(e)?)));
+        }
         self.storage.write_batch(&writes)
+    }
+
+    fn audit_since(&self, since_seq: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        Ok(self
+            .audit_entries()?
+            .into_iter()
+            .filter(|e| e.seq > since_seq)
+            .take(limit)
+            .collect())
+    }
+
+    fn expire_audit(&self, before_ms: u64) -> Result<usize, StoreError> {
+        let keys = self.storage.list_keys(&[AUDIT_PREFIX.to_owned()])?;
+        let Some(newest) = keys.last().cloned() else {
+            return Ok(0);
+        };
+        let writes: Vec<(StorageKey, Option<Vec<u8>>)> = self
+            .audit_entries()?
+            .into_iter()
+            .filter(|e| e.at_ms < before_ms)
+            .map(|e| Self::audit_key(e.seq))
+            .filter(|k| *k != newest)
+            .map(|k| (k, None))
+            .collect();
+        if writes.is_empty() {
+            return Ok(0);
+        }
+        self.storage.write_batch(&writes)?;
+        Ok(writes.len())
     }
 
     fn holds_document(&self, doc: &DocumentId) -> Result<bool, StoreError> {

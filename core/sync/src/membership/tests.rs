@@ -527,3 +527,244 @@ fn the_roster_document_shows_the_membership_state_and_rewrites_only_changes() {
 fn doc_roster(m: &Membership, g: &GroupId) -> DocumentId {
     m.snapshot().groups[g].roster
 }
+
+fn reopen(r: &Relay) -> Membership {
+    Membership::open(
+        Arc::new(KvMembershipStore::new(r.store.clone())),
+        Quotas::default(),
+    )
+    .unwrap()
+}
+
+fn kinds(m: &Membership, since: u64) -> Vec<AuditKind> {
+    m.audit_since(since, 10_000)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect()
+}
+
+#[test]
+fn every_change_is_audited_in_order_by_id_only() {
+    let r = relay();
+    let m = &r.m;
+    let (_, first) = m
+        .bootstrap("CANARY-COC-ONE be kind", doc(1), 3600, T0)
+        .unwrap();
+    let red = m
+        .redeem(None, &first.code, "CANARY-PSEUDO-ORG", T0)
+        .unwrap();
+    let org_token = red.token.clone().unwrap();
+    let org = m.authenticate(&org_token).unwrap();
+    let g = red.group.unwrap().group_id;
+    m.accept_code_of_conduct(&org, &g, 1, T0).unwrap();
+    let code = invite(m, &org, &g, Role::Member, 1);
+    let red = m.redeem(None, &code, "CANARY-PSEUDO-MEM", T0).unwrap();
+    let mem_token = red.token.clone().unwrap();
+    let mem = m.authenticate(&mem_token).unwrap();
+    m.accept_code_of_conduct(&mem, &g, 1, T0).unwrap();
+    m.set_pseudonym(&mem, &g, "CANARY-PSEUDO-NEW", T0).unwrap();
+    m.set_code_of_conduct(&org, &g, "CANARY-COC-TWO", T0)
+        .unwrap();
+    m.accept_code_of_conduct(&mem, &g, 2, T0).unwrap();
+    m.set_role(&org, &g, &mem.member, Role::Facilitator, T0)
+        .unwrap();
+    m.suspend(&org, &g, &mem.member, T0).unwrap();
+    m.reinstate(&org, &g, &mem.member, T0).unwrap();
+    let link = m.create_link_code(&mem, T0).unwrap();
+    let second = m.link_device(&link.code, T0).unwrap();
+    let second_token = second.token.clone().unwrap();
+    let second = m.authenticate(&second_token).unwrap();
+    let rotated = m.rotate(&second, T0).unwrap();
+    m.revoke_device(&second, &mem.device, T0).unwrap();
+    m.remove(&second, &g, &second.member, T0).unwrap();
+    let code2 = invite(m, &org, &g, Role::Member, 1);
+    let third = m.redeem(None, &code2, "CANARY-PSEUDO-3", T0).unwrap();
+    let third_id = m.authenticate(third.token.as_deref().unwrap()).unwrap();
+    m.accept_code_of_conduct(&third_id, &g, 2, T0).unwrap();
+    m.remove(&org, &g, &third_id.member, T0).unwrap();
+    m.organiser_invite(&g, 3600, T0).unwrap();
+    use AuditKind::*;
+    assert_eq!(
+        kinds(m, 0),
+        vec![
+            GroupCreated,
+            OperatorInvite,
+            InviteRedeemed,
+            InviteCreated,
+            InviteRedeemed,
+            CodeOfConductChanged,
+            RoleChanged,
+            Suspended,
+            Reinstated,
+            DeviceLinked,
+            CredentialRotated,
+            DeviceRevoked,
+            Left,
+            InviteCreated,
+            InviteRedeemed,
+            Removed,
+            OperatorInvite,
+        ]
+    );
+    let all = m.audit_since(0, 10_000).unwrap();
+    let seqs: Vec<u64> = all.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=all.len() as u64).collect::<Vec<_>>());
+    assert_eq!(all[0].actor, Actor::Operator);
+    let redeemed = &all[4];
+    assert_eq!(redeemed.member.as_ref(), Some(&mem.member));
+    assert_eq!(redeemed.device.as_ref(), Some(&mem.device));
+    assert_eq!(redeemed.group.as_ref(), Some(&g));
+    assert_eq!(redeemed.role, Some(Role::Member));
+    assert_eq!(all[6].role, Some(Role::Facilitator));
+    assert_eq!(all[12].actor, Actor::member(&second));
+    assert_eq!(m.audit_since(15, 1).unwrap()[0].seq, 16);
+    // Nothing a person wrote or holds as a secret is in the log, as stored or as exported.
+    let mut text: String = all.iter().map(|e| e.to_json_line() + "\n").collect();
+    for (k, v) in r
+        .store
+        .inner
+        .load_range(&[AUDIT_PREFIX.to_owned()])
+        .unwrap()
+    {
+        text.push_str(&k.join("/"));
+        text.push_str(&String::from_utf8_lossy(&v));
+    }
+    assert!(text.contains("invite_redeemed") && text.contains(mem.member.as_str()));
+    let secret = |t: &str| t.rsplit('_').next().unwrap().to_owned();
+    for canary in [
+        "CANARY".to_owned(),
+        first.code.clone(),
+        code.clone(),
+        code2.clone(),
+        link.code.clone(),
+        secret(&org_token),
+        secret(&mem_token),
+        secret(&second_token),
+        secret(&rotated),
+    ] {
+        assert!(!text.contains(&canary), "{canary} is in the audit log");
+    }
+    // One JSON object per line.
+    for line in text.lines().take(all.len()) {
+        let back: AuditEntry = serde_json::from_str(line).unwrap();
+        assert!(back.seq >= 1);
+    }
+}
+
+#[test]
+fn a_failed_commit_leaves_neither_the_change_nor_its_entry_and_reopening_continues() {
+    let r = relay();
+    let (org, g) = group(&r.m);
+    let (mem, _, _) = join(&r.m, &invite(&r.m, &org, &g, Role::Member, 1), T0);
+    let before = kinds(&r.m, 0);
+    r.store.fail.store(true, Ordering::SeqCst);
+    assert!(r.m.suspend(&org, &g, &mem.member, T0).is_err());
+    assert!(r
+        .m
+        .record_audit(
+            AuditKind::BackupTaken,
+            Actor::Relay,
+            None,
+            None,
+            None,
+            None,
+            T0
+        )
+        .is_err());
+    r.store.fail.store(false, Ordering::SeqCst);
+    assert_eq!(kinds(&r.m, 0), before);
+    assert_eq!(kinds(&reopen(&r), 0), before);
+    assert!(r.m.snapshot().allows(&mem, &doc(3), Operation::Read, T0));
+    // After a restart the sequence goes on where it stopped.
+    let last = r.m.audit_since(0, 10_000).unwrap().last().unwrap().seq;
+    let reopened = reopen(&r);
+    reopened
+        .record_audit(
+            AuditKind::CredentialFailed,
+            Actor::Relay,
+            None,
+            Some(mem.member.clone()),
+            None,
+            Some(3),
+            T0 + HOUR,
+        )
+        .unwrap();
+    let after = reopened.audit_since(last, 10).unwrap();
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0].seq, last + 1);
+    assert_eq!(after[0].count, Some(3));
+    // Retention deletes old entries durably and keeps the newest, so the sequence goes on.
+    assert_eq!(reopened.expire_audit(T0 + 2 * HOUR).unwrap(), last as usize);
+    let reopened = reopen(&r);
+    assert_eq!(kinds(&reopened, 0), vec![AuditKind::CredentialFailed]);
+    reopened
+        .record_audit(
+            AuditKind::BackupTaken,
+            Actor::Relay,
+            None,
+            None,
+            None,
+            None,
+            T0,
+        )
+        .unwrap();
+    assert_eq!(reopened.audit_since(last + 1, 10).unwrap()[0].seq, last + 2);
+}
+
+#[test]
+fn the_operator_moderates_any_group_and_is_audited_as_the_operator() {
+    let r = relay();
+    let (org, g) = group(&r.m);
+    let (mem, token, _) = join(&r.m, &invite(&r.m, &org, &g, Role::Member, 2), T0);
+    let (other, _, _) = join(&r.m, &invite(&r.m, &org, &g, Role::Member, 1), T0);
+    let op = Actor::Operator;
+    let since = r.m.audit_since(0, 10_000).unwrap().len() as u64;
+    r.m.suspend_as(&op, &g, &mem.member, T0).unwrap();
+    assert!(!r.m.snapshot().allows(&mem, &doc(3), Operation::Read, T0));
+    r.m.reinstate_as(&op, &g, &mem.member, T0).unwrap();
+    r.m.revoke_device_as(&op, &mem.member, &mem.device, T0)
+        .unwrap();
+    assert!(r.m.authenticate(&token).is_err());
+    r.m.remove_as(&op, &g, &other.member, T0).unwrap();
+    assert!(!r.m.snapshot().allows(&other, &doc(3), Operation::Read, T0));
+    // The operator too leaves a group an organiser; the relay acts on nobody's behalf.
+    assert!(matches!(
+        r.m.remove_as(&op, &g, &org.member, T0),
+        Err(MembershipError::Conflict(_))
+    ));
+    assert!(matches!(
+        r.m.suspend_as(&Actor::Relay, &g, &mem.member, T0),
+        Err(MembershipError::Forbidden(_))
+    ));
+    // A member revokes only their own member's devices.
+    assert!(matches!(
+        r.m.revoke_device_as(&Actor::member(&org), &other.member, &other.device, T0),
+        Err(MembershipError::NotFound)
+    ));
+    assert!(matches!(
+        r.m.suspend_as(&op, &GroupId::from("nope"), &mem.member, T0),
+        Err(MembershipError::NotFound)
+    ));
+    let entries = r.m.audit_since(since, 100).unwrap();
+    let got: Vec<_> = entries.iter().map(|e| (e.kind, e.actor.clone())).collect();
+    assert_eq!(
+        got,
+        vec![
+            (AuditKind::Suspended, Actor::Operator),
+            (AuditKind::Reinstated, Actor::Operator),
+            (AuditKind::DeviceRevoked, Actor::Operator),
+            (AuditKind::Removed, Actor::Operator),
+        ]
+    );
+    let summaries = r.m.group_summaries();
+    assert_eq!(summaries.len(), 1);
+    let s = &summaries[0];
+    assert_eq!(s.group, g);
+    assert_eq!((s.members_active, s.members_total), (2, 3));
+    assert_eq!(s.documents, 3, "roster, settings, index");
+    assert_eq!(s.quota.documents, Quotas::default().documents_per_group);
+    assert_eq!(s.quota.documents_used, 3);
+    r.m.seed_document_sizes([(doc(2), 100), (doc(3), 50), (doc(99), 7)]);
+    assert_eq!(r.m.group_summaries()[0].quota.bytes_used, 150);
+}
