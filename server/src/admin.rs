@@ -15,17 +15,19 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 
 use axum::extract::{Path as UrlPath, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use cairn_sync::membership::api::Invite;
+use cairn_sync::ids::{DeviceId, MemberId};
+use cairn_sync::membership::api::{GroupSummary, Invite};
 use cairn_sync::membership::{
-    hash_secret, os_random, secret_matches, GroupId, MemberStatus, MembershipError,
+    hash_secret, os_random, secret_matches, Actor, AuditKind, GroupId, Identity, MembershipError,
 };
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -34,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{new_document_id, now_ms, ApiError, Body};
 use crate::config::AdminToken;
+use crate::sockets::Whose;
 use crate::{tcp, AppState, RelayError};
 
 /// TCP connections the admin address accepts at once: 64. One operator and a scraper
@@ -217,6 +220,31 @@ pub(crate) fn refresh_gauges(state: &AppState) {
         }
         Err(e) => tracing::warn!(error = %e, "could not read the data directory's free space"),
     }
+    let Some(members) = &state.members else {
+        return;
+    };
+    let pending = members
+        .membership
+        .group_summaries()
+        .iter()
+        .filter(|g| g.deleted_ms.is_some())
+        .count();
+    state
+        .metrics
+        .groups_pending_deletion
+        .set(i64::try_from(pending).unwrap_or(i64::MAX));
+    // Counts the entries written since the last scrape (whoever wrote them: membership
+    // changes and the relay's own), reading only those.
+    let seen = state.metrics.audit_seen_seq.load(Ordering::Relaxed);
+    if let Ok(new) = members.membership.audit_since(seen, MAX_AUDIT_PAGE) {
+        if let Some(last) = new.last() {
+            state.metrics.audit_entries.inc_by(new.len() as u64);
+            state
+                .metrics
+                .audit_seen_seq
+                .store(last.seq, Ordering::Relaxed);
+        }
+    }
 }
 
 /// The admin router: `/metrics`, and `/admin/v1` behind the operator token.
@@ -227,6 +255,10 @@ pub(crate) fn routes(state: AdminState) -> Router {
             "/admin/v1/groups/{g}/organiser-invite",
             post(organiser_invite),
         )
+        .route("/admin/v1/groups/{g}/members/{m}/suspend", post(suspend))
+        .route("/admin/v1/groups/{g}/members/{m}", delete(remove))
+        .route("/admin/v1/members/{m}/devices/{d}", delete(revoke))
+        .route("/admin/v1/audit", get(audit))
         .route("/admin/v1/token/rotate", post(rotate_token))
         .fallback(|| async { ApiError::not_found() })
         .route_layer(middleware::from_fn_with_state(state.clone(), operator_only));
@@ -281,59 +313,16 @@ async fn metrics(State(state): State<AdminState>) -> Response {
 
 // ------------------------------------------------------------------ groups
 
-/// One group in `GET /admin/v1/groups`: ids and counts only.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct GroupRow {
-    /// The group.
-    pub group_id: GroupId,
-    /// When it was created (Unix ms).
-    pub created_ms: u64,
-    /// When it was deleted (Unix ms), if it awaits its purge.
-    pub deleted_ms: Option<u64>,
-    /// Active members.
-    pub members_active: usize,
-    /// Members in any status.
-    pub members_total: usize,
-    /// Documents bound to it (its roster included).
-    pub documents: usize,
-    /// Bytes its documents take in the store, as far as the relay has measured them.
-    pub bytes: u64,
-}
-
-/// `GET /admin/v1/groups`.
+/// `GET /admin/v1/groups`: ids, counts, sizes and quotas, never names.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct GroupList {
-    /// Every group, oldest first.
-    pub groups: Vec<GroupRow>,
+    /// Every group, oldest first (deleted ones awaiting their purge included).
+    pub groups: Vec<GroupSummary>,
 }
 
 async fn groups(State(state): State<AdminState>) -> AdminResult<Json<GroupList>> {
-    let members = state.app.members()?;
-    let snapshot = members.membership.snapshot();
-    let mut groups: Vec<GroupRow> = snapshot
-        .groups
-        .values()
-        .map(|g| {
-            let memberships: Vec<_> = snapshot.members_of(&g.id).collect();
-            GroupRow {
-                group_id: g.id.clone(),
-                created_ms: g.created_ms,
-                deleted_ms: None,
-                members_active: memberships
-                    .iter()
-                    .filter(|m| m.status == MemberStatus::Active)
-                    .count(),
-                members_total: memberships.len(),
-                documents: snapshot
-                    .bindings
-                    .values()
-                    .filter(|b| b.group == g.id)
-                    .count(),
-                bytes: 0,
-            }
-        })
-        .collect();
-    groups.sort_by(|a, b| (a.created_ms, &a.group_id).cmp(&(b.created_ms, &b.group_id)));
+    let mut groups = state.app.members()?.membership.group_summaries();
+    groups.sort_by(|a, b| (a.created_ms, &a.group).cmp(&(b.created_ms, &b.group)));
     Ok(Json(GroupList { groups }))
 }
 
@@ -422,6 +411,125 @@ async fn organiser_invite(
     Ok((StatusCode::CREATED, Json(invite)))
 }
 
+// ------------------------------------------------------------------ members
+
+/// A change by the operator that takes access away from `member` (suspension, removal):
+/// committed durably, then the member's sockets are closed and the engine re-checks
+/// every connection before this answers; the group's roster is rewritten.
+async fn member_change(
+    state: &AdminState,
+    (g, m): (String, String),
+    kind: &'static str,
+    f: impl FnOnce(
+            &cairn_sync::membership::Membership,
+            &GroupId,
+            &MemberId,
+            u64,
+        ) -> Result<(), MembershipError>
+        + Send
+        + 'static,
+) -> AdminResult<()> {
+    let membership = state.app.members()?.membership.clone();
+    let (group, member) = (GroupId::from(g), MemberId::from(m));
+    let (gr, mb) = (group.clone(), member.clone());
+    blocking(move || f(&membership, &gr, &mb, now_ms())).await?;
+    state.app.changed(kind);
+    tracing::info!(group = %group, member = %member, kind, "member changed by the operator");
+    state.app.access_reduced(Some(Whose::Member(member))).await;
+    state.app.roster_changed(&group);
+    Ok(())
+}
+
+async fn suspend(
+    State(state): State<AdminState>,
+    UrlPath(ids): UrlPath<(String, String)>,
+) -> AdminResult<StatusCode> {
+    member_change(&state, ids, "suspended", |m, g, mb, now| {
+        m.suspend_as(&Actor::Operator, g, mb, now).map(|_| ())
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn remove(
+    State(state): State<AdminState>,
+    UrlPath(ids): UrlPath<(String, String)>,
+) -> AdminResult<StatusCode> {
+    member_change(&state, ids, "removed", |m, g, mb, now| {
+        m.remove_as(&Actor::Operator, g, mb, now)
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn revoke(
+    State(state): State<AdminState>,
+    UrlPath((m, d)): UrlPath<(String, String)>,
+) -> AdminResult<StatusCode> {
+    let membership = state.app.members()?.membership.clone();
+    let revoked = Identity {
+        member: MemberId::from(m),
+        device: DeviceId::from(d),
+    };
+    let who = revoked.clone();
+    blocking(move || {
+        membership.revoke_device_as(&Actor::Operator, &who.member, &who.device, now_ms())
+    })
+    .await?;
+    state.app.changed("device_revoked");
+    tracing::info!(member = %revoked.member, device = %revoked.device, "device revoked by the operator");
+    state.app.access_reduced(Some(Whose::Device(revoked))).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ------------------------------------------------------------------ audit
+
+/// Most audit entries one call returns: 10,000.
+const MAX_AUDIT_PAGE: usize = 10_000;
+
+/// `GET /admin/v1/audit` query.
+#[derive(Debug, Deserialize)]
+struct AuditQuery {
+    #[serde(default)]
+    since: u64,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+/// The audit log as JSON lines (`application/jsonl`), oldest first, entries after `since`.
+async fn audit(
+    State(state): State<AdminState>,
+    axum::extract::Query(q): axum::extract::Query<AuditQuery>,
+) -> AdminResult<Response> {
+    let limit = q.limit.unwrap_or(1000).clamp(1, MAX_AUDIT_PAGE);
+    let membership = state.app.members()?.membership.clone();
+    let entries = blocking(move || membership.audit_since(q.since, limit)).await?;
+    let mut body = String::new();
+    for entry in &entries {
+        body.push_str(&entry.to_json_line());
+        body.push('\n');
+    }
+    Ok(([(header::CONTENT_TYPE, "application/jsonl")], body).into_response())
+}
+
+/// Records a relay-side audit entry (backups, token rotation) on the blocking pool; a
+/// failure is logged, not fatal (what it records has happened).
+pub(crate) async fn record(state: &AppState, kind: AuditKind, count: Option<u64>) {
+    let Some(members) = &state.members else {
+        return;
+    };
+    let membership = members.membership.clone();
+    let done = tokio::task::spawn_blocking(move || {
+        membership.record_audit(kind, Actor::Operator, None, None, None, count, now_ms())
+    })
+    .await;
+    match done {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, ?kind, "could not write an audit entry"),
+        Err(_) => tracing::error!(?kind, "writing an audit entry panicked"),
+    }
+}
+
 // ------------------------------------------------------------------ token
 
 /// The answer to `POST /admin/v1/token/rotate`: where the new token is (never the token).
@@ -455,5 +563,6 @@ async fn rotate_token(State(state): State<AdminState>) -> AdminResult<Json<Token
         .write()
         .unwrap_or_else(|e| e.into_inner()) = hash;
     tracing::info!(file = %path.display(), "operator token rotated");
+    record(&state.app, AuditKind::OperatorTokenRotated, None).await;
     Ok(Json(TokenRotated { token_file: path }))
 }

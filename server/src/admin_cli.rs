@@ -310,12 +310,12 @@ pub async fn run(args: AdminArgs) -> Result<(), CliError> {
                     None => String::new(),
                 };
                 println!(
-                    "{}  members {} active / {} total, documents {}, bytes {}{deleted}",
-                    g["group_id"].as_str().unwrap_or("?"),
+                    "{}  members {} active / {} total, documents {}, {}{deleted}",
+                    g["group"].as_str().unwrap_or("?"),
                     g["members_active"],
                     g["members_total"],
                     g["documents"],
-                    g["bytes"],
+                    quota_line(&g["quota"]),
                 );
             }
         }

@@ -227,6 +227,8 @@ pub async fn start(config: &Config) -> Result<(AppState, SledStore), RelayError>
         let quotas = Quotas {
             organisers_create_groups: config.organisers_create_groups,
             documents_per_group: config.group_max_documents,
+            bytes_per_group: config.group_max_bytes,
+            documents_per_member_per_hour: config.member_documents_per_hour,
             ..Quotas::default()
         };
         let membership = tokio::task::spawn_blocking(move || {

@@ -70,8 +70,10 @@ pub struct Metrics {
     pub disk_free_bytes: Gauge,
     /// Changes and calls refused by a quota, by `quota`.
     pub quota_exceeded: Family<Labels, Counter>,
-    /// Audit entries the relay wrote.
+    /// Audit entries written (counted at each scrape from the log itself).
     pub audit_entries: Counter,
+    /// The last audit sequence number [`Metrics::audit_entries`] has counted.
+    pub audit_seen_seq: std::sync::atomic::AtomicU64,
     /// Online backups, by `result` (`ok`, `failed`).
     pub backups: Family<Labels, Counter>,
     /// When the last good backup finished (Unix seconds; 0: none since the start).
@@ -125,6 +127,7 @@ impl Metrics {
             disk_free_bytes: Gauge::default(),
             quota_exceeded: Family::default(),
             audit_entries: Counter::default(),
+            audit_seen_seq: std::sync::atomic::AtomicU64::new(0),
             backups: Family::default(),
             last_backup_timestamp: Gauge::default(),
             groups_pending_deletion: Gauge::default(),
@@ -293,7 +296,7 @@ impl Metrics {
         );
         registry.register(
             "audit_entries",
-            "Audit entries written by the relay process",
+            "Audit entries written (membership changes, credential failures, backups, operator actions)",
             m.audit_entries.clone(),
         );
         registry.register("backups", "Online backups, by result", m.backups.clone());
