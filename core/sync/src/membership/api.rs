@@ -126,6 +126,10 @@ pub struct GroupInfo {
     pub code_of_conduct_version: u64,
     /// The group's well-known documents.
     pub documents: GroupDocuments,
+    /// When the group was deleted (Unix ms): only its organisers still see it listed, and
+    /// may restore it until the relay purges it.
+    #[serde(default)]
+    pub deleted_ms: Option<u64>,
 }
 
 /// A code of conduct.
@@ -295,4 +299,12 @@ pub struct GroupQuota {
     pub documents_used: usize,
     /// Bytes stored now.
     pub bytes_used: u64,
+}
+
+/// What purging a group destroyed: the relay forgets these documents and rewrites its
+/// store so nothing of them stays readable.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Purged {
+    /// Every document that was bound to the group (the roster included).
+    pub documents: Vec<DocumentId>,
 }

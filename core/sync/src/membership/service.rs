@@ -7,14 +7,14 @@ use thiserror::Error;
 
 use super::api::{
     CodeOfConduct, CreateInvite, DeviceInfo, GroupDocuments, GroupInfo, GroupQuota, GroupSummary,
-    Invite, InvitePreview, LinkCode, MemberInfo, Redeemed,
+    Invite, InvitePreview, LinkCode, MemberInfo, Purged, Redeemed,
 };
 use super::policy::DocumentSizes;
 use super::{
     hash_secret, normalise_code, random_code, random_id, secret_matches, Actor, AuditEntry,
     AuditKind, BindingRecord, BoundKind, Commit, Credential, DeviceRecord, GroupId, GroupRecord,
     Identity, InviteRecord, LinkCodeRecord, MemberStatus, MembershipAccess, MembershipRecord,
-    MembershipState, MembershipStore, Record,
+    MembershipState, MembershipStore, Record, RecordKey,
 };
 use crate::docs::group::Role;
 use crate::ids::{DeviceId, DocumentId, MemberId};
@@ -294,6 +294,7 @@ impl Membership {
             roster,
             settings: None,
             index: None,
+            deleted_ms: None,
         })
     }
 
@@ -353,8 +354,11 @@ impl Membership {
         now_ms: u64,
     ) -> Result<Invite> {
         self.change(|state| {
-            if !state.groups.contains_key(group) {
-                return Err(MembershipError::NotFound);
+            let g = state.groups.get(group).ok_or(MembershipError::NotFound)?;
+            if g.deleted_ms.is_some() {
+                return Err(MembershipError::Conflict(
+                    "the group is deleted: restore it first",
+                ));
             }
             let (r, invite) = Self::invite_records(
                 group,
@@ -460,10 +464,12 @@ impl Membership {
                 index: g.index,
                 reports,
             },
+            deleted_ms: g.deleted_ms,
         }
     }
 
-    /// The caller's groups (current memberships, accepted or not).
+    /// The caller's groups (current memberships, accepted or not). A deleted group is
+    /// listed to its organisers only (with `deleted_ms`), so they can restore it.
     pub fn groups_of(&self, who: &Identity, now_ms: u64) -> Result<Vec<GroupInfo>> {
         let state = self.read();
         Self::device(&state, who)?;
@@ -471,7 +477,12 @@ impl Membership {
             .memberships_of(&who.member)
             .filter(|m| m.status != MemberStatus::Removed && m.status != MemberStatus::Left)
             .filter(|m| m.expires_ms.is_none_or(|t| now_ms < t))
-            .filter_map(|m| Some(Self::group_info(&state, state.groups.get(&m.group)?, m)))
+            .filter_map(|m| {
+                let g = state.groups.get(&m.group)?;
+                let shown = g.deleted_ms.is_none()
+                    || (m.role == Role::Organiser && m.status == MemberStatus::Active);
+                shown.then(|| Self::group_info(&state, g, m))
+            })
             .collect())
     }
 
@@ -526,7 +537,11 @@ impl Membership {
         now_ms: u64,
     ) -> Result<(&'a GroupRecord, &'a MembershipRecord)> {
         Self::device(state, who)?;
-        let g = state.groups.get(group).ok_or(MembershipError::NotFound)?;
+        let g = state
+            .groups
+            .get(group)
+            .filter(|g| g.deleted_ms.is_none())
+            .ok_or(MembershipError::NotFound)?;
         let m = state
             .membership(group, &who.member)
             .filter(|m| MembershipState::is_current(m, now_ms))
@@ -629,6 +644,14 @@ impl Membership {
     ) -> Result<&'a InviteRecord> {
         let hash = hash_secret(&normalise_code(code));
         let invite = state.invites.get(&hash).ok_or(MembershipError::NotFound)?;
+        // Invites to a deleted group are refused as if it were gone.
+        if state
+            .groups
+            .get(&invite.group)
+            .is_none_or(|g| g.deleted_ms.is_some())
+        {
+            return Err(MembershipError::NotFound);
+        }
         if now_ms >= invite.expires_ms || invite.uses >= invite.max_uses {
             return Err(MembershipError::InviteExpired);
         }
@@ -1337,6 +1360,126 @@ impl Membership {
         })
     }
 
+    // ------------------------------------------------------------------ group deletion
+
+    /// Checks that `actor` may delete or restore `group` (an active organiser of it, or
+    /// the operator) and returns the group.
+    fn group_admin<'a>(
+        state: &'a MembershipState,
+        actor: &Actor,
+        group: &GroupId,
+    ) -> Result<&'a GroupRecord> {
+        let caller = Self::caller(actor)?;
+        let g = state.groups.get(group).ok_or(MembershipError::NotFound)?;
+        if let Some(who) = &caller {
+            Self::device(state, who)?;
+            let m = state
+                .membership(group, &who.member)
+                .filter(|m| m.status == MemberStatus::Active)
+                .ok_or(MembershipError::NotFound)?;
+            if m.role != Role::Organiser {
+                return Err(MembershipError::Forbidden(
+                    "only organisers delete or restore a group",
+                ));
+            }
+        }
+        Ok(g)
+    }
+
+    /// Deletes a group (its organisers or the operator): from now on nobody sees it and
+    /// its invites are refused; its organisers or the operator may restore it until
+    /// [`Membership::purge_group`] destroys it after the grace period. Deleting a deleted
+    /// group changes nothing.
+    pub fn delete_group(&self, actor: &Actor, group: &GroupId, now_ms: u64) -> Result<()> {
+        self.change(|state| {
+            let g = Self::group_admin(state, actor, group)?;
+            if g.deleted_ms.is_some() {
+                return Ok((Commit::default(), ()));
+            }
+            let mut g = g.clone();
+            g.deleted_ms = Some(now_ms);
+            let entry =
+                AuditEntry::new(AuditKind::GroupDeleted, actor.clone(), now_ms).group(group);
+            Ok((Commit::of(vec![Record::Group(g)]).audit(entry), ()))
+        })
+    }
+
+    /// Restores a deleted group (its organisers or the operator); `NotFound` once purged.
+    pub fn restore_group(&self, actor: &Actor, group: &GroupId, now_ms: u64) -> Result<()> {
+        self.change(|state| {
+            let g = Self::group_admin(state, actor, group)?;
+            if g.deleted_ms.is_none() {
+                return Ok((Commit::default(), ()));
+            }
+            let mut g = g.clone();
+            g.deleted_ms = None;
+            let entry =
+                AuditEntry::new(AuditKind::GroupRestored, actor.clone(), now_ms).group(group);
+            Ok((Commit::of(vec![Record::Group(g)]).audit(entry), ()))
+        })
+    }
+
+    /// The deleted groups whose grace period (`grace_ms` after deletion) is over at
+    /// `now_ms`: the relay purges them.
+    pub fn purge_due(&self, now_ms: u64, grace_ms: u64) -> Vec<GroupId> {
+        self.read()
+            .groups
+            .values()
+            .filter(|g| {
+                g.deleted_ms
+                    .is_some_and(|d| d.saturating_add(grace_ms) <= now_ms)
+            })
+            .map(|g| g.id.clone())
+            .collect()
+    }
+
+    /// Destroys a deleted group's membership: its record, memberships, invites, document
+    /// bindings and quota, in one durable commit with a `GroupPurged` audit entry (ids
+    /// only). Returns the documents that were bound to it: the relay forgets them and
+    /// rewrites its store. Refused for a group that is not deleted.
+    pub fn purge_group(&self, group: &GroupId, now_ms: u64) -> Result<Purged> {
+        let purged = self.change(|state| {
+            let g = state.groups.get(group).ok_or(MembershipError::NotFound)?;
+            if g.deleted_ms.is_none() {
+                return Err(MembershipError::Conflict("only a deleted group is purged"));
+            }
+            let mut deletions = vec![RecordKey::Group(group.clone())];
+            deletions.extend(
+                state
+                    .members_of(group)
+                    .map(|m| RecordKey::Membership(group.clone(), m.member.clone())),
+            );
+            deletions.extend(
+                state
+                    .invites
+                    .values()
+                    .filter(|i| &i.group == group)
+                    .map(|i| RecordKey::Invite(i.code_hash.clone())),
+            );
+            let documents: Vec<DocumentId> = state
+                .bindings
+                .values()
+                .filter(|b| &b.group == group)
+                .map(|b| b.document)
+                .collect();
+            deletions.extend(documents.iter().map(|d| RecordKey::Binding(*d)));
+            let entry = AuditEntry::new(AuditKind::GroupPurged, Actor::Relay, now_ms)
+                .group(group)
+                .count(documents.len() as u64);
+            let commit = Commit {
+                deletions,
+                ..Commit::default()
+            }
+            .audit(entry);
+            Ok((commit, Purged { documents }))
+        })?;
+        let mut sizes = self.sizes();
+        for d in &purged.documents {
+            sizes.forget(d);
+        }
+        Ok(purged)
+    }
+
     // ------------------------------------------------------------------ operator
 
     /// Every group as the operator sees it: ids, counts and the effective quota (no
@@ -1349,7 +1492,7 @@ impl Membership {
             .map(|g| GroupSummary {
                 group: g.id.clone(),
                 created_ms: g.created_ms,
-                deleted_ms: None,
+                deleted_ms: g.deleted_ms,
                 members_active: state
                     .members_of(&g.id)
                     .filter(|m| m.status == MemberStatus::Active)

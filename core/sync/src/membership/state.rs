@@ -25,6 +25,10 @@ pub struct GroupRecord {
     pub settings: Option<DocumentId>,
     /// The document index, once registered.
     pub index: Option<DocumentId>,
+    /// When it was deleted (Unix ms): nobody sees it until it is restored, and it is
+    /// purged after the grace period. Absent in records written before deletion existed.
+    #[serde(default)]
+    pub deleted_ms: Option<u64>,
 }
 
 /// A device and the hash of its credential's secret.
@@ -346,7 +350,7 @@ impl MembershipState {
         let (Some(g), Some(m)) = (self.groups.get(group), self.membership(group, member)) else {
             return false;
         };
-        Self::is_current(m, now_ms) && m.accepted_version == g.coc_version
+        g.deleted_ms.is_none() && Self::is_current(m, now_ms) && m.accepted_version == g.coc_version
     }
 
     /// The earliest guest expiry after `now_ms`, so a host can re-check access then.

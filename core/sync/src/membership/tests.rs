@@ -768,3 +768,110 @@ fn the_operator_moderates_any_group_and_is_audited_as_the_operator() {
     r.m.seed_document_sizes([(doc(2), 100), (doc(3), 50), (doc(99), 7)]);
     assert_eq!(r.m.group_summaries()[0].quota.bytes_used, 150);
 }
+
+fn engine_may(m: &Membership, who: &Identity, d: DocumentId, op: Operation) -> bool {
+    use crate::engine::{Access, PeerInfo};
+    let peer = who.peer_id();
+    let text = peer.to_string();
+    let info = PeerInfo {
+        peer_id: &peer,
+        identity: Some(&text),
+    };
+    m.access(T0)
+        .allows(&info, &d, op, crate::time::Timestamp::from_millis(0))
+}
+
+#[test]
+fn a_deleted_group_is_hidden_until_restored_and_a_purge_leaves_no_record_of_it() {
+    let r = relay();
+    let (org, g) = group(&r.m);
+    let (mem, _, _) = join(&r.m, &invite(&r.m, &org, &g, Role::Member, 1), T0);
+    let pending = invite(&r.m, &org, &g, Role::Member, 1);
+    r.m.register_document(&mem, &g, doc(40), BoundKind::Thread, T0)
+        .unwrap();
+    // A second group that must survive the purge untouched.
+    let (_, other_first) = r.m.bootstrap("Other.", doc(50), 3600, T0).unwrap();
+    let (other_org, _, other) = join(&r.m, &other_first.code, T0);
+    assert!(matches!(
+        r.m.delete_group(&Actor::member(&mem), &g, T0),
+        Err(MembershipError::Forbidden(_))
+    ));
+    r.m.delete_group(&Actor::member(&org), &g, T0 + 1).unwrap();
+    for who in [&org, &mem] {
+        assert!(!engine_may(&r.m, who, doc(40), Operation::Read));
+        assert!(!engine_may(&r.m, who, doc(1), Operation::Read));
+    }
+    assert!(matches!(
+        r.m.redeem(None, &pending, "Late", T0),
+        Err(MembershipError::NotFound)
+    ));
+    assert!(r.m.organiser_invite(&g, 60, T0).is_err());
+    assert_eq!(r.m.groups_of(&mem, T0).unwrap(), vec![]);
+    let listed = r.m.groups_of(&org, T0).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].deleted_ms, Some(T0 + 1));
+    assert_eq!(
+        r.m.purge_due(T0 + 1 + HOUR - 1, HOUR),
+        Vec::<GroupId>::new()
+    );
+    assert_eq!(r.m.purge_due(T0 + 1 + HOUR, HOUR), vec![g.clone()]);
+    // The organiser restores it: access comes back as it was.
+    r.m.restore_group(&Actor::member(&org), &g, T0 + 2).unwrap();
+    assert!(engine_may(&r.m, &mem, doc(40), Operation::Read));
+    assert!(engine_may(&r.m, &mem, doc(40), Operation::Write));
+    assert_eq!(r.m.purge_due(T0 + 100 * HOUR, HOUR), Vec::<GroupId>::new());
+    assert!(matches!(
+        r.m.purge_group(&g, T0),
+        Err(MembershipError::Conflict(_))
+    ));
+    // The operator deletes it, and the relay purges it after the grace period.
+    r.m.delete_group(&Actor::Operator, &g, T0 + 3).unwrap();
+    let purged = r.m.purge_group(&g, T0 + 4).unwrap();
+    let mut docs = purged.documents.clone();
+    docs.sort();
+    assert_eq!(docs, vec![doc(1), doc(2), doc(3), doc(40)]);
+    assert!(matches!(
+        r.m.restore_group(&Actor::Operator, &g, T0 + 5),
+        Err(MembershipError::NotFound)
+    ));
+    let keys = r.store.inner.load_range(&[KEY_PREFIX.to_owned()]).unwrap();
+    for (k, v) in &keys {
+        let text = format!("{}{}", k.join("/"), String::from_utf8_lossy(v));
+        assert!(
+            !text.contains(g.as_str()),
+            "{} still names the group",
+            k.join("/")
+        );
+        for d in &docs {
+            assert!(
+                !text.contains(&d.to_string()),
+                "{} names a purged document",
+                k.join("/")
+            );
+        }
+    }
+    assert!(engine_may(&r.m, &other_org, doc(50), Operation::Read));
+    assert_eq!(reopen(&r).snapshot(), r.m.snapshot());
+    assert!(reopen(&r).snapshot().groups.contains_key(&other));
+    let tail: Vec<_> = kinds(&r.m, 0).into_iter().rev().take(4).collect();
+    assert_eq!(
+        tail,
+        vec![
+            AuditKind::GroupPurged,
+            AuditKind::GroupDeleted,
+            AuditKind::GroupRestored,
+            AuditKind::GroupDeleted
+        ]
+    );
+}
+
+#[test]
+fn group_records_written_before_deletion_existed_still_load() {
+    let old = r#"{"table":"group","id":"0011223344556677","coc_version":1,"coc_text":"","created_ms":5,"roster":"2ZN3Ly1GaBVPMzRX6fbW6rzKfhxd","settings":null,"index":null}"#;
+    let roster = doc(1).to_string();
+    let old = old.replace("2ZN3Ly1GaBVPMzRX6fbW6rzKfhxd", &roster);
+    let Record::Group(g) = serde_json::from_str::<Record>(&old).unwrap() else {
+        panic!("not a group");
+    };
+    assert_eq!(g.deleted_ms, None);
+}
