@@ -19,6 +19,8 @@ pub struct Cli {
 }
 
 /// Sub-commands.
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the relay.
@@ -37,6 +39,11 @@ pub enum Command {
     /// refuses, unless `--new-organiser-invite GROUP` asks for a fresh organiser invite to an
     /// existing group (when every organiser has lost their devices).
     Bootstrap(BootstrapArgs),
+    /// Operate a running relay through its admin API: list and create groups, organiser
+    /// invites, suspend or remove members, revoke devices, quotas, the audit log, backups,
+    /// rotating the operator token. The token comes from `CAIRN_ADMIN_TOKEN` or a file
+    /// (`--token-file`, or `--data DIR` for `DIR/admin-token`), never from the command line.
+    Admin(crate::admin_cli::AdminArgs),
     /// Check a data directory (with the relay stopped): sled recovers its log, every entry
     /// reads back, and the database holds what its durable record says was made durable.
     /// Prints what it found; exits non-zero if the store is damaged.
@@ -217,6 +224,47 @@ pub struct ServeArgs {
         default_value_t = 10_000
     )]
     pub failed_credentials_interval_ms: u64,
+    /// Address of the admin API (`/admin/v1`, used by `cairn-relay admin`) and a second
+    /// `/metrics`; `off` serves none. Refused unless loopback, or `--admin-allow-remote` is
+    /// given (then put it behind a TLS proxy: it is plain HTTP). Not served in `--open` mode.
+    #[arg(long, env = "CAIRN_ADMIN_LISTEN", default_value = "127.0.0.1:8081")]
+    pub admin_listen: AdminListen,
+    /// Allows `--admin-listen` on an address other machines can reach.
+    #[arg(long, env = "CAIRN_ADMIN_ALLOW_REMOTE", default_value_t = false)]
+    pub admin_allow_remote: bool,
+    /// File holding the operator token (default `DATA/admin-token`, created with a random
+    /// token and mode 0600 on the first start). Ignored when the `CAIRN_ADMIN_TOKEN`
+    /// environment variable holds the token. There is no flag for the token itself: a
+    /// command line is visible to every user of the machine.
+    #[arg(long, env = "CAIRN_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Directory `POST /admin/v1/backups` (`cairn-relay admin backup`) writes backups to;
+    /// outside the data directory. Without it, online backups are refused.
+    #[arg(long, env = "CAIRN_BACKUP_DIR")]
+    pub backup_dir: Option<PathBuf>,
+    /// Days audit entries are kept. Default 400: a year of history and some slack.
+    #[arg(long, env = "CAIRN_AUDIT_RETENTION_DAYS", default_value_t = 400)]
+    pub audit_retention_days: u64,
+    /// Days a deleted group can still be restored before everything in it is destroyed.
+    #[arg(long, env = "CAIRN_GROUP_DELETION_GRACE_DAYS", default_value_t = 14)]
+    pub group_deletion_grace_days: u64,
+    /// Documents one group may hold (the operator may set another per group).
+    #[arg(long, env = "CAIRN_GROUP_MAX_DOCUMENTS", default_value_t = 100_000)]
+    pub group_max_documents: usize,
+    /// MiB one group's documents may take in the store (the operator may set another per
+    /// group). Default 1,024.
+    #[arg(long, env = "CAIRN_GROUP_MAX_MB", default_value_t = 1024)]
+    pub group_max_mb: u64,
+    /// Documents one member may register per hour in all their groups. Default 120.
+    #[arg(long, env = "CAIRN_MEMBER_DOCUMENTS_PER_HOUR", default_value_t = 120)]
+    pub member_documents_per_hour: usize,
+    /// PEM certificate chain: serve HTTPS and `wss://` directly (rustls) instead of behind
+    /// a reverse proxy. Needs `--tls-key`.
+    #[arg(long, env = "CAIRN_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `--tls-cert`.
+    #[arg(long, env = "CAIRN_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// A test control that LOSES acknowledged changes: `ack-before-flush` or
     /// `sled-flush-only`. The crash and power-cut tests use it to show they would see a lost
     /// acknowledgement. Hidden from `--help`; never set it on real data.
@@ -272,6 +320,24 @@ pub struct Config {
     pub max_loaded_ops: u64,
     /// A durability test control, if one is set (never on real data).
     pub unsafe_durability: Option<UnsafeDurability>,
+    /// Where the admin API listens (`None`: nowhere).
+    pub admin_listen: Option<SocketAddr>,
+    /// Where the operator token comes from.
+    pub admin_token: AdminToken,
+    /// Where online backups go (`None`: refused).
+    pub backup_dir: Option<PathBuf>,
+    /// How long audit entries are kept.
+    pub audit_retention: Duration,
+    /// How long a deleted group can be restored.
+    pub group_deletion_grace: Duration,
+    /// Default documents per group.
+    pub group_max_documents: usize,
+    /// Default bytes per group.
+    pub group_max_bytes: u64,
+    /// Documents one member may register per hour.
+    pub member_documents_per_hour: usize,
+    /// PEM certificate chain and key for built-in TLS.
+    pub tls: Option<TlsFiles>,
     /// Whether organisers may create groups.
     pub organisers_create_groups: bool,
     /// Reverse proxies whose `X-Forwarded-For` is believed.
@@ -279,6 +345,9 @@ pub struct Config {
     /// Rate limits.
     pub rate_limits: RateLimits,
 }
+
+/// Seconds in a day.
+const DAY_SECS: u64 = 24 * 3600;
 
 /// Why a configuration was refused.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -289,6 +358,67 @@ pub enum ConfigError {
     /// A limit of zero.
     #[error("{0} must be greater than zero")]
     Zero(&'static str),
+    /// The admin API on an address other machines can reach, without saying so.
+    #[error("--admin-listen {0} is reachable from other machines; the admin API is only allowed on a loopback address (127.0.0.1 or [::1]) unless --admin-allow-remote is given (then put a TLS proxy in front of it)")]
+    AdminNotLoopback(SocketAddr),
+    /// The admin API on the relay's own address.
+    #[error("--admin-listen must differ from --listen (both are {0})")]
+    AdminOnListen(SocketAddr),
+    /// A `CAIRN_ADMIN_TOKEN` too short to be a secret.
+    #[error("CAIRN_ADMIN_TOKEN must be at least {MIN_TOKEN_CHARS} characters")]
+    AdminTokenShort,
+}
+
+/// Shortest operator token accepted from the environment: 24 characters.
+pub const MIN_TOKEN_CHARS: usize = 24;
+
+/// `--admin-listen`: an address, or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdminListen {
+    /// No admin API.
+    Off,
+    /// Listen here.
+    At(SocketAddr),
+}
+
+impl std::str::FromStr for AdminListen {
+    type Err = std::net::AddrParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.eq_ignore_ascii_case("off") {
+            Ok(AdminListen::Off)
+        } else {
+            s.parse().map(AdminListen::At)
+        }
+    }
+}
+
+/// Where the operator token comes from.
+#[derive(Clone, PartialEq, Eq)]
+pub enum AdminToken {
+    /// `CAIRN_ADMIN_TOKEN`: fixed for the relay's life (rotation is refused).
+    Env(String),
+    /// A file, created with a random token if missing.
+    File(PathBuf),
+}
+
+impl std::fmt::Debug for AdminToken {
+    // The token itself is never printed, whoever debug-prints the config.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AdminToken::Env(_) => f.write_str("Env(<redacted>)"),
+            AdminToken::File(p) => f.debug_tuple("File").field(p).finish(),
+        }
+    }
+}
+
+/// The certificate and key of built-in TLS.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
 }
 
 impl ServeArgs {
@@ -297,6 +427,35 @@ impl ServeArgs {
         if self.open && !self.listen.ip().is_loopback() {
             return Err(ConfigError::OpenNotLoopback(self.listen));
         }
+        let admin_listen = match self.admin_listen {
+            // Development mode has no membership to administer.
+            _ if self.open => None,
+            AdminListen::Off => None,
+            AdminListen::At(addr) => {
+                if !addr.ip().is_loopback() && !self.admin_allow_remote {
+                    return Err(ConfigError::AdminNotLoopback(addr));
+                }
+                if addr == self.listen && addr.port() != 0 {
+                    return Err(ConfigError::AdminOnListen(addr));
+                }
+                Some(addr)
+            }
+        };
+        // Read here, not through clap: a clap argument would also accept the token as a
+        // flag, visible to every user of the machine.
+        let admin_token = match std::env::var("CAIRN_ADMIN_TOKEN") {
+            Ok(t) if !t.trim().is_empty() => {
+                if t.trim().len() < MIN_TOKEN_CHARS {
+                    return Err(ConfigError::AdminTokenShort);
+                }
+                AdminToken::Env(t.trim().to_owned())
+            }
+            _ => AdminToken::File(
+                self.admin_token_file
+                    .clone()
+                    .unwrap_or_else(|| self.data.join("admin-token")),
+            ),
+        };
         for (name, v) in [
             ("--max-connections", self.max_connections as u64),
             ("--outbound-queue", self.outbound_queue as u64),
@@ -348,6 +507,17 @@ impl ServeArgs {
                 "--failed-credentials-interval-ms",
                 self.failed_credentials_interval_ms,
             ),
+            ("--audit-retention-days", self.audit_retention_days),
+            (
+                "--group-deletion-grace-days",
+                self.group_deletion_grace_days,
+            ),
+            ("--group-max-documents", self.group_max_documents as u64),
+            ("--group-max-mb", self.group_max_mb),
+            (
+                "--member-documents-per-hour",
+                self.member_documents_per_hour as u64,
+            ),
         ] {
             if v == 0 {
                 return Err(ConfigError::Zero(name));
@@ -372,6 +542,23 @@ impl ServeArgs {
             max_document_ops: self.max_document_ops,
             max_loaded_ops: self.max_loaded_ops,
             unsafe_durability: self.unsafe_durability,
+            admin_listen,
+            admin_token,
+            backup_dir: self.backup_dir,
+            audit_retention: Duration::from_secs(
+                self.audit_retention_days.saturating_mul(DAY_SECS),
+            ),
+            group_deletion_grace: Duration::from_secs(
+                self.group_deletion_grace_days.saturating_mul(DAY_SECS),
+            ),
+            group_max_documents: self.group_max_documents,
+            group_max_bytes: self.group_max_mb.saturating_mul(1024 * 1024),
+            member_documents_per_hour: self.member_documents_per_hour,
+            tls: match (self.tls_cert, self.tls_key) {
+                (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+                // clap's `requires` refuses one without the other.
+                _ => None,
+            },
             organisers_create_groups: self.organisers_create_groups,
             trusted_proxies: self.trusted_proxies,
             rate_limits: RateLimits {
@@ -428,6 +615,17 @@ impl Config {
             invites_per_address_interval_ms: 30_000,
             failed_credentials_burst: 10,
             failed_credentials_interval_ms: 10_000,
+            admin_listen: AdminListen::Off,
+            admin_allow_remote: false,
+            admin_token_file: None,
+            backup_dir: None,
+            audit_retention_days: 400,
+            group_deletion_grace_days: 14,
+            group_max_documents: 100_000,
+            group_max_mb: 1024,
+            member_documents_per_hour: 120,
+            tls_cert: None,
+            tls_key: None,
         }
         .validate()
         .expect("loopback test config is valid")
@@ -518,5 +716,100 @@ mod tests {
         assert_eq!(c.outbound_queue_bytes, 8 * 1024 * 1024);
         assert_eq!(c.header_timeout, Duration::from_secs(10));
         assert_eq!(c.send_timeout, Duration::from_secs(30));
+    }
+
+    fn serve(flags: &[&str]) -> ServeArgs {
+        let mut argv = vec!["cairn-relay", "serve"];
+        argv.extend_from_slice(flags);
+        let Command::Serve(a) = Cli::parse_from(argv).command else {
+            unreachable!("parsed serve")
+        };
+        a
+    }
+
+    #[test]
+    fn the_admin_api_stays_on_loopback_unless_allowed() {
+        let c = serve(&[]).validate().unwrap();
+        assert_eq!(c.admin_listen, Some("127.0.0.1:8081".parse().unwrap()));
+        assert_eq!(
+            c.admin_token,
+            AdminToken::File(PathBuf::from("cairn-data/admin-token"))
+        );
+        assert_eq!(
+            serve(&["--admin-listen", "0.0.0.0:8081"])
+                .validate()
+                .unwrap_err(),
+            ConfigError::AdminNotLoopback("0.0.0.0:8081".parse().unwrap())
+        );
+        assert_eq!(
+            serve(&["--admin-listen", "[::]:8081"])
+                .validate()
+                .unwrap_err(),
+            ConfigError::AdminNotLoopback("[::]:8081".parse().unwrap())
+        );
+        let remote = serve(&["--admin-listen", "0.0.0.0:8081", "--admin-allow-remote"])
+            .validate()
+            .unwrap();
+        assert_eq!(remote.admin_listen, Some("0.0.0.0:8081".parse().unwrap()));
+        assert_eq!(
+            serve(&["--admin-listen", "off"])
+                .validate()
+                .unwrap()
+                .admin_listen,
+            None
+        );
+        assert_eq!(
+            serve(&[
+                "--listen",
+                "127.0.0.1:9000",
+                "--admin-listen",
+                "127.0.0.1:9000"
+            ])
+            .validate()
+            .unwrap_err(),
+            ConfigError::AdminOnListen("127.0.0.1:9000".parse().unwrap())
+        );
+        // Development mode serves no admin API at all.
+        assert_eq!(serve(&["--open"]).validate().unwrap().admin_listen, None);
+    }
+
+    #[test]
+    fn operations_flags_parse_and_refuse_zero() {
+        let c = serve(&[
+            "--data",
+            "d",
+            "--group-max-mb",
+            "2",
+            "--group-deletion-grace-days",
+            "1",
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+        ])
+        .validate()
+        .unwrap();
+        assert_eq!(c.group_max_bytes, 2 * 1024 * 1024);
+        assert_eq!(c.group_deletion_grace, Duration::from_secs(24 * 3600));
+        assert_eq!(c.audit_retention, Duration::from_secs(400 * 24 * 3600));
+        assert_eq!(
+            c.tls,
+            Some(TlsFiles {
+                cert: "c.pem".into(),
+                key: "k.pem".into()
+            })
+        );
+        assert!(Cli::try_parse_from(["cairn-relay", "serve", "--tls-cert", "c.pem"]).is_err());
+        assert!(
+            Cli::try_parse_from(["cairn-relay", "serve", "--admin-token", "x"]).is_err(),
+            "no flag takes the token itself"
+        );
+        assert_eq!(
+            serve(&["--member-documents-per-hour", "0"])
+                .validate()
+                .unwrap_err(),
+            ConfigError::Zero("--member-documents-per-hour")
+        );
+        assert!(!format!("{:?}", AdminToken::Env("secret-secret".into())).contains("secret"));
     }
 }

@@ -18,6 +18,8 @@
 //! turns 503 and [`run`] returns [`RelayError::EngineStopped`] so that the process exits
 //! and its supervisor restarts it. [`app`] builds the router alone for tests.
 
+pub mod admin;
+pub mod admin_cli;
 pub mod api;
 mod auth;
 pub mod backup;
@@ -87,6 +89,9 @@ pub enum RelayError {
     /// The code-of-conduct file could not be read.
     #[error("reading the code of conduct file failed: {0}")]
     CodeOfConduct(std::io::Error),
+    /// `--tls-cert`/`--tls-key` could not be used.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// Serving failed.
     #[error("serving failed: {0}")]
     Serve(#[from] std::io::Error),
@@ -233,6 +238,9 @@ pub async fn start(config: &Config) -> Result<(AppState, SledStore), RelayError>
         let writer = host.storage_writer();
         let quotas = Quotas {
             organisers_create_groups: config.organisers_create_groups,
+            documents_per_group: config.group_max_documents,
+            bytes_per_group: config.group_max_bytes,
+            documents_per_member_per_hour: config.member_documents_per_hour,
             ..Quotas::default()
         };
         let membership = tokio::task::spawn_blocking(move || {
@@ -365,7 +373,8 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     }
 }
 
-async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
+pub(crate) async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
+    admin::refresh_gauges(&state);
     if let Ok(Ok(stats)) =
         tokio::time::timeout(Duration::from_secs(2), state.host.call(|e, _| e.stats())).await
     {
@@ -456,7 +465,13 @@ async fn serve_with_cap(
 ) -> Result<(), RelayError> {
     let host = state.host.clone();
     let stop = tokio_util::sync::CancellationToken::new();
-    let mut background = Vec::new();
+    // Operations (section "Admin"): built-in TLS, the admin listener, its background
+    // tasks; first, so that a refusal leaves nothing running.
+    let tls = match &state.config.tls {
+        Some(files) => Some(tcp::tls_acceptor(files).map_err(RelayError::Tls)?),
+        None => None,
+    };
+    let mut background = admin::spawn(&state, stop.clone()).await?;
     if let Some(members) = &state.members {
         background.push(tokio::spawn(members::expire_guests(
             state.clone(),
@@ -468,13 +483,14 @@ async fn serve_with_cap(
             stop.clone(),
         )));
     }
-    tracing::info!(addr = %listener.local_addr()?, tcp_cap, max_connections = state.config.max_connections, "listening");
+    tracing::info!(addr = %listener.local_addr()?, tcp_cap, max_connections = state.config.max_connections, tls = tls.is_some(), "listening");
     let serving = tcp::Serving {
         router: app(state.clone()),
         gate: tcp::Gate::new(tcp_cap),
         metrics: state.metrics.clone(),
         header_timeout: state.config.header_timeout,
         stop: stop.clone(),
+        tls,
     };
     let closer = host.clone();
     // Upgraded websockets are not hyper's any more: the host closes them (and flushes)

@@ -77,6 +77,13 @@ async fn main() -> anyhow::Result<()> {
             );
             return Ok(());
         }
+        Command::Admin(args) => {
+            if let Err(e) = cairn_relay::admin_cli::run(args).await {
+                eprintln!("error: {e}");
+                std::process::exit(1);
+            }
+            return Ok(());
+        }
         Command::Check { data } => match cairn_relay::check(&data) {
             Ok(report) => {
                 println!(

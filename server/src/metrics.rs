@@ -66,6 +66,20 @@ pub struct Metrics {
     pub membership_changes: Family<Labels, Counter>,
     /// Sockets closed because their access was taken away.
     pub access_revocations: Counter,
+    /// Free bytes on the data directory's filesystem (refreshed at each scrape).
+    pub disk_free_bytes: Gauge,
+    /// Changes and calls refused by a quota, by `quota`.
+    pub quota_exceeded: Family<Labels, Counter>,
+    /// Audit entries written (counted at each scrape from the log itself).
+    pub audit_entries: Counter,
+    /// The last audit sequence number [`Metrics::audit_entries`] has counted.
+    pub audit_seen_seq: std::sync::atomic::AtomicU64,
+    /// Online backups, by `result` (`ok`, `failed`).
+    pub backups: Family<Labels, Counter>,
+    /// When the last good backup finished (Unix seconds; 0: none since the start).
+    pub last_backup_timestamp: Gauge,
+    /// Deleted groups awaiting their purge.
+    pub groups_pending_deletion: Gauge,
 }
 
 impl Default for Metrics {
@@ -110,6 +124,13 @@ impl Metrics {
             rate_limited: Family::default(),
             membership_changes: Family::default(),
             access_revocations: Counter::default(),
+            disk_free_bytes: Gauge::default(),
+            quota_exceeded: Family::default(),
+            audit_entries: Counter::default(),
+            audit_seen_seq: std::sync::atomic::AtomicU64::new(0),
+            backups: Family::default(),
+            last_backup_timestamp: Gauge::default(),
+            groups_pending_deletion: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("sockets", "Open websocket connections", m.sockets.clone());
@@ -256,9 +277,50 @@ impl Metrics {
             "Sockets closed because a membership change took their access away",
             m.access_revocations.clone(),
         );
+        registry.register(
+            "disk_free_bytes",
+            "Free bytes on the data directory's filesystem (for unprivileged users)",
+            m.disk_free_bytes.clone(),
+        );
+        // The same counts as `rejections`, under the name operators look for: changes the
+        // relay refused, by reason (too_large, group_quota, disk_full, ...).
+        registry.register(
+            "refused_changes",
+            "Documents or changes refused to a peer, by reason (same counts as cairn_rejections)",
+            m.rejections.clone(),
+        );
+        registry.register(
+            "quota_exceeded",
+            "Changes and calls refused by a quota, by quota",
+            m.quota_exceeded.clone(),
+        );
+        registry.register(
+            "audit_entries",
+            "Audit entries written (membership changes, credential failures, backups, operator actions)",
+            m.audit_entries.clone(),
+        );
+        registry.register("backups", "Online backups, by result", m.backups.clone());
+        registry.register(
+            "last_backup_timestamp_seconds",
+            "Unix time the last good online backup finished (0: none since the relay started)",
+            m.last_backup_timestamp.clone(),
+        );
+        registry.register(
+            "groups_pending_deletion",
+            "Deleted groups awaiting their purge at the end of the grace period",
+            m.groups_pending_deletion.clone(),
+        );
         // Up until the host says otherwise: the gauge is refreshed on every scrape.
         m.engine_up.set(1);
         Metrics { registry, ..m }
+    }
+
+    /// Counts a refusal by `quota` (a fixed word: `documents_per_group`,
+    /// `documents_per_member_per_hour`, `bytes_per_group`, ...).
+    pub fn quota_exceeded(&self, quota: &'static str) {
+        self.quota_exceeded
+            .get_or_create(&vec![("quota", quota)])
+            .inc();
     }
 
     /// Sets the gauges that come from the engine.
@@ -303,6 +365,11 @@ impl Observer for MetricsObserver {
                 m.rejections
                     .get_or_create(&reason_label(reason.label()))
                     .inc();
+                if reason.label() == "group_quota" {
+                    m.quota_exceeded
+                        .get_or_create(&vec![("quota", "bytes_per_group")])
+                        .inc();
+                }
             }
             Event::ConnectionClosed { reason, .. } => {
                 m.closes.get_or_create(&reason_label(reason.label())).inc();

@@ -24,6 +24,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
@@ -158,6 +159,88 @@ pub(crate) struct Serving {
     pub(crate) header_timeout: Duration,
     /// Cancelled to stop accepting and ask every connection to finish.
     pub(crate) stop: CancellationToken,
+    /// Built-in TLS (`--tls-cert`), if configured: every connection is TLS.
+    pub(crate) tls: Option<TlsAcceptor>,
+}
+
+/// One accepted connection's share of the accept loop's state.
+struct Connection {
+    http: http1::Builder,
+    router: Router,
+    peer: std::net::SocketAddr,
+    stop: CancellationToken,
+    metrics: Arc<Metrics>,
+}
+
+impl Connection {
+    /// Serves HTTP/1.1 (and upgrades) on `io` until it ends or the relay stops.
+    async fn serve<I>(self, io: I)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Connection {
+            http,
+            router,
+            peer,
+            stop,
+            metrics,
+        } = self;
+        // Each request carries its TCP peer, the source address rate limits count by.
+        let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            router.clone().oneshot(req)
+        });
+        let conn = http
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades();
+        tokio::pin!(conn);
+        let result = tokio::select! {
+            r = conn.as_mut() => r,
+            _ = stop.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = result {
+            if e.is_timeout() {
+                metrics.header_timeouts.inc();
+                tracing::debug!("request headers did not arrive in time; connection closed");
+            } else {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        }
+    }
+}
+
+/// The TLS acceptor of `files`: rustls with the ring provider, TLS 1.2 and 1.3, HTTP/1.1
+/// by ALPN. Fails with a message naming the file that could not be used.
+pub fn tls_acceptor(files: &crate::config::TlsFiles) -> Result<TlsAcceptor, String> {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(&files.cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("reading the certificate {}: {e}", files.cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{} holds no PEM certificate", files.cert.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .map_err(|e| format!("reading the private key {}: {e}", files.key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS set-up: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| {
+            format!(
+                "the certificate {} and key {} do not make a TLS identity: {e}",
+                files.cert.display(),
+                files.key.display()
+            )
+        })?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
 /// Accepts until `serving.stop` is cancelled, then waits (at most [`SHUTDOWN_DRAIN`]
@@ -174,6 +257,7 @@ pub(crate) async fn serve(
         metrics,
         header_timeout,
         stop,
+        tls,
     } = serving;
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -208,35 +292,35 @@ pub(crate) async fn serve(
             _permit: permit,
             open: metrics.tcp_connections.clone(),
         };
-        // Each request carries its TCP peer, the source address rate limits count by.
-        let router = router.clone();
-        let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-            req.extensions_mut().insert(ConnectInfo(peer));
-            router.clone().oneshot(req)
-        });
-        let conn = http
-            .serve_connection(TokioIo::new(io), service)
-            .with_upgrades();
-        let stop = stop.clone();
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                _ = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
-            if let Err(e) = result {
-                if e.is_timeout() {
-                    metrics.header_timeouts.inc();
-                    tracing::debug!("request headers did not arrive in time; connection closed");
-                } else {
-                    tracing::debug!(error = %e, "connection ended with an error");
-                }
+        let connection = Connection {
+            http: http.clone(),
+            router: router.clone(),
+            peer,
+            stop: stop.clone(),
+            metrics: metrics.clone(),
+        };
+        match &tls {
+            None => {
+                tokio::spawn(connection.serve(io));
             }
-        });
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    // The handshake counts against the header timeout: a peer that opens
+                    // a connection and sends nothing holds a descriptor all the same.
+                    match tokio::time::timeout(header_timeout, acceptor.accept(io)).await {
+                        Ok(Ok(tls)) => connection.serve(tls).await,
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            connection.metrics.header_timeouts.inc();
+                            tracing::debug!("the TLS handshake did not finish in time");
+                        }
+                    }
+                });
+            }
+        }
     }
     // New connections are refused from here on.
     drop(listener);

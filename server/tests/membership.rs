@@ -764,7 +764,14 @@ impl Child {
             .expect("log file");
         let from = out.metadata().expect("log metadata").len() as usize;
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cairn-relay"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "off",
+                "--data",
+            ])
             .arg(data)
             .env("CAIRN_LOG", "trace")
             .stdin(std::process::Stdio::null())

@@ -71,6 +71,10 @@ impl Relay {
         if open {
             flags.push("--open");
         }
+        // No admin API unless a test asks for one: the default address is one fixed port.
+        if !extra.contains(&"--admin-listen") {
+            flags.extend_from_slice(&["--admin-listen", "off"]);
+        }
         flags.extend_from_slice(extra);
         let config = config_from_flags(&flags);
         let (tx, rx) = oneshot::channel::<()>();
