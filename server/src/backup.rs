@@ -260,7 +260,12 @@ fn io_error(path: &Path, e: std::io::Error) -> RelayError {
 
 /// Refuses a backup destination inside the data directory.
 fn refuse_inside(data: &Path, dir: &Path) -> Result<(), RelayError> {
-    let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned());
+    // A directory not made yet is compared by its absolute path.
+    let canon = |p: &Path| {
+        std::fs::canonicalize(p)
+            .or_else(|_| std::path::absolute(p))
+            .unwrap_or_else(|_| p.to_owned())
+    };
     if canon(dir).starts_with(canon(data)) {
         return Err(RelayError::Backup(format!(
             "{} is inside the data directory {}: keep backups elsewhere (a store rewrite \
@@ -274,8 +279,8 @@ fn refuse_inside(data: &Path, dir: &Path) -> Result<(), RelayError> {
 
 /// (temporary path, final path) for a new backup in `dir`.
 fn backup_paths(data: &Path, dir: &Path) -> Result<(PathBuf, PathBuf), RelayError> {
-    std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
     refuse_inside(data, dir)?;
+    std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
     let stamp = utc_stamp(crate::api::now_ms() / 1000);
     let mut n = 0;
     loop {
