@@ -332,6 +332,19 @@ pub(crate) async fn group_deletion(
     if delete {
         state.access_reduced(None).await;
     } else {
+        // Devices that met `doc-unavailable` while the group was deleted stopped syncing
+        // its documents: closing their sockets makes them reconnect and sync everything
+        // again (what they wrote meanwhile included).
+        let members: Vec<MemberId> = state
+            .members()?
+            .membership
+            .snapshot()
+            .members_of(&group)
+            .map(|m| m.member.clone())
+            .collect();
+        for member in members {
+            state.access_reduced(Some(Whose::Member(member))).await;
+        }
         state.roster_changed(&group);
     }
     Ok(())

@@ -1,4 +1,4 @@
-//! Interop plumbing: a [`TestRelay`] (the real `cairn_relay::run` in-process on a loopback
+//! Interop plumbing: a [`TestRelay`] (the real relay (`cairn_relay::start` and `serve`) in-process on a loopback
 //! port with a temporary data directory) and [`NodeProcess`], which runs the Node programs in
 //! `tests/js` (`create.mjs`, `read.mjs`, `live.mjs`) with a time limit and parses the one JSON
 //! line they print.
@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use cairn_relay::{Config, RelayError};
+use cairn_relay::{AppState, Config, RelayError};
 use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{oneshot, watch};
@@ -21,10 +21,11 @@ use tokio::task::JoinHandle;
 /// Time limit for the relay to start and to stop.
 const RELAY_START_STOP: Duration = Duration::from_secs(10);
 
-/// A relay served by `cairn_relay::run` on `127.0.0.1:<ephemeral port>` in open (development)
+/// A relay served by `cairn_relay::start` and `serve` on `127.0.0.1:<ephemeral port>` in open (development)
 /// mode, with its sled store in a temporary directory removed on drop.
 pub struct TestRelay {
     addr: SocketAddr,
+    state: AppState,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), RelayError>>>,
     // Dropped last: the store must be closed before its directory goes.
@@ -52,19 +53,9 @@ impl TestRelay {
             .await
             .expect("bootstrap ran")
             .expect("bootstrap succeeded");
-        // sled lets go of its lock (a `flock` on `db`) from a background thread just after
-        // the last handle is dropped: wait for it without taking the store.
-        let db = std::fs::File::open(data.path().join("relay").join("db")).expect("the store's db");
-        let deadline = tokio::time::Instant::now() + RELAY_START_STOP;
-        while db.try_lock().is_err() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the bootstrapped store stays locked"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let _ = db.unlock();
-        drop(db);
+        // sled lets go of its lock (a `flock` on its `db` file) from a background thread
+        // just after the last handle is dropped: wait for it without taking the store.
+        wait_unlocked(&data.path().join("relay")).await;
         let relay = Self::start_in(data, false).await;
         (relay, made.invite)
     }
@@ -76,12 +67,21 @@ impl TestRelay {
         let addr = listener.local_addr().expect("listener address");
         let mut config = Config::open_for_tests(addr, data.path().join("relay"));
         config.open = open;
+        // `start` then `serve` (what `run` does) so that tests can reach the relay's state
+        // (its membership, an injected clock for purges).
+        let (state, store) = cairn_relay::start(&config).await.expect("the relay starts");
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(cairn_relay::run(config, listener, async move {
-            let _ = stopped.await;
-        }));
+        let task = tokio::spawn(cairn_relay::serve(
+            state.clone(),
+            store,
+            listener,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
         let mut relay = TestRelay {
             addr,
+            state,
             stop: Some(stop),
             task: Some(task),
             data,
@@ -112,6 +112,11 @@ impl TestRelay {
     /// The websocket URL, `ws://127.0.0.1:<port>/`.
     pub fn url(&self) -> String {
         format!("ws://{}/", self.addr)
+    }
+
+    /// The relay's state (its membership; `cairn_relay::members` functions take it).
+    pub fn state(&self) -> &AppState {
+        &self.state
     }
 
     /// The listening address.
@@ -148,6 +153,41 @@ impl Drop for TestRelay {
             let _ = stop.send(());
         }
     }
+}
+
+/// Waits until no process holds the lock of the sled database under `data` (any store
+/// layout: the `db` files of every store directory in it).
+pub async fn wait_unlocked(data: &Path) {
+    let deadline = tokio::time::Instant::now() + RELAY_START_STOP;
+    for db in db_files(data) {
+        let file = std::fs::File::open(&db).expect("the store's db file");
+        while file.try_lock().is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the store at {} stays locked",
+                data.display()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let _ = file.unlock();
+    }
+}
+
+/// Every sled `db` file under `dir` (the data directory itself in the old layout, its
+/// `store-N` directories in the current one).
+fn db_files(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    if dir.join("db").is_file() {
+        found.push(dir.join("db"));
+    }
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.path().is_dir() && e.path().join("db").is_file() {
+                found.push(e.path().join("db"));
+            }
+        }
+    }
+    found
 }
 
 /// One `GET /healthz` over plain HTTP/1.0; true on a 200 answer.

@@ -25,8 +25,8 @@ use crate::docs::group::Role;
 use crate::ids::{DeviceId, DocumentId, MemberId, PeerId};
 use crate::membership::api::{
     AcceptCodeOfConduct, ApiError, CodeOfConduct, CreateGroup, CreateInvite, DeviceInfo, GroupInfo,
-    Invite, InvitePreview, LinkCode, LinkDevice, MemberInfo, RedeemInvite, Redeemed,
-    RegisterDocument, Rotated, SetCodeOfConduct, SetPseudonym, SetRole, PREFIX,
+    Invite, InvitePreview, LinkCode, LinkDevice, MemberInfo, MemberRecordExport, RedeemInvite,
+    Redeemed, RegisterDocument, Rotated, SetCodeOfConduct, SetPseudonym, SetRole, PREFIX,
 };
 use crate::membership::{normalise_code, BoundKind, Credential, GroupId, Identity};
 
@@ -432,6 +432,38 @@ impl RelayApi {
         self.send(Method::Post, &path, Some(&body), true)
             .await
             .map(|_| ())
+    }
+
+    /// Deletes the group (organisers): from now on nobody reads or writes it, and every
+    /// device's connection to it closes. It can be restored with
+    /// [`RelayApi::restore_group`] until the relay's grace period ends (14 days unless
+    /// the operator set another); then the relay destroys it.
+    pub async fn delete_group(&self, group: &GroupId) -> Result<(), ClientError> {
+        let path = format!("/groups/{}", segment(group.as_str())?);
+        self.call_empty(Method::Delete, &path, None::<&()>).await
+    }
+
+    /// Restores a deleted group within its grace period (organisers).
+    pub async fn restore_group(&self, group: &GroupId) -> Result<(), ClientError> {
+        let path = format!("/groups/{}/restore", segment(group.as_str())?);
+        self.call_empty(Method::Post, &path, None::<&()>).await
+    }
+
+    // ------------------------------------------------------------------ the member's own data
+
+    /// Everything the relay holds about the caller's member: memberships and roles,
+    /// devices, the audit entries about them, and the documents they may read.
+    pub async fn export_me(&self) -> Result<MemberRecordExport, ClientError> {
+        self.call(Method::Get, "/me/export", None::<&()>, true)
+            .await
+    }
+
+    /// Erases the caller's member on this relay: every device (this one included) and
+    /// membership removed, their pseudonym gone from every roster the relay serves from
+    /// now on. Their posts stay, shown as by a former member. Copies already on other
+    /// members' phones cannot be recalled.
+    pub async fn erase_me(&self) -> Result<(), ClientError> {
+        self.call_empty(Method::Delete, "/me", None::<&()>).await
     }
 
     // ------------------------------------------------------------------ devices

@@ -102,7 +102,7 @@ impl Group {
     }
 
     /// Runs one membership call on the group's relay.
-    async fn call<T: Send + 'static, F>(
+    pub(crate) async fn call<T: Send + 'static, F>(
         &self,
         f: impl FnOnce(RelayApi, cairn_sync::membership::GroupId) -> F + Send + 'static,
     ) -> Result<T, CairnError>

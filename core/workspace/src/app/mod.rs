@@ -70,6 +70,7 @@ pub mod group;
 pub mod journal;
 pub mod meeting;
 pub mod minutes;
+pub mod my_data;
 pub mod presence;
 pub mod resources;
 pub mod series;
@@ -83,6 +84,7 @@ pub use cairn::{
     RUNTIME_THREADS,
 };
 pub use error::CairnError;
+pub use group::FORMER_MEMBER;
 pub use handles::{Group, Journal, Meeting, Minutes, Resources, Series, Thread, Workspace};
 pub use listen::{Listener, Subscription};
 pub use status::{DocumentSync, DocumentSyncState};

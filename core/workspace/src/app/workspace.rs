@@ -24,6 +24,10 @@ pub struct GroupSummary {
     /// The version this member accepted (0: none). Until it matches, the group's documents
     /// stay closed to this device: show the code of conduct and [`Workspace::accept_code_of_conduct`].
     pub accepted_version: u64,
+    /// When an organiser deleted the group (ms since the Unix epoch): nobody syncs it, and
+    /// its organisers may [restore](Group::restore) it until the relay's grace period
+    /// ends. `None` for a group in use.
+    pub deleted_ms: Option<u64>,
 }
 
 impl GroupSummary {
@@ -35,6 +39,7 @@ impl GroupSummary {
             status: info.status,
             code_of_conduct_version: info.code_of_conduct_version,
             accepted_version: info.accepted_version,
+            deleted_ms: info.deleted_ms,
         }
     }
 }
@@ -256,5 +261,25 @@ impl Cairn {
             }
         }
         Ok(())
+    }
+
+    /// Stops syncing with the relay at `url` and forgets its credential and groups in
+    /// the live view (after the member's account there was erased: the credential is
+    /// void). The documents stay on the device until the app wipes them.
+    pub(crate) fn remove_relay(&self, url: &str) {
+        let removed: Vec<_> = {
+            let mut relays = self.inner.relays.lock().unwrap_or_else(|e| e.into_inner());
+            let (gone, kept): (Vec<_>, Vec<_>) = relays.drain(..).partition(|r| r.url == url);
+            *relays = kept;
+            gone
+        };
+        for entry in removed {
+            entry.handle.disconnect();
+        }
+        self.inner
+            .groups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, (relay, _)| relay != url);
     }
 }

@@ -128,6 +128,22 @@ pub struct RosterRecord {
     pub code_of_conduct: CodeOfConduct,
 }
 
+/// What a post, action or agenda item shows as its author when the member is no longer on
+/// the roster: they erased their account (the relay rebuilt the roster without them) or
+/// the roster has not arrived yet. Their words stay; their name does not.
+pub const FORMER_MEMBER: &str = "former member";
+
+impl RosterRecord {
+    /// The name to show for `member_id`: their pseudonym while the roster lists them,
+    /// otherwise [`FORMER_MEMBER`].
+    pub fn name_of(&self, member_id: &str) -> &str {
+        self.members
+            .iter()
+            .find(|m| m.member_id == member_id)
+            .map_or(FORMER_MEMBER, |m| m.pseudonym.as_str())
+    }
+}
+
 /// What an indexed document is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DocumentKind {
