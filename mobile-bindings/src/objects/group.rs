@@ -170,6 +170,18 @@ impl Group {
         self.0.members().await
     }
 
+    /// Deletes the group (organisers): from now on nobody reads or writes it. An
+    /// organiser can restore it until the relay's grace period ends (14 days unless the
+    /// operator set another); then the relay destroys it.
+    pub async fn delete(&self) -> Result<(), CairnError> {
+        self.0.delete().await
+    }
+
+    /// Restores the group after `delete`, within the grace period (organisers).
+    pub async fn restore(&self) -> Result<(), CairnError> {
+        self.0.restore().await
+    }
+
     /// The group's documents, oldest first (empty while it has no index).
     pub async fn index(&self) -> Result<Vec<IndexEntry>, CairnError> {
         self.0.index().await

@@ -14,6 +14,7 @@ pub(crate) use cairn_core::app::journal::*;
 pub(crate) use cairn_core::app::meeting::*;
 pub(crate) use cairn_core::app::membership::*;
 pub(crate) use cairn_core::app::minutes::*;
+pub(crate) use cairn_core::app::my_data::*;
 pub(crate) use cairn_core::app::presence::*;
 pub(crate) use cairn_core::app::resources::*;
 pub(crate) use cairn_core::app::series::*;

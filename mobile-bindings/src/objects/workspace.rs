@@ -81,4 +81,22 @@ impl Workspace {
     pub async fn rotate_credential(&self, relay_url: String) -> Result<String, CairnError> {
         self.0.rotate_credential(&relay_url).await
     }
+
+    /// Exports everything the relay at `relay_url` holds about this device's member: their
+    /// memberships, roles, devices and the audit entries about them, and every document
+    /// they may read as an Automerge binary and as JSON. Each document comes from this
+    /// device's copy, fetched from the relay first if the device has none.
+    pub async fn export_my_data(&self, relay_url: String) -> Result<MyDataExport, CairnError> {
+        self.0.export_my_data(&relay_url).await
+    }
+
+    /// Erases this device's member on the relay at `relay_url`: every device and
+    /// membership removed, their pseudonym gone from everything the relay serves from now
+    /// on (it rebuilds each group's roster without them). What they wrote stays, shown as
+    /// by a former member. Copies already on other members' phones cannot be recalled.
+    /// This device stops syncing with that relay; delete its credential from the platform
+    /// keystore.
+    pub async fn erase_my_account(&self, relay_url: String) -> Result<(), CairnError> {
+        self.0.erase_my_account(&relay_url).await
+    }
 }

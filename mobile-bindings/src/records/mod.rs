@@ -9,6 +9,7 @@ mod journal;
 mod meeting;
 mod membership;
 mod minutes;
+mod my_data;
 mod presence;
 mod resources;
 mod roles;

@@ -20,6 +20,10 @@ pub struct GroupSummary {
     /// The version this member accepted (0: none). Until it matches, the group's documents
     /// stay closed to this device: show the code of conduct and [`Workspace::accept_code_of_conduct`].
     pub accepted_version: u64,
+    /// When an organiser deleted the group (ms since the Unix epoch): nobody syncs it, and
+    /// its organisers may [restore](Group::restore) it until the relay's grace period
+    /// ends. `None` for a group in use.
+    pub deleted_ms: Option<u64>,
 }
 
 /// What an invite offers, to show before joining.
