@@ -33,9 +33,9 @@ pub mod api;
 mod audit;
 mod credential;
 mod policy;
+mod restore;
 mod roster;
 mod service;
-mod restore;
 mod state;
 mod store;
 
