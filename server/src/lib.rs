@@ -45,7 +45,7 @@ use axum::Router;
 use cairn_sync::engine::{
     Access, Engine, EngineConfig, Limits, Operation, PeerInfo, Role, SyncLimits,
 };
-use cairn_sync::ids::PeerId;
+use cairn_sync::ids::{DocumentId, PeerId};
 use cairn_sync::membership::{KvMembershipStore, Membership, MembershipError, Quotas};
 use cairn_sync::runtime::{Host, HostConfig};
 use cairn_sync::store::{SledConfig, SledDurability, SledStore, Storage, StoreError};
@@ -243,8 +243,19 @@ pub async fn start(config: &Config) -> Result<(AppState, SledStore), RelayError>
             documents_per_member_per_hour: config.member_documents_per_hour,
             ..Quotas::default()
         };
+        let sizes_of = store.clone();
         let membership = tokio::task::spawn_blocking(move || {
-            Membership::open(Arc::new(KvMembershipStore::new(writer)), quotas)
+            let membership = Membership::open(Arc::new(KvMembershipStore::new(writer)), quotas)?;
+            // Each group's bytes count from the start: every stored document's size (the
+            // engine reports changes from here on). Keys that are not document ids are the
+            // store's own records.
+            let sizes = sizes_of.document_sizes()?;
+            membership.seed_document_sizes(
+                sizes
+                    .into_iter()
+                    .filter_map(|(id, bytes)| id.parse::<DocumentId>().ok().map(|d| (d, bytes))),
+            );
+            Ok::<_, RelayError>(membership)
         })
         .await
         .map_err(|_| RelayError::EngineStopped)??;
