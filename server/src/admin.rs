@@ -17,6 +17,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use axum::extract::{Path as UrlPath, Request, State};
 use axum::http::{header, StatusCode};
@@ -180,6 +181,19 @@ pub(crate) async fn spawn(
     stop: CancellationToken,
 ) -> Result<Vec<JoinHandle<()>>, RelayError> {
     let mut tasks = Vec::new();
+    if let Some(members) = &state.members {
+        let m = members.membership.clone();
+        tasks.push(tokio::spawn(audit_retention(
+            state.clone(),
+            m,
+            stop.clone(),
+        )));
+        tasks.push(tokio::spawn(purge_groups(state.clone(), stop.clone())));
+        tasks.push(tokio::spawn(audit_failed_credentials(
+            state.clone(),
+            stop.clone(),
+        )));
+    }
     let Some(addr) = state.config.admin_listen else {
         return Ok(tasks);
     };
@@ -258,6 +272,10 @@ pub(crate) fn routes(state: AdminState) -> Router {
         .route("/admin/v1/groups/{g}/members/{m}/suspend", post(suspend))
         .route("/admin/v1/groups/{g}/members/{m}", delete(remove))
         .route("/admin/v1/members/{m}/devices/{d}", delete(revoke))
+        .route("/admin/v1/groups/{g}", delete(delete_group))
+        .route("/admin/v1/groups/{g}/restore", post(restore_group))
+        .route("/admin/v1/quotas", get(quotas))
+        .route("/admin/v1/backups", post(backup))
         .route("/admin/v1/audit", get(audit))
         .route("/admin/v1/token/rotate", post(rotate_token))
         .fallback(|| async { ApiError::not_found() })
@@ -527,6 +545,242 @@ pub(crate) async fn record(state: &AppState, kind: AuditKind, count: Option<u64>
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::error!(error = %e, ?kind, "could not write an audit entry"),
         Err(_) => tracing::error!(?kind, "writing an audit entry panicked"),
+    }
+}
+
+// ------------------------------------------------------------------ group deletion
+
+/// The answer to `DELETE /admin/v1/groups/{g}`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct GroupDeleted {
+    /// The group.
+    pub group_id: GroupId,
+    /// When it was deleted (Unix ms).
+    pub deleted_ms: u64,
+    /// From when it is destroyed (Unix ms; the hourly purge runs after this).
+    pub purge_after_ms: u64,
+}
+
+async fn delete_group(
+    State(state): State<AdminState>,
+    UrlPath(g): UrlPath<String>,
+) -> AdminResult<Json<GroupDeleted>> {
+    let membership = state.app.members()?.membership.clone();
+    let group = GroupId::from(g);
+    let gr = group.clone();
+    let m = membership.clone();
+    blocking(move || m.delete_group(&Actor::Operator, &gr, now_ms())).await?;
+    state.app.changed("group_deleted");
+    tracing::info!(group = %group, "group deleted by the operator");
+    // Nobody may see it any more: every connection is re-checked before this answers.
+    state.app.access_reduced(None).await;
+    let deleted_ms = membership
+        .group_summaries()
+        .into_iter()
+        .find(|s| s.group == group)
+        .and_then(|s| s.deleted_ms)
+        .unwrap_or_else(now_ms);
+    let grace =
+        u64::try_from(state.app.config.group_deletion_grace.as_millis()).unwrap_or(u64::MAX);
+    Ok(Json(GroupDeleted {
+        group_id: group,
+        deleted_ms,
+        purge_after_ms: deleted_ms.saturating_add(grace),
+    }))
+}
+
+async fn restore_group(
+    State(state): State<AdminState>,
+    UrlPath(g): UrlPath<String>,
+) -> AdminResult<StatusCode> {
+    let membership = state.app.members()?.membership.clone();
+    let group = GroupId::from(g);
+    let gr = group.clone();
+    blocking(move || membership.restore_group(&Actor::Operator, &gr, now_ms())).await?;
+    state.app.changed("group_restored");
+    tracing::info!(group = %group, "group restored by the operator");
+    state.app.roster_changed(&group);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ------------------------------------------------------------------ quotas
+
+/// `GET /admin/v1/quotas`: the relay's defaults (`--group-max-documents`,
+/// `--group-max-mb`, `--member-documents-per-hour`).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct QuotaDefaults {
+    /// Documents one group may hold.
+    pub documents_per_group: usize,
+    /// Bytes one group's documents may take.
+    pub bytes_per_group: u64,
+    /// Documents one member may register per hour.
+    pub documents_per_member_per_hour: usize,
+}
+
+async fn quotas(State(state): State<AdminState>) -> Json<QuotaDefaults> {
+    let c = &state.app.config;
+    Json(QuotaDefaults {
+        documents_per_group: c.group_max_documents,
+        bytes_per_group: c.group_max_bytes,
+        documents_per_member_per_hour: c.member_documents_per_hour,
+    })
+}
+
+// ------------------------------------------------------------------ backups
+
+/// The answer to `POST /admin/v1/backups`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct BackupTaken {
+    /// The backup file.
+    pub path: PathBuf,
+    /// Entries in it.
+    pub keys: u64,
+    /// Bytes of values in it.
+    pub bytes: u64,
+    /// When it was taken (Unix ms).
+    pub taken_ms: u64,
+}
+
+async fn backup(State(state): State<AdminState>) -> AdminResult<Json<BackupTaken>> {
+    let Some(dir) = state.app.config.backup_dir.clone() else {
+        return Err(MembershipError::Conflict(
+            "online backups need a backup directory: start the relay with --backup-dir DIR (outside its data directory)",
+        )
+        .into());
+    };
+    let metrics = &state.app.metrics;
+    match crate::backup::backup(&state.app, &dir).await {
+        Ok(done) => {
+            metrics.backups.get_or_create(&vec![("result", "ok")]).inc();
+            metrics
+                .last_backup_timestamp
+                .set(i64::try_from(now_ms() / 1000).unwrap_or(i64::MAX));
+            record(&state.app, AuditKind::BackupTaken, Some(done.report.keys)).await;
+            Ok(Json(BackupTaken {
+                path: done.path,
+                keys: done.report.keys,
+                bytes: done.report.bytes,
+                taken_ms: done.report.taken_ms,
+            }))
+        }
+        Err(e) => {
+            metrics
+                .backups
+                .get_or_create(&vec![("result", "failed")])
+                .inc();
+            tracing::error!(error = %e, "online backup failed");
+            Err(ApiError::unavailable(&format!("the backup failed: {e}")))
+        }
+    }
+}
+
+// ------------------------------------------------------------------ background
+
+/// How often audit retention runs: daily.
+const RETENTION_EVERY: Duration = Duration::from_secs(24 * 3600);
+/// How often deleted groups past their grace period are purged: hourly.
+const PURGE_EVERY: Duration = Duration::from_secs(3600);
+/// How often counted credential failures become audit entries: every minute.
+const FAILURES_EVERY: Duration = Duration::from_secs(60);
+
+/// Sleeps `every`; false if `stop` came first.
+async fn every(stop: &CancellationToken, every: Duration) -> bool {
+    tokio::select! {
+        _ = stop.cancelled() => false,
+        _ = tokio::time::sleep(every) => true,
+    }
+}
+
+/// Daily: deletes audit entries older than `--audit-retention-days`.
+async fn audit_retention(
+    state: AppState,
+    membership: cairn_sync::membership::Membership,
+    stop: CancellationToken,
+) {
+    let keep = u64::try_from(state.config.audit_retention.as_millis()).unwrap_or(u64::MAX);
+    loop {
+        let m = membership.clone();
+        let before = now_ms().saturating_sub(keep);
+        match tokio::task::spawn_blocking(move || m.expire_audit(before)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(entries = n, "expired audit entries past retention"),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "audit retention failed; it runs again tomorrow")
+            }
+            Err(_) => tracing::error!("audit retention panicked"),
+        }
+        if !every(&stop, RETENTION_EVERY).await {
+            return;
+        }
+    }
+}
+
+/// Hourly: destroys the deleted groups whose grace period is over.
+async fn purge_groups(state: AppState, stop: CancellationToken) {
+    let grace = u64::try_from(state.config.group_deletion_grace.as_millis()).unwrap_or(u64::MAX);
+    loop {
+        if let Some(members) = &state.members {
+            for group in members.membership.purge_due(now_ms(), grace) {
+                match crate::members::purge(&state, &group).await {
+                    Ok(documents) => {
+                        tracing::info!(group = %group, documents, "deleted group purged after its grace period")
+                    }
+                    Err(e) => {
+                        tracing::error!(group = %group, status = e.status().as_u16(), "purging a deleted group failed; it runs again in an hour")
+                    }
+                }
+            }
+        }
+        if !every(&stop, PURGE_EVERY).await {
+            return;
+        }
+    }
+}
+
+/// Every minute (and once more at shutdown): one `CredentialFailed` audit entry per
+/// claimed identity that presented wrong credentials since, with their count.
+async fn audit_failed_credentials(state: AppState, stop: CancellationToken) {
+    loop {
+        let go_on = every(&stop, FAILURES_EVERY).await;
+        flush_failed_credentials(&state).await;
+        if !go_on {
+            return;
+        }
+    }
+}
+
+async fn flush_failed_credentials(state: &AppState) {
+    let Some(members) = &state.members else {
+        return;
+    };
+    let failed = state.failed_credentials.take();
+    if failed.is_empty() {
+        return;
+    }
+    let membership = members.membership.clone();
+    let done = tokio::task::spawn_blocking(move || {
+        for (claimed, count) in failed {
+            let (member, device) = match claimed {
+                Some(id) => (Some(id.member), Some(id.device)),
+                None => (None, None),
+            };
+            membership.record_audit(
+                AuditKind::CredentialFailed,
+                Actor::Relay,
+                None,
+                member,
+                device,
+                Some(count),
+                now_ms(),
+            )?;
+        }
+        Ok::<(), MembershipError>(())
+    })
+    .await;
+    match done {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "could not audit credential failures"),
+        Err(_) => tracing::error!("auditing credential failures panicked"),
     }
 }
 

@@ -6,12 +6,14 @@
 //! credential included, until it cools down. Neither the token nor the query string is
 //! ever logged.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
 
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, Uri};
-use cairn_sync::membership::Identity;
+use cairn_sync::membership::{Credential, Identity};
 
 use crate::api::ApiError;
 use crate::AppState;
@@ -74,6 +76,7 @@ pub(crate) fn authenticate(
         Ok(identity) => Ok(identity),
         Err(_) => {
             state.metrics.auth_failures.inc();
+            state.failed_credentials.note(token);
             if let Err(limited) = members.limiters.failed_from(source) {
                 return Err(state.limited(limited));
             }
@@ -81,6 +84,43 @@ pub(crate) fn authenticate(
                 "the credential is not valid (wrong, rotated or revoked)",
             ))
         }
+    }
+}
+
+/// Distinct claimed identities whose failures are counted separately between two audit
+/// flushes: 1,024. Forged credentials can claim any id; past this many, further ones are
+/// counted with the unparseable ones, so an attacker cannot grow the map or the log.
+const MAX_CLAIMED: usize = 1024;
+
+/// Wrong credentials since the last audit flush, by the identity they claimed (`None`: a
+/// credential that does not parse, or past [`MAX_CLAIMED`]). The audit log gets at most one
+/// `CredentialFailed` entry per claimed identity per flush (a minute), with the count.
+#[derive(Debug, Default)]
+pub(crate) struct FailedCredentials {
+    pending: Mutex<HashMap<Option<Identity>, u64>>,
+}
+
+impl FailedCredentials {
+    /// Counts a refused `token` under the identity it claims.
+    pub(crate) fn note(&self, token: &str) {
+        let claimed = Credential::parse(token).ok().map(|c| c.identity().clone());
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let key =
+            if claimed.is_some() && pending.len() >= MAX_CLAIMED && !pending.contains_key(&claimed)
+            {
+                None
+            } else {
+                claimed
+            };
+        *pending.entry(key).or_insert(0) += 1;
+    }
+
+    /// Takes what was counted since the last call.
+    pub(crate) fn take(&self) -> Vec<(Option<Identity>, u64)> {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let mut taken: Vec<_> = pending.drain().collect();
+        taken.sort();
+        taken
     }
 }
 
@@ -135,6 +175,30 @@ mod tests {
             h.insert(header::AUTHORIZATION, a.parse().unwrap());
         }
         h
+    }
+
+    #[test]
+    fn failures_are_counted_per_claimed_identity_and_bounded() {
+        let failed = FailedCredentials::default();
+        failed.note("not a credential");
+        failed.note("also not one");
+        let taken = failed.take();
+        assert_eq!(taken, vec![(None, 2)]);
+        assert!(failed.take().is_empty(), "a flush starts the count again");
+        for _ in 0..(MAX_CLAIMED + 10) {
+            let (credential, _) = Credential::issue(Identity {
+                member: cairn_sync::membership::random_id().into(),
+                device: cairn_sync::membership::random_id().into(),
+            });
+            failed.note(credential.as_str());
+        }
+        let taken = failed.take();
+        assert!(taken.len() <= MAX_CLAIMED + 1);
+        assert_eq!(
+            taken.iter().map(|(_, n)| n).sum::<u64>(),
+            (MAX_CLAIMED + 10) as u64
+        );
+        assert!(taken.contains(&(None, 10)));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use cairn_sync::membership::api::Invite;
 use cairn_sync::membership::{GroupId, KvMembershipStore, Membership, MembershipError, Quotas};
-use cairn_sync::store::{SledConfig, SledStore};
+use cairn_sync::store::SledConfig;
 
 use crate::api::{new_document_id, now_ms};
 use crate::config::BootstrapArgs;
@@ -53,7 +53,7 @@ pub fn bootstrap(args: &BootstrapArgs) -> Result<Bootstrapped, RelayError> {
         None => DEFAULT_CODE_OF_CONDUCT.to_owned(),
     };
     std::fs::create_dir_all(&args.data).map_err(cairn_sync::store::StoreError::Io)?;
-    let store = SledStore::open(
+    let store = crate::open_store(
         &args.data,
         &SledConfig {
             cache_capacity: BOOTSTRAP_CACHE_BYTES,

@@ -52,6 +52,21 @@ pub enum Command {
         #[arg(long, env = "CAIRN_DATA", default_value = "cairn-data")]
         data: PathBuf,
     },
+    /// Write a backup of a stopped relay's store to FILE (a running relay takes backups
+    /// through the admin API). The file is written under a temporary name and renamed.
+    Backup {
+        /// Directory of the store.
+        #[arg(long, env = "CAIRN_DATA", default_value = "cairn-data")]
+        data: PathBuf,
+        /// The backup file to create (it must not exist; not inside the data directory).
+        #[arg(long, value_name = "FILE")]
+        to: PathBuf,
+    },
+    /// Restore a backup into an empty data directory (the relay stopped). The whole file is
+    /// checked first; the restored store gets a new storage id. Needs `--replay-audit FILE`
+    /// or `--membership-as-of-backup`: membership changes made after the backup (removals,
+    /// revocations) are not in it.
+    Restore(crate::backup::RestoreArgs),
 }
 
 /// Flags of `bootstrap`.

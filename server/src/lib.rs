@@ -22,6 +22,7 @@ pub mod admin;
 pub mod admin_cli;
 pub mod api;
 mod auth;
+pub mod backup;
 pub mod bootstrap;
 pub mod config;
 pub mod limits;
@@ -98,6 +99,10 @@ pub enum RelayError {
     /// stopped); the log says which. Restart the relay: clients reconnect and resync.
     #[error("the sync engine stopped; restart the relay")]
     EngineStopped,
+    /// A backup or a restore was refused or failed (see [`backup`]); nothing of a refused
+    /// restore was written.
+    #[error("{0}")]
+    Backup(String),
 }
 
 impl From<StoreError> for RelayError {
@@ -139,12 +144,21 @@ pub struct AppState {
     sockets: Arc<Sockets>,
     /// The membership; `None` in `--open` mode.
     members: Option<Arc<Members>>,
+    /// Wrong credentials awaiting their audit entry (see `admin`'s background tasks).
+    failed_credentials: Arc<auth::FailedCredentials>,
+    /// The store the host runs (for backups).
+    store: SledStore,
 }
 
 impl AppState {
     /// The engine host, for tests and embedding (`call`, `is_running`).
     pub fn host(&self) -> &Host {
         &self.host
+    }
+
+    /// The relay's store (a backup reads it through [`Host::exclusive`]).
+    pub fn store(&self) -> &SledStore {
+        &self.store
     }
 
     /// The membership service (`None` in `--open` mode), for tests and embedding.
@@ -167,7 +181,7 @@ pub async fn start(config: &Config) -> Result<(AppState, SledStore), RelayError>
     if let Some(control) = config.unsafe_durability {
         tracing::warn!(?control, "UNSAFE durability test control: acknowledged changes WILL be lost in a crash or power cut");
     }
-    let store = SledStore::open(
+    let store = open_store(
         &config.data,
         &SledConfig {
             cache_capacity: config.cache_bytes,
@@ -261,6 +275,8 @@ pub async fn start(config: &Config) -> Result<(AppState, SledStore), RelayError>
             socket_count: Arc::new(AtomicUsize::new(0)),
             sockets: Arc::new(Sockets::default()),
             members,
+            failed_credentials: Arc::default(),
+            store: store.clone(),
         },
         store,
     ))
@@ -296,14 +312,31 @@ fn uuid_bytes() -> [u8; 16] {
     *cairn_sync::store::random_uuid().as_bytes()
 }
 
-/// Checks the store in `data` (the relay must be stopped): see [`SledStore::check`].
+/// Opens the store in the data directory `data` (store format 2, see
+/// [`cairn_sync::store::open_data_dir`]): migrates an older format and logs that it did,
+/// refuses a newer one.
+pub fn open_store(data: &std::path::Path, config: &SledConfig) -> Result<SledStore, RelayError> {
+    let (store, layout) = cairn_sync::store::open_data_dir(data, config)?;
+    if let Some(from) = layout.migrated_from {
+        tracing::info!(
+            from,
+            to = layout.format,
+            "migrated the store from format {from} to {}",
+            layout.format
+        );
+    }
+    Ok(store)
+}
+
+/// Checks the store in `data` (the relay must be stopped; an older format is checked in
+/// place, not migrated): see [`SledStore::check`].
 pub fn check(data: &std::path::Path) -> Result<cairn_sync::store::VerifyReport, RelayError> {
-    Ok(SledStore::check(data, &SledConfig::default())?)
+    Ok(cairn_sync::store::check_data_dir(data, &SledConfig::default())?.0)
 }
 
 /// Replaces the store's id (after a restore from backup) and returns the new one.
 pub fn new_storage_id(data: &std::path::Path) -> Result<cairn_sync::ids::StorageId, RelayError> {
-    let store = SledStore::open(data, &SledConfig::default())?;
+    let store = open_store(data, &SledConfig::default())?;
     store.delete(&cairn_sync::store::storage_id_key())?;
     store.flush()?;
     let id = store.storage_id()?;

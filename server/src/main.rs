@@ -60,6 +60,30 @@ async fn main() -> anyhow::Result<()> {
             }
             return Ok(());
         }
+        Command::Backup { data, to } => {
+            let done = cairn_relay::backup::backup_offline(&data, &to)
+                .with_context(|| format!("backing up {}", data.display()))?;
+            println!(
+                "backup written to {}: {} keys, {} bytes of values",
+                done.path.display(),
+                done.report.keys,
+                done.report.bytes
+            );
+            return Ok(());
+        }
+        Command::Restore(args) => {
+            let done = cairn_relay::backup::restore(&args)
+                .with_context(|| format!("restoring into {}", args.data.display()))?;
+            println!(
+                "restored {} keys ({} bytes of values) from a backup taken at Unix ms {} into {}; new storage id {}",
+                done.report.keys,
+                done.report.bytes,
+                done.header.taken_ms,
+                args.data.display(),
+                done.storage_id
+            );
+            return Ok(());
+        }
         Command::Check { data } => match cairn_relay::check(&data) {
             Ok(report) => {
                 println!(

@@ -194,3 +194,45 @@ pub(crate) async fn limiter_housekeeping(members: Arc<Members>, stop: Cancellati
         }
     }
 }
+
+/// Destroys a deleted group after its grace period: its membership in one durable commit
+/// (`Membership::purge_group`), then the engine forgets its documents (deleting their keys)
+/// and the store is rewritten so that none of their bytes stay readable in the data
+/// directory. Returns how many documents were destroyed.
+///
+/// Minimal version added with the admin API (its hourly purge and nothing else calls it);
+/// the lead owns this file and may reshape it.
+pub(crate) async fn purge(state: &AppState, group: &GroupId) -> Result<usize, ApiError> {
+    let membership = state.members()?.membership.clone();
+    let gr = group.clone();
+    let purged = tokio::task::spawn_blocking(move || membership.purge_group(&gr, now_ms()))
+        .await
+        .map_err(|_| ApiError::unavailable("the relay failed this call; try again"))??;
+    state.changed("group_purged");
+    // Nobody could see the group since its deletion; any connection still holding one of
+    // its documents is closed by the forget below.
+    state.access_reduced(None).await;
+    let docs = purged.documents.clone();
+    let n = docs.len();
+    state
+        .host
+        .call(move |engine, _| {
+            for doc in docs {
+                engine.forget_document(doc);
+            }
+        })
+        .await
+        .map_err(|_| ApiError::unavailable("the sync engine stopped"))?;
+    // Runs after the deletes queued above: the storage thread takes tasks in order.
+    let store = state.store.clone();
+    match state.host.exclusive(move || store.rewrite()).await {
+        Ok(Ok(report)) => {
+            tracing::info!(group = %group, documents = n, keys = report.keys, bytes = report.bytes, "group purged; store rewritten")
+        }
+        Ok(Err(e)) => {
+            tracing::error!(group = %group, error = %e, "group purged but the store rewrite failed; it runs again at the next purge")
+        }
+        Err(_) => return Err(ApiError::unavailable("the sync engine stopped")),
+    }
+    Ok(n)
+}

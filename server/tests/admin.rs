@@ -172,7 +172,18 @@ async fn an_operator_runs_a_group_through_the_cli() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     let log = dir.path().join("relay.log");
-    let relay = RelayProcess::start(&data, &log, &["--group-max-documents", "3"]).await;
+    let backups = dir.path().join("backups");
+    let relay = RelayProcess::start(
+        &data,
+        &log,
+        &[
+            "--group-max-documents",
+            "3",
+            "--backup-dir",
+            backups.to_str().expect("utf-8"),
+        ],
+    )
+    .await;
     let url = relay.admin_url();
     let token_file: PathBuf = data.join("admin-token");
     let operator_token = std::fs::read_to_string(&token_file)
@@ -352,36 +363,7 @@ async fn an_operator_runs_a_group_through_the_cli() {
         .find(|l| l.starts_with(&group))
         .unwrap_or_else(|| panic!("the group is listed: {}", list.stdout));
     assert!(line.contains("members 1 active"), "{line}");
-    assert!(line.contains("documents 3"), "{line}");
-
-    // The audit export: the expected kinds, ids only (checked for canaries at the end).
-    let audit = cli(&url, &env_token, &["audit"]).await;
-    assert!(audit.ok, "audit: {}", audit.stderr);
-    let entries: Vec<Value> = audit
-        .stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("one JSON entry per line"))
-        .collect();
-    let kinds: Vec<&str> = entries.iter().filter_map(|e| e["kind"].as_str()).collect();
-    for kind in [
-        "group_created",
-        "invite_created",
-        "invite_redeemed",
-        "suspended",
-        "removed",
-        "device_revoked",
-    ] {
-        assert!(
-            kinds.contains(&kind),
-            "no {kind} in the audit log: {kinds:?}"
-        );
-    }
-    let suspension = entries
-        .iter()
-        .find(|e| e["kind"] == "suspended")
-        .expect("suspended");
-    assert_eq!(suspension["member"], member.member.as_str());
-    assert_eq!(suspension["actor"]["type"], "operator");
+    assert!(line.contains("documents 3 of 3"), "{line}");
 
     // Rotation: the old token stops working, the file holds the new one.
     let rotated = cli(
@@ -420,6 +402,84 @@ async fn an_operator_runs_a_group_through_the_cli() {
     )
     .await
     .expect(200);
+
+    // Delete and restore the group, take a backup, show the defaults.
+    let env_token = [("CAIRN_ADMIN_TOKEN", new_token.as_str())];
+    let deleted = cli(&url, &env_token, &["delete-group", &group]).await;
+    assert!(deleted.ok, "delete-group: {}", deleted.stderr);
+    assert_eq!(
+        call(
+            relay.addr,
+            "GET",
+            &format!("/v1/groups/{group}/members"),
+            Some(&organiser.token),
+            None
+        )
+        .await
+        .status,
+        404,
+        "nobody sees a deleted group"
+    );
+    let list = cli(&url, &env_token, &["groups"]).await;
+    assert!(list.stdout.contains("DELETED"), "{}", list.stdout);
+    let restored = cli(&url, &env_token, &["restore-group", &group]).await;
+    assert!(restored.ok, "restore-group: {}", restored.stderr);
+    call(
+        relay.addr,
+        "GET",
+        &format!("/v1/groups/{group}/members"),
+        Some(&organiser.token),
+        None,
+    )
+    .await
+    .expect(200);
+    let backup = cli(&url, &env_token, &["backup"]).await;
+    assert!(backup.ok, "backup: {}", backup.stderr);
+    let file = after(&backup.stdout, "Backup written:");
+    let file = file.split(" (").next().expect("path");
+    assert!(
+        Path::new(file).starts_with(&backups) && Path::new(file).exists(),
+        "{file}"
+    );
+    let defaults = cli(&url, &env_token, &["quota"]).await;
+    assert!(
+        defaults.stdout.contains("documents per group 3"),
+        "{}",
+        defaults.stdout
+    );
+
+    // The audit export: the expected kinds, ids only (checked for canaries at the end).
+    let audit = cli(&url, &env_token, &["audit"]).await;
+    assert!(audit.ok, "audit: {}", audit.stderr);
+    let entries: Vec<Value> = audit
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON entry per line"))
+        .collect();
+    let kinds: Vec<&str> = entries.iter().filter_map(|e| e["kind"].as_str()).collect();
+    for kind in [
+        "group_created",
+        "invite_created",
+        "invite_redeemed",
+        "suspended",
+        "removed",
+        "device_revoked",
+        "operator_token_rotated",
+        "group_deleted",
+        "group_restored",
+        "backup_taken",
+    ] {
+        assert!(
+            kinds.contains(&kind),
+            "no {kind} in the audit log: {kinds:?}"
+        );
+    }
+    let suspension = entries
+        .iter()
+        .find(|e| e["kind"] == "suspended")
+        .expect("suspended");
+    assert_eq!(suspension["member"], member.member.as_str());
+    assert_eq!(suspension["actor"]["type"], "operator");
 
     // The admin address serves the metrics an operator alerts on.
     let (status, metrics) = http_get(relay.admin, "/metrics").await.expect("metrics");
@@ -462,7 +522,7 @@ async fn an_operator_runs_a_group_through_the_cli() {
             "the audit log holds a secret or a name"
         );
     }
-    for printed in [&made.stdout, &list.stdout, &rotated.stdout] {
+    for printed in [&made.stdout, &list.stdout, &rotated.stdout, &audit.stdout] {
         assert!(!printed.contains(&operator_token) && !printed.contains(&new_token));
     }
 }

@@ -623,7 +623,7 @@ async fn check(data: &Path, shared: &Shared, kill: usize, out: &mut Outcome) {
         all
     };
     let ids: Vec<DocumentId> = expected.keys().copied().collect();
-    // `load_stored` opens the directory with `SledStore::open` (default config) and closes
+    // `load_stored` opens the directory with `open_data_dir` (default config) and closes
     // it again before returning.
     for (doc, am) in load_stored(data, &ids).await {
         let present: HashSet<ChangeHash> = am

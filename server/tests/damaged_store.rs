@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use automerge::transaction::Transactable;
 use automerge::ROOT;
+use cairn_sync::store::store_dir;
 use common::client;
 
 fn relay(args: &[&str], data: &Path) -> Output {
@@ -44,6 +45,12 @@ fn serve(data: &Path) -> Output {
         std::thread::sleep(Duration::from_millis(50));
     }
     child.wait_with_output().expect("relay output")
+}
+
+/// The sled log of the relay's data directory `data` (in the store directory its
+/// `CURRENT` names).
+fn db(data: &Path) -> std::path::PathBuf {
+    store_dir(data).unwrap().join("db")
 }
 
 fn text(o: &Output) -> String {
@@ -134,14 +141,14 @@ async fn a_damaged_store_is_refused_at_start_and_reported_by_check() {
     // Cut off: the log cut short by 4 KiB, then by every further 64 KiB, one copy each.
     // A cut into what the database holds is refused at start and by `check`; a cut into
     // unused space leaves a store `check` finds whole (every key, matching its record).
-    let len = std::fs::metadata(original.path().join("db")).unwrap().len();
+    let len = std::fs::metadata(db(original.path())).unwrap().len();
     let (mut refused, mut whole_copies) = (0, 0);
     for cut_by in (0..len / (64 * 1024)).map(|k| 4096 + k * 64 * 1024) {
         let copy = tempfile::tempdir().unwrap();
         copy_dir(original.path(), copy.path());
         std::fs::OpenOptions::new()
             .write(true)
-            .open(copy.path().join("db"))
+            .open(db(copy.path()))
             .unwrap()
             .set_len(len - cut_by)
             .unwrap();
@@ -168,14 +175,14 @@ async fn a_damaged_store_is_refused_at_start_and_reported_by_check() {
 
     // Zeroed: 4 KiB of zeros at every 64 KiB of the log, one copy each. Each copy either
     // is refused (never a panic, exit 101) or still holds every document.
-    let bytes = std::fs::read(original.path().join("db")).unwrap();
+    let bytes = std::fs::read(db(original.path())).unwrap();
     let (mut refused, mut whole_copies) = (0, 0);
     for at in (0..bytes.len().saturating_sub(4096)).step_by(64 * 1024) {
         let copy = tempfile::tempdir().unwrap();
         copy_dir(original.path(), copy.path());
         let mut damaged = bytes.clone();
         damaged[at..at + 4096].fill(0);
-        std::fs::write(copy.path().join("db"), &damaged).unwrap();
+        std::fs::write(db(copy.path()), &damaged).unwrap();
         let checked = relay(&["check"], copy.path());
         match checked.status.code() {
             Some(0) => whole_copies += 1,
@@ -206,8 +213,12 @@ async fn a_database_older_than_its_record_is_refused() {
     copy_dir(dir.path(), older.path());
     written_store(dir.path()).await;
     std::fs::copy(
-        dir.path().join(cairn_sync::store::RECORD_FILE),
-        older.path().join(cairn_sync::store::RECORD_FILE),
+        store_dir(dir.path())
+            .unwrap()
+            .join(cairn_sync::store::RECORD_FILE),
+        store_dir(older.path())
+            .unwrap()
+            .join(cairn_sync::store::RECORD_FILE),
     )
     .unwrap();
     let started = serve(older.path());

@@ -198,6 +198,8 @@ fn check_store(
     acked: &[Acked],
     cache: &mut Loaded,
 ) -> Checked {
+    // A relay's data directory (store format 2) keeps its store where `CURRENT` says.
+    let dir = &cairn_sync::store::store_dir(dir).unwrap_or_else(|_| dir.to_owned());
     let mut checked = Checked {
         changes: acked.len(),
         blob_files: std::fs::read_dir(dir.join("blobs")).map_or(0, |d| d.count()),

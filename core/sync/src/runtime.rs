@@ -162,6 +162,8 @@ enum Job {
     Engine(TaskId, StorageOp),
     /// Writes from outside the engine (membership records), reported once flushed.
     External(ExternalWrite),
+    /// Work that needs the store to itself (a backup, a rewrite): run between batches.
+    Exclusive(Box<dyn FnOnce() + Send>),
 }
 
 /// A batch written through [`Host::storage_writer`].
@@ -378,6 +380,35 @@ impl Host {
         })
     }
 
+    /// Runs `f` on the storage thread between two batches: every write acknowledged before
+    /// it is flushed, none is half applied while it runs, and writes that arrive meanwhile
+    /// queue behind it (they wait, none is refused). For work that needs the whole store
+    /// consistent: a backup, a store rewrite. `f` is queued when this is called, not when
+    /// the future is polled. A panic in `f` is caught and reported as [`HostStopped`].
+    pub fn exclusive<R: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> impl std::future::Future<Output = Result<R, HostStopped>> + Send + 'static {
+        let (tx, rx) = oneshot::channel();
+        let job = Job::Exclusive(Box::new(move || {
+            if let Ok(r) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+                let _ = tx.send(r);
+            } else {
+                tracing::error!("exclusive storage work panicked");
+            }
+        }));
+        let sent = match &*self.jobs.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(jobs) => jobs.send(job).is_ok(),
+            None => false,
+        };
+        async move {
+            if !sent {
+                return Err(HostStopped);
+            }
+            rx.await.map_err(|_| HostStopped)
+        }
+    }
+
     /// True while the engine task runs: false after a requested [`Host::shutdown`] and
     /// after the engine stopped on its own (see [`Host::stopped`]).
     pub fn is_running(&self) -> bool {
@@ -539,6 +570,13 @@ fn flush_error(e: &StoreError) -> StoreError {
             detail: detail.clone(),
         },
         StoreError::Closed => StoreError::Closed,
+        StoreError::TooNew { found, supported } => StoreError::TooNew {
+            found: *found,
+            supported: *supported,
+        },
+        StoreError::BadBackup { detail } => StoreError::BadBackup {
+            detail: detail.clone(),
+        },
     }
 }
 
@@ -561,6 +599,11 @@ impl StorageWorker {
         for job in batch {
             let (task, op) = match job {
                 Job::Engine(task, op) => (task, op),
+                // The thread runs these between batches and never puts one in a batch.
+                Job::Exclusive(f) => {
+                    f();
+                    continue;
+                }
                 Job::External(ExternalWrite { writes: w, done }) => {
                     writes += w.len();
                     let result = w.iter().try_for_each(|(key, value)| match value {
@@ -620,11 +663,28 @@ fn storage_thread(
     batches: mpsc::UnboundedSender<(usize, usize, Duration)>,
     max_batch: usize,
 ) {
-    while let Ok(first) = ops.recv() {
+    // An exclusive job met while a batch was gathered: it runs after that batch's flush.
+    let mut held: Option<Job> = None;
+    loop {
+        let first = match held.take() {
+            Some(job) => job,
+            None => match ops.recv() {
+                Ok(job) => job,
+                Err(_) => break,
+            },
+        };
+        if let Job::Exclusive(f) = first {
+            f();
+            continue;
+        }
         let started = Instant::now();
         let mut batch = vec![first];
         while batch.len() < max_batch {
             match ops.try_recv() {
+                Ok(job @ Job::Exclusive(_)) => {
+                    held = Some(job);
+                    break;
+                }
                 Ok(op) => batch.push(op),
                 Err(_) => break,
             }

@@ -21,7 +21,7 @@ use cairn_relay::config::{Cli, Command};
 use cairn_relay::Config;
 use cairn_sync::client::{Client, ClientConfig};
 use cairn_sync::ids::{DocumentId, PeerId};
-use cairn_sync::store::{MemoryStore, SledConfig, SledStore, Storage};
+use cairn_sync::store::{MemoryStore, SledConfig, Storage};
 use cairn_sync::wire::{DocMessage, Message, PeerMetadata};
 use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
@@ -364,8 +364,8 @@ pub fn incompressible(len: usize, mut seed: u64) -> Vec<u8> {
 pub async fn load_stored(data: &Path, docs: &[DocumentId]) -> Vec<(DocumentId, Automerge)> {
     let deadline = tokio::time::Instant::now() + SOON;
     let store = loop {
-        match SledStore::open(data, &SledConfig::default()) {
-            Ok(s) => break s,
+        match cairn_sync::store::open_data_dir(data, &SledConfig::default()) {
+            Ok((s, _)) => break s,
             Err(_) if tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }

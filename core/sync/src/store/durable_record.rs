@@ -91,7 +91,7 @@ pub(crate) struct Slot {
     pub(crate) committed: bool,
 }
 
-fn encode(slot: &Slot) -> [u8; SLOT] {
+pub(crate) fn encode(slot: &Slot) -> [u8; SLOT] {
     let id = &slot.storage_id.as_bytes()[..slot.storage_id.len().min(MAX_ID)];
     let mut out = [0u8; SLOT];
     out[..8].copy_from_slice(MAGIC);

@@ -14,13 +14,26 @@ use thiserror::Error;
 use crate::ids::StorageId;
 
 #[cfg(feature = "sled")]
+mod backup;
+#[cfg(feature = "sled")]
+mod data_dir;
+#[cfg(feature = "sled")]
 mod durable_record;
 #[cfg(feature = "sled")]
 mod sled_store;
 #[cfg(feature = "sled")]
+pub use backup::{
+    restore_backup, verify_backup, BackupHeader, BackupReport, RestoreReport, BACKUP_MAGIC,
+    BACKUP_VERSION,
+};
+#[cfg(feature = "sled")]
+pub use data_dir::{
+    check_data_dir, open_data_dir, store_dir, DataDirReport, CURRENT_FILE, STORE_FORMAT,
+};
+#[cfg(feature = "sled")]
 pub use durable_record::RECORD_FILE;
 #[cfg(feature = "sled")]
-pub use sled_store::{SledConfig, SledDurability, SledStore, VerifyReport};
+pub use sled_store::{RewriteReport, SledConfig, SledDurability, SledStore, VerifyReport};
 
 /// A storage key: a list of path parts.
 pub type StorageKey = Vec<String>;
@@ -104,16 +117,37 @@ pub enum StoreError {
     /// The store was closed or its worker stopped (the host is shutting down).
     #[error("storage is closed")]
     Closed,
+    /// The data directory was written by a newer Cairn: its format is newer than this
+    /// build reads.
+    #[error(
+        "the data directory has store format {found}, this relay reads formats up to \
+         {supported}: run a relay at least as new as the one that wrote it (format {found})"
+    )]
+    TooNew {
+        /// The format the directory's `CURRENT` file names.
+        found: u32,
+        /// The newest format this build reads.
+        supported: u32,
+    },
+    /// A backup file is damaged, cut short or not a Cairn backup; nothing was written.
+    #[error("the backup file is unusable: {detail}")]
+    BadBackup {
+        /// What is wrong, without content.
+        detail: String,
+    },
 }
 
 impl StoreError {
-    /// A fixed label for metrics: `disk_full`, `io`, `corrupt` or `closed`.
+    /// A fixed label for metrics: `disk_full`, `io`, `corrupt`, `closed`, `too_new` or
+    /// `bad_backup`.
     pub fn label(&self) -> &'static str {
         match self {
             e if e.is_disk_full() => "disk_full",
             StoreError::Io(_) => "io",
             StoreError::Corrupt { .. } => "corrupt",
             StoreError::Closed => "closed",
+            StoreError::TooNew { .. } => "too_new",
+            StoreError::BadBackup { .. } => "bad_backup",
         }
     }
 
@@ -290,3 +324,6 @@ mod tests {
         assert_eq!(a.as_str().len(), 36);
     }
 }
+
+#[cfg(all(test, feature = "sled"))]
+mod format_tests;

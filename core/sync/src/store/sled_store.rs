@@ -24,6 +24,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
+use super::backup::{BackupHeader, BackupReport, BackupWriter};
+use super::data_dir::{remove_stale, store_name, store_number, write_current, STORE_FORMAT};
 use super::durable_record::{Contents, DurableRecord, Slot, RECORD_FILE};
 use super::{storage_id_key, Storage, StorageKey, StoreError};
 
@@ -136,6 +138,45 @@ fn write(
     Ok(())
 }
 
+/// A rewrite flushes the copy after this many bytes, so its memory stays bounded.
+const REWRITE_FLUSH_BYTES: usize = 16 * 1024 * 1024;
+
+/// The length of the value whose main entry is `stored`, without reading its pieces.
+fn stored_len(stored: &[u8]) -> u64 {
+    manifest(stored).map_or(stored.len() as u64, |(len, _, _)| len)
+}
+
+/// Calls `f` with every live entry (encoded key, value) as the store will hold it once
+/// its pending writes are applied: the database's entries first, then pending ones.
+fn for_each_live(
+    db: &sled::Db,
+    state: &State,
+    mut f: impl FnMut(&[u8], &[u8]) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    for item in db.iter() {
+        let (k, v) = item?;
+        if is_piece(&k) || k.as_ref() == GENERATION_KEY || state.pending.contains_key(k.as_ref()) {
+            continue;
+        }
+        f(&k, &assemble(db, &k, &v)?)?;
+    }
+    for (k, v) in &state.pending {
+        if let Some(v) = v {
+            f(k, v)?;
+        }
+    }
+    Ok(())
+}
+
+/// What [`SledStore::rewrite`] copied.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RewriteReport {
+    /// Live keys copied.
+    pub keys: u64,
+    /// Bytes of values copied.
+    pub bytes: u64,
+}
+
 /// Free bytes opening a store needs: its flush writes only the generation, but sled may
 /// start a new 512 KiB segment. Lower than the reserve for changes, so a nearly full phone
 /// can still open its store and read.
@@ -201,14 +242,18 @@ pub struct SledStore {
 impl std::fmt::Debug for SledStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SledStore")
-            .field("dir", &self.inner.dir)
+            .field("root", &self.inner.root)
             .field("durability", &self.inner.config.durability)
             .finish_non_exhaustive()
     }
 }
 
 struct Inner {
-    dir: PathBuf,
+    /// The data directory when the store was opened through
+    /// [`open_data_dir`](super::open_data_dir) (format 2: the database lives in a
+    /// `store-N` directory in it, which [`SledStore::rewrite`] replaces); `None` when
+    /// opened directly on its own directory.
+    root: Option<PathBuf>,
     config: SledConfig,
     /// `None` after a failed flush: sled keeps an I/O error for good, so the next call
     /// reopens the database from its files.
@@ -218,6 +263,8 @@ struct Inner {
 
 /// Writes not flushed yet, and what the flush path remembers between flushes.
 struct State {
+    /// The directory of the sled database and its durable record.
+    dir: PathBuf,
     /// Writes since the last flush (`None`: a removal); reads see them first.
     pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     /// What the database holds once `pending` is applied.
@@ -268,14 +315,14 @@ impl From<sled::Error> for StoreError {
     }
 }
 
-fn corrupt(detail: impl Into<String>) -> StoreError {
+pub(super) fn corrupt(detail: impl Into<String>) -> StoreError {
     StoreError::Corrupt {
         detail: detail.into(),
     }
 }
 
 /// `fsync` of a directory: makes the files created, renamed or removed in it durable.
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
+pub(super) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
@@ -412,10 +459,20 @@ impl SledStore {
     /// (generation, key count, digest). A damaged store is refused with
     /// [`StoreError::Corrupt`], never opened with what is left.
     pub fn open(dir: &Path, config: &SledConfig) -> Result<Self, StoreError> {
+        Self::open_in(dir, config, None)
+    }
+
+    /// [`SledStore::open`] on `dir`, which is the current store directory of the data
+    /// directory `root` if one is given.
+    pub(super) fn open_in(
+        dir: &Path,
+        config: &SledConfig,
+        root: Option<&Path>,
+    ) -> Result<Self, StoreError> {
         let (db, state, _) = Self::open_checked(dir, config)?;
         let store = SledStore {
             inner: std::sync::Arc::new(Inner {
-                dir: dir.to_owned(),
+                root: root.map(Path::to_owned),
                 config: config.clone(),
                 db: RwLock::new(Some(db)),
                 state: Mutex::new(state),
@@ -470,6 +527,7 @@ impl SledStore {
             .unwrap_or_default();
         check_against_record(dir, config, &slots, generation, &contents, &storage_id)?;
         let state = State {
+            dir: dir.to_owned(),
             pending: BTreeMap::new(),
             contents,
             committed: contents,
@@ -500,7 +558,8 @@ impl SledStore {
         if slot.is_some() {
             return Ok(());
         }
-        let (db, fresh, _) = Self::open_checked(&self.inner.dir, &self.inner.config)?;
+        let dir = self.state().dir.clone();
+        let (db, fresh, _) = Self::open_checked(&dir, &self.inner.config)?;
         let mut state = self.state();
         let record = state.record.take();
         *state = State { record, ..fresh };
@@ -537,6 +596,161 @@ impl SledStore {
         self.state().generation
     }
 
+    /// Bytes of values by the first part of their keys (documents' ids, and the fixed
+    /// words of other records), pending writes included. Reads every key, not values.
+    pub fn document_sizes(&self) -> Result<BTreeMap<String, u64>, StoreError> {
+        self.with_db(|db| {
+            let state = self.state();
+            let mut out: BTreeMap<String, u64> = BTreeMap::new();
+            let mut add = |k: &[u8], len: u64| -> Result<(), StoreError> {
+                let first = k.split(|b| *b == 0).next().unwrap_or_default();
+                let first =
+                    String::from_utf8(first.to_vec()).map_err(|_| corrupt("a key is not UTF-8"))?;
+                *out.entry(first).or_default() += len;
+                Ok(())
+            };
+            for item in db.iter() {
+                let (k, v) = item?;
+                if is_piece(&k)
+                    || k.as_ref() == GENERATION_KEY
+                    || state.pending.contains_key(k.as_ref())
+                {
+                    continue;
+                }
+                add(&k, stored_len(&v))?;
+            }
+            for (k, v) in &state.pending {
+                if let Some(v) = v {
+                    add(k, v.len() as u64)?;
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// Writes a backup of the whole store to `out` (see [`BackupHeader`] for the format):
+    /// every live key, read while every other call on this store waits, so the copy is
+    /// consistent. On a store a [`Host`](crate::runtime::Host) runs, call it through
+    /// [`Host::exclusive`](crate::runtime::Host::exclusive) so that no batch of writes is
+    /// half applied. The caller syncs the file.
+    pub fn backup_to(
+        &self,
+        out: impl std::io::Write,
+        taken_ms: u64,
+    ) -> Result<BackupReport, StoreError> {
+        self.with_db(|db| {
+            let state = self.state();
+            let storage_id = Self::current(db, &state, &encode_key(&storage_id_key()))?
+                .map(|v| String::from_utf8_lossy(&v).into_owned())
+                .unwrap_or_default();
+            let header = BackupHeader {
+                taken_ms,
+                store_format: STORE_FORMAT,
+                source_storage_id: storage_id,
+                keys: state.contents.keys,
+                generation: state.generation,
+            };
+            let mut writer = BackupWriter::start(out, &header)?;
+            for_each_live(db, &state, |k, v| writer.entry(&decode_key(k)?, v))?;
+            writer.finish()
+        })
+    }
+
+    /// Copies every live key into a fresh store directory (`store-(N+1)` beside the
+    /// current `store-N`), switches the data directory's `CURRENT` to it, goes on in it and
+    /// deletes the old directory: afterwards nothing deleted before the rewrite is left in
+    /// the data directory's files. Every other call on this store waits meanwhile (on a
+    /// store a host runs, call it through
+    /// [`Host::exclusive`](crate::runtime::Host::exclusive)). Needs free space for a
+    /// second copy of the live data.
+    ///
+    /// A crash at any point leaves `CURRENT` naming the old store (the copy was not
+    /// finished) or the new one (it was), and the next [`open_data_dir`](super::open_data_dir)
+    /// removes the other directory. Only for a store opened with `open_data_dir`.
+    pub fn rewrite(&self) -> Result<RewriteReport, StoreError> {
+        let root = self.inner.root.clone().ok_or_else(|| {
+            StoreError::Io(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "a store rewrite needs a store opened with open_data_dir",
+            ))
+        })?;
+        // Reopens the database if a flush failed since, before every call is held off.
+        drop(self.db()?);
+        let mut slot = self.inner.db.write().unwrap_or_else(|e| e.into_inner());
+        let db = slot.as_ref().ok_or(StoreError::Closed)?;
+        let mut state = self.state();
+        let old_dir = state.dir.clone();
+        let n = old_dir
+            .file_name()
+            .and_then(store_number)
+            .ok_or_else(|| corrupt("the store directory is not named store-N"))?;
+        let new_name = store_name(n + 1);
+        let new_dir = root.join(&new_name);
+        if new_dir.exists() {
+            // An unfinished copy a failed rewrite left (CURRENT never named it).
+            std::fs::remove_dir_all(&new_dir)?;
+        }
+        let copy = || -> Result<(SledStore, RewriteReport), StoreError> {
+            let fresh = SledStore::open_in(&new_dir, &self.inner.config, Some(&root))?;
+            let mut report = RewriteReport::default();
+            let mut staged = 0;
+            for_each_live(db, &state, |k, v| {
+                fresh.stage(k.to_vec(), Some(v))?;
+                report.keys += 1;
+                report.bytes += v.len() as u64;
+                staged += k.len() + v.len();
+                if staged >= REWRITE_FLUSH_BYTES {
+                    fresh.flush()?;
+                    staged = 0;
+                }
+                Ok(())
+            })?;
+            fresh.flush()?;
+            if fresh.state().contents != state.contents {
+                return Err(corrupt(
+                    "the rewritten store does not hold what the store held (its key count \
+                     or digest differs)",
+                ));
+            }
+            Ok((fresh, report))
+        };
+        let abandon = |e: StoreError| {
+            let _ = std::fs::remove_dir_all(&new_dir);
+            let _ = sync_dir(&root);
+            e
+        };
+        let (fresh, report) = copy().map_err(abandon)?;
+        let inner = std::sync::Arc::try_unwrap(fresh.inner)
+            .map_err(|_| abandon(corrupt("the rewritten store is still in use")))?;
+        let new_db = inner
+            .db
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner())
+            .ok_or_else(|| abandon(StoreError::Closed))?;
+        let new_state = inner.state.into_inner().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = write_current(&root, &new_name) {
+            // Renamed but not synced: CURRENT may name the copy, which is whole. Otherwise
+            // the old store stays current and the copy goes.
+            if super::data_dir::store_dir(&root).ok().as_deref() != Some(new_dir.as_path()) {
+                return Err(abandon(e));
+            }
+        }
+        *state = new_state;
+        // The old database closes before its directory goes.
+        let old = slot.replace(new_db);
+        drop(old);
+        drop(state);
+        drop(slot);
+        remove_stale(&root)?;
+        tracing::info!(
+            keys = report.keys,
+            bytes = report.bytes,
+            store = %new_name,
+            "store rewritten"
+        );
+        Ok(report)
+    }
+
     /// The value `key` will have once pending writes are applied.
     fn current(db: &sled::Db, state: &State, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         match state.pending.get(key) {
@@ -566,7 +780,7 @@ impl SledStore {
         let next = state.generation + 1;
         let ahead = if fsync {
             if state.record.is_none() {
-                let dir = &self.inner.dir;
+                let dir = &state.dir;
                 std::fs::create_dir_all(dir)?;
                 // The directory itself may be new: make its name durable too.
                 if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -596,10 +810,10 @@ impl SledStore {
         db.apply_batch(batch)?;
         db.flush()?;
         if fsync {
-            let dir = &self.inner.dir;
+            let dir = state.dir.clone();
             sync_file(&dir.join("db"))?;
-            self.sync_blobs(state)?;
-            sync_dir(dir)?;
+            Self::sync_blobs(state)?;
+            sync_dir(&dir)?;
         }
         if let (Some(mut slot), Some(record)) = (ahead, state.record.as_mut()) {
             slot.committed = true;
@@ -618,7 +832,7 @@ impl SledStore {
             .iter()
             .map(|(k, v)| (k.len() + v.as_ref().map_or(0, Vec::len)) as u64)
             .sum();
-        let stat = rustix::fs::statvfs(&self.inner.dir).map_err(std::io::Error::from)?;
+        let stat = rustix::fs::statvfs(&state.dir).map_err(std::io::Error::from)?;
         let free = stat.f_bavail.saturating_mul(stat.f_frsize);
         let needed = pending.saturating_mul(2) + reserve;
         if free < needed {
@@ -631,8 +845,8 @@ impl SledStore {
     }
 
     /// `fdatasync` of every blob file not synced yet, then of the blob directory.
-    fn sync_blobs(&self, state: &mut State) -> std::io::Result<()> {
-        let blobs = self.inner.dir.join("blobs");
+    fn sync_blobs(state: &mut State) -> std::io::Result<()> {
+        let blobs = state.dir.join("blobs");
         let entries = match std::fs::read_dir(&blobs) {
             Ok(entries) => entries,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
