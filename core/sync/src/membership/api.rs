@@ -308,3 +308,51 @@ pub struct Purged {
     /// Every document that was bound to the group (the roster included).
     pub documents: Vec<DocumentId>,
 }
+
+/// What erasing a member changed: the relay rewrites the roster of each group under its
+/// new id and forgets the old rosters (their Automerge history still holds the
+/// pseudonym, so they are dropped, not overwritten).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Erased {
+    /// The groups the member was in (each now has a new roster document).
+    pub groups: Vec<GroupId>,
+    /// The former roster documents, no longer bound: nobody may read them.
+    pub old_rosters: Vec<DocumentId>,
+}
+
+/// One of a member's memberships in their export (their own record, pseudonym included:
+/// it is their data).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportMembership {
+    /// The group.
+    pub group_id: GroupId,
+    /// Their membership.
+    #[serde(flatten)]
+    pub member: MemberInfo,
+}
+
+/// A document a member may read, in their export.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportDocument {
+    /// Its group.
+    pub group_id: GroupId,
+    /// The document.
+    pub document_id: DocumentId,
+    /// What it is.
+    pub kind: BoundKind,
+}
+
+/// Everything the relay's membership holds about one member, for them to export.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberRecordExport {
+    /// The member.
+    pub member_id: MemberId,
+    /// Their memberships, whatever their status.
+    pub memberships: Vec<ExportMembership>,
+    /// Their devices, revoked ones included.
+    pub devices: Vec<DeviceInfo>,
+    /// Audit entries about them or made by them.
+    pub audit: Vec<super::AuditEntry>,
+    /// Every document they may read now.
+    pub documents: Vec<ExportDocument>,
+}

@@ -6,8 +6,9 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use thiserror::Error;
 
 use super::api::{
-    CodeOfConduct, CreateInvite, DeviceInfo, GroupDocuments, GroupInfo, GroupQuota, GroupSummary,
-    Invite, InvitePreview, LinkCode, MemberInfo, Purged, Redeemed,
+    CodeOfConduct, CreateInvite, DeviceInfo, Erased, ExportDocument, ExportMembership,
+    GroupDocuments, GroupInfo, GroupQuota, GroupSummary, Invite, InvitePreview, LinkCode,
+    MemberInfo, MemberRecordExport, Purged, Redeemed,
 };
 use super::policy::DocumentSizes;
 use super::{
@@ -1478,6 +1479,164 @@ impl Membership {
             sizes.forget(d);
         }
         Ok(purged)
+    }
+
+    // ------------------------------------------------------------------ a member's data
+
+    /// A roster id that is bound to nothing and held by nothing.
+    fn fresh_roster(&self, state: &MembershipState, taken: &[DocumentId]) -> Result<DocumentId> {
+        loop {
+            let mut bytes = [0u8; 16];
+            super::os_random(&mut bytes);
+            let id = DocumentId::from_bytes(bytes);
+            if !state.bindings.contains_key(&id)
+                && !taken.contains(&id)
+                && !self.store.holds_document(&id)?
+            {
+                return Ok(id);
+            }
+        }
+    }
+
+    /// Erases a member (the member themself, from any of their devices, or the operator):
+    /// their devices, memberships and link codes are deleted; every group they were in
+    /// gets a new roster document id, and the old roster's binding is deleted (nobody may
+    /// read it) and returned for the relay to forget. Their audit entries (ids only) and
+    /// the documents they registered stay. Erasing a group's last organiser is allowed:
+    /// the operator can issue a new organiser invite. `NotFound` for an unknown member.
+    ///
+    /// What cannot be recalled: copies of rosters and documents already on other
+    /// members' devices.
+    pub fn erase_member(&self, actor: &Actor, member: &MemberId, now_ms: u64) -> Result<Erased> {
+        let caller = Self::caller(actor)?;
+        let erased = self.change(|state| {
+            if let Some(who) = &caller {
+                Self::device(state, who)?;
+                if &who.member != member {
+                    return Err(MembershipError::Forbidden(
+                        "a member erases their own account only",
+                    ));
+                }
+            }
+            let mut deletions: Vec<RecordKey> = state
+                .devices
+                .keys()
+                .filter(|(m, _)| m == member)
+                .map(|(m, d)| RecordKey::Device(m.clone(), d.clone()))
+                .collect();
+            let groups: Vec<GroupId> = state
+                .memberships_of(member)
+                .map(|m| m.group.clone())
+                .collect();
+            if deletions.is_empty() && groups.is_empty() {
+                return Err(MembershipError::NotFound);
+            }
+            deletions.extend(
+                groups
+                    .iter()
+                    .map(|g| RecordKey::Membership(g.clone(), member.clone())),
+            );
+            deletions.extend(
+                state
+                    .link_codes
+                    .values()
+                    .filter(|l| &l.member == member)
+                    .map(|l| RecordKey::LinkCode(l.code_hash.clone())),
+            );
+            let mut records = Vec::new();
+            let mut old_rosters = Vec::new();
+            let mut new_rosters = Vec::new();
+            for g in &groups {
+                let Some(group) = state.groups.get(g) else {
+                    continue;
+                };
+                let roster = self.fresh_roster(state, &new_rosters)?;
+                new_rosters.push(roster);
+                old_rosters.push(group.roster);
+                deletions.push(RecordKey::Binding(group.roster));
+                let mut group = group.clone();
+                group.roster = roster;
+                records.push(Record::Binding(BindingRecord {
+                    document: roster,
+                    group: group.id.clone(),
+                    kind: BoundKind::Roster,
+                    registrant: None,
+                    created_ms: now_ms,
+                }));
+                records.push(Record::Group(group));
+            }
+            let entry = AuditEntry::new(AuditKind::MemberErased, actor.clone(), now_ms)
+                .member(member)
+                .count(groups.len() as u64);
+            let commit = Commit {
+                records,
+                deletions,
+                audit: vec![entry],
+            };
+            Ok((
+                commit,
+                Erased {
+                    groups,
+                    old_rosters,
+                },
+            ))
+        })?;
+        let mut sizes = self.sizes();
+        for d in &erased.old_rosters {
+            sizes.forget(d);
+        }
+        Ok(erased)
+    }
+
+    /// Everything the relay's membership holds about the caller's member: their
+    /// memberships (with their pseudonyms), devices, the audit entries about them or made
+    /// by them, and the documents they may read now.
+    pub fn export_member(&self, who: &Identity, now_ms: u64) -> Result<MemberRecordExport> {
+        let (memberships, devices, documents) = {
+            let state = self.read();
+            Self::device(&state, who)?;
+            let memberships = state
+                .memberships_of(&who.member)
+                .map(|m| ExportMembership {
+                    group_id: m.group.clone(),
+                    member: Self::member_info(m),
+                })
+                .collect();
+            let devices = state
+                .devices
+                .values()
+                .filter(|d| d.member == who.member)
+                .map(|d| DeviceInfo {
+                    device_id: d.device.clone(),
+                    created_ms: d.created_ms,
+                    revoked: d.revoked_ms.is_some(),
+                })
+                .collect();
+            let documents = state
+                .bindings
+                .values()
+                .filter(|b| state.allows(who, &b.document, crate::engine::Operation::Read, now_ms))
+                .map(|b| ExportDocument {
+                    group_id: b.group.clone(),
+                    document_id: b.document,
+                    kind: b.kind,
+                })
+                .collect();
+            (memberships, devices, documents)
+        };
+        let audit = self
+            .store
+            .audit_since(0, usize::MAX)?
+            .into_iter()
+            .filter(|e| e.concerns(&who.member))
+            .collect();
+        Ok(MemberRecordExport {
+            member_id: who.member.clone(),
+            memberships,
+            devices,
+            audit,
+            documents,
+        })
     }
 
     // ------------------------------------------------------------------ operator

@@ -875,3 +875,113 @@ fn group_records_written_before_deletion_existed_still_load() {
     };
     assert_eq!(g.deleted_ms, None);
 }
+
+#[test]
+fn an_erased_member_is_gone_from_everything_served_and_their_documents_stay() {
+    let r = relay();
+    let (org, g) = group(&r.m);
+    let code = invite(&r.m, &org, &g, Role::Member, 1);
+    let red = r.m.redeem(None, &code, "CANARY-ERASED", T0).unwrap();
+    let token = red.token.unwrap();
+    let mem = r.m.authenticate(&token).unwrap();
+    r.m.accept_code_of_conduct(&mem, &g, 1, T0).unwrap();
+    r.m.register_document(&mem, &g, doc(41), BoundKind::Thread, T0)
+        .unwrap();
+    r.m.register_document(&mem, &g, doc(42), BoundKind::Report, T0)
+        .unwrap();
+    let link = r.m.create_link_code(&mem, T0).unwrap();
+    let second = r.m.link_device(&link.code, T0).unwrap();
+    let second = r.m.authenticate(second.token.as_deref().unwrap()).unwrap();
+    // A second group, where the member is suspended.
+    let (_, first2) = r.m.bootstrap("Two.", doc(60), 3600, T0).unwrap();
+    let (org2, _, g2) = join(&r.m, &first2.code, T0);
+    let code2 = invite(&r.m, &org2, &g2, Role::Member, 1);
+    r.m.redeem(Some(&mem), &code2, "CANARY-ERASED-2", T0)
+        .unwrap();
+    r.m.suspend(&org2, &g2, &mem.member, T0).unwrap();
+    // The export lists exactly what the relay holds about them.
+    let export = r.m.export_member(&mem, T0).unwrap();
+    assert_eq!(export.member_id, mem.member);
+    let mut groups: Vec<_> = export
+        .memberships
+        .iter()
+        .map(|m| m.group_id.clone())
+        .collect();
+    groups.sort();
+    let mut expected = vec![g.clone(), g2.clone()];
+    expected.sort();
+    assert_eq!(groups, expected);
+    assert!(export
+        .memberships
+        .iter()
+        .any(|m| m.member.pseudonym == "CANARY-ERASED"));
+    let mut devices: Vec<_> = export.devices.iter().map(|d| d.device_id.clone()).collect();
+    devices.sort();
+    let mut expected = vec![mem.device.clone(), second.device.clone()];
+    expected.sort();
+    assert_eq!(devices, expected);
+    let mut readable: Vec<_> = export.documents.iter().map(|d| d.document_id).collect();
+    readable.sort();
+    assert_eq!(
+        readable,
+        vec![doc(1), doc(2), doc(3), doc(41), doc(42)],
+        "group one's documents; none of the group they are suspended from"
+    );
+    let audit: Vec<_> = export.audit.iter().map(|e| e.kind).collect();
+    assert_eq!(
+        audit,
+        vec![
+            AuditKind::InviteRedeemed,
+            AuditKind::DeviceLinked,
+            AuditKind::InviteRedeemed,
+            AuditKind::Suspended
+        ]
+    );
+    assert!(export.audit.iter().all(|e| e.concerns(&mem.member)));
+    // Only the member themself or the operator erases.
+    assert!(matches!(
+        r.m.erase_member(&Actor::member(&org), &mem.member, T0),
+        Err(MembershipError::Forbidden(_))
+    ));
+    let old_roster = doc_roster(&r.m, &g);
+    let erased =
+        r.m.erase_member(&Actor::member(&second), &mem.member, T0 + 1)
+            .unwrap();
+    let mut eg = erased.groups.clone();
+    eg.sort();
+    assert_eq!(eg, groups);
+    assert!(erased.old_rosters.contains(&old_roster));
+    assert!(erased.old_rosters.contains(&doc(60)));
+    assert!(r.m.authenticate(&token).is_err());
+    assert!(r.m.export_member(&second, T0).is_err());
+    assert!(r
+        .m
+        .members(&org, &g, T0)
+        .unwrap()
+        .iter()
+        .all(|m| m.member_id != mem.member));
+    // The roster is served under a new id and never names them; the old one is unbound.
+    let new_roster = doc_roster(&r.m, &g);
+    assert_ne!(new_roster, old_roster);
+    assert!(engine_may(&r.m, &org, new_roster, Operation::Read));
+    assert!(!engine_may(&r.m, &org, old_roster, Operation::Read));
+    let view = format!("{:?}", r.m.roster_view(&g).unwrap());
+    assert!(!view.contains("CANARY") && !view.contains(mem.member.as_str()));
+    for (_, v) in r.store.inner.load_range(&[KEY_PREFIX.to_owned()]).unwrap() {
+        assert!(!String::from_utf8_lossy(&v).contains("CANARY"));
+    }
+    // What they posted stays; their report stays readable by facilitators.
+    let snap = r.m.snapshot();
+    assert!(snap.bindings.contains_key(&doc(41)) && snap.bindings.contains_key(&doc(42)));
+    assert!(engine_may(&r.m, &org, doc(42), Operation::Read));
+    assert_eq!(
+        kinds(&r.m, 0).last(),
+        Some(&AuditKind::MemberErased),
+        "audited"
+    );
+    assert!(matches!(
+        r.m.erase_member(&Actor::Operator, &mem.member, T0 + 2),
+        Err(MembershipError::NotFound)
+    ));
+    assert_eq!(reopen(&r).snapshot(), r.m.snapshot());
+}
