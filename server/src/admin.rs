@@ -188,7 +188,6 @@ pub(crate) async fn spawn(
             m,
             stop.clone(),
         )));
-        tasks.push(tokio::spawn(purge_groups(state.clone(), stop.clone())));
         tasks.push(tokio::spawn(audit_failed_credentials(
             state.clone(),
             stop.clone(),
@@ -272,6 +271,7 @@ pub(crate) fn routes(state: AdminState) -> Router {
         .route("/admin/v1/groups/{g}/members/{m}/suspend", post(suspend))
         .route("/admin/v1/groups/{g}/members/{m}", delete(remove))
         .route("/admin/v1/members/{m}/devices/{d}", delete(revoke))
+        .route("/admin/v1/members/{m}", delete(erase))
         .route("/admin/v1/groups/{g}", delete(delete_group))
         .route("/admin/v1/groups/{g}/restore", post(restore_group))
         .route("/admin/v1/quotas", get(quotas))
@@ -500,6 +500,18 @@ async fn revoke(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Erases a member (`crate::members::erase`, as a member's own `DELETE /v1/me`): devices,
+/// memberships and link codes gone, new roster documents without them; their sockets are
+/// closed and the old rosters forgotten before this answers. Copies already on other
+/// members' devices cannot be recalled.
+async fn erase(
+    State(state): State<AdminState>,
+    UrlPath(m): UrlPath<String>,
+) -> AdminResult<Json<cairn_sync::membership::api::Erased>> {
+    let erased = crate::members::erase(&state.app, Actor::Operator, MemberId::from(m)).await?;
+    Ok(Json(erased))
+}
+
 // ------------------------------------------------------------------ audit
 
 /// Most audit entries one call returns: 10,000.
@@ -678,8 +690,6 @@ async fn backup(State(state): State<AdminState>) -> AdminResult<Json<BackupTaken
 
 /// How often audit retention runs: daily.
 const RETENTION_EVERY: Duration = Duration::from_secs(24 * 3600);
-/// How often deleted groups past their grace period are purged: hourly.
-const PURGE_EVERY: Duration = Duration::from_secs(3600);
 /// How often counted credential failures become audit entries: every minute.
 const FAILURES_EVERY: Duration = Duration::from_secs(60);
 
@@ -710,28 +720,6 @@ async fn audit_retention(
             Err(_) => tracing::error!("audit retention panicked"),
         }
         if !every(&stop, RETENTION_EVERY).await {
-            return;
-        }
-    }
-}
-
-/// Hourly: destroys the deleted groups whose grace period is over.
-async fn purge_groups(state: AppState, stop: CancellationToken) {
-    let grace = u64::try_from(state.config.group_deletion_grace.as_millis()).unwrap_or(u64::MAX);
-    loop {
-        if let Some(members) = &state.members {
-            for group in members.membership.purge_due(now_ms(), grace) {
-                match crate::members::purge(&state, &group).await {
-                    Ok(documents) => {
-                        tracing::info!(group = %group, documents, "deleted group purged after its grace period")
-                    }
-                    Err(e) => {
-                        tracing::error!(group = %group, status = e.status().as_u16(), "purging a deleted group failed; it runs again in an hour")
-                    }
-                }
-            }
-        }
-        if !every(&stop, PURGE_EVERY).await {
             return;
         }
     }

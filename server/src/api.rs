@@ -20,7 +20,7 @@ use cairn_sync::membership::api::{
     AcceptCodeOfConduct, CreateGroup, CreateInvite, LinkDevice, RedeemInvite, RegisterDocument,
     Rotated, SetCodeOfConduct, SetPseudonym, SetRole,
 };
-use cairn_sync::membership::{GroupId, Identity, Membership, MembershipError};
+use cairn_sync::membership::{Actor, GroupId, Identity, Membership, MembershipError};
 use serde::de::DeserializeOwned;
 
 use crate::auth::{Caller, MaybeCaller, Source};
@@ -164,6 +164,10 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/v1/invites/redeem", post(redeem))
         .route("/v1/invites/{code}", get(invite_preview))
         .route("/v1/groups", post(create_group).get(groups))
+        .route("/v1/groups/{g}", delete(delete_group))
+        .route("/v1/groups/{g}/restore", post(restore_group))
+        .route("/v1/me", delete(erase_me))
+        .route("/v1/me/export", get(export_me))
         .route(
             "/v1/groups/{g}/code-of-conduct",
             get(code_of_conduct).put(set_code_of_conduct),
@@ -193,7 +197,7 @@ pub fn now_ms() -> u64 {
 }
 
 /// Runs a membership call on the blocking pool (a change waits for an fsync).
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, MembershipError> + Send + 'static,
 ) -> ApiResult<T> {
     match tokio::task::spawn_blocking(f).await {
@@ -276,6 +280,84 @@ async fn groups(
 ) -> ApiResult<impl IntoResponse> {
     Ok(Json(
         state.members()?.membership.groups_of(&identity, now_ms())?,
+    ))
+}
+
+/// Deletes a group (its organisers): nobody reads or writes it from now on; it can be
+/// restored until its grace period ends, then it is destroyed.
+async fn delete_group(
+    State(state): State<AppState>,
+    Caller { identity }: Caller,
+    Path(g): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    group_deletion(&state, Actor::member(&identity), GroupId::from(g), true).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Restores a deleted group within its grace period (its organisers).
+async fn restore_group(
+    State(state): State<AppState>,
+    Caller { identity }: Caller,
+    Path(g): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    group_deletion(&state, Actor::member(&identity), GroupId::from(g), false).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Deletes (`delete`) or restores a group as `actor`; a deletion closes every socket's
+/// access to the group before it answers. The operator's admin API calls it too.
+pub(crate) async fn group_deletion(
+    state: &AppState,
+    actor: Actor,
+    group: GroupId,
+    delete: bool,
+) -> ApiResult<()> {
+    let membership = state.members()?.membership.clone();
+    let g = group.clone();
+    blocking(move || {
+        if delete {
+            membership.delete_group(&actor, &g, now_ms())
+        } else {
+            membership.restore_group(&actor, &g, now_ms())
+        }
+    })
+    .await?;
+    let kind = if delete {
+        "group_deleted"
+    } else {
+        "group_restored"
+    };
+    state.changed(kind);
+    tracing::info!(group = %group, kind, "group deletion changed");
+    if delete {
+        state.access_reduced(None).await;
+    } else {
+        state.roster_changed(&group);
+    }
+    Ok(())
+}
+
+/// Erases the caller's account: devices and memberships removed, their pseudonym gone
+/// from every roster the relay serves. What they wrote stays, shown as by a former member;
+/// copies already on other members' phones cannot be recalled.
+async fn erase_me(
+    State(state): State<AppState>,
+    Caller { identity }: Caller,
+) -> ApiResult<impl IntoResponse> {
+    let member = identity.member.clone();
+    crate::members::erase(&state, Actor::member(&identity), member).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Everything the relay holds about the caller: memberships, roles, devices, the audit
+/// entries about them, and the documents they may read (which the app fetches by sync).
+async fn export_me(
+    State(state): State<AppState>,
+    Caller { identity }: Caller,
+) -> ApiResult<impl IntoResponse> {
+    let membership = state.members()?.membership.clone();
+    Ok(Json(
+        blocking(move || membership.export_member(&identity, now_ms())).await?,
     ))
 }
 

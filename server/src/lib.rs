@@ -485,6 +485,10 @@ async fn serve_with_cap(
             members.clone(),
             stop.clone(),
         )));
+        background.push(tokio::spawn(members::purge_deleted_groups(
+            state.clone(),
+            stop.clone(),
+        )));
     }
     tracing::info!(addr = %listener.local_addr()?, tcp_cap, max_connections = state.config.max_connections, tls = tls.is_some(), "listening");
     let serving = tcp::Serving {

@@ -53,13 +53,6 @@ async fn main() -> anyhow::Result<()> {
             print_invite(&made);
             return Ok(());
         }
-        Command::Admin(args) => {
-            if let Err(e) = cairn_relay::admin_cli::run(args).await {
-                eprintln!("error: {e}");
-                std::process::exit(1);
-            }
-            return Ok(());
-        }
         Command::Backup { data, to } => {
             let done = cairn_relay::backup::backup_offline(&data, &to)
                 .with_context(|| format!("backing up {}", data.display()))?;
@@ -82,6 +75,13 @@ async fn main() -> anyhow::Result<()> {
                 args.data.display(),
                 done.storage_id
             );
+            return Ok(());
+        }
+        Command::Admin(args) => {
+            if let Err(e) = cairn_relay::admin_cli::run(args).await {
+                eprintln!("error: {e}");
+                std::process::exit(1);
+            }
             return Ok(());
         }
         Command::Check { data } => match cairn_relay::check(&data) {

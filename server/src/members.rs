@@ -5,13 +5,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_sync::ids::{ConnectionId, MemberId};
-use cairn_sync::membership::{GroupId, MemberStatus, Membership};
+use cairn_sync::ids::{ConnectionId, DocumentId, MemberId};
+use cairn_sync::membership::api::{Erased, Purged};
+use cairn_sync::membership::{Actor, GroupId, MemberStatus, Membership};
 use cairn_sync::runtime::Host;
+use cairn_sync::store::Storage;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{now_ms, ApiError};
+use crate::api::{blocking, now_ms, ApiError};
 use crate::limits::{Limited, Limiters, HOUSEKEEPING_EVERY};
 use crate::sockets::{Sockets, Whose};
 use crate::AppState;
@@ -195,44 +197,145 @@ pub(crate) async fn limiter_housekeeping(members: Arc<Members>, stop: Cancellati
     }
 }
 
-/// Destroys a deleted group after its grace period: its membership in one durable commit
-/// (`Membership::purge_group`), then the engine forgets its documents (deleting their keys)
-/// and the store is rewritten so that none of their bytes stay readable in the data
-/// directory. Returns how many documents were destroyed.
-///
-/// Minimal version added with the admin API (its hourly purge and nothing else calls it);
-/// the lead owns this file and may reshape it.
-pub(crate) async fn purge(state: &AppState, group: &GroupId) -> Result<usize, ApiError> {
+// ------------------------------------------------------------------ erasure and deletion
+
+/// Erases `member`'s account (their own request through `DELETE /v1/me`, or the
+/// operator's): the membership commits the erasure (devices, memberships and link codes
+/// gone; every group they were in gets a new roster document), their sockets are closed,
+/// the old roster documents — whose Automerge history still holds the pseudonym — are
+/// forgotten, the new ones written, and the store is rewritten so that no deleted byte
+/// stays readable in the data directory. Answers once the sockets are closed and the old
+/// rosters forgotten; the rewrite runs after.
+pub(crate) async fn erase(
+    state: &AppState,
+    actor: Actor,
+    member: MemberId,
+) -> Result<Erased, ApiError> {
     let membership = state.members()?.membership.clone();
-    let gr = group.clone();
-    let purged = tokio::task::spawn_blocking(move || membership.purge_group(&gr, now_ms()))
-        .await
-        .map_err(|_| ApiError::unavailable("the relay failed this call; try again"))??;
-    state.changed("group_purged");
-    // Nobody could see the group since its deletion; any connection still holding one of
-    // its documents is closed by the forget below.
-    state.access_reduced(None).await;
-    let docs = purged.documents.clone();
-    let n = docs.len();
+    let m = member.clone();
+    let erased = blocking(move || membership.erase_member(&actor, &m, now_ms())).await?;
+    state.changed("member_erased");
+    tracing::info!(
+        member = %member,
+        groups = erased.groups.len(),
+        "member erased"
+    );
     state
+        .access_reduced(Some(Whose::Member(member.clone())))
+        .await;
+    forget_documents(state, erased.old_rosters.clone()).await;
+    for group in &erased.groups {
+        state.roster_changed(group);
+    }
+    state.destroy_deleted_data(erased.old_rosters.clone());
+    Ok(erased)
+}
+
+/// Destroys `group` for good (its grace period is over): its records go in one durable
+/// commit, every document bound to it is forgotten (the engine closes its syncs and
+/// deletes its keys), then the store is rewritten so that a byte search of the data
+/// directory finds nothing of it. Returns once all of that is done.
+pub async fn purge(state: &AppState, group: &GroupId, now_ms: u64) -> Result<Purged, ApiError> {
+    let membership = state.members()?.membership.clone();
+    let g = group.clone();
+    let purged = blocking(move || membership.purge_group(&g, now_ms)).await?;
+    state.changed("group_purged");
+    tracing::info!(group = %group, documents = purged.documents.len(), "group destroyed after its grace period");
+    // Unbound documents are nobody's: the engine drops them from every connection.
+    state.access_reduced(None).await;
+    forget_documents(state, purged.documents.clone()).await;
+    rewrite_store(state, purged.documents.clone()).await?;
+    Ok(purged)
+}
+
+/// Purges every group whose grace period ended by `now_ms`; returns how many. The relay's
+/// hourly task calls it with the wall clock; tests call it with a clock of their own.
+pub async fn purge_due(state: &AppState, now_ms: u64) -> Result<usize, ApiError> {
+    let grace_ms = state.config.group_deletion_grace.as_millis();
+    let grace_ms = u64::try_from(grace_ms).unwrap_or(u64::MAX);
+    let due = state.members()?.membership.purge_due(now_ms, grace_ms);
+    for group in &due {
+        purge(state, group, now_ms).await?;
+    }
+    Ok(due.len())
+}
+
+/// Has the engine forget `docs`: dropped from memory and from every connection, their
+/// keys deleted through the storage thread.
+async fn forget_documents(state: &AppState, docs: Vec<DocumentId>) {
+    if docs.is_empty() {
+        return;
+    }
+    let _ = state
         .host
         .call(move |engine, _| {
             for doc in docs {
                 engine.forget_document(doc);
             }
         })
-        .await
-        .map_err(|_| ApiError::unavailable("the sync engine stopped"))?;
-    // Runs after the deletes queued above: the storage thread takes tasks in order.
+        .await;
+}
+
+/// Rewrites the store on the storage thread (every other store call waits): first deletes
+/// whatever is left under `docs` (the engine's deletes were queued before this and have
+/// run; this makes the order not matter), then copies the live data into a fresh store
+/// and removes the old files, so deleted bytes are gone from the data directory.
+async fn rewrite_store(state: &AppState, docs: Vec<DocumentId>) -> Result<(), ApiError> {
     let store = state.store.clone();
-    match state.host.exclusive(move || store.rewrite()).await {
+    let done = state
+        .host
+        .exclusive(move || {
+            for doc in &docs {
+                Storage::delete_range(&store, &[doc.to_string()])?;
+            }
+            Storage::flush(&store)?;
+            store.rewrite()
+        })
+        .await;
+    match done {
         Ok(Ok(report)) => {
-            tracing::info!(group = %group, documents = n, keys = report.keys, bytes = report.bytes, "group purged; store rewritten")
+            tracing::info!(
+                keys = report.keys,
+                bytes = report.bytes,
+                "store rewritten: deleted data destroyed"
+            );
+            Ok(())
         }
         Ok(Err(e)) => {
-            tracing::error!(group = %group, error = %e, "group purged but the store rewrite failed; it runs again at the next purge")
+            tracing::error!(error = %e, "rewriting the store failed; deleted data may stay in its files until the next rewrite");
+            Err(ApiError::unavailable(
+                "the relay could not rewrite its store; try again",
+            ))
         }
-        Err(_) => return Err(ApiError::unavailable("the sync engine stopped")),
+        Err(_) => Err(ApiError::unavailable("the relay is stopping")),
     }
-    Ok(n)
 }
+
+impl AppState {
+    /// Rewrites the store in the background (after an erasure: the call has answered).
+    pub(crate) fn destroy_deleted_data(&self, docs: Vec<DocumentId>) {
+        let state = self.clone();
+        tokio::spawn(async move {
+            let _ = rewrite_store(&state, docs).await;
+        });
+    }
+}
+
+/// Runs until `stop`: every hour (and once at start), purges the groups whose deletion
+/// grace period has ended.
+pub(crate) async fn purge_deleted_groups(state: AppState, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(PURGE_EVERY);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {
+                if let Err(e) = purge_due(&state, now_ms()).await {
+                    tracing::warn!(status = e.status().as_u16(), "purging deleted groups failed; retrying in an hour");
+                }
+            }
+        }
+    }
+}
+
+/// How often the relay looks for deleted groups past their grace period.
+const PURGE_EVERY: Duration = Duration::from_secs(3600);

@@ -365,6 +365,32 @@ async fn an_operator_runs_a_group_through_the_cli() {
     assert!(line.contains("members 1 active"), "{line}");
     assert!(line.contains("documents 3 of 3"), "{line}");
 
+    // Erasure: the member is gone from the group's roster as the relay serves it.
+    let erased = cli(&url, &env_token, &["erase", &member.member]).await;
+    assert!(erased.ok, "erase: {}", erased.stderr);
+    assert!(
+        erased.stdout.contains("cannot be recalled"),
+        "{}",
+        erased.stdout
+    );
+    let members = call(
+        relay.addr,
+        "GET",
+        &format!("/v1/groups/{group}/members"),
+        Some(&organiser.token),
+        None,
+    )
+    .await
+    .expect(200);
+    assert!(!members.to_string().contains(&member.member), "{members}");
+    assert!(!members.to_string().contains(MEMBER_CANARY), "{members}");
+    let again = cli(&url, &env_token, &["erase", &member.member]).await;
+    assert!(
+        !again.ok && again.stderr.contains("404"),
+        "{}",
+        again.stderr
+    );
+
     // Rotation: the old token stops working, the file holds the new one.
     let rotated = cli(
         &url,
@@ -468,6 +494,7 @@ async fn an_operator_runs_a_group_through_the_cli() {
         "group_deleted",
         "group_restored",
         "backup_taken",
+        "member_erased",
     ] {
         assert!(
             kinds.contains(&kind),

@@ -35,6 +35,7 @@ mod credential;
 mod policy;
 mod roster;
 mod service;
+mod restore;
 mod state;
 mod store;
 
@@ -46,6 +47,7 @@ pub use credential::{
     CredentialError, Identity, CODE_CHARS, ID_HEX, SECRET_HEX,
 };
 pub use policy::MembershipAccess;
+pub use restore::Replayed;
 pub use service::{Membership, MembershipError, Quotas, LINK_CODE_MS};
 pub use state::{
     BindingRecord, Commit, DeviceRecord, GroupRecord, InviteRecord, LinkCodeRecord,

@@ -173,7 +173,7 @@ impl Membership {
         })
     }
 
-    fn read(&self) -> RwLockReadGuard<'_, MembershipState> {
+    pub(super) fn read(&self) -> RwLockReadGuard<'_, MembershipState> {
         self.state.read().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -191,7 +191,7 @@ impl Membership {
     /// Runs one change: `f` checks it against the state and returns what to commit (records,
     /// deletions, audit entries) and its answer; the audit entries get their `seq`, the
     /// commit is made durable, then applied. A failed commit changes nothing.
-    fn change<T>(&self, f: impl FnOnce(&MembershipState) -> Result<(Commit, T)>) -> Result<T> {
+    pub(super) fn change<T>(&self, f: impl FnOnce(&MembershipState) -> Result<(Commit, T)>) -> Result<T> {
         let _one = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let (mut commit, answer) = {
             let state = self.read();
