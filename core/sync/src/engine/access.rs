@@ -54,6 +54,22 @@ pub trait Access: Send {
         let _ = (peer, now);
         true
     }
+
+    /// The engine learnt that `doc` now takes `bytes` in the store: after a write or a
+    /// compaction completed, when it loaded, and 0 once forgotten. For a policy that keeps
+    /// per-group byte quotas. Default: ignored.
+    fn document_stored(&self, doc: &DocumentId, bytes: u64) {
+        let _ = (doc, bytes);
+    }
+
+    /// Whether `doc` may take about `adding` more bytes (a sync message carrying changes
+    /// of that size). Checked where `max_document_bytes` is; a refusal answers that peer
+    /// `doc-unavailable` with [`Rejection::GroupQuota`] and stores nothing of the message.
+    /// Default: yes.
+    fn may_grow(&self, doc: &DocumentId, adding: u64) -> bool {
+        let _ = (doc, adding);
+        true
+    }
 }
 
 /// Everyone may do everything (development mode and devices).

@@ -498,6 +498,10 @@ impl Engine {
             self.reject(conn, &peer, id, Rejection::TooLarge);
             return;
         }
+        if has_changes && !self.access.may_grow(&id, size as u64) {
+            self.reject(conn, &peer, id, Rejection::GroupQuota);
+            return;
+        }
         if doc.ops + ops > limits.max_document_ops {
             self.reject(conn, &peer, id, Rejection::TooManyOps);
             return;

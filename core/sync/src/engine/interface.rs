@@ -177,6 +177,8 @@ pub enum Rejection {
     TooManyDocuments,
     /// The peer's identity has created `new_documents_burst` documents lately.
     CreationQuota,
+    /// The document's group is at its bytes quota ([`Access::may_grow`](super::Access::may_grow)).
+    GroupQuota,
 }
 
 impl Rejection {
@@ -190,6 +192,7 @@ impl Rejection {
             Rejection::TooManyOps => "too_many_ops",
             Rejection::TooManyDocuments => "too_many_documents",
             Rejection::CreationQuota => "creation_quota",
+            Rejection::GroupQuota => "group_quota",
         }
     }
 }

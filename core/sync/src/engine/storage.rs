@@ -146,6 +146,8 @@ impl Engine {
                 match result {
                     Ok(_) => {
                         d.chunks.insert(key, bytes);
+                        let stored = d.stored_bytes() as u64;
+                        self.access.document_stored(&doc, stored);
                         self.emit(Event::DocumentDurable { doc, heads });
                         self.maybe_sync(doc, now);
                         self.maybe_compact(doc);
@@ -173,6 +175,8 @@ impl Engine {
                             d.chunks.remove(k);
                         }
                         d.chunks.insert(key.clone(), bytes);
+                        let stored = d.stored_bytes() as u64;
+                        self.access.document_stored(&doc, stored);
                         let n = covers.len();
                         for k in covers.into_iter().filter(|k| *k != key) {
                             self.task(Task::Delete { doc }, StorageOp::Delete { key: k });
@@ -187,7 +191,10 @@ impl Engine {
                 }
             }
             Task::Forget { doc } => match result {
-                Ok(_) => self.emit(Event::DocumentForgotten { doc }),
+                Ok(_) => {
+                    self.access.document_stored(&doc, 0);
+                    self.emit(Event::DocumentForgotten { doc });
+                }
                 Err(error) => self.emit(Event::StorageFailed {
                     doc: Some(doc),
                     error,
@@ -260,6 +267,7 @@ impl Engine {
         let doc = self.docs.get_mut(&id).expect("checked above");
         doc.chunks = sizes;
         doc.needs_sync = true;
+        self.access.document_stored(&id, total as u64);
         self.set_ready(id, am, now);
         self.emit(Event::DocumentLoaded {
             doc: id,

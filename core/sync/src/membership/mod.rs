@@ -51,7 +51,7 @@ pub use restore::Replayed;
 pub use service::{Membership, MembershipError, Quotas, LINK_CODE_MS};
 pub use state::{
     BindingRecord, Commit, DeviceRecord, GroupRecord, InviteRecord, LinkCodeRecord,
-    MembershipRecord, MembershipState, Record, RecordKey,
+    MembershipRecord, MembershipState, QuotaRecord, Record, RecordKey,
 };
 pub use store::{KvMembershipStore, MembershipStore, AUDIT_PREFIX, KEY_PREFIX};
 

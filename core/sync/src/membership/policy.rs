@@ -102,8 +102,9 @@ impl DocumentSizes {
 #[derive(Clone, Debug)]
 pub struct MembershipAccess {
     state: Arc<RwLock<MembershipState>>,
-    #[allow(dead_code, reason = "the engine's quota hook reads it")]
     sizes: Arc<Mutex<DocumentSizes>>,
+    /// The relay's default bytes per group (a group's override wins).
+    default_bytes: u64,
     origin_unix_ms: u64,
 }
 
@@ -111,11 +112,13 @@ impl MembershipAccess {
     pub(super) fn new(
         state: Arc<RwLock<MembershipState>>,
         sizes: Arc<Mutex<DocumentSizes>>,
+        default_bytes: u64,
         origin_unix_ms: u64,
     ) -> Self {
         MembershipAccess {
             state,
             sizes,
+            default_bytes,
             origin_unix_ms,
         }
     }
@@ -144,5 +147,30 @@ impl Access for MembershipAccess {
         };
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());
         state.active_device(&who).is_some()
+    }
+
+    fn document_stored(&self, doc: &DocumentId, bytes: u64) {
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        let group = state.bindings.get(doc).map(|b| &b.group);
+        self.sizes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set(*doc, group, bytes);
+    }
+
+    /// A group at or over its bytes quota takes no more changes for any of its documents
+    /// (a document that shrinks by compaction makes room again).
+    fn may_grow(&self, doc: &DocumentId, adding: u64) -> bool {
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        let Some(binding) = state.bindings.get(doc) else {
+            return true;
+        };
+        let limit = state
+            .quotas
+            .get(&binding.group)
+            .and_then(|q| q.bytes)
+            .unwrap_or(self.default_bytes);
+        let sizes = self.sizes.lock().unwrap_or_else(|e| e.into_inner());
+        sizes.group_bytes(&binding.group).saturating_add(adding) <= limit
     }
 }

@@ -15,7 +15,7 @@ use super::{
     hash_secret, normalise_code, random_code, random_id, secret_matches, Actor, AuditEntry,
     AuditKind, BindingRecord, BoundKind, Commit, Credential, DeviceRecord, GroupId, GroupRecord,
     Identity, InviteRecord, LinkCodeRecord, MemberStatus, MembershipAccess, MembershipRecord,
-    MembershipState, MembershipStore, Record, RecordKey,
+    MembershipState, MembershipStore, QuotaRecord, Record, RecordKey,
 };
 use crate::docs::group::Role;
 use crate::ids::{DeviceId, DocumentId, MemberId};
@@ -185,7 +185,12 @@ impl Membership {
     /// The engine's access policy over this state; `origin_unix_ms` is the host clock's
     /// origin in Unix ms (`runtime::Host::origin_unix_ms`).
     pub fn access(&self, origin_unix_ms: u64) -> MembershipAccess {
-        MembershipAccess::new(self.state.clone(), self.sizes.clone(), origin_unix_ms)
+        MembershipAccess::new(
+            self.state.clone(),
+            self.sizes.clone(),
+            self.quotas.bytes_per_group,
+            origin_unix_ms,
+        )
     }
 
     /// Runs one change: `f` checks it against the state and returns what to commit (records,
@@ -1186,13 +1191,23 @@ impl Membership {
                     "the role may not write this kind",
                 ));
             }
-            let count = state
+            let quota = self.effective_quota(state, group);
+            if quota.documents_used >= quota.documents {
+                return Err(MembershipError::QuotaExceeded("documents in this group"));
+            }
+            let hour_ago = now_ms.saturating_sub(3_600_000);
+            let lately = state
                 .bindings
                 .values()
-                .filter(|b| &b.group == group)
+                .filter(|b| b.registrant.as_ref() == Some(&who.member) && b.created_ms > hour_ago)
                 .count();
-            if count >= self.quotas.documents_per_group {
-                return Err(MembershipError::QuotaExceeded("documents per group"));
+            if lately >= self.quotas.documents_per_member_per_hour {
+                return Err(MembershipError::QuotaExceeded(
+                    "documents per member per hour",
+                ));
+            }
+            if quota.bytes_used >= quota.bytes {
+                return Err(MembershipError::QuotaExceeded("bytes in this group"));
             }
             if self.store.holds_document(&doc)? {
                 return Err(MembershipError::Conflict(
@@ -1464,6 +1479,9 @@ impl Membership {
                 .map(|b| b.document)
                 .collect();
             deletions.extend(documents.iter().map(|d| RecordKey::Binding(*d)));
+            if state.quotas.contains_key(group) {
+                deletions.push(RecordKey::Quota(group.clone()));
+            }
             let entry = AuditEntry::new(AuditKind::GroupPurged, Actor::Relay, now_ms)
                 .group(group)
                 .count(documents.len() as u64);
@@ -1664,9 +1682,14 @@ impl Membership {
     }
 
     fn effective_quota(&self, state: &MembershipState, group: &GroupId) -> GroupQuota {
+        let custom = state.quotas.get(group);
         GroupQuota {
-            documents: self.quotas.documents_per_group,
-            bytes: self.quotas.bytes_per_group,
+            documents: custom
+                .and_then(|q| q.documents)
+                .unwrap_or(self.quotas.documents_per_group),
+            bytes: custom
+                .and_then(|q| q.bytes)
+                .unwrap_or(self.quotas.bytes_per_group),
             documents_used: state
                 .bindings
                 .values()
@@ -1674,6 +1697,58 @@ impl Membership {
                 .count(),
             bytes_used: self.sizes().group_bytes(group),
         }
+    }
+
+    /// A group's effective quota and what it uses.
+    pub fn group_quota(&self, group: &GroupId) -> Result<GroupQuota> {
+        let state = self.read();
+        if !state.groups.contains_key(group) {
+            return Err(MembershipError::NotFound);
+        }
+        Ok(self.effective_quota(&state, group))
+    }
+
+    /// The relay's default quotas.
+    pub fn quotas(&self) -> &Quotas {
+        &self.quotas
+    }
+
+    /// Overrides a group's quota (the operator only); `None` keeps the relay's default
+    /// for that limit. A lower limit than the group uses refuses what comes next and
+    /// loses nothing already stored. Returns the effective quota.
+    pub fn set_group_quota(
+        &self,
+        actor: &Actor,
+        group: &GroupId,
+        documents: Option<usize>,
+        bytes: Option<u64>,
+        now_ms: u64,
+    ) -> Result<GroupQuota> {
+        if *actor != Actor::Operator {
+            return Err(MembershipError::Forbidden("only the operator sets quotas"));
+        }
+        self.change(|state| {
+            if !state.groups.contains_key(group) {
+                return Err(MembershipError::NotFound);
+            }
+            let mut commit = Commit::default();
+            if documents.is_none() && bytes.is_none() {
+                if state.quotas.contains_key(group) {
+                    commit.deletions.push(RecordKey::Quota(group.clone()));
+                }
+            } else {
+                commit.records.push(Record::Quota(QuotaRecord {
+                    group: group.clone(),
+                    documents,
+                    bytes,
+                }));
+            }
+            let commit = commit.audit(
+                AuditEntry::new(AuditKind::QuotaChanged, actor.clone(), now_ms).group(group),
+            );
+            Ok((commit, ()))
+        })?;
+        self.group_quota(group)
     }
 
     /// Seeds each document's stored size (the relay calls it at start with the store's

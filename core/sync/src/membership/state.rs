@@ -122,6 +122,17 @@ pub struct BindingRecord {
     pub created_ms: u64,
 }
 
+/// The operator's override of one group's quota (`None`: the relay's default).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuotaRecord {
+    /// The group.
+    pub group: GroupId,
+    /// Documents the group may have bound.
+    pub documents: Option<usize>,
+    /// Bytes the relay stores for the group at most.
+    pub bytes: Option<u64>,
+}
+
 /// One stored record.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "table", rename_all = "lowercase")]
@@ -138,6 +149,8 @@ pub enum Record {
     LinkCode(LinkCodeRecord),
     /// A document's binding.
     Binding(BindingRecord),
+    /// A group's quota override.
+    Quota(QuotaRecord),
 }
 
 impl Record {
@@ -150,6 +163,7 @@ impl Record {
             Record::Invite(r) => RecordKey::Invite(r.code_hash.clone()),
             Record::LinkCode(r) => RecordKey::LinkCode(r.code_hash.clone()),
             Record::Binding(r) => RecordKey::Binding(r.document),
+            Record::Quota(r) => RecordKey::Quota(r.group.clone()),
         }
     }
 
@@ -174,6 +188,8 @@ pub enum RecordKey {
     LinkCode(String),
     /// A document's binding.
     Binding(DocumentId),
+    /// A group's quota override.
+    Quota(GroupId),
 }
 
 impl RecordKey {
@@ -186,6 +202,7 @@ impl RecordKey {
             RecordKey::Invite(h) => ("invite", h.clone()),
             RecordKey::LinkCode(h) => ("link", h.clone()),
             RecordKey::Binding(d) => ("binding", d.to_string()),
+            RecordKey::Quota(g) => ("quota", g.to_string()),
         }
     }
 }
@@ -238,6 +255,8 @@ pub struct MembershipState {
     pub link_codes: BTreeMap<String, LinkCodeRecord>,
     /// Document bindings by document.
     pub bindings: BTreeMap<DocumentId, BindingRecord>,
+    /// Quota overrides by group.
+    pub quotas: BTreeMap<GroupId, QuotaRecord>,
     /// The `seq` the next audit entry gets (0 or 1: the log is empty).
     pub next_audit_seq: u64,
 }
@@ -265,6 +284,9 @@ impl MembershipState {
             Record::Binding(r) => {
                 self.bindings.insert(r.document, r);
             }
+            Record::Quota(r) => {
+                self.quotas.insert(r.group.clone(), r);
+            }
         }
     }
 
@@ -288,6 +310,9 @@ impl MembershipState {
             }
             RecordKey::Binding(d) => {
                 self.bindings.remove(d);
+            }
+            RecordKey::Quota(g) => {
+                self.quotas.remove(g);
             }
         }
     }

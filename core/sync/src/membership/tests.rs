@@ -985,3 +985,87 @@ fn an_erased_member_is_gone_from_everything_served_and_their_documents_stay() {
     ));
     assert_eq!(reopen(&r).snapshot(), r.m.snapshot());
 }
+
+#[test]
+fn quotas_refuse_with_the_limit_reached_and_keep_what_was_bound() {
+    let store = Arc::new(Failing::default());
+    let quotas = Quotas {
+        documents_per_group: 7,
+        documents_per_member_per_hour: 3,
+        bytes_per_group: 1_000,
+        ..Quotas::default()
+    };
+    let m = Membership::open(Arc::new(KvMembershipStore::new(store.clone())), quotas).unwrap();
+    let (org, g) = group(&m);
+    let (mem, _, _) = join(&m, &invite(&m, &org, &g, Role::Member, 1), T0);
+    for n in 10..13 {
+        m.register_document(&mem, &g, doc(n), BoundKind::Thread, T0)
+            .unwrap();
+    }
+    let refused = m
+        .register_document(&mem, &g, doc(13), BoundKind::Thread, T0 + 1)
+        .unwrap_err();
+    assert_eq!(
+        refused.to_string(),
+        "quota exceeded: documents per member per hour"
+    );
+    assert_eq!(refused.status(), 429);
+    // An hour later the member may again; the group is then full.
+    m.register_document(&mem, &g, doc(13), BoundKind::Thread, T0 + HOUR)
+        .unwrap();
+    let refused = m
+        .register_document(&mem, &g, doc(14), BoundKind::Thread, T0 + HOUR)
+        .unwrap_err();
+    assert_eq!(
+        refused.to_string(),
+        "quota exceeded: documents in this group"
+    );
+    assert!(matches!(
+        m.set_group_quota(&Actor::member(&org), &g, Some(100), None, T0),
+        Err(MembershipError::Forbidden(_))
+    ));
+    let q = m
+        .set_group_quota(&Actor::Operator, &g, Some(100), None, T0)
+        .unwrap();
+    assert_eq!((q.documents, q.documents_used, q.bytes), (100, 7, 1_000));
+    m.register_document(&mem, &g, doc(14), BoundKind::Thread, T0 + HOUR)
+        .unwrap();
+    // Bytes: the engine reports sizes through the access policy it was given.
+    let access = m.access(T0);
+    use crate::engine::Access;
+    access.document_stored(&doc(10), 600);
+    assert!(access.may_grow(&doc(11), 400));
+    assert!(!access.may_grow(&doc(11), 401));
+    access.document_stored(&doc(11), 400);
+    assert_eq!(m.group_quota(&g).unwrap().bytes_used, 1_000);
+    let refused = m
+        .register_document(&mem, &g, doc(15), BoundKind::Thread, T0 + HOUR)
+        .unwrap_err();
+    assert_eq!(refused.to_string(), "quota exceeded: bytes in this group");
+    m.set_group_quota(&Actor::Operator, &g, Some(100), Some(5_000), T0)
+        .unwrap();
+    assert!(access.may_grow(&doc(11), 4_000));
+    m.register_document(&mem, &g, doc(15), BoundKind::Thread, T0 + HOUR)
+        .unwrap();
+    // Nothing bound earlier was lost along the way, and the overrides are durable.
+    let snap = m.snapshot();
+    for n in [2, 3, 10, 11, 12, 13, 14, 15] {
+        assert!(
+            snap.bindings.contains_key(&doc(n)),
+            "document {n} stays bound"
+        );
+    }
+    let reopened = Membership::open(
+        Arc::new(KvMembershipStore::new(store.clone())),
+        Quotas::default(),
+    )
+    .unwrap();
+    assert_eq!(reopened.group_quota(&g).unwrap().bytes, 5_000);
+    assert_eq!(reopened.group_quota(&g).unwrap().documents, 100);
+    // Clearing the override brings back the defaults.
+    m.set_group_quota(&Actor::Operator, &g, None, None, T0)
+        .unwrap();
+    assert!(m.snapshot().quotas.is_empty());
+    assert_eq!(m.group_quota(&g).unwrap().documents, 7);
+    assert!(kinds(&m, 0).contains(&AuditKind::QuotaChanged));
+}

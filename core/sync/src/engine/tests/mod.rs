@@ -750,3 +750,63 @@ fn two_phones_importing_the_same_first_change_end_with_one_document() {
 
 mod access;
 mod hostile;
+
+/// Everyone may do everything; all documents share one group whose stored bytes are
+/// capped, from the sizes the engine reports.
+#[derive(Clone, Default)]
+struct GroupBytes {
+    limit: u64,
+    stored: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<DocumentId, u64>>>,
+}
+
+impl Access for GroupBytes {
+    fn allows(&self, _: &PeerInfo<'_>, _: &DocumentId, _: Operation, _: Timestamp) -> bool {
+        true
+    }
+    fn document_stored(&self, doc: &DocumentId, bytes: u64) {
+        self.stored.lock().unwrap().insert(*doc, bytes);
+    }
+    fn may_grow(&self, _: &DocumentId, adding: u64) -> bool {
+        self.stored.lock().unwrap().values().sum::<u64>() + adding <= self.limit
+    }
+}
+
+#[test]
+fn a_change_past_the_groups_bytes_quota_is_refused_and_earlier_ones_stay_stored() {
+    let mut phone = Side::new(Role::Client, "phone", 1);
+    let mut relay = Side::new(Role::Relay, "relay", 2);
+    let policy = GroupBytes {
+        // Room for a title, not for a blob (its sync message is about 2 kB).
+        limit: 1_000,
+        ..GroupBytes::default()
+    };
+    relay.engine.set_access(Box::new(policy.clone()));
+    let small = phone.engine.create_document(T0, |tx| {
+        tx.put(automerge::ROOT, "title", "Agenda").unwrap();
+    });
+    connect(&mut phone, &mut relay);
+    pump(&mut phone, &mut relay);
+    assert_eq!(title(&relay.engine, &small).as_deref(), Some("Agenda"));
+    let reported = policy.stored.lock().unwrap().get(&small).copied();
+    assert!(
+        reported.is_some_and(|b| b > 0),
+        "the engine reports what it stored"
+    );
+    let big = phone.engine.create_document(T0, |tx| {
+        let bytes: Vec<u8> = (0..10_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+            .collect();
+        tx.put(automerge::ROOT, "blob", bytes).unwrap();
+    });
+    pump(&mut phone, &mut relay);
+    assert!(relay.events.iter().any(|e| matches!(e, Event::DocumentRejected { doc, reason: Rejection::GroupQuota, .. } if *doc == big)));
+    assert!(relay
+        .sent
+        .iter()
+        .any(|m| matches!(m, Message::DocUnavailable { document_id, .. } if *document_id == big)));
+    assert!(relay.closed.is_empty());
+    assert!(!relay.store.keys().iter().any(|k| k[0] == big.to_string()));
+    assert!(relay.store.keys().iter().any(|k| k[0] == small.to_string()));
+    assert_eq!(title(&relay.engine, &small).as_deref(), Some("Agenda"));
+    assert_eq!(Rejection::GroupQuota.label(), "group_quota");
+}
