@@ -275,6 +275,10 @@ pub(crate) fn routes(state: AdminState) -> Router {
         .route("/admin/v1/groups/{g}", delete(delete_group))
         .route("/admin/v1/groups/{g}/restore", post(restore_group))
         .route("/admin/v1/quotas", get(quotas))
+        .route(
+            "/admin/v1/groups/{g}/quota",
+            get(group_quota).put(set_group_quota),
+        )
         .route("/admin/v1/backups", post(backup))
         .route("/admin/v1/audit", get(audit))
         .route("/admin/v1/token/rotate", post(rotate_token))
@@ -636,6 +640,46 @@ async fn quotas(State(state): State<AdminState>) -> Json<QuotaDefaults> {
         bytes_per_group: c.group_max_bytes,
         documents_per_member_per_hour: c.member_documents_per_hour,
     })
+}
+
+/// `PUT /admin/v1/groups/{g}/quota`: the group's own limits; a field left out (or null)
+/// returns to the relay's default.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SetQuota {
+    /// Documents the group may hold.
+    #[serde(default)]
+    pub documents: Option<usize>,
+    /// Bytes the group's documents may take.
+    #[serde(default)]
+    pub bytes: Option<u64>,
+}
+
+async fn group_quota(
+    State(state): State<AdminState>,
+    UrlPath(g): UrlPath<String>,
+) -> AdminResult<Json<cairn_sync::membership::api::GroupQuota>> {
+    let group = GroupId::from(g);
+    Ok(Json(state.app.members()?.membership.group_quota(&group)?))
+}
+
+async fn set_group_quota(
+    State(state): State<AdminState>,
+    UrlPath(g): UrlPath<String>,
+    Body(req): Body<SetQuota>,
+) -> AdminResult<Json<cairn_sync::membership::api::GroupQuota>> {
+    if req.documents == Some(0) || req.bytes == Some(0) {
+        return Err(ApiError::bad_request("a quota must be greater than zero"));
+    }
+    let membership = state.app.members()?.membership.clone();
+    let group = GroupId::from(g);
+    let gr = group.clone();
+    let quota = blocking(move || {
+        membership.set_group_quota(&Actor::Operator, &gr, req.documents, req.bytes, now_ms())
+    })
+    .await?;
+    state.app.changed("quota_changed");
+    tracing::info!(group = %group, documents = quota.documents, bytes = quota.bytes, "group quota set by the operator");
+    Ok(Json(quota))
 }
 
 // ------------------------------------------------------------------ backups

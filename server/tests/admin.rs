@@ -473,6 +473,17 @@ async fn an_operator_runs_a_group_through_the_cli() {
         "{}",
         defaults.stdout
     );
+    // Raising the group's own limit lets the refused document in.
+    let raised = cli(&url, &env_token, &["quota", &group, "--documents", "4"]).await;
+    assert!(raised.ok, "quota: {}", raised.stderr);
+    assert!(
+        raised.stdout.contains("documents 3 of 4"),
+        "{}",
+        raised.stdout
+    );
+    register(relay.addr, &organiser, &group, 3)
+        .await
+        .expect(201);
 
     // The audit export: the expected kinds, ids only (checked for canaries at the end).
     let audit = cli(&url, &env_token, &["audit"]).await;
@@ -495,6 +506,7 @@ async fn an_operator_runs_a_group_through_the_cli() {
         "group_restored",
         "backup_taken",
         "member_erased",
+        "quota_changed",
     ] {
         assert!(
             kinds.contains(&kind),
