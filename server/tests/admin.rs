@@ -313,8 +313,9 @@ async fn an_operator_runs_a_group_through_the_cli() {
     let refused = register(relay.addr, &member, &group, 3).await;
     assert_eq!(refused.status, 429, "{:?}", refused.body);
     assert_eq!(refused.code(), "quota_exceeded");
-    // A fresh copy from the relay: its heads still hold the acknowledged change.
-    let mut ws2 = Raw::joined_as(&format!("ws://{}/", relay.addr), &member).await;
+    // A fresh copy from the relay (to the organiser: a second socket of the same device
+    // would replace the first): its heads still hold the acknowledged change.
+    let mut ws2 = Raw::joined_as(&format!("ws://{}/", relay.addr), &organiser).await;
     match ws2
         .sync_doc(
             doc_id(1),
@@ -327,11 +328,19 @@ async fn an_operator_runs_a_group_through_the_cli() {
         SyncOutcome::Unavailable => panic!("the acknowledged document is gone"),
     }
     drop(ws2);
+    // The member's one remaining socket is open...
+    common::wait_metric(relay.addr, "cairn_sockets", |n| n == 1.0).await;
 
-    // Suspending through the CLI closes the member's open socket before it returns.
+    // ...and suspending through the CLI has closed it by the time the CLI returns.
     let env_token = [("CAIRN_ADMIN_TOKEN", operator_token.as_str())];
     let suspended = cli(&url, &env_token, &["suspend", &group, &member.member]).await;
     assert!(suspended.ok, "suspend: {}", suspended.stderr);
+    let (_, metrics) = http_get(relay.admin, "/metrics").await.expect("metrics");
+    assert_eq!(
+        common::metric_value(&metrics, "cairn_sockets"),
+        Some(0.0),
+        "the socket was closed before the call answered"
+    );
     // Frames of the earlier sync may come first; then the close.
     assert!(
         matches!(ws.drain(SOON).await.last(), Some(Seen::Closed)),
@@ -525,6 +534,21 @@ async fn an_operator_runs_a_group_through_the_cli() {
     assert_eq!(status, 200);
     let free = common::metric_value(&metrics, "cairn_disk_free_bytes").expect("disk free");
     assert!(free > 0.0);
+    for name in [
+        "cairn_last_backup_timestamp_seconds",
+        "cairn_audit_entries_total",
+    ] {
+        let v = common::metric_value(&metrics, name).unwrap_or(0.0);
+        assert!(v > 0.0, "{name} is {v}");
+    }
+    assert_eq!(
+        common::metric_value(&metrics, "cairn_groups_pending_deletion"),
+        Some(0.0)
+    );
+    assert!(
+        metrics.contains("cairn_backups_total{result=\"ok\"} 1"),
+        "{metrics}"
+    );
 
     drop(relay);
     let text = std::fs::read_to_string(&log).expect("log");
