@@ -536,6 +536,7 @@ async fn audit(
     axum::extract::Query(q): axum::extract::Query<AuditQuery>,
 ) -> AdminResult<Response> {
     let limit = q.limit.unwrap_or(1000).clamp(1, MAX_AUDIT_PAGE);
+    flush_failed_credentials(&state.app).await;
     let membership = state.app.members()?.membership.clone();
     let entries = blocking(move || membership.audit_since(q.since, limit)).await?;
     let mut body = String::new();
@@ -735,7 +736,7 @@ async fn backup(State(state): State<AdminState>) -> AdminResult<Json<BackupTaken
 /// How often audit retention runs: daily.
 const RETENTION_EVERY: Duration = Duration::from_secs(24 * 3600);
 /// How often counted credential failures become audit entries: every minute.
-const FAILURES_EVERY: Duration = Duration::from_secs(60);
+const FAILURES_EVERY: Duration = crate::auth::FAILURE_AUDIT_EVERY;
 
 /// Sleeps `every`; false if `stop` came first.
 async fn every(stop: &CancellationToken, every: Duration) -> bool {
@@ -781,11 +782,14 @@ async fn audit_failed_credentials(state: AppState, stop: CancellationToken) {
     }
 }
 
+/// Writes the credential failures that may get an entry now (see
+/// `auth::FailedCredentials`): from the minute task, and before an audit export so that it
+/// is up to date.
 async fn flush_failed_credentials(state: &AppState) {
     let Some(members) = &state.members else {
         return;
     };
-    let failed = state.failed_credentials.take();
+    let failed = state.failed_credentials.take_due(std::time::Instant::now());
     if failed.is_empty() {
         return;
     }

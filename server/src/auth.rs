@@ -92,35 +92,59 @@ pub(crate) fn authenticate(
 /// counted with the unparseable ones, so an attacker cannot grow the map or the log.
 const MAX_CLAIMED: usize = 1024;
 
-/// Wrong credentials since the last audit flush, by the identity they claimed (`None`: a
-/// credential that does not parse, or past [`MAX_CLAIMED`]). The audit log gets at most one
-/// `CredentialFailed` entry per claimed identity per flush (a minute), with the count.
+/// How often one claimed identity may get a `CredentialFailed` audit entry: once a minute.
+pub(crate) const FAILURE_AUDIT_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Wrong credentials not yet in the audit log, by the identity they claimed (`None`: a
+/// credential that does not parse, or past [`MAX_CLAIMED`]). Each claimed identity gets at
+/// most one `CredentialFailed` entry per [`FAILURE_AUDIT_EVERY`], carrying the count.
 #[derive(Debug, Default)]
 pub(crate) struct FailedCredentials {
-    pending: Mutex<HashMap<Option<Identity>, u64>>,
+    inner: Mutex<Failures>,
+}
+
+#[derive(Debug, Default)]
+struct Failures {
+    pending: HashMap<Option<Identity>, u64>,
+    /// When each key last got an entry (pruned once older than a period).
+    written: HashMap<Option<Identity>, std::time::Instant>,
 }
 
 impl FailedCredentials {
     /// Counts a refused `token` under the identity it claims.
     pub(crate) fn note(&self, token: &str) {
         let claimed = Credential::parse(token).ok().map(|c| c.identity().clone());
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        let key =
-            if claimed.is_some() && pending.len() >= MAX_CLAIMED && !pending.contains_key(&claimed)
-            {
-                None
-            } else {
-                claimed
-            };
-        *pending.entry(key).or_insert(0) += 1;
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let key = if claimed.is_some()
+            && inner.pending.len() >= MAX_CLAIMED
+            && !inner.pending.contains_key(&claimed)
+        {
+            None
+        } else {
+            claimed
+        };
+        *inner.pending.entry(key).or_insert(0) += 1;
     }
 
-    /// Takes what was counted since the last call.
-    pub(crate) fn take(&self) -> Vec<(Option<Identity>, u64)> {
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        let mut taken: Vec<_> = pending.drain().collect();
-        taken.sort();
-        taken
+    /// Takes the counts of the keys that may get an entry at `now` (none in the last
+    /// period), marking them written; the others wait.
+    pub(crate) fn take_due(&self, now: std::time::Instant) -> Vec<(Option<Identity>, u64)> {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let Failures { pending, written } = &mut *inner;
+        written.retain(|_, at| now.duration_since(*at) < FAILURE_AUDIT_EVERY);
+        let mut due = Vec::new();
+        pending.retain(|key, count| {
+            if written.contains_key(key) {
+                return true;
+            }
+            due.push((key.clone(), *count));
+            false
+        });
+        for (key, _) in &due {
+            written.insert(key.clone(), now);
+        }
+        due.sort();
+        due
     }
 }
 
@@ -178,13 +202,19 @@ mod tests {
     }
 
     #[test]
-    fn failures_are_counted_per_claimed_identity_and_bounded() {
+    fn failures_are_audited_once_a_period_per_claimed_identity_and_bounded() {
         let failed = FailedCredentials::default();
+        let t0 = std::time::Instant::now();
         failed.note("not a credential");
         failed.note("also not one");
-        let taken = failed.take();
-        assert_eq!(taken, vec![(None, 2)]);
-        assert!(failed.take().is_empty(), "a flush starts the count again");
+        assert_eq!(failed.take_due(t0), vec![(None, 2)]);
+        assert!(failed.take_due(t0).is_empty(), "nothing new");
+        failed.note("a third");
+        assert!(
+            failed.take_due(t0 + FAILURE_AUDIT_EVERY / 2).is_empty(),
+            "one entry per key per period: the count waits"
+        );
+        assert_eq!(failed.take_due(t0 + FAILURE_AUDIT_EVERY), vec![(None, 1)]);
         for _ in 0..(MAX_CLAIMED + 10) {
             let (credential, _) = Credential::issue(Identity {
                 member: cairn_sync::membership::random_id().into(),
@@ -192,8 +222,12 @@ mod tests {
             });
             failed.note(credential.as_str());
         }
-        let taken = failed.take();
-        assert!(taken.len() <= MAX_CLAIMED + 1);
+        let taken = failed.take_due(t0 + 3 * FAILURE_AUDIT_EVERY);
+        assert_eq!(
+            taken.len(),
+            MAX_CLAIMED + 1,
+            "bounded: the rest count as one key"
+        );
         assert_eq!(
             taken.iter().map(|(_, n)| n).sum::<u64>(),
             (MAX_CLAIMED + 10) as u64

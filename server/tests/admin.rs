@@ -494,6 +494,17 @@ async fn an_operator_runs_a_group_through_the_cli() {
         .await
         .expect(201);
 
+    // Wrong credentials on /v1 and at the upgrade: one audit entry for the claimed
+    // identity (counted), one for those that do not parse.
+    // The organiser's credential with another secret: it claims the organiser.
+    let mut forged = organiser.token.clone();
+    let last = forged.pop().expect("a token");
+    forged.push(if last == '0' { '1' } else { '0' });
+    for _ in 0..3 {
+        call(relay.addr, "GET", "/v1/devices", Some(&forged), None).await;
+    }
+    call(relay.addr, "GET", "/v1/devices", Some("garbage"), None).await;
+
     // The audit export: the expected kinds, ids only (checked for canaries at the end).
     let audit = cli(&url, &env_token, &["audit"]).await;
     assert!(audit.ok, "audit: {}", audit.stderr);
@@ -522,6 +533,22 @@ async fn an_operator_runs_a_group_through_the_cli() {
             "no {kind} in the audit log: {kinds:?}"
         );
     }
+    let failures: Vec<&Value> = entries
+        .iter()
+        .filter(|e| e["kind"] == "credential_failed")
+        .collect();
+    assert!(
+        failures
+            .iter()
+            .any(|e| e["member"] == organiser.member.as_str() && e["count"] == 3),
+        "{failures:?}"
+    );
+    assert!(
+        failures
+            .iter()
+            .any(|e| e["member"].is_null() && e["count"] == 1),
+        "{failures:?}"
+    );
     let suspension = entries
         .iter()
         .find(|e| e["kind"] == "suspended")
