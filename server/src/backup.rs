@@ -18,8 +18,12 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use cairn_sync::ids::StorageId;
+use cairn_sync::membership::{
+    Actor, AuditEntry, AuditKind, KvMembershipStore, Membership, Quotas, Replayed,
+};
 use cairn_sync::store::{
     restore_backup, BackupHeader, BackupReport, RestoreReport, SledConfig, SledStore, Storage,
     StoreError,
@@ -49,6 +53,8 @@ pub struct Restored {
     pub report: RestoreReport,
     /// The restored store's new id.
     pub storage_id: StorageId,
+    /// What the membership step did.
+    pub membership: Replayed,
 }
 
 /// Flags of `restore`.
@@ -141,6 +147,26 @@ pub async fn backup(state: &AppState, dir: &Path) -> Result<BackupDone, RelayErr
             bytes = done.report.bytes,
             "backup written"
         );
+        if let Some(membership) = state.membership().cloned() {
+            let keys = done.report.keys;
+            // The audit log says when backups were taken (a restore's replay starts after
+            // the last entry the backup holds). A failure here loses no backup.
+            let recorded = tokio::task::spawn_blocking(move || {
+                membership.record_audit(
+                    AuditKind::BackupTaken,
+                    Actor::Operator,
+                    None,
+                    None,
+                    None,
+                    Some(keys),
+                    crate::api::now_ms(),
+                )
+            })
+            .await;
+            if !matches!(recorded, Ok(Ok(()))) {
+                tracing::warn!("the backup was written but could not be recorded in the audit log");
+            }
+        }
     }
     finished
 }
@@ -183,7 +209,7 @@ pub fn backup_offline(data: &Path, to: &Path) -> Result<BackupDone, RelayError> 
 /// applies the membership choice ([`after_restore`]).
 pub fn restore(args: &RestoreArgs) -> Result<Restored, RelayError> {
     let policy = args.policy()?;
-    check_policy(&policy)?;
+    let log = check_policy(&policy)?;
     let (store, header, report) = restore_backup(&args.from, &args.data, &SledConfig::default())
         .map_err(|e| match e {
             StoreError::BadBackup { detail } => RelayError::Backup(format!(
@@ -195,7 +221,7 @@ pub fn restore(args: &RestoreArgs) -> Result<Restored, RelayError> {
             }
             other => other.into(),
         })?;
-    after_restore(&store, &header, &policy)?;
+    let membership = after_restore(&store, &header, log.as_deref())?;
     let storage_id = store.storage_id()?;
     tracing::info!(
         keys = report.keys,
@@ -208,50 +234,78 @@ pub fn restore(args: &RestoreArgs) -> Result<Restored, RelayError> {
         header,
         report,
         storage_id,
+        membership,
     })
 }
 
-/// Refuses, before anything is written, a membership choice that cannot be carried out.
-fn check_policy(policy: &MembershipPolicy) -> Result<(), RelayError> {
+/// Refuses, before anything is written, a membership choice that cannot be carried out;
+/// returns the audit log to replay (read whole: a log with a line that is not an audit
+/// entry is refused, not half applied).
+fn check_policy(policy: &MembershipPolicy) -> Result<Option<Vec<AuditEntry>>, RelayError> {
     match policy {
-        MembershipPolicy::AsOfBackup => Ok(()),
+        MembershipPolicy::AsOfBackup => Ok(None),
         MembershipPolicy::ReplayAudit(path) => {
-            File::open(path).map_err(|e| {
+            let text = std::fs::read_to_string(path).map_err(|e| {
                 RelayError::Backup(format!("reading the audit log {}: {e}", path.display()))
             })?;
-            // HOOK (lead): replaying is not built yet; until it is, refuse before writing.
-            Err(RelayError::Backup(
-                "--replay-audit is not supported by this relay yet; use \
-                 --membership-as-of-backup and re-apply later removals and revocations by hand"
-                    .into(),
-            ))
+            let mut entries = Vec::new();
+            for (n, line) in text.lines().enumerate() {
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let entry = serde_json::from_str::<AuditEntry>(line).map_err(|_| {
+                    RelayError::Backup(format!(
+                        "line {} of the audit log {} is not an audit entry; nothing was written",
+                        n + 1,
+                        path.display()
+                    ))
+                })?;
+                entries.push(entry);
+            }
+            Ok(Some(entries))
         }
     }
 }
 
 /// The membership step of a restore, run once every entry of the backup is written and
-/// durable: with [`MembershipPolicy::AsOfBackup`] it keeps the membership as it was (and
-/// says so); replaying an audit log is the lead's to fill in here (every access-reducing
-/// entry newer than `header.taken_ms`, through the membership service, plus a `Restored`
-/// audit entry). Devices enrolled after the backup are not in it: they get 401 and redeem
-/// again.
+/// durable (see [`cairn_sync::membership::Membership::after_restore`]): replays the
+/// access-reducing changes of `log` made after the backup (`None`: the operator kept the
+/// membership as of the backup), closes every invite and device-link code the backup
+/// holds, deletes the documents a replayed erasure or purge dropped, and rewrites the store
+/// if it deleted any. Devices enrolled after the backup are not in it: they get 401 and
+/// redeem again.
 pub fn after_restore(
     store: &SledStore,
     header: &BackupHeader,
-    policy: &MembershipPolicy,
-) -> Result<(), RelayError> {
-    let _ = store;
-    match policy {
-        MembershipPolicy::AsOfBackup => {
-            tracing::warn!(
-                taken_ms = header.taken_ms,
-                "membership restored as of the backup: removals, suspensions, revocations and \
-                 erasures recorded after it are back"
-            );
-            Ok(())
-        }
-        MembershipPolicy::ReplayAudit(_) => check_policy(policy),
+    log: Option<&[AuditEntry]>,
+) -> Result<Replayed, RelayError> {
+    let membership = Membership::open(
+        Arc::new(KvMembershipStore::new(Arc::new(store.clone()))),
+        Quotas::default(),
+    )?;
+    let replayed = membership.after_restore(log, crate::api::now_ms())?;
+    if log.is_none() {
+        tracing::warn!(
+            taken_ms = header.taken_ms,
+            "membership restored as of the backup: removals, suspensions, revocations and \
+             erasures recorded after it are back"
+        );
     }
+    if !replayed.forget.is_empty() {
+        for doc in &replayed.forget {
+            store.delete_range(&[doc.to_string()])?;
+        }
+        store.flush()?;
+        store.rewrite()?;
+    }
+    tracing::info!(
+        newer = replayed.newer,
+        applied = replayed.applied,
+        not_replayable = replayed.not_replayable,
+        codes_closed = replayed.codes_closed,
+        "membership after the restore"
+    );
+    Ok(replayed)
 }
 
 fn io_error(path: &Path, e: std::io::Error) -> RelayError {
@@ -260,7 +314,12 @@ fn io_error(path: &Path, e: std::io::Error) -> RelayError {
 
 /// Refuses a backup destination inside the data directory.
 fn refuse_inside(data: &Path, dir: &Path) -> Result<(), RelayError> {
-    let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned());
+    // A directory not made yet is compared by its absolute path.
+    let canon = |p: &Path| {
+        std::fs::canonicalize(p)
+            .or_else(|_| std::path::absolute(p))
+            .unwrap_or_else(|_| p.to_owned())
+    };
     if canon(dir).starts_with(canon(data)) {
         return Err(RelayError::Backup(format!(
             "{} is inside the data directory {}: keep backups elsewhere (a store rewrite \
@@ -274,8 +333,8 @@ fn refuse_inside(data: &Path, dir: &Path) -> Result<(), RelayError> {
 
 /// (temporary path, final path) for a new backup in `dir`.
 fn backup_paths(data: &Path, dir: &Path) -> Result<(PathBuf, PathBuf), RelayError> {
-    std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
     refuse_inside(data, dir)?;
+    std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
     let stamp = utc_stamp(crate::api::now_ms() / 1000);
     let mut n = 0;
     loop {

@@ -75,6 +75,12 @@ async fn main() -> anyhow::Result<()> {
                 args.data.display(),
                 done.storage_id
             );
+            let m = &done.membership;
+            println!(
+                "membership: {} changes recorded after the backup, {} applied again, {} not replayable (enrolments, links, codes of conduct); {} invites and link codes closed",
+                m.newer, m.applied, m.not_replayable, m.codes_closed
+            );
+            println!("Devices enrolled after the backup redeem a new invite; organisers make new invites.");
             return Ok(());
         }
         Command::Admin(args) => {

@@ -144,6 +144,12 @@ async fn a_backup_taken_while_clients_write_restores_and_the_clients_converge() 
         assert!(Instant::now() < deadline, "the writers did not get going");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let inside = data.join("backups");
+    assert!(
+        backup(&state, &inside).await.is_err(),
+        "a backup into the data directory was taken"
+    );
+    assert!(!inside.exists());
     started.store(true, Ordering::SeqCst);
     let taken = Instant::now();
     let done = backup(&state, &backups).await.expect("the backup");
@@ -364,4 +370,118 @@ fn backup_and_restore_commands_refuse_what_they_must() {
     let (s, _) = open_data_dir(Path::new(&p("r3")), &SledConfig::default()).unwrap();
     assert_eq!(s.load(&key).unwrap(), Some(b"kept".to_vec()));
     assert_ne!(s.storage_id().unwrap(), old_id);
+}
+
+/// Not a check: prints how fast a backup and a store rewrite go on a store of
+/// `CAIRN_MEASURE_MB` MB (default 200) in `CAIRN_MEASURE_DIR` (default the temp dir), and
+/// how long a client's writes wait for their acknowledgement meanwhile. Run it by hand:
+/// `cargo test -p cairn-relay --test backup measure -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, run by hand"]
+async fn measure_backup_and_rewrite() {
+    let mb: usize = std::env::var("CAIRN_MEASURE_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let base = std::env::var_os("CAIRN_MEASURE_DIR").map(std::path::PathBuf::from);
+    let dir = match &base {
+        Some(b) => tempfile::tempdir_in(b).unwrap(),
+        None => tempfile::tempdir().unwrap(),
+    };
+    let data = dir.path().join("data");
+    let t = Instant::now();
+    // Documents of 64 KiB: what a busy group's minutes and threads add up to.
+    filler(&data, mb * 16, 64 * 1024);
+    eprintln!("filled {mb} MB in {:?}", t.elapsed());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/", listener.local_addr().unwrap());
+    let (state, relay) = relay_on(&data, listener).await;
+    let c = client("ana/phone", &url);
+    let doc = c
+        .create(|tx| tx.put(ROOT, "title", "minutes").map(|_| ()))
+        .await
+        .unwrap()
+        .0;
+    c.wait_acknowledged(doc, SOON).await.unwrap();
+
+    // One writer, each change waited for; its latencies while each operation runs.
+    let busy = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let waits = Arc::new(Mutex::new((Vec::new(), Vec::new())));
+    let writer = {
+        let (c, busy, stop, waits) = (c.clone(), busy.clone(), stop.clone(), waits.clone());
+        tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                let during = busy.load(Ordering::SeqCst);
+                let t = Instant::now();
+                c.change(doc, move |tx| tx.put(ROOT, format!("k{i}"), i as i64))
+                    .await
+                    .unwrap();
+                c.wait_acknowledged(doc, Duration::from_secs(120))
+                    .await
+                    .unwrap();
+                let took = t.elapsed();
+                let mut w = waits.lock().unwrap();
+                if during || busy.load(Ordering::SeqCst) {
+                    w.1.push(took);
+                } else {
+                    w.0.push(took);
+                }
+                i += 1;
+            }
+        })
+    };
+    let report = |what: &str, secs: f64, bytes: u64| {
+        let mut guard = waits.lock().unwrap();
+        let (idle, during) = &mut *guard;
+        idle.sort();
+        during.sort();
+        let p = |v: &Vec<Duration>, q: f64| {
+            v.get(((v.len() as f64 - 1.0) * q) as usize)
+                .copied()
+                .unwrap_or_default()
+        };
+        eprintln!(
+            "{what}: {:.1} MB in {secs:.2} s = {:.0} MB/s; writes while it ran: {} (median {:?}, max {:?}); otherwise: {} (median {:?}, max {:?})",
+            bytes as f64 / 1e6,
+            bytes as f64 / 1e6 / secs,
+            during.len(),
+            p(during, 0.5),
+            p(during, 1.0),
+            idle.len(),
+            p(idle, 0.5),
+            p(idle, 1.0),
+        );
+        idle.clear();
+        during.clear();
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    busy.store(true, Ordering::SeqCst);
+    let t = Instant::now();
+    let done = backup(&state, &dir.path().join("backups")).await.unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    busy.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    report("backup", secs, done.report.bytes);
+
+    let store = state.store().clone();
+    busy.store(true, Ordering::SeqCst);
+    let t = Instant::now();
+    let rewritten = state
+        .host()
+        .exclusive(move || store.rewrite())
+        .await
+        .unwrap()
+        .unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    busy.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    report("rewrite", secs, rewritten.bytes);
+
+    stop.store(true, Ordering::SeqCst);
+    writer.await.unwrap();
+    c.shutdown().await;
+    let _ = relay.stop.send(());
+    relay.task.await.unwrap().unwrap();
 }

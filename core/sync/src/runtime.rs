@@ -1180,6 +1180,52 @@ mod tests {
         )
     }
 
+    /// Exclusive work (a backup) sees every write acknowledged before it, and a write
+    /// issued while it runs waits behind it (it is neither applied nor refused meanwhile).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn exclusive_work_sees_acknowledged_writes_and_holds_later_ones() {
+        let store = Arc::new(Gated::default());
+        let host = gated_host(store.clone());
+        let writer = host.storage_writer();
+        let key = |s: &str| -> StorageKey { vec!["cairn-membership".into(), "t".into(), s.into()] };
+        let (w, k) = (writer.clone(), key("before"));
+        tokio::task::spawn_blocking(move || w.write_batch(&[(k, Some(b"1".to_vec()))]))
+            .await
+            .unwrap()
+            .unwrap();
+        let (entered_tx, entered) = std_mpsc::channel::<()>();
+        let (release, release_rx) = std_mpsc::channel::<()>();
+        let (s, k) = (store.clone(), key("before"));
+        let work = tokio::spawn(host.exclusive(move || {
+            let saw = s.load(&k).unwrap();
+            entered_tx.send(()).unwrap();
+            release_rx.recv().unwrap();
+            saw
+        }));
+        entered
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the exclusive work runs");
+        let (w, k) = (writer.clone(), key("during"));
+        let pending = std::thread::spawn(move || w.write_batch(&[(k, Some(b"2".to_vec()))]));
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            !pending.is_finished(),
+            "a write finished during exclusive work"
+        );
+        assert_eq!(store.inner.load(&key("during")).unwrap(), None);
+        release.send(()).unwrap();
+        assert_eq!(work.await.unwrap().unwrap(), Some(b"1".to_vec()));
+        pending
+            .join()
+            .unwrap()
+            .expect("the held write goes through after it");
+        assert_eq!(
+            store.inner.load(&key("during")).unwrap(),
+            Some(b"2".to_vec())
+        );
+        host.shutdown().await;
+    }
+
     /// A write through `storage_writer` (membership records) returns only once the storage
     /// thread's flush has succeeded, and a failed flush reaches the writer as an error.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
