@@ -712,7 +712,7 @@ async fn backup(State(state): State<AdminState>) -> AdminResult<Json<BackupTaken
             metrics
                 .last_backup_timestamp
                 .set(i64::try_from(now_ms() / 1000).unwrap_or(i64::MAX));
-            record(&state.app, AuditKind::BackupTaken, Some(done.report.keys)).await;
+            // `backup::backup` has recorded it in the audit log.
             Ok(Json(BackupTaken {
                 path: done.path,
                 keys: done.report.keys,

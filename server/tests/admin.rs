@@ -533,6 +533,11 @@ async fn an_operator_runs_a_group_through_the_cli() {
             "no {kind} in the audit log: {kinds:?}"
         );
     }
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "backup_taken").count(),
+        1,
+        "one backup, one entry"
+    );
     let failures: Vec<&Value> = entries
         .iter()
         .filter(|e| e["kind"] == "credential_failed")
