@@ -283,7 +283,8 @@ pub(crate) fn routes(state: AdminState) -> Router {
         .route("/admin/v1/audit", get(audit))
         .route("/admin/v1/token/rotate", post(rotate_token))
         .fallback(|| async { ApiError::not_found() })
-        .route_layer(middleware::from_fn_with_state(state.clone(), operator_only));
+        // `layer`, not `route_layer`: unknown paths too answer 401 without the token.
+        .layer(middleware::from_fn_with_state(state.clone(), operator_only));
     Router::new()
         .route("/metrics", get(metrics))
         .merge(v1)

@@ -209,6 +209,13 @@ async fn an_operator_runs_a_group_through_the_cli() {
     assert_eq!(none.status, 401);
     assert_eq!(none.header("www-authenticate"), Some("Bearer"));
     assert_eq!(none.code(), "unauthorized");
+    assert_eq!(
+        call(relay.admin, "GET", "/admin/v1/nothing-here", None, None)
+            .await
+            .status,
+        401,
+        "nothing under the admin address is probed without the token"
+    );
     let wrong = call(
         relay.admin,
         "GET",
