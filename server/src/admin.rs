@@ -17,6 +17,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use axum::extract::{Path as UrlPath, Request, State};
 use axum::http::{header, StatusCode};
@@ -180,6 +181,18 @@ pub(crate) async fn spawn(
     stop: CancellationToken,
 ) -> Result<Vec<JoinHandle<()>>, RelayError> {
     let mut tasks = Vec::new();
+    if let Some(members) = &state.members {
+        let m = members.membership.clone();
+        tasks.push(tokio::spawn(audit_retention(
+            state.clone(),
+            m,
+            stop.clone(),
+        )));
+        tasks.push(tokio::spawn(audit_failed_credentials(
+            state.clone(),
+            stop.clone(),
+        )));
+    }
     let Some(addr) = state.config.admin_listen else {
         return Ok(tasks);
     };
@@ -258,10 +271,20 @@ pub(crate) fn routes(state: AdminState) -> Router {
         .route("/admin/v1/groups/{g}/members/{m}/suspend", post(suspend))
         .route("/admin/v1/groups/{g}/members/{m}", delete(remove))
         .route("/admin/v1/members/{m}/devices/{d}", delete(revoke))
+        .route("/admin/v1/members/{m}", delete(erase))
+        .route("/admin/v1/groups/{g}", delete(delete_group))
+        .route("/admin/v1/groups/{g}/restore", post(restore_group))
+        .route("/admin/v1/quotas", get(quotas))
+        .route(
+            "/admin/v1/groups/{g}/quota",
+            get(group_quota).put(set_group_quota),
+        )
+        .route("/admin/v1/backups", post(backup))
         .route("/admin/v1/audit", get(audit))
         .route("/admin/v1/token/rotate", post(rotate_token))
         .fallback(|| async { ApiError::not_found() })
-        .route_layer(middleware::from_fn_with_state(state.clone(), operator_only));
+        // `layer`, not `route_layer`: unknown paths too answer 401 without the token.
+        .layer(middleware::from_fn_with_state(state.clone(), operator_only));
     Router::new()
         .route("/metrics", get(metrics))
         .merge(v1)
@@ -482,6 +505,18 @@ async fn revoke(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Erases a member (`crate::members::erase`, as a member's own `DELETE /v1/me`): devices,
+/// memberships and link codes gone, new roster documents without them; their sockets are
+/// closed and the old rosters forgotten before this answers. Copies already on other
+/// members' devices cannot be recalled.
+async fn erase(
+    State(state): State<AdminState>,
+    UrlPath(m): UrlPath<String>,
+) -> AdminResult<Json<cairn_sync::membership::api::Erased>> {
+    let erased = crate::members::erase(&state.app, Actor::Operator, MemberId::from(m)).await?;
+    Ok(Json(erased))
+}
+
 // ------------------------------------------------------------------ audit
 
 /// Most audit entries one call returns: 10,000.
@@ -502,6 +537,7 @@ async fn audit(
     axum::extract::Query(q): axum::extract::Query<AuditQuery>,
 ) -> AdminResult<Response> {
     let limit = q.limit.unwrap_or(1000).clamp(1, MAX_AUDIT_PAGE);
+    flush_failed_credentials(&state.app).await;
     let membership = state.app.members()?.membership.clone();
     let entries = blocking(move || membership.audit_since(q.since, limit)).await?;
     let mut body = String::new();
@@ -527,6 +563,261 @@ pub(crate) async fn record(state: &AppState, kind: AuditKind, count: Option<u64>
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::error!(error = %e, ?kind, "could not write an audit entry"),
         Err(_) => tracing::error!(?kind, "writing an audit entry panicked"),
+    }
+}
+
+// ------------------------------------------------------------------ group deletion
+
+/// The answer to `DELETE /admin/v1/groups/{g}`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct GroupDeleted {
+    /// The group.
+    pub group_id: GroupId,
+    /// When it was deleted (Unix ms).
+    pub deleted_ms: u64,
+    /// From when it is destroyed (Unix ms; the hourly purge runs after this).
+    pub purge_after_ms: u64,
+}
+
+async fn delete_group(
+    State(state): State<AdminState>,
+    UrlPath(g): UrlPath<String>,
+) -> AdminResult<Json<GroupDeleted>> {
+    let membership = state.app.members()?.membership.clone();
+    let group = GroupId::from(g);
+    let gr = group.clone();
+    let m = membership.clone();
+    blocking(move || m.delete_group(&Actor::Operator, &gr, now_ms())).await?;
+    state.app.changed("group_deleted");
+    tracing::info!(group = %group, "group deleted by the operator");
+    // Nobody may see it any more: every connection is re-checked before this answers.
+    state.app.access_reduced(None).await;
+    let deleted_ms = membership
+        .group_summaries()
+        .into_iter()
+        .find(|s| s.group == group)
+        .and_then(|s| s.deleted_ms)
+        .unwrap_or_else(now_ms);
+    let grace =
+        u64::try_from(state.app.config.group_deletion_grace.as_millis()).unwrap_or(u64::MAX);
+    Ok(Json(GroupDeleted {
+        group_id: group,
+        deleted_ms,
+        purge_after_ms: deleted_ms.saturating_add(grace),
+    }))
+}
+
+async fn restore_group(
+    State(state): State<AdminState>,
+    UrlPath(g): UrlPath<String>,
+) -> AdminResult<StatusCode> {
+    let membership = state.app.members()?.membership.clone();
+    let group = GroupId::from(g);
+    let gr = group.clone();
+    blocking(move || membership.restore_group(&Actor::Operator, &gr, now_ms())).await?;
+    state.app.changed("group_restored");
+    tracing::info!(group = %group, "group restored by the operator");
+    state.app.roster_changed(&group);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ------------------------------------------------------------------ quotas
+
+/// `GET /admin/v1/quotas`: the relay's defaults (`--group-max-documents`,
+/// `--group-max-mb`, `--member-documents-per-hour`).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct QuotaDefaults {
+    /// Documents one group may hold.
+    pub documents_per_group: usize,
+    /// Bytes one group's documents may take.
+    pub bytes_per_group: u64,
+    /// Documents one member may register per hour.
+    pub documents_per_member_per_hour: usize,
+}
+
+async fn quotas(State(state): State<AdminState>) -> Json<QuotaDefaults> {
+    let c = &state.app.config;
+    Json(QuotaDefaults {
+        documents_per_group: c.group_max_documents,
+        bytes_per_group: c.group_max_bytes,
+        documents_per_member_per_hour: c.member_documents_per_hour,
+    })
+}
+
+/// `PUT /admin/v1/groups/{g}/quota`: the group's own limits; a field left out (or null)
+/// returns to the relay's default.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SetQuota {
+    /// Documents the group may hold.
+    #[serde(default)]
+    pub documents: Option<usize>,
+    /// Bytes the group's documents may take.
+    #[serde(default)]
+    pub bytes: Option<u64>,
+}
+
+async fn group_quota(
+    State(state): State<AdminState>,
+    UrlPath(g): UrlPath<String>,
+) -> AdminResult<Json<cairn_sync::membership::api::GroupQuota>> {
+    let group = GroupId::from(g);
+    Ok(Json(state.app.members()?.membership.group_quota(&group)?))
+}
+
+async fn set_group_quota(
+    State(state): State<AdminState>,
+    UrlPath(g): UrlPath<String>,
+    Body(req): Body<SetQuota>,
+) -> AdminResult<Json<cairn_sync::membership::api::GroupQuota>> {
+    if req.documents == Some(0) || req.bytes == Some(0) {
+        return Err(ApiError::bad_request("a quota must be greater than zero"));
+    }
+    let membership = state.app.members()?.membership.clone();
+    let group = GroupId::from(g);
+    let gr = group.clone();
+    let quota = blocking(move || {
+        membership.set_group_quota(&Actor::Operator, &gr, req.documents, req.bytes, now_ms())
+    })
+    .await?;
+    state.app.changed("quota_changed");
+    tracing::info!(group = %group, documents = quota.documents, bytes = quota.bytes, "group quota set by the operator");
+    Ok(Json(quota))
+}
+
+// ------------------------------------------------------------------ backups
+
+/// The answer to `POST /admin/v1/backups`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct BackupTaken {
+    /// The backup file.
+    pub path: PathBuf,
+    /// Entries in it.
+    pub keys: u64,
+    /// Bytes of values in it.
+    pub bytes: u64,
+    /// When it was taken (Unix ms).
+    pub taken_ms: u64,
+}
+
+async fn backup(State(state): State<AdminState>) -> AdminResult<Json<BackupTaken>> {
+    let Some(dir) = state.app.config.backup_dir.clone() else {
+        return Err(MembershipError::Conflict(
+            "online backups need a backup directory: start the relay with --backup-dir DIR (outside its data directory)",
+        )
+        .into());
+    };
+    let metrics = &state.app.metrics;
+    match crate::backup::backup(&state.app, &dir).await {
+        Ok(done) => {
+            metrics.backups.get_or_create(&vec![("result", "ok")]).inc();
+            metrics
+                .last_backup_timestamp
+                .set(i64::try_from(now_ms() / 1000).unwrap_or(i64::MAX));
+            // `backup::backup` has recorded it in the audit log.
+            Ok(Json(BackupTaken {
+                path: done.path,
+                keys: done.report.keys,
+                bytes: done.report.bytes,
+                taken_ms: done.report.taken_ms,
+            }))
+        }
+        Err(e) => {
+            metrics
+                .backups
+                .get_or_create(&vec![("result", "failed")])
+                .inc();
+            tracing::error!(error = %e, "online backup failed");
+            Err(ApiError::unavailable(&format!("the backup failed: {e}")))
+        }
+    }
+}
+
+// ------------------------------------------------------------------ background
+
+/// How often audit retention runs: daily.
+const RETENTION_EVERY: Duration = Duration::from_secs(24 * 3600);
+/// How often counted credential failures become audit entries: every minute.
+const FAILURES_EVERY: Duration = crate::auth::FAILURE_AUDIT_EVERY;
+
+/// Sleeps `every`; false if `stop` came first.
+async fn every(stop: &CancellationToken, every: Duration) -> bool {
+    tokio::select! {
+        _ = stop.cancelled() => false,
+        _ = tokio::time::sleep(every) => true,
+    }
+}
+
+/// Daily: deletes audit entries older than `--audit-retention-days`.
+async fn audit_retention(
+    state: AppState,
+    membership: cairn_sync::membership::Membership,
+    stop: CancellationToken,
+) {
+    let keep = u64::try_from(state.config.audit_retention.as_millis()).unwrap_or(u64::MAX);
+    loop {
+        let m = membership.clone();
+        let before = now_ms().saturating_sub(keep);
+        match tokio::task::spawn_blocking(move || m.expire_audit(before)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(entries = n, "expired audit entries past retention"),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "audit retention failed; it runs again tomorrow")
+            }
+            Err(_) => tracing::error!("audit retention panicked"),
+        }
+        if !every(&stop, RETENTION_EVERY).await {
+            return;
+        }
+    }
+}
+
+/// Every minute (and once more at shutdown): one `CredentialFailed` audit entry per
+/// claimed identity that presented wrong credentials since, with their count.
+async fn audit_failed_credentials(state: AppState, stop: CancellationToken) {
+    loop {
+        let go_on = every(&stop, FAILURES_EVERY).await;
+        flush_failed_credentials(&state).await;
+        if !go_on {
+            return;
+        }
+    }
+}
+
+/// Writes the credential failures that may get an entry now (see
+/// `auth::FailedCredentials`): from the minute task, and before an audit export so that it
+/// is up to date.
+async fn flush_failed_credentials(state: &AppState) {
+    let Some(members) = &state.members else {
+        return;
+    };
+    let failed = state.failed_credentials.take_due(std::time::Instant::now());
+    if failed.is_empty() {
+        return;
+    }
+    let membership = members.membership.clone();
+    let done = tokio::task::spawn_blocking(move || {
+        for (claimed, count) in failed {
+            let (member, device) = match claimed {
+                Some(id) => (Some(id.member), Some(id.device)),
+                None => (None, None),
+            };
+            membership.record_audit(
+                AuditKind::CredentialFailed,
+                Actor::Relay,
+                None,
+                member,
+                device,
+                Some(count),
+                now_ms(),
+            )?;
+        }
+        Ok::<(), MembershipError>(())
+    })
+    .await;
+    match done {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "could not audit credential failures"),
+        Err(_) => tracing::error!("auditing credential failures panicked"),
     }
 }
 

@@ -102,7 +102,8 @@ pub enum AdminCommand {
         /// The group.
         group: String,
     },
-    /// Show the default quotas, or one group's; with `--documents`/`--mb`, set the group's.
+    /// Show the default quotas, or one group's; with `--documents`/`--mb`, set the group's
+    /// own limits (a limit left out returns to the relay's default).
     Quota {
         /// The group (none: the defaults).
         group: Option<String>,

@@ -6,12 +6,14 @@
 //! credential included, until it cools down. Neither the token nor the query string is
 //! ever logged.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
 
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, Uri};
-use cairn_sync::membership::Identity;
+use cairn_sync::membership::{Credential, Identity};
 
 use crate::api::ApiError;
 use crate::AppState;
@@ -74,6 +76,7 @@ pub(crate) fn authenticate(
         Ok(identity) => Ok(identity),
         Err(_) => {
             state.metrics.auth_failures.inc();
+            state.failed_credentials.note(token);
             if let Err(limited) = members.limiters.failed_from(source) {
                 return Err(state.limited(limited));
             }
@@ -81,6 +84,67 @@ pub(crate) fn authenticate(
                 "the credential is not valid (wrong, rotated or revoked)",
             ))
         }
+    }
+}
+
+/// Distinct claimed identities whose failures are counted separately between two audit
+/// flushes: 1,024. Forged credentials can claim any id; past this many, further ones are
+/// counted with the unparseable ones, so an attacker cannot grow the map or the log.
+const MAX_CLAIMED: usize = 1024;
+
+/// How often one claimed identity may get a `CredentialFailed` audit entry: once a minute.
+pub(crate) const FAILURE_AUDIT_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Wrong credentials not yet in the audit log, by the identity they claimed (`None`: a
+/// credential that does not parse, or past [`MAX_CLAIMED`]). Each claimed identity gets at
+/// most one `CredentialFailed` entry per [`FAILURE_AUDIT_EVERY`], carrying the count.
+#[derive(Debug, Default)]
+pub(crate) struct FailedCredentials {
+    inner: Mutex<Failures>,
+}
+
+#[derive(Debug, Default)]
+struct Failures {
+    pending: HashMap<Option<Identity>, u64>,
+    /// When each key last got an entry (pruned once older than a period).
+    written: HashMap<Option<Identity>, std::time::Instant>,
+}
+
+impl FailedCredentials {
+    /// Counts a refused `token` under the identity it claims.
+    pub(crate) fn note(&self, token: &str) {
+        let claimed = Credential::parse(token).ok().map(|c| c.identity().clone());
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let key = if claimed.is_some()
+            && inner.pending.len() >= MAX_CLAIMED
+            && !inner.pending.contains_key(&claimed)
+        {
+            None
+        } else {
+            claimed
+        };
+        *inner.pending.entry(key).or_insert(0) += 1;
+    }
+
+    /// Takes the counts of the keys that may get an entry at `now` (none in the last
+    /// period), marking them written; the others wait.
+    pub(crate) fn take_due(&self, now: std::time::Instant) -> Vec<(Option<Identity>, u64)> {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let Failures { pending, written } = &mut *inner;
+        written.retain(|_, at| now.duration_since(*at) < FAILURE_AUDIT_EVERY);
+        let mut due = Vec::new();
+        pending.retain(|key, count| {
+            if written.contains_key(key) {
+                return true;
+            }
+            due.push((key.clone(), *count));
+            false
+        });
+        for (key, _) in &due {
+            written.insert(key.clone(), now);
+        }
+        due.sort();
+        due
     }
 }
 
@@ -135,6 +199,40 @@ mod tests {
             h.insert(header::AUTHORIZATION, a.parse().unwrap());
         }
         h
+    }
+
+    #[test]
+    fn failures_are_audited_once_a_period_per_claimed_identity_and_bounded() {
+        let failed = FailedCredentials::default();
+        let t0 = std::time::Instant::now();
+        failed.note("not a credential");
+        failed.note("also not one");
+        assert_eq!(failed.take_due(t0), vec![(None, 2)]);
+        assert!(failed.take_due(t0).is_empty(), "nothing new");
+        failed.note("a third");
+        assert!(
+            failed.take_due(t0 + FAILURE_AUDIT_EVERY / 2).is_empty(),
+            "one entry per key per period: the count waits"
+        );
+        assert_eq!(failed.take_due(t0 + FAILURE_AUDIT_EVERY), vec![(None, 1)]);
+        for _ in 0..(MAX_CLAIMED + 10) {
+            let (credential, _) = Credential::issue(Identity {
+                member: cairn_sync::membership::random_id().into(),
+                device: cairn_sync::membership::random_id().into(),
+            });
+            failed.note(credential.as_str());
+        }
+        let taken = failed.take_due(t0 + 3 * FAILURE_AUDIT_EVERY);
+        assert_eq!(
+            taken.len(),
+            MAX_CLAIMED + 1,
+            "bounded: the rest count as one key"
+        );
+        assert_eq!(
+            taken.iter().map(|(_, n)| n).sum::<u64>(),
+            (MAX_CLAIMED + 10) as u64
+        );
+        assert!(taken.contains(&(None, 10)));
     }
 
     #[test]

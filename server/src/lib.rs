@@ -144,6 +144,8 @@ pub struct AppState {
     sockets: Arc<Sockets>,
     /// The membership; `None` in `--open` mode.
     members: Option<Arc<Members>>,
+    /// Wrong credentials awaiting their audit entry (see `admin`'s background tasks).
+    failed_credentials: Arc<auth::FailedCredentials>,
     /// The store the host runs (for backups).
     store: SledStore,
 }
@@ -284,6 +286,7 @@ pub async fn start(config: &Config) -> Result<(AppState, SledStore), RelayError>
             socket_count: Arc::new(AtomicUsize::new(0)),
             sockets: Arc::new(Sockets::default()),
             members,
+            failed_credentials: Arc::default(),
             store: store.clone(),
         },
         store,

@@ -172,7 +172,18 @@ async fn an_operator_runs_a_group_through_the_cli() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     let log = dir.path().join("relay.log");
-    let relay = RelayProcess::start(&data, &log, &["--group-max-documents", "3"]).await;
+    let backups = dir.path().join("backups");
+    let relay = RelayProcess::start(
+        &data,
+        &log,
+        &[
+            "--group-max-documents",
+            "3",
+            "--backup-dir",
+            backups.to_str().expect("utf-8"),
+        ],
+    )
+    .await;
     let url = relay.admin_url();
     let token_file: PathBuf = data.join("admin-token");
     let operator_token = std::fs::read_to_string(&token_file)
@@ -198,6 +209,13 @@ async fn an_operator_runs_a_group_through_the_cli() {
     assert_eq!(none.status, 401);
     assert_eq!(none.header("www-authenticate"), Some("Bearer"));
     assert_eq!(none.code(), "unauthorized");
+    assert_eq!(
+        call(relay.admin, "GET", "/admin/v1/nothing-here", None, None)
+            .await
+            .status,
+        401,
+        "nothing under the admin address is probed without the token"
+    );
     let wrong = call(
         relay.admin,
         "GET",
@@ -302,8 +320,9 @@ async fn an_operator_runs_a_group_through_the_cli() {
     let refused = register(relay.addr, &member, &group, 3).await;
     assert_eq!(refused.status, 429, "{:?}", refused.body);
     assert_eq!(refused.code(), "quota_exceeded");
-    // A fresh copy from the relay: its heads still hold the acknowledged change.
-    let mut ws2 = Raw::joined_as(&format!("ws://{}/", relay.addr), &member).await;
+    // A fresh copy from the relay (to the organiser: a second socket of the same device
+    // would replace the first): its heads still hold the acknowledged change.
+    let mut ws2 = Raw::joined_as(&format!("ws://{}/", relay.addr), &organiser).await;
     match ws2
         .sync_doc(
             doc_id(1),
@@ -316,11 +335,19 @@ async fn an_operator_runs_a_group_through_the_cli() {
         SyncOutcome::Unavailable => panic!("the acknowledged document is gone"),
     }
     drop(ws2);
+    // The member's one remaining socket is open...
+    common::wait_metric(relay.addr, "cairn_sockets", |n| n == 1.0).await;
 
-    // Suspending through the CLI closes the member's open socket before it returns.
+    // ...and suspending through the CLI has closed it by the time the CLI returns.
     let env_token = [("CAIRN_ADMIN_TOKEN", operator_token.as_str())];
     let suspended = cli(&url, &env_token, &["suspend", &group, &member.member]).await;
     assert!(suspended.ok, "suspend: {}", suspended.stderr);
+    let (_, metrics) = http_get(relay.admin, "/metrics").await.expect("metrics");
+    assert_eq!(
+        common::metric_value(&metrics, "cairn_sockets"),
+        Some(0.0),
+        "the socket was closed before the call answered"
+    );
     // Frames of the earlier sync may come first; then the close.
     assert!(
         matches!(ws.drain(SOON).await.last(), Some(Seen::Closed)),
@@ -352,36 +379,33 @@ async fn an_operator_runs_a_group_through_the_cli() {
         .find(|l| l.starts_with(&group))
         .unwrap_or_else(|| panic!("the group is listed: {}", list.stdout));
     assert!(line.contains("members 1 active"), "{line}");
-    assert!(line.contains("documents 3"), "{line}");
+    assert!(line.contains("documents 3 of 3"), "{line}");
 
-    // The audit export: the expected kinds, ids only (checked for canaries at the end).
-    let audit = cli(&url, &env_token, &["audit"]).await;
-    assert!(audit.ok, "audit: {}", audit.stderr);
-    let entries: Vec<Value> = audit
-        .stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("one JSON entry per line"))
-        .collect();
-    let kinds: Vec<&str> = entries.iter().filter_map(|e| e["kind"].as_str()).collect();
-    for kind in [
-        "group_created",
-        "invite_created",
-        "invite_redeemed",
-        "suspended",
-        "removed",
-        "device_revoked",
-    ] {
-        assert!(
-            kinds.contains(&kind),
-            "no {kind} in the audit log: {kinds:?}"
-        );
-    }
-    let suspension = entries
-        .iter()
-        .find(|e| e["kind"] == "suspended")
-        .expect("suspended");
-    assert_eq!(suspension["member"], member.member.as_str());
-    assert_eq!(suspension["actor"]["type"], "operator");
+    // Erasure: the member is gone from the group's roster as the relay serves it.
+    let erased = cli(&url, &env_token, &["erase", &member.member]).await;
+    assert!(erased.ok, "erase: {}", erased.stderr);
+    assert!(
+        erased.stdout.contains("cannot be recalled"),
+        "{}",
+        erased.stdout
+    );
+    let members = call(
+        relay.addr,
+        "GET",
+        &format!("/v1/groups/{group}/members"),
+        Some(&organiser.token),
+        None,
+    )
+    .await
+    .expect(200);
+    assert!(!members.to_string().contains(&member.member), "{members}");
+    assert!(!members.to_string().contains(MEMBER_CANARY), "{members}");
+    let again = cli(&url, &env_token, &["erase", &member.member]).await;
+    assert!(
+        !again.ok && again.stderr.contains("404"),
+        "{}",
+        again.stderr
+    );
 
     // Rotation: the old token stops working, the file holds the new one.
     let rotated = cli(
@@ -421,11 +445,149 @@ async fn an_operator_runs_a_group_through_the_cli() {
     .await
     .expect(200);
 
+    // Delete and restore the group, take a backup, show the defaults.
+    let env_token = [("CAIRN_ADMIN_TOKEN", new_token.as_str())];
+    let deleted = cli(&url, &env_token, &["delete-group", &group]).await;
+    assert!(deleted.ok, "delete-group: {}", deleted.stderr);
+    assert_eq!(
+        call(
+            relay.addr,
+            "GET",
+            &format!("/v1/groups/{group}/members"),
+            Some(&organiser.token),
+            None
+        )
+        .await
+        .status,
+        404,
+        "nobody sees a deleted group"
+    );
+    let list = cli(&url, &env_token, &["groups"]).await;
+    assert!(list.stdout.contains("DELETED"), "{}", list.stdout);
+    let restored = cli(&url, &env_token, &["restore-group", &group]).await;
+    assert!(restored.ok, "restore-group: {}", restored.stderr);
+    call(
+        relay.addr,
+        "GET",
+        &format!("/v1/groups/{group}/members"),
+        Some(&organiser.token),
+        None,
+    )
+    .await
+    .expect(200);
+    let backup = cli(&url, &env_token, &["backup"]).await;
+    assert!(backup.ok, "backup: {}", backup.stderr);
+    let file = after(&backup.stdout, "Backup written:");
+    let file = file.split(" (").next().expect("path");
+    assert!(
+        Path::new(file).starts_with(&backups) && Path::new(file).exists(),
+        "{file}"
+    );
+    let defaults = cli(&url, &env_token, &["quota"]).await;
+    assert!(
+        defaults.stdout.contains("documents per group 3"),
+        "{}",
+        defaults.stdout
+    );
+    // Raising the group's own limit lets the refused document in.
+    let raised = cli(&url, &env_token, &["quota", &group, "--documents", "4"]).await;
+    assert!(raised.ok, "quota: {}", raised.stderr);
+    assert!(
+        raised.stdout.contains("documents 3 of 4"),
+        "{}",
+        raised.stdout
+    );
+    register(relay.addr, &organiser, &group, 3)
+        .await
+        .expect(201);
+
+    // Wrong credentials on /v1 and at the upgrade: one audit entry for the claimed
+    // identity (counted), one for those that do not parse.
+    // The organiser's credential with another secret: it claims the organiser.
+    let mut forged = organiser.token.clone();
+    let last = forged.pop().expect("a token");
+    forged.push(if last == '0' { '1' } else { '0' });
+    for _ in 0..3 {
+        call(relay.addr, "GET", "/v1/devices", Some(&forged), None).await;
+    }
+    call(relay.addr, "GET", "/v1/devices", Some("garbage"), None).await;
+
+    // The audit export: the expected kinds, ids only (checked for canaries at the end).
+    let audit = cli(&url, &env_token, &["audit"]).await;
+    assert!(audit.ok, "audit: {}", audit.stderr);
+    let entries: Vec<Value> = audit
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON entry per line"))
+        .collect();
+    let kinds: Vec<&str> = entries.iter().filter_map(|e| e["kind"].as_str()).collect();
+    for kind in [
+        "group_created",
+        "invite_created",
+        "invite_redeemed",
+        "suspended",
+        "removed",
+        "device_revoked",
+        "operator_token_rotated",
+        "group_deleted",
+        "group_restored",
+        "backup_taken",
+        "member_erased",
+        "quota_changed",
+    ] {
+        assert!(
+            kinds.contains(&kind),
+            "no {kind} in the audit log: {kinds:?}"
+        );
+    }
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "backup_taken").count(),
+        1,
+        "one backup, one entry"
+    );
+    let failures: Vec<&Value> = entries
+        .iter()
+        .filter(|e| e["kind"] == "credential_failed")
+        .collect();
+    assert!(
+        failures
+            .iter()
+            .any(|e| e["member"] == organiser.member.as_str() && e["count"] == 3),
+        "{failures:?}"
+    );
+    assert!(
+        failures
+            .iter()
+            .any(|e| e["member"].is_null() && e["count"] == 1),
+        "{failures:?}"
+    );
+    let suspension = entries
+        .iter()
+        .find(|e| e["kind"] == "suspended")
+        .expect("suspended");
+    assert_eq!(suspension["member"], member.member.as_str());
+    assert_eq!(suspension["actor"]["type"], "operator");
+
     // The admin address serves the metrics an operator alerts on.
     let (status, metrics) = http_get(relay.admin, "/metrics").await.expect("metrics");
     assert_eq!(status, 200);
     let free = common::metric_value(&metrics, "cairn_disk_free_bytes").expect("disk free");
     assert!(free > 0.0);
+    for name in [
+        "cairn_last_backup_timestamp_seconds",
+        "cairn_audit_entries_total",
+    ] {
+        let v = common::metric_value(&metrics, name).unwrap_or(0.0);
+        assert!(v > 0.0, "{name} is {v}");
+    }
+    assert_eq!(
+        common::metric_value(&metrics, "cairn_groups_pending_deletion"),
+        Some(0.0)
+    );
+    assert!(
+        metrics.contains("cairn_backups_total{result=\"ok\"} 1"),
+        "{metrics}"
+    );
 
     drop(relay);
     let text = std::fs::read_to_string(&log).expect("log");
@@ -462,7 +624,7 @@ async fn an_operator_runs_a_group_through_the_cli() {
             "the audit log holds a secret or a name"
         );
     }
-    for printed in [&made.stdout, &list.stdout, &rotated.stdout] {
+    for printed in [&made.stdout, &list.stdout, &rotated.stdout, &audit.stdout] {
         assert!(!printed.contains(&operator_token) && !printed.contains(&new_token));
     }
 }
