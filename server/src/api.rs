@@ -128,7 +128,13 @@ impl IntoResponse for ApiError {
             error: self.code.to_owned(),
             message: self.message,
         };
+        let quota = (self.code == "quota_exceeded")
+            .then(|| quota_label(&body.message))
+            .flatten();
         let mut response = (self.status, Json(body)).into_response();
+        if let Some(label) = quota {
+            response.extensions_mut().insert(QuotaRefused(label));
+        }
         let headers = response.headers_mut();
         if self.status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -138,6 +144,39 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// Marks an answer refused by a quota (not a rate limit), for [`count_quota_refusals`].
+#[derive(Clone, Copy, Debug)]
+struct QuotaRefused(&'static str);
+
+/// The metric label of a quota refusal, from the membership's fixed message.
+fn quota_label(message: &str) -> Option<&'static str> {
+    const QUOTAS: [(&str, &str); 6] = [
+        ("documents in this group", "documents_per_group"),
+        ("bytes in this group", "bytes_per_group"),
+        ("per member per hour", "documents_per_member_per_hour"),
+        ("devices per member", "devices_per_member"),
+        ("groups per member", "groups_per_member"),
+        ("open invites per group", "open_invites_per_group"),
+    ];
+    QUOTAS
+        .iter()
+        .find(|(text, _)| message.contains(text))
+        .map(|(_, label)| *label)
+}
+
+/// Counts every `/v1` answer refused by a quota in `cairn_quota_exceeded_total{quota}`.
+pub(crate) async fn count_quota_refusals(
+    State(state): State<AppState>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let response = next.run(request).await;
+    if let Some(QuotaRefused(label)) = response.extensions().get::<QuotaRefused>() {
+        state.metrics.quota_exceeded(label);
+    }
+    response
 }
 
 /// A JSON body of at most [`MAX_BODY_BYTES`]; anything else is a `bad_request`.

@@ -364,7 +364,10 @@ pub fn app(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_handler));
     let router = if state.members.is_some() {
-        router.merge(api::routes())
+        router.merge(api::routes().layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            api::count_quota_refusals,
+        )))
     } else {
         router
     };

@@ -588,6 +588,10 @@ async fn an_operator_runs_a_group_through_the_cli() {
         metrics.contains("cairn_backups_total{result=\"ok\"} 1"),
         "{metrics}"
     );
+    assert!(
+        metrics.contains("cairn_quota_exceeded_total{quota=\"documents_per_group\"} 1"),
+        "the refused registration is counted by its quota: {metrics}"
+    );
 
     drop(relay);
     let text = std::fs::read_to_string(&log).expect("log");
