@@ -249,6 +249,7 @@ mod tests {
         let code = invite(&live, &org, &g, 3);
         let (removed, _, _) = join(&live, &code, T0);
         let (revoked, revoked_token, _) = join(&live, &code, T0);
+        let (erased, erased_token, _) = join(&live, &code, T0);
         let later_code = invite(&live, &org, &g, 1);
 
         let at_backup = backup(&live_store);
@@ -259,13 +260,23 @@ mod tests {
         live.revoke_device(&revoked, &revoked.device, t1).unwrap();
         live.set_role(&org, &g, &revoked.member, Role::Observer, t1)
             .unwrap();
+        let old_roster = live
+            .erase_member(&Actor::Operator, &erased.member, t1)
+            .unwrap();
         let (_, late_token, _) = join(&live, &later_code, t1);
         let log = live.audit_since(0, usize::MAX).unwrap();
 
         // Restored with the log: none of it comes back to life.
         let restored = open(&backup(&at_backup));
         let replayed = restored.after_restore(Some(&log), t1 + 1000).unwrap();
-        assert_eq!(replayed.applied, 3, "{replayed:?}");
+        assert_eq!(replayed.applied, 4, "{replayed:?}");
+        assert!(restored.authenticate(&erased_token).is_err());
+        assert!(restored.snapshot().membership(&g, &erased.member).is_none());
+        assert_eq!(
+            replayed.forget.len(),
+            old_roster.old_rosters.len(),
+            "the roster that held the erased pseudonym is to be deleted"
+        );
         assert!(
             replayed.not_replayable >= 1,
             "the later enrolment is not invented"
@@ -310,6 +321,7 @@ mod tests {
         assert_eq!(kept.applied, 0);
         assert!(as_of.snapshot().may_see(&g, &removed.member, now));
         assert!(as_of.authenticate(&revoked_token).is_ok());
+        assert!(as_of.authenticate(&erased_token).is_ok());
         assert!(kept.codes_closed >= 2);
     }
 }
