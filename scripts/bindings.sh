@@ -192,7 +192,7 @@ start_relay() {
   RELAY_INVITE=$(sed -n 's/^ *link: *//p' <<<"$printed")
   [[ $RELAY_INVITE == cairn://invite/* ]] || die "cairn-relay bootstrap printed no invite link"
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  CAIRN_LOG=warn target/debug/cairn-relay serve --data "$RELAY_DATA" --listen 127.0.0.1:$port \
+  CAIRN_LOG=warn target/debug/cairn-relay serve --data "$RELAY_DATA" --listen 127.0.0.1:$port --admin-listen off \
     >>"$dir/relay.log" 2>&1 &
   RELAY_PIDS+=($!)
   RELAY_URL=ws://127.0.0.1:$port/

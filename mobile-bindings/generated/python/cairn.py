@@ -569,6 +569,8 @@ def _uniffi_check_api_checksums(lib):
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_cairn_mobile_checksum_method_group_create_thread() != 48277:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_cairn_mobile_checksum_method_group_delete() != 18516:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_cairn_mobile_checksum_method_group_id() != 34727:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_cairn_mobile_checksum_method_group_index() != 29538:
@@ -590,6 +592,8 @@ def _uniffi_check_api_checksums(lib):
     if lib.uniffi_cairn_mobile_checksum_method_group_remove_member() != 2012:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_cairn_mobile_checksum_method_group_resources() != 26418:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_cairn_mobile_checksum_method_group_restore() != 51594:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_cairn_mobile_checksum_method_group_series() != 22712:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
@@ -923,6 +927,10 @@ def _uniffi_check_api_checksums(lib):
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_cairn_mobile_checksum_method_workspace_devices() != 38819:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_cairn_mobile_checksum_method_workspace_erase_my_account() != 28625:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_cairn_mobile_checksum_method_workspace_export_my_data() != 35834:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_cairn_mobile_checksum_method_workspace_group() != 61525:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_cairn_mobile_checksum_method_workspace_groups() != 20626:
@@ -1030,6 +1038,9 @@ _UniffiLib.uniffi_cairn_mobile_checksum_method_group_create_series.restype = cty
 _UniffiLib.uniffi_cairn_mobile_checksum_method_group_create_thread.argtypes = (
 )
 _UniffiLib.uniffi_cairn_mobile_checksum_method_group_create_thread.restype = ctypes.c_uint16
+_UniffiLib.uniffi_cairn_mobile_checksum_method_group_delete.argtypes = (
+)
+_UniffiLib.uniffi_cairn_mobile_checksum_method_group_delete.restype = ctypes.c_uint16
 _UniffiLib.uniffi_cairn_mobile_checksum_method_group_id.argtypes = (
 )
 _UniffiLib.uniffi_cairn_mobile_checksum_method_group_id.restype = ctypes.c_uint16
@@ -1063,6 +1074,9 @@ _UniffiLib.uniffi_cairn_mobile_checksum_method_group_remove_member.restype = cty
 _UniffiLib.uniffi_cairn_mobile_checksum_method_group_resources.argtypes = (
 )
 _UniffiLib.uniffi_cairn_mobile_checksum_method_group_resources.restype = ctypes.c_uint16
+_UniffiLib.uniffi_cairn_mobile_checksum_method_group_restore.argtypes = (
+)
+_UniffiLib.uniffi_cairn_mobile_checksum_method_group_restore.restype = ctypes.c_uint16
 _UniffiLib.uniffi_cairn_mobile_checksum_method_group_series.argtypes = (
 )
 _UniffiLib.uniffi_cairn_mobile_checksum_method_group_series.restype = ctypes.c_uint16
@@ -1561,6 +1575,12 @@ _UniffiLib.uniffi_cairn_mobile_checksum_method_workspace_create_group.restype = 
 _UniffiLib.uniffi_cairn_mobile_checksum_method_workspace_devices.argtypes = (
 )
 _UniffiLib.uniffi_cairn_mobile_checksum_method_workspace_devices.restype = ctypes.c_uint16
+_UniffiLib.uniffi_cairn_mobile_checksum_method_workspace_erase_my_account.argtypes = (
+)
+_UniffiLib.uniffi_cairn_mobile_checksum_method_workspace_erase_my_account.restype = ctypes.c_uint16
+_UniffiLib.uniffi_cairn_mobile_checksum_method_workspace_export_my_data.argtypes = (
+)
+_UniffiLib.uniffi_cairn_mobile_checksum_method_workspace_export_my_data.restype = ctypes.c_uint16
 _UniffiLib.uniffi_cairn_mobile_checksum_method_workspace_group.argtypes = (
 )
 _UniffiLib.uniffi_cairn_mobile_checksum_method_workspace_group.restype = ctypes.c_uint16
@@ -1699,6 +1719,10 @@ _UniffiLib.uniffi_cairn_mobile_fn_method_group_create_thread.argtypes = (
     _UniffiRustBuffer,
 )
 _UniffiLib.uniffi_cairn_mobile_fn_method_group_create_thread.restype = ctypes.c_uint64
+_UniffiLib.uniffi_cairn_mobile_fn_method_group_delete.argtypes = (
+    ctypes.c_uint64,
+)
+_UniffiLib.uniffi_cairn_mobile_fn_method_group_delete.restype = ctypes.c_uint64
 _UniffiLib.uniffi_cairn_mobile_fn_method_group_id.argtypes = (
     ctypes.c_uint64,
     ctypes.POINTER(_UniffiRustCallStatus),
@@ -1750,6 +1774,10 @@ _UniffiLib.uniffi_cairn_mobile_fn_method_group_resources.argtypes = (
     ctypes.c_uint64,
 )
 _UniffiLib.uniffi_cairn_mobile_fn_method_group_resources.restype = ctypes.c_uint64
+_UniffiLib.uniffi_cairn_mobile_fn_method_group_restore.argtypes = (
+    ctypes.c_uint64,
+)
+_UniffiLib.uniffi_cairn_mobile_fn_method_group_restore.restype = ctypes.c_uint64
 _UniffiLib.uniffi_cairn_mobile_fn_method_group_series.argtypes = (
     ctypes.c_uint64,
     _UniffiRustBuffer,
@@ -2668,6 +2696,16 @@ _UniffiLib.uniffi_cairn_mobile_fn_method_workspace_devices.argtypes = (
     _UniffiRustBuffer,
 )
 _UniffiLib.uniffi_cairn_mobile_fn_method_workspace_devices.restype = ctypes.c_uint64
+_UniffiLib.uniffi_cairn_mobile_fn_method_workspace_erase_my_account.argtypes = (
+    ctypes.c_uint64,
+    _UniffiRustBuffer,
+)
+_UniffiLib.uniffi_cairn_mobile_fn_method_workspace_erase_my_account.restype = ctypes.c_uint64
+_UniffiLib.uniffi_cairn_mobile_fn_method_workspace_export_my_data.argtypes = (
+    ctypes.c_uint64,
+    _UniffiRustBuffer,
+)
+_UniffiLib.uniffi_cairn_mobile_fn_method_workspace_export_my_data.restype = ctypes.c_uint64
 _UniffiLib.uniffi_cairn_mobile_fn_method_workspace_group.argtypes = (
     ctypes.c_uint64,
     _UniffiRustBuffer,
@@ -4795,6 +4833,63 @@ class _UniffiFfiConverterTypeExcerptSelection(_UniffiConverterRustBuffer):
         _UniffiFfiConverterUInt32.write(value.start, buf)
         _UniffiFfiConverterUInt32.write(value.end, buf)
 
+@dataclass
+class ExportedDocument:
+    """
+    One document of a [`MyDataExport`].
+"""
+    def __init__(self, *, group_id:str, document_id:str, kind:str, automerge:bytes, json:str):
+        self.group_id = group_id
+        self.document_id = document_id
+        self.kind = kind
+        self.automerge = automerge
+        self.json = json
+        
+        
+
+    
+    def __str__(self):
+        return "ExportedDocument(group_id={}, document_id={}, kind={}, automerge={}, json={})".format(self.group_id, self.document_id, self.kind, self.automerge, self.json)
+    def __eq__(self, other):
+        if self.group_id != other.group_id:
+            return False
+        if self.document_id != other.document_id:
+            return False
+        if self.kind != other.kind:
+            return False
+        if self.automerge != other.automerge:
+            return False
+        if self.json != other.json:
+            return False
+        return True
+
+class _UniffiFfiConverterTypeExportedDocument(_UniffiConverterRustBuffer):
+    @staticmethod
+    def read(buf):
+        return ExportedDocument(
+            group_id=_UniffiFfiConverterString.read(buf),
+            document_id=_UniffiFfiConverterString.read(buf),
+            kind=_UniffiFfiConverterString.read(buf),
+            automerge=_UniffiFfiConverterBytes.read(buf),
+            json=_UniffiFfiConverterString.read(buf),
+        )
+
+    @staticmethod
+    def check_lower(value):
+        _UniffiFfiConverterString.check_lower(value.group_id)
+        _UniffiFfiConverterString.check_lower(value.document_id)
+        _UniffiFfiConverterString.check_lower(value.kind)
+        _UniffiFfiConverterBytes.check_lower(value.automerge)
+        _UniffiFfiConverterString.check_lower(value.json)
+
+    @staticmethod
+    def write(value, buf):
+        _UniffiFfiConverterString.write(value.group_id, buf)
+        _UniffiFfiConverterString.write(value.document_id, buf)
+        _UniffiFfiConverterString.write(value.kind, buf)
+        _UniffiFfiConverterBytes.write(value.automerge, buf)
+        _UniffiFfiConverterString.write(value.json, buf)
+
 
 
 
@@ -5700,24 +5795,50 @@ class _UniffiFfiConverterTypeGroupRecord(_UniffiConverterRustBuffer):
         _UniffiFfiConverterSequenceTypeIndexEntry.write(value.index, buf)
         _UniffiFfiConverterBoolean.write(value.needs_set_up, buf)
 
+class _UniffiFfiConverterOptionalUInt64(_UniffiConverterRustBuffer):
+    @classmethod
+    def check_lower(cls, value):
+        if value is not None:
+            _UniffiFfiConverterUInt64.check_lower(value)
+
+    @classmethod
+    def write(cls, value, buf):
+        if value is None:
+            buf.write_u8(0)
+            return
+
+        buf.write_u8(1)
+        _UniffiFfiConverterUInt64.write(value, buf)
+
+    @classmethod
+    def read(cls, buf):
+        flag = buf.read_u8()
+        if flag == 0:
+            return None
+        elif flag == 1:
+            return _UniffiFfiConverterUInt64.read(buf)
+        else:
+            raise InternalError("Unexpected flag byte for optional type")
+
 @dataclass
 class GroupSummary:
     """
     One of this device's groups, as its relay says.
 """
-    def __init__(self, *, group_id:str, relay_url:str, role:Role, status:MemberStatus, code_of_conduct_version:int, accepted_version:int):
+    def __init__(self, *, group_id:str, relay_url:str, role:Role, status:MemberStatus, code_of_conduct_version:int, accepted_version:int, deleted_ms:typing.Optional[int]):
         self.group_id = group_id
         self.relay_url = relay_url
         self.role = role
         self.status = status
         self.code_of_conduct_version = code_of_conduct_version
         self.accepted_version = accepted_version
+        self.deleted_ms = deleted_ms
         
         
 
     
     def __str__(self):
-        return "GroupSummary(group_id={}, relay_url={}, role={}, status={}, code_of_conduct_version={}, accepted_version={})".format(self.group_id, self.relay_url, self.role, self.status, self.code_of_conduct_version, self.accepted_version)
+        return "GroupSummary(group_id={}, relay_url={}, role={}, status={}, code_of_conduct_version={}, accepted_version={}, deleted_ms={})".format(self.group_id, self.relay_url, self.role, self.status, self.code_of_conduct_version, self.accepted_version, self.deleted_ms)
     def __eq__(self, other):
         if self.group_id != other.group_id:
             return False
@@ -5731,6 +5852,8 @@ class GroupSummary:
             return False
         if self.accepted_version != other.accepted_version:
             return False
+        if self.deleted_ms != other.deleted_ms:
+            return False
         return True
 
 class _UniffiFfiConverterTypeGroupSummary(_UniffiConverterRustBuffer):
@@ -5743,6 +5866,7 @@ class _UniffiFfiConverterTypeGroupSummary(_UniffiConverterRustBuffer):
             status=_UniffiFfiConverterTypeMemberStatus.read(buf),
             code_of_conduct_version=_UniffiFfiConverterUInt64.read(buf),
             accepted_version=_UniffiFfiConverterUInt64.read(buf),
+            deleted_ms=_UniffiFfiConverterOptionalUInt64.read(buf),
         )
 
     @staticmethod
@@ -5753,6 +5877,7 @@ class _UniffiFfiConverterTypeGroupSummary(_UniffiConverterRustBuffer):
         _UniffiFfiConverterTypeMemberStatus.check_lower(value.status)
         _UniffiFfiConverterUInt64.check_lower(value.code_of_conduct_version)
         _UniffiFfiConverterUInt64.check_lower(value.accepted_version)
+        _UniffiFfiConverterOptionalUInt64.check_lower(value.deleted_ms)
 
     @staticmethod
     def write(value, buf):
@@ -5762,6 +5887,7 @@ class _UniffiFfiConverterTypeGroupSummary(_UniffiConverterRustBuffer):
         _UniffiFfiConverterTypeMemberStatus.write(value.status, buf)
         _UniffiFfiConverterUInt64.write(value.code_of_conduct_version, buf)
         _UniffiFfiConverterUInt64.write(value.accepted_version, buf)
+        _UniffiFfiConverterOptionalUInt64.write(value.deleted_ms, buf)
 
 @dataclass
 class InviteCode:
@@ -5870,31 +5996,6 @@ class _UniffiFfiConverterTypeInviteRecord(_UniffiConverterRustBuffer):
         _UniffiFfiConverterUInt64.write(value.expires_ms, buf)
         _UniffiFfiConverterUInt64.write(value.code_of_conduct_version, buf)
         _UniffiFfiConverterString.write(value.code_of_conduct, buf)
-
-class _UniffiFfiConverterOptionalUInt64(_UniffiConverterRustBuffer):
-    @classmethod
-    def check_lower(cls, value):
-        if value is not None:
-            _UniffiFfiConverterUInt64.check_lower(value)
-
-    @classmethod
-    def write(cls, value, buf):
-        if value is None:
-            buf.write_u8(0)
-            return
-
-        buf.write_u8(1)
-        _UniffiFfiConverterUInt64.write(value, buf)
-
-    @classmethod
-    def read(cls, buf):
-        flag = buf.read_u8()
-        if flag == 0:
-            return None
-        elif flag == 1:
-            return _UniffiFfiConverterUInt64.read(buf)
-        else:
-            raise InternalError("Unexpected flag byte for optional type")
 
 @dataclass
 class InviteRequest:
@@ -7250,6 +7351,81 @@ class _UniffiFfiConverterTypeMovedOccurrence(_UniffiConverterRustBuffer):
     def write(value, buf):
         _UniffiFfiConverterString.write(value.original_date, buf)
         _UniffiFfiConverterTypeLocalTime.write(value.new_start, buf)
+
+class _UniffiFfiConverterSequenceTypeExportedDocument(_UniffiConverterRustBuffer):
+    @classmethod
+    def check_lower(cls, value):
+        for item in value:
+            _UniffiFfiConverterTypeExportedDocument.check_lower(item)
+
+    @classmethod
+    def write(cls, value, buf):
+        items = len(value)
+        buf.write_i32(items)
+        for item in value:
+            _UniffiFfiConverterTypeExportedDocument.write(item, buf)
+
+    @classmethod
+    def read(cls, buf):
+        count = buf.read_i32()
+        if count < 0:
+            raise InternalError("Unexpected negative sequence length")
+
+        return [
+            _UniffiFfiConverterTypeExportedDocument.read(buf) for i in range(count)
+        ]
+
+@dataclass
+class MyDataExport:
+    """
+    Everything the relay at `relay_url` holds about this device's member, and every
+    document they may read there.
+"""
+    def __init__(self, *, relay_url:str, member_id:str, relay_record_json:str, documents:typing.List[ExportedDocument]):
+        self.relay_url = relay_url
+        self.member_id = member_id
+        self.relay_record_json = relay_record_json
+        self.documents = documents
+        
+        
+
+    
+    def __str__(self):
+        return "MyDataExport(relay_url={}, member_id={}, relay_record_json={}, documents={})".format(self.relay_url, self.member_id, self.relay_record_json, self.documents)
+    def __eq__(self, other):
+        if self.relay_url != other.relay_url:
+            return False
+        if self.member_id != other.member_id:
+            return False
+        if self.relay_record_json != other.relay_record_json:
+            return False
+        if self.documents != other.documents:
+            return False
+        return True
+
+class _UniffiFfiConverterTypeMyDataExport(_UniffiConverterRustBuffer):
+    @staticmethod
+    def read(buf):
+        return MyDataExport(
+            relay_url=_UniffiFfiConverterString.read(buf),
+            member_id=_UniffiFfiConverterString.read(buf),
+            relay_record_json=_UniffiFfiConverterString.read(buf),
+            documents=_UniffiFfiConverterSequenceTypeExportedDocument.read(buf),
+        )
+
+    @staticmethod
+    def check_lower(value):
+        _UniffiFfiConverterString.check_lower(value.relay_url)
+        _UniffiFfiConverterString.check_lower(value.member_id)
+        _UniffiFfiConverterString.check_lower(value.relay_record_json)
+        _UniffiFfiConverterSequenceTypeExportedDocument.check_lower(value.documents)
+
+    @staticmethod
+    def write(value, buf):
+        _UniffiFfiConverterString.write(value.relay_url, buf)
+        _UniffiFfiConverterString.write(value.member_id, buf)
+        _UniffiFfiConverterString.write(value.relay_record_json, buf)
+        _UniffiFfiConverterSequenceTypeExportedDocument.write(value.documents, buf)
 
 class _UniffiFfiConverterOptionalBytes(_UniffiConverterRustBuffer):
     @classmethod
@@ -14986,6 +15162,13 @@ class GroupProtocol(typing.Protocol):
         without an index is NotFound (set it up first) rather than given an unlisted thread.
 """
         raise NotImplementedError
+    async def delete(self, ) -> None:
+        """
+        Deletes the group (organisers): from now on nobody reads or writes it. An
+        organiser can restore it until the relay's grace period ends (14 days unless the
+        operator set another); then the relay destroys it.
+"""
+        raise NotImplementedError
     def id(self, ) -> str:
         """
         The group's id.
@@ -15040,6 +15223,11 @@ class GroupProtocol(typing.Protocol):
         """
         The group's resources document: the one listed in the index (the oldest, should two
         members have created one at once offline), created and listed on first use.
+"""
+        raise NotImplementedError
+    async def restore(self, ) -> None:
+        """
+        Restores the group after `delete`, within the grace period (organisers).
 """
         raise NotImplementedError
     def series(self, series_id: str) -> Series:
@@ -15262,6 +15450,25 @@ class Group(GroupProtocol):
             _uniffi_lift_return,
             _uniffi_error_converter,
         )
+    async def delete(self, ) -> None:
+        """
+        Deletes the group (organisers): from now on nobody reads or writes it. An
+        organiser can restore it until the relay's grace period ends (14 days unless the
+        operator set another); then the relay destroys it.
+"""
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+        )
+        _uniffi_lift_return = lambda val: None
+        _uniffi_error_converter = _UniffiFfiConverterTypeCairnError
+        return await _uniffi_rust_call_async(
+            _UniffiLib.uniffi_cairn_mobile_fn_method_group_delete(*_uniffi_lowered_args),
+            _UniffiLib.ffi_cairn_mobile_rust_future_poll_void,
+            _UniffiLib.ffi_cairn_mobile_rust_future_complete_void,
+            _UniffiLib.ffi_cairn_mobile_rust_future_free_void,
+            _uniffi_lift_return,
+            _uniffi_error_converter,
+        )
     def id(self, ) -> str:
         """
         The group's id.
@@ -15453,6 +15660,23 @@ class Group(GroupProtocol):
             _UniffiLib.ffi_cairn_mobile_rust_future_poll_u64,
             _UniffiLib.ffi_cairn_mobile_rust_future_complete_u64,
             _UniffiLib.ffi_cairn_mobile_rust_future_free_u64,
+            _uniffi_lift_return,
+            _uniffi_error_converter,
+        )
+    async def restore(self, ) -> None:
+        """
+        Restores the group after `delete`, within the grace period (organisers).
+"""
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+        )
+        _uniffi_lift_return = lambda val: None
+        _uniffi_error_converter = _UniffiFfiConverterTypeCairnError
+        return await _uniffi_rust_call_async(
+            _UniffiLib.uniffi_cairn_mobile_fn_method_group_restore(*_uniffi_lowered_args),
+            _UniffiLib.ffi_cairn_mobile_rust_future_poll_void,
+            _UniffiLib.ffi_cairn_mobile_rust_future_complete_void,
+            _UniffiLib.ffi_cairn_mobile_rust_future_free_void,
             _uniffi_lift_return,
             _uniffi_error_converter,
         )
@@ -16446,6 +16670,24 @@ class WorkspaceProtocol(typing.Protocol):
         This member's devices on the relay at `relay_url`.
 """
         raise NotImplementedError
+    async def erase_my_account(self, relay_url: str) -> None:
+        """
+        Erases this device's member on the relay at `relay_url`: every device and
+        membership removed, their pseudonym gone from everything the relay serves from now
+        on (it rebuilds each group's roster without them). What they wrote stays, shown as
+        by a former member. Copies already on other members' phones cannot be recalled.
+        This device stops syncing with that relay; delete its credential from the platform
+        keystore.
+"""
+        raise NotImplementedError
+    async def export_my_data(self, relay_url: str) -> MyDataExport:
+        """
+        Exports everything the relay at `relay_url` holds about this device's member: their
+        memberships, roles, devices and the audit entries about them, and every document
+        they may read as an Automerge binary and as JSON. Each document comes from this
+        device's copy, fetched from the relay first if the device has none.
+"""
+        raise NotImplementedError
     def group(self, group_id: str) -> Group:
         """
         The group with this id.
@@ -16574,6 +16816,54 @@ class Workspace(WorkspaceProtocol):
         _uniffi_error_converter = _UniffiFfiConverterTypeCairnError
         return await _uniffi_rust_call_async(
             _UniffiLib.uniffi_cairn_mobile_fn_method_workspace_devices(*_uniffi_lowered_args),
+            _UniffiLib.ffi_cairn_mobile_rust_future_poll_rust_buffer,
+            _UniffiLib.ffi_cairn_mobile_rust_future_complete_rust_buffer,
+            _UniffiLib.ffi_cairn_mobile_rust_future_free_rust_buffer,
+            _uniffi_lift_return,
+            _uniffi_error_converter,
+        )
+    async def erase_my_account(self, relay_url: str) -> None:
+        """
+        Erases this device's member on the relay at `relay_url`: every device and
+        membership removed, their pseudonym gone from everything the relay serves from now
+        on (it rebuilds each group's roster without them). What they wrote stays, shown as
+        by a former member. Copies already on other members' phones cannot be recalled.
+        This device stops syncing with that relay; delete its credential from the platform
+        keystore.
+"""
+        
+        _UniffiFfiConverterString.check_lower(relay_url)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterString.lower(relay_url),
+        )
+        _uniffi_lift_return = lambda val: None
+        _uniffi_error_converter = _UniffiFfiConverterTypeCairnError
+        return await _uniffi_rust_call_async(
+            _UniffiLib.uniffi_cairn_mobile_fn_method_workspace_erase_my_account(*_uniffi_lowered_args),
+            _UniffiLib.ffi_cairn_mobile_rust_future_poll_void,
+            _UniffiLib.ffi_cairn_mobile_rust_future_complete_void,
+            _UniffiLib.ffi_cairn_mobile_rust_future_free_void,
+            _uniffi_lift_return,
+            _uniffi_error_converter,
+        )
+    async def export_my_data(self, relay_url: str) -> MyDataExport:
+        """
+        Exports everything the relay at `relay_url` holds about this device's member: their
+        memberships, roles, devices and the audit entries about them, and every document
+        they may read as an Automerge binary and as JSON. Each document comes from this
+        device's copy, fetched from the relay first if the device has none.
+"""
+        
+        _UniffiFfiConverterString.check_lower(relay_url)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterString.lower(relay_url),
+        )
+        _uniffi_lift_return = _UniffiFfiConverterTypeMyDataExport.lift
+        _uniffi_error_converter = _UniffiFfiConverterTypeCairnError
+        return await _uniffi_rust_call_async(
+            _UniffiLib.uniffi_cairn_mobile_fn_method_workspace_export_my_data(*_uniffi_lowered_args),
             _UniffiLib.ffi_cairn_mobile_rust_future_poll_rust_buffer,
             _UniffiLib.ffi_cairn_mobile_rust_future_complete_rust_buffer,
             _UniffiLib.ffi_cairn_mobile_rust_future_free_rust_buffer,
@@ -18168,6 +18458,7 @@ __all__ = [
     "DocumentSync",
     "Enrolment",
     "ExcerptSelection",
+    "ExportedDocument",
     "MeetingPlace",
     "GroupProfile",
     "MemberRecord",
@@ -18188,6 +18479,7 @@ __all__ = [
     "MinutesText",
     "MinutesRecord",
     "MovedOccurrence",
+    "MyDataExport",
     "NetworkRequest",
     "NewAgendaItem",
     "NewResource",

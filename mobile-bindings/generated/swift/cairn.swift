@@ -1583,6 +1583,13 @@ public protocol GroupProtocol: AnyObject, Sendable {
     func createThread(title: String, firstPost: String) async throws  -> Thread
     
     /**
+     * Deletes the group (organisers): from now on nobody reads or writes it. An
+     * organiser can restore it until the relay's grace period ends (14 days unless the
+     * operator set another); then the relay destroys it.
+     */
+    func delete() async throws 
+    
+    /**
      * The group's id.
      */
     func id()  -> String
@@ -1637,6 +1644,11 @@ public protocol GroupProtocol: AnyObject, Sendable {
      * members have created one at once offline), created and listed on first use.
      */
     func resources() async throws  -> Resources
+    
+    /**
+     * Restores the group after `delete`, within the grace period (organisers).
+     */
+    func restore() async throws 
     
     /**
      * The series with this document id (not loaded until used).
@@ -1878,6 +1890,27 @@ open func createThread(title: String, firstPost: String)async throws  -> Thread 
 }
     
     /**
+     * Deletes the group (organisers): from now on nobody reads or writes it. An
+     * organiser can restore it until the relay's grace period ends (14 days unless the
+     * operator set another); then the relay destroys it.
+     */
+open func delete()async throws   {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_cairn_mobile_fn_method_group_delete(
+                        self.uniffiCloneHandle()
+                )
+            },
+            pollFunc: ffi_cairn_mobile_rust_future_poll_void,
+            completeFunc: ffi_cairn_mobile_rust_future_complete_void,
+            freeFunc: ffi_cairn_mobile_rust_future_free_void,
+            liftFunc: { $0 },
+            errorHandler: FfiConverterTypeCairnError_lift
+        )
+}
+    
+    /**
      * The group's id.
      */
 open func id() -> String  {
@@ -2064,6 +2097,25 @@ open func resources()async throws  -> Resources  {
             completeFunc: ffi_cairn_mobile_rust_future_complete_u64,
             freeFunc: ffi_cairn_mobile_rust_future_free_u64,
             liftFunc: FfiConverterTypeResources_lift,
+            errorHandler: FfiConverterTypeCairnError_lift
+        )
+}
+    
+    /**
+     * Restores the group after `delete`, within the grace period (organisers).
+     */
+open func restore()async throws   {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_cairn_mobile_fn_method_group_restore(
+                        self.uniffiCloneHandle()
+                )
+            },
+            pollFunc: ffi_cairn_mobile_rust_future_poll_void,
+            completeFunc: ffi_cairn_mobile_rust_future_complete_void,
+            freeFunc: ffi_cairn_mobile_rust_future_free_void,
+            liftFunc: { $0 },
             errorHandler: FfiConverterTypeCairnError_lift
         )
 }
@@ -8948,6 +9000,24 @@ public protocol WorkspaceProtocol: AnyObject, Sendable {
     func devices(relayUrl: String) async throws  -> [DeviceRecord]
     
     /**
+     * Erases this device's member on the relay at `relay_url`: every device and
+     * membership removed, their pseudonym gone from everything the relay serves from now
+     * on (it rebuilds each group's roster without them). What they wrote stays, shown as
+     * by a former member. Copies already on other members' phones cannot be recalled.
+     * This device stops syncing with that relay; delete its credential from the platform
+     * keystore.
+     */
+    func eraseMyAccount(relayUrl: String) async throws 
+    
+    /**
+     * Exports everything the relay at `relay_url` holds about this device's member: their
+     * memberships, roles, devices and the audit entries about them, and every document
+     * they may read as an Automerge binary and as JSON. Each document comes from this
+     * device's copy, fetched from the relay first if the device has none.
+     */
+    func exportMyData(relayUrl: String) async throws  -> MyDataExport
+    
+    /**
      * The group with this id.
      */
     func group(groupId: String)  -> Group
@@ -9094,6 +9164,52 @@ open func devices(relayUrl: String)async throws  -> [DeviceRecord]  {
             completeFunc: ffi_cairn_mobile_rust_future_complete_rust_buffer,
             freeFunc: ffi_cairn_mobile_rust_future_free_rust_buffer,
             liftFunc: FfiConverterSequenceTypeDeviceRecord.lift,
+            errorHandler: FfiConverterTypeCairnError_lift
+        )
+}
+    
+    /**
+     * Erases this device's member on the relay at `relay_url`: every device and
+     * membership removed, their pseudonym gone from everything the relay serves from now
+     * on (it rebuilds each group's roster without them). What they wrote stays, shown as
+     * by a former member. Copies already on other members' phones cannot be recalled.
+     * This device stops syncing with that relay; delete its credential from the platform
+     * keystore.
+     */
+open func eraseMyAccount(relayUrl: String)async throws   {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_cairn_mobile_fn_method_workspace_erase_my_account(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(relayUrl)
+                )
+            },
+            pollFunc: ffi_cairn_mobile_rust_future_poll_void,
+            completeFunc: ffi_cairn_mobile_rust_future_complete_void,
+            freeFunc: ffi_cairn_mobile_rust_future_free_void,
+            liftFunc: { $0 },
+            errorHandler: FfiConverterTypeCairnError_lift
+        )
+}
+    
+    /**
+     * Exports everything the relay at `relay_url` holds about this device's member: their
+     * memberships, roles, devices and the audit entries about them, and every document
+     * they may read as an Automerge binary and as JSON. Each document comes from this
+     * device's copy, fetched from the relay first if the device has none.
+     */
+open func exportMyData(relayUrl: String)async throws  -> MyDataExport  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_cairn_mobile_fn_method_workspace_export_my_data(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(relayUrl)
+                )
+            },
+            pollFunc: ffi_cairn_mobile_rust_future_poll_rust_buffer,
+            completeFunc: ffi_cairn_mobile_rust_future_complete_rust_buffer,
+            freeFunc: ffi_cairn_mobile_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeMyDataExport_lift,
             errorHandler: FfiConverterTypeCairnError_lift
         )
 }
@@ -10479,6 +10595,109 @@ public func FfiConverterTypeExcerptSelection_lower(_ value: ExcerptSelection) ->
 
 
 /**
+ * One document of a [`MyDataExport`].
+ */
+public struct ExportedDocument: Equatable, Hashable {
+    /**
+     * Its group.
+     */
+    public var groupId: String
+    /**
+     * Its id.
+     */
+    public var documentId: String
+    /**
+     * What it is: `settings`, `roster`, `index`, `series`, `meeting`, `resources`,
+     * `thread` or `report`.
+     */
+    public var kind: String
+    /**
+     * The whole document with its history (Automerge's saved format; opens in any
+     * Automerge implementation).
+     */
+    public var automerge: Data
+    /**
+     * Its current state as JSON.
+     */
+    public var json: String
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * Its group.
+         */groupId: String, 
+        /**
+         * Its id.
+         */documentId: String, 
+        /**
+         * What it is: `settings`, `roster`, `index`, `series`, `meeting`, `resources`,
+         * `thread` or `report`.
+         */kind: String, 
+        /**
+         * The whole document with its history (Automerge's saved format; opens in any
+         * Automerge implementation).
+         */automerge: Data, 
+        /**
+         * Its current state as JSON.
+         */json: String) {
+        self.groupId = groupId
+        self.documentId = documentId
+        self.kind = kind
+        self.automerge = automerge
+        self.json = json
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension ExportedDocument: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeExportedDocument: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> ExportedDocument {
+        return
+            try ExportedDocument(
+                groupId: FfiConverterString.read(from: &buf), 
+                documentId: FfiConverterString.read(from: &buf), 
+                kind: FfiConverterString.read(from: &buf), 
+                automerge: FfiConverterData.read(from: &buf), 
+                json: FfiConverterString.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: ExportedDocument, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.groupId, into: &buf)
+        FfiConverterString.write(value.documentId, into: &buf)
+        FfiConverterString.write(value.kind, into: &buf)
+        FfiConverterData.write(value.automerge, into: &buf)
+        FfiConverterString.write(value.json, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeExportedDocument_lift(_ buf: RustBuffer) throws -> ExportedDocument {
+    return try FfiConverterTypeExportedDocument.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeExportedDocument_lower(_ value: ExportedDocument) -> RustBuffer {
+    return FfiConverterTypeExportedDocument.lower(value)
+}
+
+
+/**
  * Everything the group's settings document holds.
  */
 public struct GroupProfile: Equatable, Hashable {
@@ -10779,6 +10998,12 @@ public struct GroupSummary: Equatable, Hashable {
      * stay closed to this device: show the code of conduct and [`Workspace::accept_code_of_conduct`].
      */
     public var acceptedVersion: UInt64
+    /**
+     * When an organiser deleted the group (ms since the Unix epoch): nobody syncs it, and
+     * its organisers may [restore](Group::restore) it until the relay's grace period
+     * ends. `None` for a group in use.
+     */
+    public var deletedMs: UInt64?
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -10801,13 +11026,19 @@ public struct GroupSummary: Equatable, Hashable {
         /**
          * The version this member accepted (0: none). Until it matches, the group's documents
          * stay closed to this device: show the code of conduct and [`Workspace::accept_code_of_conduct`].
-         */acceptedVersion: UInt64) {
+         */acceptedVersion: UInt64, 
+        /**
+         * When an organiser deleted the group (ms since the Unix epoch): nobody syncs it, and
+         * its organisers may [restore](Group::restore) it until the relay's grace period
+         * ends. `None` for a group in use.
+         */deletedMs: UInt64?) {
         self.groupId = groupId
         self.relayUrl = relayUrl
         self.role = role
         self.status = status
         self.codeOfConductVersion = codeOfConductVersion
         self.acceptedVersion = acceptedVersion
+        self.deletedMs = deletedMs
     }
 
     
@@ -10831,7 +11062,8 @@ public struct FfiConverterTypeGroupSummary: FfiConverterRustBuffer {
                 role: FfiConverterTypeRole.read(from: &buf), 
                 status: FfiConverterTypeMemberStatus.read(from: &buf), 
                 codeOfConductVersion: FfiConverterUInt64.read(from: &buf), 
-                acceptedVersion: FfiConverterUInt64.read(from: &buf)
+                acceptedVersion: FfiConverterUInt64.read(from: &buf), 
+                deletedMs: FfiConverterOptionUInt64.read(from: &buf)
         )
     }
 
@@ -10842,6 +11074,7 @@ public struct FfiConverterTypeGroupSummary: FfiConverterRustBuffer {
         FfiConverterTypeMemberStatus.write(value.status, into: &buf)
         FfiConverterUInt64.write(value.codeOfConductVersion, into: &buf)
         FfiConverterUInt64.write(value.acceptedVersion, into: &buf)
+        FfiConverterOptionUInt64.write(value.deletedMs, into: &buf)
     }
 }
 
@@ -12132,6 +12365,100 @@ public func FfiConverterTypeMovedOccurrence_lift(_ buf: RustBuffer) throws -> Mo
 #endif
 public func FfiConverterTypeMovedOccurrence_lower(_ value: MovedOccurrence) -> RustBuffer {
     return FfiConverterTypeMovedOccurrence.lower(value)
+}
+
+
+/**
+ * Everything the relay at `relay_url` holds about this device's member, and every
+ * document they may read there.
+ */
+public struct MyDataExport: Equatable, Hashable {
+    /**
+     * The relay it came from.
+     */
+    public var relayUrl: String
+    /**
+     * The member it is about.
+     */
+    public var memberId: String
+    /**
+     * What the relay keeps about the member, as the relay's JSON: their memberships
+     * (group, role, status, pseudonym, dates), their devices, and the audit entries
+     * about them (ids, kinds and times only).
+     */
+    public var relayRecordJson: String
+    /**
+     * Every document they may read on the relay, as Automerge binaries and as JSON.
+     */
+    public var documents: [ExportedDocument]
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * The relay it came from.
+         */relayUrl: String, 
+        /**
+         * The member it is about.
+         */memberId: String, 
+        /**
+         * What the relay keeps about the member, as the relay's JSON: their memberships
+         * (group, role, status, pseudonym, dates), their devices, and the audit entries
+         * about them (ids, kinds and times only).
+         */relayRecordJson: String, 
+        /**
+         * Every document they may read on the relay, as Automerge binaries and as JSON.
+         */documents: [ExportedDocument]) {
+        self.relayUrl = relayUrl
+        self.memberId = memberId
+        self.relayRecordJson = relayRecordJson
+        self.documents = documents
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension MyDataExport: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeMyDataExport: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> MyDataExport {
+        return
+            try MyDataExport(
+                relayUrl: FfiConverterString.read(from: &buf), 
+                memberId: FfiConverterString.read(from: &buf), 
+                relayRecordJson: FfiConverterString.read(from: &buf), 
+                documents: FfiConverterSequenceTypeExportedDocument.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: MyDataExport, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.relayUrl, into: &buf)
+        FfiConverterString.write(value.memberId, into: &buf)
+        FfiConverterString.write(value.relayRecordJson, into: &buf)
+        FfiConverterSequenceTypeExportedDocument.write(value.documents, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeMyDataExport_lift(_ buf: RustBuffer) throws -> MyDataExport {
+    return try FfiConverterTypeMyDataExport.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeMyDataExport_lower(_ value: MyDataExport) -> RustBuffer {
+    return FfiConverterTypeMyDataExport.lower(value)
 }
 
 
@@ -17577,6 +17904,31 @@ fileprivate struct FfiConverterSequenceTypeDeviceRecord: FfiConverterRustBuffer 
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterSequenceTypeExportedDocument: FfiConverterRustBuffer {
+    typealias SwiftType = [ExportedDocument]
+
+    public static func write(_ value: [ExportedDocument], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeExportedDocument.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [ExportedDocument] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [ExportedDocument]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeExportedDocument.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterSequenceTypeGroupSummary: FfiConverterRustBuffer {
     typealias SwiftType = [GroupSummary]
 
@@ -18269,6 +18621,9 @@ private let initializationResult: InitializationResult = {
     if (uniffi_cairn_mobile_checksum_method_group_create_thread() != 48277) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_cairn_mobile_checksum_method_group_delete() != 18516) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_cairn_mobile_checksum_method_group_id() != 34727) {
         return InitializationResult.apiChecksumMismatch
     }
@@ -18300,6 +18655,9 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_cairn_mobile_checksum_method_group_resources() != 26418) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_cairn_mobile_checksum_method_group_restore() != 51594) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_cairn_mobile_checksum_method_group_series() != 22712) {
@@ -18711,6 +19069,12 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_cairn_mobile_checksum_method_workspace_devices() != 38819) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_cairn_mobile_checksum_method_workspace_erase_my_account() != 28625) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_cairn_mobile_checksum_method_workspace_export_my_data() != 35834) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_cairn_mobile_checksum_method_workspace_group() != 61525) {

@@ -981,6 +981,11 @@ uint64_t uniffi_cairn_mobile_fn_method_group_create_series(uint64_t ptr, RustBuf
 uint64_t uniffi_cairn_mobile_fn_method_group_create_thread(uint64_t ptr, RustBuffer title, RustBuffer first_post
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_GROUP_DELETE
+#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_GROUP_DELETE
+uint64_t uniffi_cairn_mobile_fn_method_group_delete(uint64_t ptr
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_GROUP_ID
 #define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_GROUP_ID
 RustBuffer uniffi_cairn_mobile_fn_method_group_id(uint64_t ptr, RustCallStatus *_Nonnull out_status
@@ -1034,6 +1039,11 @@ uint64_t uniffi_cairn_mobile_fn_method_group_remove_member(uint64_t ptr, RustBuf
 #ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_GROUP_RESOURCES
 #define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_GROUP_RESOURCES
 uint64_t uniffi_cairn_mobile_fn_method_group_resources(uint64_t ptr
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_GROUP_RESTORE
+#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_GROUP_RESTORE
+uint64_t uniffi_cairn_mobile_fn_method_group_restore(uint64_t ptr
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_GROUP_SERIES
@@ -1801,6 +1811,16 @@ uint64_t uniffi_cairn_mobile_fn_method_workspace_create_group(uint64_t ptr, Rust
 uint64_t uniffi_cairn_mobile_fn_method_workspace_devices(uint64_t ptr, RustBuffer relay_url
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_WORKSPACE_ERASE_MY_ACCOUNT
+#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_WORKSPACE_ERASE_MY_ACCOUNT
+uint64_t uniffi_cairn_mobile_fn_method_workspace_erase_my_account(uint64_t ptr, RustBuffer relay_url
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_WORKSPACE_EXPORT_MY_DATA
+#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_WORKSPACE_EXPORT_MY_DATA
+uint64_t uniffi_cairn_mobile_fn_method_workspace_export_my_data(uint64_t ptr, RustBuffer relay_url
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_WORKSPACE_GROUP
 #define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_FN_METHOD_WORKSPACE_GROUP
 uint64_t uniffi_cairn_mobile_fn_method_workspace_group(uint64_t ptr, RustBuffer group_id, RustCallStatus *_Nonnull out_status
@@ -2411,6 +2431,12 @@ uint16_t uniffi_cairn_mobile_checksum_method_group_create_thread(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_GROUP_DELETE
+#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_GROUP_DELETE
+uint16_t uniffi_cairn_mobile_checksum_method_group_delete(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_GROUP_ID
 #define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_GROUP_ID
 uint16_t uniffi_cairn_mobile_checksum_method_group_id(void
@@ -2474,6 +2500,12 @@ uint16_t uniffi_cairn_mobile_checksum_method_group_remove_member(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_GROUP_RESOURCES
 #define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_GROUP_RESOURCES
 uint16_t uniffi_cairn_mobile_checksum_method_group_resources(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_GROUP_RESTORE
+#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_GROUP_RESTORE
+uint16_t uniffi_cairn_mobile_checksum_method_group_restore(void
     
 );
 #endif
@@ -3296,6 +3328,18 @@ uint16_t uniffi_cairn_mobile_checksum_method_workspace_create_group(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_WORKSPACE_DEVICES
 #define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_WORKSPACE_DEVICES
 uint16_t uniffi_cairn_mobile_checksum_method_workspace_devices(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_WORKSPACE_ERASE_MY_ACCOUNT
+#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_WORKSPACE_ERASE_MY_ACCOUNT
+uint16_t uniffi_cairn_mobile_checksum_method_workspace_erase_my_account(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_WORKSPACE_EXPORT_MY_DATA
+#define UNIFFI_FFIDEF_UNIFFI_CAIRN_MOBILE_CHECKSUM_METHOD_WORKSPACE_EXPORT_MY_DATA
+uint16_t uniffi_cairn_mobile_checksum_method_workspace_export_my_data(void
     
 );
 #endif

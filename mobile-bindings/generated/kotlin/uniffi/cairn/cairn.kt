@@ -1116,6 +1116,8 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_cairn_mobile_checksum_method_group_create_thread(
     ): Int
+    external fun uniffi_cairn_mobile_checksum_method_group_delete(
+    ): Int
     external fun uniffi_cairn_mobile_checksum_method_group_id(
     ): Int
     external fun uniffi_cairn_mobile_checksum_method_group_index(
@@ -1137,6 +1139,8 @@ internal object IntegrityCheckingUniffiLib {
     external fun uniffi_cairn_mobile_checksum_method_group_remove_member(
     ): Int
     external fun uniffi_cairn_mobile_checksum_method_group_resources(
+    ): Int
+    external fun uniffi_cairn_mobile_checksum_method_group_restore(
     ): Int
     external fun uniffi_cairn_mobile_checksum_method_group_series(
     ): Int
@@ -1412,6 +1416,10 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_cairn_mobile_checksum_method_workspace_devices(
     ): Int
+    external fun uniffi_cairn_mobile_checksum_method_workspace_erase_my_account(
+    ): Int
+    external fun uniffi_cairn_mobile_checksum_method_workspace_export_my_data(
+    ): Int
     external fun uniffi_cairn_mobile_checksum_method_workspace_group(
     ): Int
     external fun uniffi_cairn_mobile_checksum_method_workspace_groups(
@@ -1640,6 +1648,8 @@ internal object UniffiLib {
     ): Long
     external fun uniffi_cairn_mobile_fn_method_group_create_thread(`ptr`: Long,`title`: RustBuffer.ByValue,`firstPost`: RustBuffer.ByValue,
     ): Long
+    external fun uniffi_cairn_mobile_fn_method_group_delete(`ptr`: Long,
+    ): Long
     external fun uniffi_cairn_mobile_fn_method_group_id(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
     external fun uniffi_cairn_mobile_fn_method_group_index(`ptr`: Long,
@@ -1661,6 +1671,8 @@ internal object UniffiLib {
     external fun uniffi_cairn_mobile_fn_method_group_remove_member(`ptr`: Long,`memberId`: RustBuffer.ByValue,
     ): Long
     external fun uniffi_cairn_mobile_fn_method_group_resources(`ptr`: Long,
+    ): Long
+    external fun uniffi_cairn_mobile_fn_method_group_restore(`ptr`: Long,
     ): Long
     external fun uniffi_cairn_mobile_fn_method_group_series(`ptr`: Long,`seriesId`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
@@ -1968,6 +1980,10 @@ internal object UniffiLib {
     ): Long
     external fun uniffi_cairn_mobile_fn_method_workspace_devices(`ptr`: Long,`relayUrl`: RustBuffer.ByValue,
     ): Long
+    external fun uniffi_cairn_mobile_fn_method_workspace_erase_my_account(`ptr`: Long,`relayUrl`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_cairn_mobile_fn_method_workspace_export_my_data(`ptr`: Long,`relayUrl`: RustBuffer.ByValue,
+    ): Long
     external fun uniffi_cairn_mobile_fn_method_workspace_group(`ptr`: Long,`groupId`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
     external fun uniffi_cairn_mobile_fn_method_workspace_groups(`ptr`: Long,
@@ -2256,6 +2272,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_cairn_mobile_checksum_method_group_create_thread() and 0xFFFF) != 48277) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
+    if ((lib.uniffi_cairn_mobile_checksum_method_group_delete() and 0xFFFF) != 18516) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if ((lib.uniffi_cairn_mobile_checksum_method_group_id() and 0xFFFF) != 34727) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
@@ -2287,6 +2306,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_cairn_mobile_checksum_method_group_resources() and 0xFFFF) != 26418) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_cairn_mobile_checksum_method_group_restore() and 0xFFFF) != 51594) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_cairn_mobile_checksum_method_group_series() and 0xFFFF) != 22712) {
@@ -2698,6 +2720,12 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_cairn_mobile_checksum_method_workspace_devices() and 0xFFFF) != 38819) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_cairn_mobile_checksum_method_workspace_erase_my_account() and 0xFFFF) != 28625) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_cairn_mobile_checksum_method_workspace_export_my_data() and 0xFFFF) != 35834) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_cairn_mobile_checksum_method_workspace_group() and 0xFFFF) != 61525) {
@@ -4640,6 +4668,13 @@ public interface GroupInterface {
     suspend fun `createThread`(`title`: kotlin.String, `firstPost`: kotlin.String): Thread
     
     /**
+     * Deletes the group (organisers): from now on nobody reads or writes it. An
+     * organiser can restore it until the relay's grace period ends (14 days unless the
+     * operator set another); then the relay destroys it.
+     */
+    suspend fun `delete`()
+    
+    /**
      * The group's id.
      */
     fun `id`(): kotlin.String
@@ -4694,6 +4729,11 @@ public interface GroupInterface {
      * members have created one at once offline), created and listed on first use.
      */
     suspend fun `resources`(): Resources
+    
+    /**
+     * Restores the group after `delete`, within the grace period (organisers).
+     */
+    suspend fun `restore`()
     
     /**
      * The series with this document id (not loaded until used).
@@ -5012,6 +5052,33 @@ open class Group: Disposable, AutoCloseable, GroupInterface
 
     
     /**
+     * Deletes the group (organisers): from now on nobody reads or writes it. An
+     * organiser can restore it until the relay's grace period ends (14 days unless the
+     * operator set another); then the relay destroys it.
+     */
+    @Throws(CairnException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `delete`() {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_cairn_mobile_fn_method_group_delete(
+                uniffiHandle,
+                
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_cairn_mobile_rust_future_poll_void(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_cairn_mobile_rust_future_complete_void(future, continuation) },
+        { future -> UniffiLib.ffi_cairn_mobile_rust_future_free_void(future) },
+        // lift function
+        { },
+        
+        // Error FFI converter
+        CairnException.ErrorHandler,
+    )
+    }
+
+    
+    /**
      * The group's id.
      */override fun `id`(): kotlin.String {
             return FfiConverterString.lift(
@@ -5254,6 +5321,31 @@ open class Group: Disposable, AutoCloseable, GroupInterface
         { future -> UniffiLib.ffi_cairn_mobile_rust_future_free_u64(future) },
         // lift function
         { FfiConverterTypeResources.lift(it) },
+        // Error FFI converter
+        CairnException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Restores the group after `delete`, within the grace period (organisers).
+     */
+    @Throws(CairnException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `restore`() {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_cairn_mobile_fn_method_group_restore(
+                uniffiHandle,
+                
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_cairn_mobile_rust_future_poll_void(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_cairn_mobile_rust_future_complete_void(future, continuation) },
+        { future -> UniffiLib.ffi_cairn_mobile_rust_future_free_void(future) },
+        // lift function
+        { },
+        
         // Error FFI converter
         CairnException.ErrorHandler,
     )
@@ -15364,6 +15456,24 @@ public interface WorkspaceInterface {
     suspend fun `devices`(`relayUrl`: kotlin.String): List<DeviceRecord>
     
     /**
+     * Erases this device's member on the relay at `relay_url`: every device and
+     * membership removed, their pseudonym gone from everything the relay serves from now
+     * on (it rebuilds each group's roster without them). What they wrote stays, shown as
+     * by a former member. Copies already on other members' phones cannot be recalled.
+     * This device stops syncing with that relay; delete its credential from the platform
+     * keystore.
+     */
+    suspend fun `eraseMyAccount`(`relayUrl`: kotlin.String)
+    
+    /**
+     * Exports everything the relay at `relay_url` holds about this device's member: their
+     * memberships, roles, devices and the audit entries about them, and every document
+     * they may read as an Automerge binary and as JSON. Each document comes from this
+     * device's copy, fetched from the relay first if the device has none.
+     */
+    suspend fun `exportMyData`(`relayUrl`: kotlin.String): MyDataExport
+    
+    /**
      * The group with this id.
      */
     fun `group`(`groupId`: kotlin.String): Group
@@ -15581,6 +15691,65 @@ open class Workspace: Disposable, AutoCloseable, WorkspaceInterface
         { future -> UniffiLib.ffi_cairn_mobile_rust_future_free_rust_buffer(future) },
         // lift function
         { FfiConverterSequenceTypeDeviceRecord.lift(it) },
+        // Error FFI converter
+        CairnException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Erases this device's member on the relay at `relay_url`: every device and
+     * membership removed, their pseudonym gone from everything the relay serves from now
+     * on (it rebuilds each group's roster without them). What they wrote stays, shown as
+     * by a former member. Copies already on other members' phones cannot be recalled.
+     * This device stops syncing with that relay; delete its credential from the platform
+     * keystore.
+     */
+    @Throws(CairnException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `eraseMyAccount`(`relayUrl`: kotlin.String) {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_cairn_mobile_fn_method_workspace_erase_my_account(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`relayUrl`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_cairn_mobile_rust_future_poll_void(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_cairn_mobile_rust_future_complete_void(future, continuation) },
+        { future -> UniffiLib.ffi_cairn_mobile_rust_future_free_void(future) },
+        // lift function
+        { },
+        
+        // Error FFI converter
+        CairnException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Exports everything the relay at `relay_url` holds about this device's member: their
+     * memberships, roles, devices and the audit entries about them, and every document
+     * they may read as an Automerge binary and as JSON. Each document comes from this
+     * device's copy, fetched from the relay first if the device has none.
+     */
+    @Throws(CairnException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `exportMyData`(`relayUrl`: kotlin.String) : MyDataExport {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_cairn_mobile_fn_method_workspace_export_my_data(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`relayUrl`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_cairn_mobile_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_cairn_mobile_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_cairn_mobile_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeMyDataExport.lift(it) },
         // Error FFI converter
         CairnException.ErrorHandler,
     )
@@ -16636,6 +16805,79 @@ public object FfiConverterTypeExcerptSelection: FfiConverterRustBuffer<ExcerptSe
 
 
 /**
+ * One document of a [`MyDataExport`].
+ */
+data class ExportedDocument (
+    /**
+     * Its group.
+     */
+    var `groupId`: kotlin.String
+    , 
+    /**
+     * Its id.
+     */
+    var `documentId`: kotlin.String
+    , 
+    /**
+     * What it is: `settings`, `roster`, `index`, `series`, `meeting`, `resources`,
+     * `thread` or `report`.
+     */
+    var `kind`: kotlin.String
+    , 
+    /**
+     * The whole document with its history (Automerge's saved format; opens in any
+     * Automerge implementation).
+     */
+    var `automerge`: kotlin.ByteArray
+    , 
+    /**
+     * Its current state as JSON.
+     */
+    var `json`: kotlin.String
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeExportedDocument: FfiConverterRustBuffer<ExportedDocument> {
+    override fun read(buf: ByteBuffer): ExportedDocument {
+        return ExportedDocument(
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterByteArray.read(buf),
+            FfiConverterString.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: ExportedDocument) = (
+            FfiConverterString.allocationSize(value.`groupId`) +
+            FfiConverterString.allocationSize(value.`documentId`) +
+            FfiConverterString.allocationSize(value.`kind`) +
+            FfiConverterByteArray.allocationSize(value.`automerge`) +
+            FfiConverterString.allocationSize(value.`json`)
+    )
+
+    override fun write(value: ExportedDocument, buf: ByteBuffer) {
+            FfiConverterString.write(value.`groupId`, buf)
+            FfiConverterString.write(value.`documentId`, buf)
+            FfiConverterString.write(value.`kind`, buf)
+            FfiConverterByteArray.write(value.`automerge`, buf)
+            FfiConverterString.write(value.`json`, buf)
+    }
+}
+
+
+
+/**
  * Everything the group's settings document holds.
  */
 data class GroupProfile (
@@ -16869,6 +17111,13 @@ data class GroupSummary (
      * stay closed to this device: show the code of conduct and [`Workspace::accept_code_of_conduct`].
      */
     var `acceptedVersion`: kotlin.ULong
+    , 
+    /**
+     * When an organiser deleted the group (ms since the Unix epoch): nobody syncs it, and
+     * its organisers may [restore](Group::restore) it until the relay's grace period
+     * ends. `None` for a group in use.
+     */
+    var `deletedMs`: kotlin.ULong?
     
 ){
     
@@ -16891,6 +17140,7 @@ public object FfiConverterTypeGroupSummary: FfiConverterRustBuffer<GroupSummary>
             FfiConverterTypeMemberStatus.read(buf),
             FfiConverterULong.read(buf),
             FfiConverterULong.read(buf),
+            FfiConverterOptionalULong.read(buf),
         )
     }
 
@@ -16900,7 +17150,8 @@ public object FfiConverterTypeGroupSummary: FfiConverterRustBuffer<GroupSummary>
             FfiConverterTypeRole.allocationSize(value.`role`) +
             FfiConverterTypeMemberStatus.allocationSize(value.`status`) +
             FfiConverterULong.allocationSize(value.`codeOfConductVersion`) +
-            FfiConverterULong.allocationSize(value.`acceptedVersion`)
+            FfiConverterULong.allocationSize(value.`acceptedVersion`) +
+            FfiConverterOptionalULong.allocationSize(value.`deletedMs`)
     )
 
     override fun write(value: GroupSummary, buf: ByteBuffer) {
@@ -16910,6 +17161,7 @@ public object FfiConverterTypeGroupSummary: FfiConverterRustBuffer<GroupSummary>
             FfiConverterTypeMemberStatus.write(value.`status`, buf)
             FfiConverterULong.write(value.`codeOfConductVersion`, buf)
             FfiConverterULong.write(value.`acceptedVersion`, buf)
+            FfiConverterOptionalULong.write(value.`deletedMs`, buf)
     }
 }
 
@@ -17830,6 +18082,72 @@ public object FfiConverterTypeMovedOccurrence: FfiConverterRustBuffer<MovedOccur
     override fun write(value: MovedOccurrence, buf: ByteBuffer) {
             FfiConverterString.write(value.`originalDate`, buf)
             FfiConverterTypeLocalTime.write(value.`newStart`, buf)
+    }
+}
+
+
+
+/**
+ * Everything the relay at `relay_url` holds about this device's member, and every
+ * document they may read there.
+ */
+data class MyDataExport (
+    /**
+     * The relay it came from.
+     */
+    var `relayUrl`: kotlin.String
+    , 
+    /**
+     * The member it is about.
+     */
+    var `memberId`: kotlin.String
+    , 
+    /**
+     * What the relay keeps about the member, as the relay's JSON: their memberships
+     * (group, role, status, pseudonym, dates), their devices, and the audit entries
+     * about them (ids, kinds and times only).
+     */
+    var `relayRecordJson`: kotlin.String
+    , 
+    /**
+     * Every document they may read on the relay, as Automerge binaries and as JSON.
+     */
+    var `documents`: List<ExportedDocument>
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeMyDataExport: FfiConverterRustBuffer<MyDataExport> {
+    override fun read(buf: ByteBuffer): MyDataExport {
+        return MyDataExport(
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterSequenceTypeExportedDocument.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: MyDataExport) = (
+            FfiConverterString.allocationSize(value.`relayUrl`) +
+            FfiConverterString.allocationSize(value.`memberId`) +
+            FfiConverterString.allocationSize(value.`relayRecordJson`) +
+            FfiConverterSequenceTypeExportedDocument.allocationSize(value.`documents`)
+    )
+
+    override fun write(value: MyDataExport, buf: ByteBuffer) {
+            FfiConverterString.write(value.`relayUrl`, buf)
+            FfiConverterString.write(value.`memberId`, buf)
+            FfiConverterString.write(value.`relayRecordJson`, buf)
+            FfiConverterSequenceTypeExportedDocument.write(value.`documents`, buf)
     }
 }
 
@@ -22342,6 +22660,34 @@ public object FfiConverterSequenceTypeDeviceRecord: FfiConverterRustBuffer<List<
         buf.putInt(value.size)
         value.iterator().forEach {
             FfiConverterTypeDeviceRecord.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterSequenceTypeExportedDocument: FfiConverterRustBuffer<List<ExportedDocument>> {
+    override fun read(buf: ByteBuffer): List<ExportedDocument> {
+        val len = buf.getInt()
+        return List<ExportedDocument>(len) {
+            FfiConverterTypeExportedDocument.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<ExportedDocument>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeExportedDocument.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<ExportedDocument>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeExportedDocument.write(it, buf)
         }
     }
 }
