@@ -73,11 +73,13 @@ pub fn open_data_dir(
     dir: &Path,
     config: &SledConfig,
 ) -> Result<(SledStore, DataDirReport), StoreError> {
-    if !dir.exists() {
-        std::fs::create_dir_all(dir)?;
-        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-            sync_dir(parent)?;
-        }
+    // The directory may be new, made here or just before by the caller (the relay creates
+    // it to check its permissions): its name is durable only once its parent is synced, on
+    // every open, or a power cut can take the whole store with it (the power-cut test saw
+    // exactly that).
+    std::fs::create_dir_all(dir)?;
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        sync_dir(parent)?;
     }
     let (store, migrated_from) = match read_current(dir)? {
         Some(current) => {
