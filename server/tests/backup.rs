@@ -267,14 +267,6 @@ fn relay(args: &[&str]) -> Output {
         .expect("run the relay binary")
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 #[test]
 fn backup_and_restore_commands_refuse_what_they_must() {
     let dir = tempfile::tempdir().unwrap();
@@ -296,21 +288,25 @@ fn backup_and_restore_commands_refuse_what_they_must() {
     assert!(
         !out.status.success(),
         "a backup inside the data directory: {}",
-        text(&out)
+        common::output_text(&out)
     );
     let out = relay(&["backup", "--data", &p("data"), "--to", &p("b.cairnbak")]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", common::output_text(&out));
     let out = relay(&["backup", "--data", &p("data"), "--to", &p("b.cairnbak")]);
     assert!(
         !out.status.success(),
         "a backup replaced a file: {}",
-        text(&out)
+        common::output_text(&out)
     );
 
     // Without a membership choice: refused, saying why, nothing written.
     let out = relay(&["restore", "--from", &p("b.cairnbak"), "--data", &p("r1")]);
     assert!(!out.status.success());
-    assert!(text(&out).contains("would come back"), "{}", text(&out));
+    assert!(
+        common::output_text(&out).contains("would come back"),
+        "{}",
+        common::output_text(&out)
+    );
     assert!(!Path::new(&p("r1")).exists());
 
     // Damaged copies: refused before anything is written.
@@ -332,9 +328,9 @@ fn backup_and_restore_commands_refuse_what_they_must() {
         ]);
         assert!(!out.status.success(), "{name} was restored");
         assert!(
-            text(&out).contains("nothing was written"),
+            common::output_text(&out).contains("nothing was written"),
             "{name}: {}",
-            text(&out)
+            common::output_text(&out)
         );
         assert!(
             !Path::new(&p("r2")).exists(),
@@ -354,7 +350,11 @@ fn backup_and_restore_commands_refuse_what_they_must() {
         "--membership-as-of-backup",
     ]);
     assert!(!out.status.success());
-    assert!(text(&out).contains("not empty"), "{}", text(&out));
+    assert!(
+        common::output_text(&out).contains("not empty"),
+        "{}",
+        common::output_text(&out)
+    );
 
     // The real thing: a whole store under a new id.
     let out = relay(&[
@@ -365,8 +365,12 @@ fn backup_and_restore_commands_refuse_what_they_must() {
         &p("r3"),
         "--membership-as-of-backup",
     ]);
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("new storage id"), "{}", text(&out));
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    assert!(
+        common::output_text(&out).contains("new storage id"),
+        "{}",
+        common::output_text(&out)
+    );
     let (s, _) = open_data_dir(Path::new(&p("r3")), &SledConfig::default()).unwrap();
     assert_eq!(s.load(&key).unwrap(), Some(b"kept".to_vec()));
     assert_ne!(s.storage_id().unwrap(), old_id);

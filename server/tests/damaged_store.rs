@@ -53,14 +53,6 @@ fn db(data: &Path) -> std::path::PathBuf {
     store_dir(data).unwrap().join("db")
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
@@ -135,8 +127,12 @@ async fn a_damaged_store_is_refused_at_start_and_reported_by_check() {
     written_store(original.path()).await;
 
     let whole = relay(&["check"], original.path());
-    assert!(whole.status.success(), "{}", text(&whole));
-    assert!(text(&whole).contains("whole"), "{}", text(&whole));
+    assert!(whole.status.success(), "{}", common::output_text(&whole));
+    assert!(
+        common::output_text(&whole).contains("whole"),
+        "{}",
+        common::output_text(&whole)
+    );
 
     // Cut off: the log cut short by 4 KiB, then by every further 64 KiB, one copy each.
     // A cut into what the database holds is refused at start and by `check`; a cut into
@@ -157,16 +153,20 @@ async fn a_damaged_store_is_refused_at_start_and_reported_by_check() {
             Some(0) => whole_copies += 1,
             Some(2) => {
                 refused += 1;
-                assert!(text(&checked).contains("DAMAGED"), "{}", text(&checked));
+                assert!(
+                    common::output_text(&checked).contains("DAMAGED"),
+                    "{}",
+                    common::output_text(&checked)
+                );
                 let started = serve(copy.path());
-                let out = text(&started);
+                let out = common::output_text(&started);
                 assert_eq!(started.status.code(), Some(1), "cut by {cut_by}: {out}");
                 assert!(out.contains("the store is damaged"), "{out}");
                 assert!(out.contains("cairn-relay check"), "{out}");
             }
             other => panic!(
                 "cut by {cut_by}: check exited {other:?}: {}",
-                text(&checked)
+                common::output_text(&checked)
             ),
         }
     }
@@ -193,10 +193,13 @@ async fn a_damaged_store_is_refused_at_start_and_reported_by_check() {
                     started.status.code(),
                     Some(1),
                     "zeros at {at}: {}",
-                    text(&started)
+                    common::output_text(&started)
                 );
             }
-            other => panic!("zeros at {at}: check exited {other:?}: {}", text(&checked)),
+            other => panic!(
+                "zeros at {at}: check exited {other:?}: {}",
+                common::output_text(&checked)
+            ),
         }
     }
     eprintln!("zeroed copies: {refused} refused, {whole_copies} whole (zeros in unused space)");
@@ -222,6 +225,15 @@ async fn a_database_older_than_its_record_is_refused() {
     )
     .unwrap();
     let started = serve(older.path());
-    assert_eq!(started.status.code(), Some(1), "{}", text(&started));
-    assert!(text(&started).contains("lost"), "{}", text(&started));
+    assert_eq!(
+        started.status.code(),
+        Some(1),
+        "{}",
+        common::output_text(&started)
+    );
+    assert!(
+        common::output_text(&started).contains("lost"),
+        "{}",
+        common::output_text(&started)
+    );
 }

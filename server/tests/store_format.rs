@@ -2,6 +2,8 @@
 //! format 1 (sled directly in the data directory) and says so once, keeping every key and
 //! the storage id; a directory of a newer format is refused with both versions named.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -19,14 +21,6 @@ fn relay(args: &[&str], data: &Path) -> Output {
         .env("CAIRN_LOG", "info")
         .output()
         .expect("run the relay binary")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 /// Runs `serve --open` on `data` until it logs that it listens, kills it and returns
@@ -86,7 +80,11 @@ fn a_format_1_store_is_migrated_once_and_keeps_its_data() {
         s.storage_id().unwrap()
     };
     let checked = relay(&["check"], data);
-    assert!(checked.status.success(), "{}", text(&checked));
+    assert!(
+        checked.status.success(),
+        "{}",
+        common::output_text(&checked)
+    );
     assert!(
         !data.join(CURRENT_FILE).exists(),
         "check changed the layout"
@@ -98,7 +96,11 @@ fn a_format_1_store_is_migrated_once_and_keeps_its_data() {
     assert!(!second.contains(MIGRATED), "migrated again:\n{second}");
 
     let checked = relay(&["check"], data);
-    assert!(checked.status.success(), "{}", text(&checked));
+    assert!(
+        checked.status.success(),
+        "{}",
+        common::output_text(&checked)
+    );
     let (s, report) = open_data_dir(data, &SledConfig::default()).unwrap();
     assert_eq!(report.migrated_from, None);
     assert_eq!(s.load(&key).unwrap(), Some(value));
@@ -122,7 +124,7 @@ fn a_newer_store_format_is_refused_naming_both_versions() {
         &["check"],
     ] {
         let out = relay(args, dir.path());
-        let t = text(&out);
+        let t = common::output_text(&out);
         assert!(
             !out.status.success(),
             "{args:?} accepted a newer store:\n{t}"

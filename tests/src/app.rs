@@ -113,3 +113,25 @@ pub async fn organiser(
         .expect("inviting members");
     (cairn, group_id, invite)
 }
+
+/// Every byte of every file under `dir` (for byte searches of a device's or a relay's
+/// files).
+pub fn all_bytes(dir: &Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("reading a directory") {
+        let path = entry.expect("a directory entry").path();
+        if path.is_dir() {
+            out.extend(all_bytes(&path));
+        } else if let Ok(bytes) = std::fs::read(&path) {
+            // A file removed meanwhile (a store rewrite) holds nothing.
+            out.extend(bytes);
+        }
+    }
+    out
+}
+
+/// Whether `needle` occurs in `haystack`.
+pub fn holds(haystack: &[u8], needle: impl AsRef<[u8]>) -> bool {
+    let needle = needle.as_ref();
+    haystack.windows(needle.len()).any(|w| w == needle)
+}

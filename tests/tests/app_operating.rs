@@ -7,30 +7,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use cairn_core::app::{Cairn, CairnError, FORMER_MEMBER};
+use cairn_core::app::{Cairn, CairnError, DocumentSyncState, Thread, FORMER_MEMBER};
 use cairn_relay::members::purge_due;
-use cairn_tests::app::{enrol, eventually, online, organiser};
+use cairn_tests::app::{all_bytes, enrol, eventually, holds, online, organiser};
 use cairn_tests::relay::TestRelay;
-
-/// Every byte of every file under `dir`.
-fn all_bytes(dir: &Path) -> Vec<u8> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            out.extend(all_bytes(&path));
-        } else if let Ok(bytes) = std::fs::read(&path) {
-            out.extend(bytes);
-        }
-    }
-    out
-}
-
-fn contains(haystack: &[u8], needle: &str) -> bool {
-    haystack
-        .windows(needle.len())
-        .any(|w| w == needle.as_bytes())
-}
 
 /// A member's device joined to the organiser's group with `pseudonym`, online.
 async fn member(dir: &Path, url: &str, invite: &str, pseudonym: &str) -> Cairn {
@@ -40,29 +20,74 @@ async fn member(dir: &Path, url: &str, invite: &str, pseudonym: &str) -> Cairn {
     cairn
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_member_exports_their_data_then_erases_their_account_and_their_posts_stay_by_a_former_member(
-) {
-    const PSEUDONYM: &str = "Canary-Pseudonym-Kw3";
-    const POST: &str = "canary post text that stays after erasure";
-    let (relay, first) = TestRelay::start_with_membership().await;
-    let (dir_o, dir_m) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (robin, group_id, invite) = organiser(dir_o.path(), &relay.url(), &first.link, 1).await;
-    let sam = member(dir_m.path(), &relay.url(), &invite.code, PSEUDONYM).await;
+/// A relay whose group has an organiser (Robin) and a member (Sam, under `pseudonym`)
+/// who started a thread with `post`, seen by Robin.
+struct Circle {
+    relay: TestRelay,
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+    robin: Cairn,
+    sam: Cairn,
+    group_id: String,
+    /// The thread as Sam's device has it.
+    thread: Thread,
+    /// The same thread on Robin's device.
+    seen_by_robin: Thread,
+}
 
+async fn circle(pseudonym: &str, post: &str) -> Circle {
+    let (relay, first) = TestRelay::start_with_membership().await;
+    let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (robin, group_id, invite) = organiser(dirs.0.path(), &relay.url(), &first.link, 1).await;
+    let sam = member(dirs.1.path(), &relay.url(), &invite.code, pseudonym).await;
     let thread = sam
         .group(&group_id)
-        .create_thread("Readings", POST)
+        .create_thread("Readings", post)
         .await
         .unwrap();
-    let thread_id = thread.id();
-    let sam_id = thread.read().await.unwrap().posts[0].author.clone();
-    let seen_by_robin = robin.group(&group_id).thread(&thread_id).unwrap();
+    // Robin opens the thread once the relay holds it (what "safely on the relay" tells Sam).
+    eventually("Sam's thread is safely on the relay", || {
+        let t = thread.clone();
+        async move {
+            t.sync_status()
+                .await
+                .is_ok_and(|s| s.state == DocumentSyncState::SafelyOnRelay)
+        }
+    })
+    .await;
+    let seen_by_robin = robin.group(&group_id).thread(&thread.id()).unwrap();
     eventually("Robin sees Sam's post", || {
         let t = seen_by_robin.clone();
         async move { t.read().await.is_ok_and(|t| t.posts.len() == 1) }
     })
     .await;
+    Circle {
+        relay,
+        _dirs: dirs,
+        robin,
+        sam,
+        group_id,
+        thread,
+        seen_by_robin,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_exports_their_data_then_erases_their_account_and_their_posts_stay_by_a_former_member(
+) {
+    const PSEUDONYM: &str = "Canary-Pseudonym-Kw3";
+    const POST: &str = "canary post text that stays after erasure";
+    let Circle {
+        relay,
+        robin,
+        sam,
+        group_id,
+        thread,
+        seen_by_robin,
+        // Kept to the end: the devices' data directories.
+        _dirs,
+    } = circle(PSEUDONYM, POST).await;
+    let sam_id = thread.read().await.unwrap().posts[0].author.clone();
+    let thread_id = thread.id();
 
     // The export: what the relay holds about Sam, and every document Sam may read.
     let export = sam.workspace().export_my_data(&relay.url()).await.unwrap();
@@ -135,7 +160,7 @@ async fn a_member_exports_their_data_then_erases_their_account_and_their_posts_s
         .iter()
         .find(|d| d.kind == "roster")
         .expect("Robin's export has the roster");
-    assert!(!contains(&new_roster.automerge, PSEUDONYM));
+    assert!(!holds(&new_roster.automerge, PSEUDONYM));
     assert!(!new_roster.json.contains(PSEUDONYM));
     assert!(!robins.relay_record_json.contains(PSEUDONYM));
     let members = group.memberships().await.unwrap();
@@ -144,7 +169,7 @@ async fn a_member_exports_their_data_then_erases_their_account_and_their_posts_s
     let data = relay.data_dir().to_owned();
     eventually("the relay's files no longer hold the pseudonym", || {
         let data = data.clone();
-        async move { !contains(&all_bytes(&data), PSEUDONYM) }
+        async move { !holds(&all_bytes(&data), PSEUDONYM) }
     })
     .await;
 
@@ -157,22 +182,16 @@ async fn a_member_exports_their_data_then_erases_their_account_and_their_posts_s
 async fn a_deleted_group_is_restorable_within_its_grace_period_then_destroyed_to_the_last_byte() {
     const PSEUDONYM: &str = "Canary-Pseudonym-Jd8";
     const POST: &str = "canary words of a group that will be destroyed";
-    let (relay, first) = TestRelay::start_with_membership().await;
-    let (dir_o, dir_m) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (robin, group_id, invite) = organiser(dir_o.path(), &relay.url(), &first.link, 1).await;
-    let sam = member(dir_m.path(), &relay.url(), &invite.code, PSEUDONYM).await;
-    let thread = sam
-        .group(&group_id)
-        .create_thread("Readings", POST)
-        .await
-        .unwrap();
-    let thread_id = thread.id();
-    let seen_by_robin = robin.group(&group_id).thread(&thread_id).unwrap();
-    eventually("Robin sees Sam's post", || {
-        let t = seen_by_robin.clone();
-        async move { t.read().await.is_ok_and(|t| t.posts.len() == 1) }
-    })
-    .await;
+    let Circle {
+        relay,
+        robin,
+        sam,
+        group_id,
+        thread,
+        seen_by_robin,
+        // Kept to the end: the devices' data directories.
+        _dirs,
+    } = circle(PSEUDONYM, POST).await;
 
     // A member may not delete the group; an organiser may.
     assert!(matches!(
@@ -215,7 +234,7 @@ async fn a_deleted_group_is_restorable_within_its_grace_period_then_destroyed_to
     let data = relay.data_dir().to_owned();
     let before = all_bytes(&data);
     assert!(
-        contains(&before, POST) && contains(&before, PSEUDONYM),
+        holds(&before, POST) && holds(&before, PSEUDONYM),
         "the search is real: the group's words and names are in the relay's files before"
     );
 
@@ -223,9 +242,9 @@ async fn a_deleted_group_is_restorable_within_its_grace_period_then_destroyed_to
     let later = now + 15 * 24 * 3600 * 1000;
     assert_eq!(purge_due(&relay_state, later).await.unwrap(), 1);
     let after = all_bytes(&data);
-    assert!(!contains(&after, POST), "no content of the group is left");
+    assert!(!holds(&after, POST), "no content of the group is left");
     assert!(
-        !contains(&after, PSEUDONYM),
+        !holds(&after, PSEUDONYM),
         "no pseudonym of the group is left"
     );
     let summaries = robin.workspace().groups().await.unwrap();

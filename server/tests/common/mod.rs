@@ -462,3 +462,12 @@ pub async fn oneshot_get(
         String::from_utf8(body.to_vec()).expect("utf-8 body"),
     )
 }
+
+/// What a finished command printed, stdout then stderr.
+pub fn output_text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
