@@ -108,6 +108,13 @@ impl Engine {
         let doc = self.docs.get_mut(&id).expect("inserted above");
         doc.wanted = true;
         doc.last_active = now;
+        // Asked again while empty: the peers that said `doc-unavailable` may have it by now
+        // (another device's first sync reached the relay meanwhile). Their sync states
+        // already sent our request and would not send it again, so they start afresh.
+        if matches!(&doc.state, DocState::Ready(am) if am.get_heads().is_empty()) {
+            doc.peers.retain(|_, p| !p.unavailable);
+            doc.unavailable_reported = false;
+        }
         if matches!(doc.state, DocState::Evicted) {
             doc.state = DocState::Loading;
             self.load(id);

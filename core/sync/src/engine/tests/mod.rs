@@ -234,6 +234,55 @@ fn request_for_an_unknown_document_is_unavailable() {
     );
 }
 
+/// Connects `phone` to `relay` over `conn`.
+fn link(relay: &mut Side, phone: &mut Side, conn: ConnectionId) {
+    for (side, direction) in [
+        (&mut *relay, Direction::Incoming),
+        (phone, Direction::Outgoing),
+    ] {
+        side.engine.handle_input(
+            T0,
+            Input::Connected {
+                conn,
+                direction,
+                identity: None,
+                local_peer: None,
+            },
+        );
+    }
+}
+
+#[test]
+fn a_document_asked_for_again_after_it_was_unavailable_is_fetched_once_the_relay_has_it() {
+    let mut relay = Side::new(Role::Relay, "relay", 9);
+    let mut writer = Side::new(Role::Client, "writer", 10);
+    let mut reader = Side::new(Role::Client, "reader", 11);
+    let doc = writer.engine.create_document(T0, |tx| {
+        tx.put(automerge::ROOT, "title", "Minutes").unwrap();
+    });
+    // The reader asks before the writer's document has reached the relay.
+    link(&mut relay, &mut reader, ConnectionId::new(101));
+    let mut phones = vec![(reader, ConnectionId::new(101))];
+    pump_many(&mut relay, &mut phones);
+    phones[0].0.engine.find(T0, doc);
+    pump_many(&mut relay, &mut phones);
+    assert!(phones[0]
+        .0
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::DocumentUnavailable { doc: d } if *d == doc)));
+    // The writer comes online and the relay stores the document.
+    link(&mut relay, &mut writer, ConnectionId::new(100));
+    phones.push((writer, ConnectionId::new(100)));
+    pump_many(&mut relay, &mut phones);
+    assert_eq!(title(&relay.engine, &doc).as_deref(), Some("Minutes"));
+    // Asked again, the reader gets it (it used to wait for ever: its sync state with the
+    // relay had already sent the request that was answered `doc-unavailable`).
+    phones[0].0.engine.find(T0, doc);
+    pump_many(&mut relay, &mut phones);
+    assert_eq!(title(&phones[0].0.engine, &doc).as_deref(), Some("Minutes"));
+}
+
 #[test]
 fn idle_documents_are_evicted_and_reloaded() {
     let mut phone = Side::new(Role::Client, "phone", 1);
