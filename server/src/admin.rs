@@ -35,7 +35,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{new_document_id, now_ms, ApiError, Body};
+use crate::api::{blocking, group_deletion, new_document_id, now_ms, ApiError, Body};
 use crate::config::AdminToken;
 use crate::sockets::Whose;
 use crate::{tcp, AppState, RelayError};
@@ -313,21 +313,6 @@ async fn operator_only(State(state): State<AdminState>, request: Request, next: 
 
 type AdminResult<T> = Result<T, ApiError>;
 
-/// Runs a membership call on the blocking pool (a change waits for an fsync).
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, MembershipError> + Send + 'static,
-) -> AdminResult<T> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(result) => result.map_err(ApiError::from),
-        Err(_) => {
-            tracing::error!("an admin call panicked");
-            Err(ApiError::unavailable(
-                "the relay failed this call; try again",
-            ))
-        }
-    }
-}
-
 async fn metrics(State(state): State<AdminState>) -> Response {
     crate::metrics_handler(State(state.app))
         .await
@@ -585,13 +570,8 @@ async fn delete_group(
 ) -> AdminResult<Json<GroupDeleted>> {
     let membership = state.app.members()?.membership.clone();
     let group = GroupId::from(g);
-    let gr = group.clone();
-    let m = membership.clone();
-    blocking(move || m.delete_group(&Actor::Operator, &gr, now_ms())).await?;
-    state.app.changed("group_deleted");
-    tracing::info!(group = %group, "group deleted by the operator");
-    // Nobody may see it any more: every connection is re-checked before this answers.
-    state.app.access_reduced(None).await;
+    // As an organiser's deletion: every connection is re-checked before this answers.
+    group_deletion(&state.app, Actor::Operator, group.clone(), true).await?;
     let deleted_ms = membership
         .group_summaries()
         .into_iter()
@@ -611,13 +591,8 @@ async fn restore_group(
     State(state): State<AdminState>,
     UrlPath(g): UrlPath<String>,
 ) -> AdminResult<StatusCode> {
-    let membership = state.app.members()?.membership.clone();
-    let group = GroupId::from(g);
-    let gr = group.clone();
-    blocking(move || membership.restore_group(&Actor::Operator, &gr, now_ms())).await?;
-    state.app.changed("group_restored");
-    tracing::info!(group = %group, "group restored by the operator");
-    state.app.roster_changed(&group);
+    // As an organiser's restore: the group's members reconnect and sync again.
+    group_deletion(&state.app, Actor::Operator, GroupId::from(g), false).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
