@@ -107,6 +107,8 @@ pub(super) struct Doc {
     pub(super) announce_after: Timestamp,
     /// A `Timer::Sync` for this generation is in the heap.
     pub(super) sync_timer: bool,
+    /// When the oldest peer change not yet passed on to the other peers arrived.
+    pub(super) arrived: Option<Timestamp>,
 }
 
 impl Doc {
@@ -129,6 +131,7 @@ impl Doc {
             updates: Vec::new(),
             announce_after: Timestamp::from_millis(0),
             sync_timer: false,
+            arrived: None,
         }
     }
 
@@ -408,6 +411,9 @@ impl Engine {
         }
         let doc = self.docs.get_mut(&id).expect("inserted above");
         doc.last_active = now;
+        if !msg.changes.is_empty() {
+            doc.arrived.get_or_insert(now);
+        }
         let queued = Queued {
             conn,
             request,
@@ -505,11 +511,20 @@ impl Engine {
                 before.get_or_insert(b);
             }
         }
-        if let Some(before) = before {
-            if self.docs.contains_key(&id) {
+        match before {
+            Some(before) if self.docs.contains_key(&id) => {
                 // New heads: `persist` flags every peer of the document.
                 self.recount(id);
                 self.persist(id, &before);
+            }
+            _ => {
+                // Nothing new (changes we had, or held back by Automerge for their
+                // dependencies): nothing of theirs to pass on until something is.
+                if let Some(doc) = self.docs.get_mut(&id) {
+                    if doc.pending_writes == 0 {
+                        doc.arrived = None;
+                    }
+                }
             }
         }
         self.maybe_sync(id, now);
@@ -726,6 +741,17 @@ impl Engine {
         if let Some(conn) = panicked {
             self.contain_panic(conn, id);
             return;
+        }
+        let forwarded = if everyone && !frames.is_empty() {
+            doc.arrived.take()
+        } else {
+            None
+        };
+        if let Some(arrived) = forwarded {
+            self.emit(Event::ChangesForwarded {
+                doc: id,
+                waited: now.since(arrived),
+            });
         }
         for (conn, data) in frames {
             let Some(target_id) = self.peer_of(conn) else {

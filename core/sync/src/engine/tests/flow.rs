@@ -196,3 +196,29 @@ fn without_a_debounce_every_change_is_announced_at_once() {
     }
     assert_eq!(syncs_sent(&net, writer) - before, 3);
 }
+
+#[test]
+fn the_relay_reports_how_long_a_change_waited_before_it_was_passed_on() {
+    let (mut net, doc) = three_on_one();
+    net.relay.hold_writes = true;
+    at(&mut net, 1_000);
+    put(&mut net.phones[0].0, net.now, doc, "ana", "1");
+    net.pump();
+    let forwarded = |net: &Net| -> Vec<Duration> {
+        net.relay
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                crate::engine::Event::ChangesForwarded { waited, .. } => Some(*waited),
+                _ => None,
+            })
+            .collect()
+    };
+    let before = forwarded(&net).len();
+    let now = at(&mut net, 1_007);
+    net.relay.release(now);
+    net.pump();
+    let after = forwarded(&net);
+    assert_eq!(after.len(), before + 1, "one forward for the change");
+    assert_eq!(after[after.len() - 1], Duration::from_millis(7));
+}
