@@ -540,9 +540,7 @@ impl Engine {
             size,
             mut ops,
         } = q;
-        let Some(peer) = self.peer_of(conn) else {
-            return None;
-        };
+        let peer = self.peer_of(conn)?;
         // Decided when the message is applied, not when it arrived: it may have waited for
         // a load while the policy changed.
         if !self.may(conn, &id, Operation::Read, now) {
@@ -564,9 +562,7 @@ impl Engine {
         let role = self.config.role;
         let limits = self.config.limits.clone();
         let identity = self.conns.get(&conn).and_then(|c| c.identity.clone());
-        let Some(doc) = self.docs.get(&id) else {
-            return None;
-        };
+        let doc = self.docs.get(&id)?;
         let DocState::Ready(am) = &doc.state else {
             return None;
         };
