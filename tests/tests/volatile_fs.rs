@@ -211,6 +211,8 @@ fn sled_runs_on_the_volatile_filesystem() {
         store.flush().expect("flush");
         store.storage_id().expect("storage id")
     };
+    // sled lets go of its lock when its flusher thread ends, a moment after the drop.
+    wait_unlocked(&data.join("db"));
     {
         let store = SledStore::open(&data, &SledConfig::default()).expect("reopen");
         assert_eq!(store.storage_id().expect("storage id"), id);
@@ -230,4 +232,18 @@ fn sled_runs_on_the_volatile_filesystem() {
         store.load(&key("blob")).expect("load").map(|b| b.len()),
         Some(300_000)
     );
+}
+
+/// Waits (at most 10 s) until nothing holds the lock on the sled file `db`.
+fn wait_unlocked(db: &std::path::Path) {
+    let file = std::fs::File::open(db).expect("the store's db file");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while file.try_lock().is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the store stays locked"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let _ = file.unlock();
 }
