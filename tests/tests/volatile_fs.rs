@@ -222,6 +222,7 @@ fn sled_runs_on_the_volatile_filesystem() {
         );
         assert_eq!(store.load(&key("blob")).expect("load"), Some(blob));
     }
+    wait_unlocked(&data.join("db"));
     let report = fs.cut().expect("power cut");
     let stats = fs.stats();
     eprintln!("sled on the volatile filesystem: {stats:?}; the cut forgot {report:?}");
