@@ -41,7 +41,7 @@ impl Sizes {
         let steady_s = seconds.unwrap_or(if quick { 10 } else { 30 });
         let groups = if quick { 10 } else { 50 };
         let steady = GroupLoad {
-            groups,
+            groups: if quick { 5 } else { 50 },
             peers: 8,
             edits_per_peer: steady_s as usize,
             gap_ms: (900, 1100),
@@ -70,7 +70,7 @@ impl Sizes {
             presence: GroupLoad {
                 groups: 10,
                 peers: 8,
-                edits_per_peer: 10,
+                edits_per_peer: if quick { 5 } else { 10 },
                 gap_ms: (900, 1100),
                 grace: Duration::from_secs(5),
             },
