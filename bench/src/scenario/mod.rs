@@ -45,7 +45,7 @@ impl Sizes {
             peers: 8,
             edits_per_peer: steady_s as usize,
             gap_ms: (900, 1100),
-            grace: Duration::from_secs(30),
+            grace: Duration::from_secs(if quick { 10 } else { 30 }),
         };
         Sizes {
             fanout: GroupLoad {
