@@ -343,6 +343,11 @@ impl Device {
         }
     }
 
+    /// Why the connection closed, once it has (empty before).
+    pub fn close_reason(&self) -> &str {
+        &self.close_reason
+    }
+
     /// Closes the socket (the writer sends a close frame).
     pub fn disconnect(&mut self) {
         self.outgoing = None;

@@ -47,6 +47,11 @@ struct Cli {
     /// Fan-out: gap between one peer's edits in ms, as MIN-MAX (default 50-100).
     #[arg(long, value_parser = parse_gap)]
     edit_gap_ms: Option<(u64, u64)>,
+    /// Pin each server to CPU 0 and this bench (every simulated device) to the other CPUs,
+    /// as the issue's outside harness did, so the server under test does not compete with
+    /// its load generator for a core (needs 2+ CPUs and `taskset`).
+    #[arg(long)]
+    pin: bool,
     /// The relay binary to run (default: `cairn-relay` beside this binary), e.g. to
     /// compare two builds.
     #[arg(long)]
@@ -119,7 +124,7 @@ fn main() -> anyhow::Result<()> {
         .split(',')
         .map(|s| Kind::parse(s.trim()))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let programs = Programs::locate(&kinds, cli.relay.clone())?;
+    let mut programs = Programs::locate(&kinds, cli.relay.clone())?;
     let mut sizes = Sizes::new(cli.quick, cli.seconds);
     if let Some(gap) = cli.edit_gap_ms {
         sizes.fanout.gap_ms = gap;
@@ -138,8 +143,23 @@ fn main() -> anyhow::Result<()> {
         bail!("{sockets} connections need more open files than the hard limit of {fds}");
     }
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut workers = cpus;
+    if cli.pin {
+        if cpus < 2 {
+            bail!("--pin needs at least 2 CPUs, this machine has {cpus}");
+        }
+        // The runtime's threads, created below, inherit the main thread's affinity.
+        let mut set = rustix::thread::CpuSet::new();
+        for cpu in 1..cpus {
+            set.set(cpu);
+        }
+        rustix::thread::sched_setaffinity(None, &set)
+            .map_err(|e| anyhow::anyhow!("pinning the bench to CPUs 1..{cpus}: {e}"))?;
+        programs.pin_server_to(0);
+        workers = cpus - 1;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cpus)
+        .worker_threads(workers)
         .enable_all()
         .build()?;
 
@@ -149,12 +169,17 @@ fn main() -> anyhow::Result<()> {
     );
     println!();
     println!(
-        "machine: {cpus} CPUs (nproc), {}; servers and bench share them. Server CPU = utime+stime \
+        "machine: {cpus} CPUs (nproc), {}; {}. Server CPU = utime+stime \
          of the server process tree over the measured phase; RSS = its peak (VmHWM); client CPU = \
          this bench process's CPU over the phase / devices (every device lives here); \
          end-to-end = writer's commit to the reader's change event; send = writer's commit to \
          its first frame carrying the change.",
-        cpu_model()
+        cpu_model(),
+        if cli.pin {
+            "each server pinned to CPU 0, the bench to the others"
+        } else {
+            "servers and bench share them"
+        }
     );
 
     let started = Instant::now();
@@ -167,26 +192,44 @@ fn main() -> anyhow::Result<()> {
         let mut rows = Vec::new();
         for &kind in &kinds {
             eprintln!("running {sc:?} against {kind} ...");
-            let outcome = Server::start(kind, &programs).and_then(|server| {
-                let r = runtime.block_on(async {
-                    match sc {
-                        Scenario::Cold => {
-                            scenario::cold(&server, sizes, epoch).await.map(|r| vec![r])
+            let run = || {
+                Server::start(kind, &programs).and_then(|server| {
+                    let r = runtime.block_on(async {
+                        match sc {
+                            Scenario::Cold => {
+                                scenario::cold(&server, sizes, epoch).await.map(|r| vec![r])
+                            }
+                            Scenario::Big => scenario::big(&server, sizes, epoch).await,
+                            _ => {
+                                let (load, mode) =
+                                    group_load(sc, &sizes).expect("a group scenario");
+                                scenario::groups(&server, load, mode, epoch)
+                                    .await
+                                    .map(|r| vec![r])
+                            }
                         }
-                        Scenario::Big => scenario::big(&server, sizes, epoch).await,
-                        _ => {
-                            let (load, mode) = group_load(sc, &sizes).expect("a group scenario");
-                            scenario::groups(&server, load, mode, epoch)
-                                .await
-                                .map(|r| vec![r])
-                        }
+                    });
+                    if r.is_err() {
+                        eprintln!("{kind} log tail:\n{}", server.log_tail());
                     }
-                });
-                if r.is_err() {
-                    eprintln!("{kind} log tail:\n{}", server.log_tail());
+                    r
+                })
+            };
+            // A setup that fails (a server dropping a connection before the measured
+            // phase) is retried once on a fresh server; the row says so.
+            let mut outcome = run();
+            if let Err(e) = &outcome {
+                let why = format!("{e:#}");
+                if why.contains("were set up") {
+                    eprintln!("{kind}: setup failed ({why}); once more on a fresh server");
+                    outcome = run().map(|mut rows| {
+                        for r in &mut rows {
+                            r.note += &format!("; retried after a failed setup: {why}");
+                        }
+                        rows
+                    });
                 }
-                r
-            });
+            }
             match outcome {
                 Ok(r) => rows.extend(r),
                 Err(e) => rows.push(Row::failed(kind.to_string(), format!("{e:#}"))),
@@ -406,6 +449,10 @@ fn against(
     let (Some(c), Some(a)) = (cairn, anchor) else {
         return;
     };
+    if a.lost == u64::MAX || c.lost == u64::MAX {
+        println!("- n/a {what}: a run failed");
+        return;
+    }
     if a.lost > 0 {
         println!("- n/a {what}: {} lost edits, not an anchor", a.label);
         return;

@@ -62,6 +62,7 @@ pub struct Programs {
     relay: PathBuf,
     samod: PathBuf,
     js_dir: PathBuf,
+    pin_server: Option<usize>,
 }
 
 impl Programs {
@@ -100,7 +101,14 @@ impl Programs {
             relay,
             samod,
             js_dir,
+            pin_server: None,
         })
+    }
+
+    /// Runs every server started from now on on CPU `cpu` only (through `taskset`, which
+    /// `exec`s the server, so its pid stays the server's).
+    pub fn pin_server_to(&mut self, cpu: usize) {
+        self.pin_server = Some(cpu);
     }
 }
 
@@ -218,6 +226,9 @@ impl Server {
                 c
             }
         };
+        if let Some(cpu) = programs.pin_server {
+            cmd = pinned(&cmd, cpu);
+        }
         let child = cmd
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -307,6 +318,25 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `cmd` run through `taskset -c CPU`.
+fn pinned(cmd: &Command, cpu: usize) -> Command {
+    let mut c = Command::new("taskset");
+    c.arg("-c")
+        .arg(cpu.to_string())
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        c.current_dir(dir);
+    }
+    c
 }
 
 fn free_port() -> anyhow::Result<u16> {

@@ -204,7 +204,10 @@ pub(crate) async fn big(server: &Server, sizes: Sizes, epoch: Instant) -> anyhow
             tokio::task::yield_now().await;
         }
         if writer.closed {
-            bail!("the connection closed after {i} edits");
+            bail!(
+                "the connection closed after {i} edits ({})",
+                writer.close_reason()
+            );
         }
     }
     let heads = sorted(writer.engine.document(&id).expect("ours").get_heads());
@@ -212,11 +215,11 @@ pub(crate) async fn big(server: &Server, sizes: Sizes, epoch: Instant) -> anyhow
     let started = phase.started;
     let mut push = phase.end(server, format!("{} push", server.kind), 0);
     if stalls > 0 {
-        push.note = format!("{stalls} acknowledgement stalls of 2 s; ");
+        push.note = format!("{stalls} acknowledgement stalls of 2 s");
     }
     if let Err((e, quiet_at)) = acked_ok {
         push.wall_s = quiet_at.duration_since(started).as_secs_f64();
-        push.note += &format!("{e} (wall = until it went idle)");
+        push.note += &format!("; {e} (wall = until it went idle)");
     }
     writer.disconnect();
 
