@@ -259,9 +259,9 @@ fn group_load(sc: Scenario, sizes: &Sizes) -> Option<(GroupLoad, Mode)> {
 }
 
 fn describe(sc: Scenario, sizes: &Sizes) -> String {
-    let g = |l: &GroupLoad| {
+    let g = |l: &GroupLoad, what: &str| {
         format!(
-            "{} groups x {} peers = {} connections, {} per peer at {}-{} ms gaps",
+            "{} groups x {} peers = {} connections, {} {what} per peer at {}-{} ms gaps",
             l.groups,
             l.peers,
             l.groups * l.peers,
@@ -272,19 +272,19 @@ fn describe(sc: Scenario, sizes: &Sizes) -> String {
     };
     match sc {
         Scenario::Steady => format!(
-            "steady: {} edits; measured from the first edit until every peer has every edit",
-            g(&sizes.steady)
+            "steady: {}; measured from the first edit until every peer has every edit",
+            g(&sizes.steady, "edits")
         ),
-        Scenario::Steady4x => format!("steady4x: {} edits", g(&sizes.steady4x)),
-        Scenario::Burst => format!("burst: {} edits", g(&sizes.burst)),
-        Scenario::Fanout => format!("fan-out: {} edits", g(&sizes.fanout)),
+        Scenario::Steady4x => format!("steady4x: {}", g(&sizes.steady4x, "edits")),
+        Scenario::Burst => format!("burst: {}", g(&sizes.burst, "edits")),
+        Scenario::Fanout => format!("fan-out: {}", g(&sizes.fanout, "edits")),
         Scenario::Presence => format!(
-            "presence: {} cursor messages; latency from send to each other peer's event",
-            g(&sizes.presence)
+            "presence: {}; latency from send to each other peer's event",
+            g(&sizes.presence, "cursor messages")
         ),
         Scenario::Catchup => format!(
             "catch-up: {}, one peer per group offline meanwhile; measured: its rejoin until it has all {} edits (p50/p99/max = per rejoining peer)",
-            g(&sizes.catchup),
+            g(&sizes.catchup, "edits"),
             (sizes.catchup.peers - 1) * sizes.catchup.edits_per_peer
         ),
         Scenario::Cold => format!(
