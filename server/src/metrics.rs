@@ -32,6 +32,7 @@ pub struct Metrics {
     bytes_in: Counter,
     bytes_out: Counter,
     storage_batch_seconds: Histogram,
+    forward_delay_seconds: Histogram,
     storage_ops: Counter,
     evictions: Counter,
     loads: Counter,
@@ -102,6 +103,8 @@ impl Metrics {
             bytes_in: Counter::default(),
             bytes_out: Counter::default(),
             storage_batch_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            // The engine's clock counts milliseconds: 1 ms to 16 s.
+            forward_delay_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
             storage_ops: Counter::default(),
             evictions: Counter::default(),
             loads: Counter::default(),
@@ -164,6 +167,11 @@ impl Metrics {
             "bytes_sent",
             "Bytes queued for sending",
             m.bytes_out.clone(),
+        );
+        registry.register(
+            "forward_delay_seconds",
+            "From a member's change arriving to the relay passing it on to the document's other peers (its write included), in the engine's millisecond clock",
+            m.forward_delay_seconds.clone(),
         );
         registry.register(
             "storage_batch_seconds",
@@ -378,6 +386,9 @@ impl Observer for MetricsObserver {
                 m.ephemeral_dropped
                     .get_or_create(&reason_label(reason.label()))
                     .inc();
+            }
+            Event::ChangesForwarded { waited, .. } => {
+                m.forward_delay_seconds.observe(waited.as_secs_f64());
             }
             Event::BudgetEviction { documents } => {
                 m.budget_evictions.inc_by(*documents as u64);

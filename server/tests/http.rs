@@ -82,6 +82,8 @@ async fn metrics_count_peers_and_documents_without_naming_them() {
     assert!(metric(&text, "cairn_frames_received_total") >= 2.0);
     assert!(metric(&text, "cairn_storage_ops_total") >= 1.0);
     assert!(text.contains("cairn_storage_batch_seconds_bucket"));
+    // The acknowledgement of the change was its passing on (to its only peer, the writer).
+    assert!(metric(&text, "cairn_forward_delay_seconds_count") >= 1.0);
     for secret in [
         doc.to_string(),
         "ana/phone".to_owned(),

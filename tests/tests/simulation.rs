@@ -457,8 +457,10 @@ fn sync_with_duplicates(
     let stores = [MemoryStore::default(), MemoryStore::default()];
     let relay = EngineConfig::new(Role::Relay, "relay".into(), 1)
         .with_storage_id(stores[0].storage_id().unwrap());
+    // The clock stands still here, so no debounce: it would hold announcements for ever.
     let phone = EngineConfig::new(Role::Client, "phone".into(), 2)
-        .with_storage_id(stores[1].storage_id().unwrap());
+        .with_storage_id(stores[1].storage_id().unwrap())
+        .with_sync_debounce(std::time::Duration::ZERO);
     let mut engines = [Engine::new(relay), Engine::new(phone)];
     engines[0].handle_input(
         now,

@@ -295,6 +295,11 @@ pub struct ClientConfig {
     /// A connection on which nothing (no frame, no pong) has arrived for this long is
     /// closed and redialled. Default [`KEEPALIVE_TIMEOUT`].
     pub keepalive_timeout: Duration,
+    /// How long local changes to a document gather before they are announced together
+    /// (see [`EngineConfig::sync_debounce`]). Default
+    /// [`DEFAULT_SYNC_DEBOUNCE`](crate::engine::DEFAULT_SYNC_DEBOUNCE), 100 ms: a member
+    /// typing minutes sends a few frames a second, not one per keystroke.
+    pub sync_debounce: Duration,
 }
 
 impl ClientConfig {
@@ -311,6 +316,7 @@ impl ClientConfig {
             registration_retry: REGISTRATION_RETRY,
             keepalive_interval: KEEPALIVE_INTERVAL,
             keepalive_timeout: KEEPALIVE_TIMEOUT,
+            sync_debounce: crate::engine::DEFAULT_SYNC_DEBOUNCE,
         }
     }
 
@@ -538,7 +544,8 @@ impl Client {
         });
         let engine_config = EngineConfig::new(Role::Client, config.peer_id.clone(), seed)
             .with_storage_id(storage_id)
-            .with_limits(config.limits.clone());
+            .with_limits(config.limits.clone())
+            .with_sync_debounce(config.sync_debounce);
         let (announce, announce_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),

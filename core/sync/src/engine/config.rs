@@ -137,7 +137,18 @@ pub struct EngineConfig {
     /// Text index unit for documents created and loaded here. Default UTF-16 code units,
     /// the unit of JS, Kotlin and Swift strings.
     pub text_encoding: TextEncoding,
+    /// After a document's heads change, how long before they may be announced to every
+    /// peer again: changes made meanwhile (a member typing) go out together in one sync
+    /// message at the end of the period, not one frame per keystroke. The first change
+    /// after a quiet period goes out at once, and answers to a peer's message are never
+    /// held. Default [`DEFAULT_SYNC_DEBOUNCE`] for the client role (what automerge-repo's
+    /// `syncDebounceRate` defaults to), zero for the relay, whose fan-out is already
+    /// paced by its flushes (one round of sync messages per durable write).
+    pub sync_debounce: Duration,
 }
+
+/// The client role's default [`EngineConfig::sync_debounce`]: 100 ms.
+pub const DEFAULT_SYNC_DEBOUNCE: Duration = Duration::from_millis(100);
 
 impl EngineConfig {
     /// A config with default limits and no storage id.
@@ -149,7 +160,17 @@ impl EngineConfig {
             seed,
             limits: Limits::default(),
             text_encoding: TextEncoding::Utf16CodeUnit,
+            sync_debounce: match role {
+                Role::Client => DEFAULT_SYNC_DEBOUNCE,
+                Role::Relay => Duration::ZERO,
+            },
         }
+    }
+
+    /// Sets [`EngineConfig::sync_debounce`] (zero: announce every change at once).
+    pub fn with_sync_debounce(mut self, debounce: Duration) -> Self {
+        self.sync_debounce = debounce;
+        self
     }
 
     /// Sets the storage id announced in handshakes.

@@ -64,7 +64,8 @@ impl PeerDoc {
     }
 }
 
-/// A sync message that arrived while its document was loading.
+/// A sync message that waits: for its document to load, or for the document's write in
+/// flight to become durable.
 pub(super) struct Queued {
     pub(super) conn: ConnectionId,
     pub(super) request: bool,
@@ -79,7 +80,11 @@ pub(super) struct Doc {
     pub(super) generation: u64,
     pub(super) state: DocState,
     pub(super) peers: BTreeMap<ConnectionId, PeerDoc>,
+    /// Sync messages waiting for the load, or for the writes in flight (applied together
+    /// once they are durable: see `Engine::apply_batch`).
     pub(super) queued: Vec<Queued>,
+    /// Chunk writes in flight. While any is, no sync message goes out (it would reveal
+    /// heads that are not durable) and peers' messages wait in `queued`.
     pub(super) pending_writes: usize,
     pub(super) needs_sync: bool,
     /// Chunks on disk (durable) and their sizes.
@@ -97,6 +102,13 @@ pub(super) struct Doc {
     pub(super) timer: bool,
     /// Host updates waiting for the document to load, applied in order once it has.
     pub(super) updates: Vec<super::DocumentUpdate>,
+    /// Heads changes are announced to every peer no earlier than this
+    /// ([`super::EngineConfig::sync_debounce`]).
+    pub(super) announce_after: Timestamp,
+    /// A `Timer::Sync` for this generation is in the heap.
+    pub(super) sync_timer: bool,
+    /// When the oldest peer change not yet passed on to the other peers arrived.
+    pub(super) arrived: Option<Timestamp>,
 }
 
 impl Doc {
@@ -117,6 +129,9 @@ impl Doc {
             ops: 0,
             timer: false,
             updates: Vec::new(),
+            announce_after: Timestamp::from_millis(0),
+            sync_timer: false,
+            arrived: None,
         }
     }
 
@@ -396,6 +411,9 @@ impl Engine {
         }
         let doc = self.docs.get_mut(&id).expect("inserted above");
         doc.last_active = now;
+        if !msg.changes.is_empty() {
+            doc.arrived.get_or_insert(now);
+        }
         let queued = Queued {
             conn,
             request,
@@ -404,7 +422,24 @@ impl Engine {
             ops: summary.ops,
         };
         match doc.state {
-            DocState::Ready(_) => self.apply(now, id, queued),
+            // A write for it is in flight: the message waits for it (see `Doc::queued`), so
+            // what the document holds in memory stays what is durable plus at most one
+            // write, and the sync messages that the write's completion releases go out
+            // at once rather than wait for a moment with no write in flight.
+            DocState::Ready(_)
+                if doc.pending_writes > 0
+                    && doc.queued.len() < max_queue
+                    && doc.queued_bytes() + size <= max_queued_bytes =>
+            {
+                doc.queued.push(queued);
+            }
+            DocState::Ready(_) => {
+                // Nothing in flight, or the queue is full (the messages then go in now,
+                // together: their reveal waits for every write, as it did before).
+                let mut batch = std::mem::take(&mut doc.queued);
+                batch.push(queued);
+                self.apply_batch(now, id, batch);
+            }
             DocState::Evicted => {
                 doc.state = DocState::Loading;
                 doc.queued.push(queued);
@@ -454,8 +489,50 @@ impl Engine {
         self.send(conn, &msg);
     }
 
-    /// Applies one sync message to a loaded document.
-    pub(super) fn apply(&mut self, now: Timestamp, id: DocumentId, q: Queued) {
+    /// Applies sync messages to a loaded document in order, then writes what they added as
+    /// one chunk and answers. Coalescing matters under load: eight members typing into one
+    /// document send messages faster than a flush completes, and one chunk and one round of
+    /// sync messages per flush costs far less than one per message.
+    pub(super) fn apply_batch(&mut self, now: Timestamp, id: DocumentId, batch: Vec<Queued>) {
+        // The heads before the first message that changed the document.
+        let mut before: Option<Vec<ChangeHash>> = None;
+        for q in batch {
+            if !self.conns.contains_key(&q.conn) {
+                continue;
+            }
+            if !self.docs.contains_key(&id) {
+                // A request for a missing document removed it; re-create to answer the rest.
+                let generation = self.generation();
+                self.docs.insert(id, Doc::new(generation, now));
+                let am = self.new_automerge();
+                self.set_ready(id, am, now);
+            }
+            if let Some(b) = self.receive(now, id, q) {
+                before.get_or_insert(b);
+            }
+        }
+        match before {
+            Some(before) if self.docs.contains_key(&id) => {
+                // New heads: `persist` flags every peer of the document.
+                self.recount(id);
+                self.persist(id, &before);
+            }
+            _ => {
+                // Nothing new (changes we had, or held back by Automerge for their
+                // dependencies): nothing of theirs to pass on until something is.
+                if let Some(doc) = self.docs.get_mut(&id) {
+                    if doc.pending_writes == 0 {
+                        doc.arrived = None;
+                    }
+                }
+            }
+        }
+        self.maybe_sync(id, now);
+    }
+
+    /// Applies one sync message to a loaded document; returns the heads it had before when
+    /// the message changed it (the caller writes the change and syncs).
+    fn receive(&mut self, now: Timestamp, id: DocumentId, q: Queued) -> Option<Vec<ChangeHash>> {
         let Queued {
             conn,
             request,
@@ -463,14 +540,12 @@ impl Engine {
             size,
             mut ops,
         } = q;
-        let Some(peer) = self.peer_of(conn) else {
-            return;
-        };
+        let peer = self.peer_of(conn)?;
         // Decided when the message is applied, not when it arrived: it may have waited for
         // a load while the policy changed.
         if !self.may(conn, &id, Operation::Read, now) {
             self.drop_reader(conn, id);
-            return;
+            return None;
         }
         let read_only = !self.may(conn, &id, Operation::Write, now);
         if read_only && !msg.changes.is_empty() {
@@ -487,24 +562,22 @@ impl Engine {
         let role = self.config.role;
         let limits = self.config.limits.clone();
         let identity = self.conns.get(&conn).and_then(|c| c.identity.clone());
-        let Some(doc) = self.docs.get(&id) else {
-            return;
-        };
+        let doc = self.docs.get(&id)?;
         let DocState::Ready(am) = &doc.state else {
-            return;
+            return None;
         };
         let has_changes = !msg.changes.is_empty();
         if has_changes && doc.stored_bytes() + size > limits.max_document_bytes {
             self.reject(conn, &peer, id, Rejection::TooLarge);
-            return;
+            return None;
         }
         if has_changes && !self.access.may_grow(&id, size as u64) {
             self.reject(conn, &peer, id, Rejection::GroupQuota);
-            return;
+            return None;
         }
         if doc.ops + ops > limits.max_document_ops {
             self.reject(conn, &peer, id, Rejection::TooManyOps);
-            return;
+            return None;
         }
         let creates = role == Role::Relay
             && has_changes
@@ -522,17 +595,17 @@ impl Engine {
             );
             if !allowed {
                 self.reject(conn, &peer, id, Rejection::CreationQuota);
-                return;
+                return None;
             }
         }
         if ops > 0 && !self.make_room(ops, id) {
             tracing::info!(%conn, doc = %id, ops, "no room for more operations in memory; closing so the peer resyncs later");
             self.close(conn, CloseReason::Overloaded);
-            return;
+            return None;
         }
         let doc = self.docs.get_mut(&id).expect("checked above");
         let DocState::Ready(am) = &mut doc.state else {
-            return;
+            return None;
         };
         let pd = doc.peers.entry(conn).or_insert_with(PeerDoc::new);
         pd.unavailable = false;
@@ -554,14 +627,16 @@ impl Engine {
             }
             self.release_if_unused(id);
             self.reject_unavailable(conn, &peer, id);
-            return;
+            return None;
         }
         let before = am.get_heads();
         let received = contained(|| am.receive_sync_message(&mut pd.sync, msg));
+        pd.dirty = true;
+        let after = am.get_heads();
         match received {
             None => {
                 self.contain_panic(conn, id);
-                return;
+                return None;
             }
             Some(Err(e)) => {
                 tracing::debug!(%conn, doc = %id, error = %e, "sync message could not be applied");
@@ -569,34 +644,29 @@ impl Engine {
                     conn,
                     CloseReason::Protocol("sync message could not be applied".into()),
                 );
-                return;
             }
-            Some(Ok(())) => {}
+            Some(Ok(())) => {
+                if !their_heads.is_empty() {
+                    self.emit(Event::PeerHasHeads {
+                        conn,
+                        doc: id,
+                        heads: their_heads,
+                    });
+                }
+            }
         }
-        let after = am.get_heads();
-        if !their_heads.is_empty() {
-            self.emit(Event::PeerHasHeads {
-                conn,
+        // Whatever the message added is written before anyone hears of it, even when
+        // Automerge refused part of it.
+        if after == before {
+            return None;
+        }
+        if role == Role::Client {
+            self.emit(Event::DocumentChanged {
                 doc: id,
-                heads: their_heads,
+                heads: after,
             });
         }
-        if after != before {
-            self.recount(id);
-            if role == Role::Client {
-                self.emit(Event::DocumentChanged {
-                    doc: id,
-                    heads: after,
-                });
-            }
-            // New heads: `persist` flags every peer of the document.
-            self.persist(id, &before);
-        }
-        let doc = self.docs.get_mut(&id).expect("still there");
-        if let Some(pd) = doc.peers.get_mut(&conn) {
-            pd.dirty = true;
-        }
-        self.maybe_sync(id, now);
+        Some(before)
     }
 
     /// Generates sync messages for the peers of the document that need one, unless a
@@ -604,6 +674,7 @@ impl Engine {
     /// `doc-unavailable` instead and is dropped from it.
     pub(super) fn maybe_sync(&mut self, id: DocumentId, now: Timestamp) {
         let role = self.config.role;
+        let debounce = self.config.sync_debounce;
         let (access, conns) = (&*self.access, &self.conns);
         let mut lost = Vec::new();
         let Some(doc) = self.docs.get_mut(&id) else {
@@ -616,14 +687,27 @@ impl Engine {
         let DocState::Ready(am) = &doc.state else {
             return;
         };
-        let everyone = std::mem::replace(&mut doc.needs_sync, false);
+        // The announcement to everyone waits out the debounce; answers go now.
+        let held = doc.needs_sync && now < doc.announce_after;
+        if held && !doc.sync_timer {
+            doc.sync_timer = true;
+            self.timers
+                .schedule(doc.announce_after, Timer::Sync(id, doc.generation));
+        }
+        if held && !any_dirty {
+            return;
+        }
+        let everyone = !held && std::mem::replace(&mut doc.needs_sync, false);
+        if everyone && !debounce.is_zero() && !doc.peers.is_empty() {
+            doc.announce_after = now.plus(debounce);
+        }
         let ours = am.get_heads();
         let empty = ours.is_empty();
         let mut frames = Vec::new();
         let mut panicked = None;
         for (conn, pd) in doc.peers.iter_mut() {
             let dirty = std::mem::replace(&mut pd.dirty, false);
-            if !everyone && !dirty && pd.told == ours {
+            if !everyone && !dirty && (held || pd.told == ours) {
                 continue;
             }
             if pd.unavailable && empty {
@@ -653,6 +737,17 @@ impl Engine {
         if let Some(conn) = panicked {
             self.contain_panic(conn, id);
             return;
+        }
+        let forwarded = if everyone && !frames.is_empty() {
+            doc.arrived.take()
+        } else {
+            None
+        };
+        if let Some(arrived) = forwarded {
+            self.emit(Event::ChangesForwarded {
+                doc: id,
+                waited: now.since(arrived),
+            });
         }
         for (conn, data) in frames {
             let Some(target_id) = self.peer_of(conn) else {
@@ -715,6 +810,8 @@ impl Engine {
         };
         doc.peers.entry(conn).or_insert_with(PeerDoc::new);
         doc.needs_sync = true;
+        // A peer's first sync is not a keystroke: no debounce.
+        doc.announce_after = now;
         if let Some(c) = self.conns.get_mut(&conn) {
             c.docs.insert(id);
         }

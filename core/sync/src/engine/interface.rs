@@ -247,6 +247,16 @@ pub enum Event {
         /// Heads after the change.
         heads: Vec<ChangeHash>,
     },
+    /// Changes that peers sent were passed on: the document's sync messages went out to
+    /// its peers `waited` after the first of those changes arrived (the relay's own part
+    /// of an edit's way from one member to the others: the wait for its write, and for
+    /// any write before it, included).
+    ChangesForwarded {
+        /// Which.
+        doc: DocumentId,
+        /// From the arrival of the oldest change not yet passed on, to now.
+        waited: std::time::Duration,
+    },
     /// A write completed: everything up to these heads is durable.
     DocumentDurable {
         /// Which.

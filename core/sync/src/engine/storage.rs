@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use automerge::ChangeHash;
 use sha2::{Digest, Sha256};
 
-use super::document::{Doc, DocState};
+use super::document::DocState;
 use super::{contained, CloseReason, Engine, Event, Rejection};
 use crate::ids::DocumentId;
 use crate::store::{StorageKey, StorageOp, StorageOutcome, StoreError};
@@ -149,8 +149,11 @@ impl Engine {
                         let stored = d.stored_bytes() as u64;
                         self.access.document_stored(&doc, stored);
                         self.emit(Event::DocumentDurable { doc, heads });
+                        // First reveal what is now durable (everything in memory, unless
+                        // another write is in flight), then take in what waited for it.
                         self.maybe_sync(doc, now);
                         self.maybe_compact(doc);
+                        self.take_waiting(now, doc);
                     }
                     Err(error) => self.write_failed(doc, error),
                 }
@@ -278,24 +281,28 @@ impl Engine {
         self.run_updates(now, id);
         let doc = self.docs.get_mut(&id).expect("checked above");
         let queued = std::mem::take(&mut doc.queued);
-        for q in queued {
-            if !self.conns.contains_key(&q.conn) {
-                continue;
-            }
-            if !self.docs.contains_key(&id) {
-                // A request for a missing document removed it; re-create to answer the rest.
-                let generation = self.generation();
-                self.docs.insert(id, Doc::new(generation, now));
-                let am = self.new_automerge();
-                self.set_ready(id, am, now);
-            }
-            self.apply(now, id, q);
-        }
-        self.maybe_sync(id, now);
+        // Also syncs (a no-op while the host's updates are being written).
+        self.apply_batch(now, id, queued);
         self.check_unavailable(id);
         self.maybe_compact(id);
         // A document bigger than the room left pushes older ones out.
         self.make_room(0, id);
+    }
+
+    /// Applies the sync messages that waited for the document's writes, once none is in
+    /// flight.
+    fn take_waiting(&mut self, now: Timestamp, id: DocumentId) {
+        let Some(doc) = self.docs.get_mut(&id) else {
+            return;
+        };
+        if doc.pending_writes > 0
+            || doc.queued.is_empty()
+            || !matches!(doc.state, DocState::Ready(_))
+        {
+            return;
+        }
+        let queued = std::mem::take(&mut doc.queued);
+        self.apply_batch(now, id, queued);
     }
 
     fn load_failed(&mut self, id: DocumentId) {

@@ -19,6 +19,8 @@ pub(super) enum Timer {
     Handshake(ConnectionId),
     /// The document (of this generation) may be idle by then.
     Idle(DocumentId, u64),
+    /// The document's (of this generation) debounced announcement is due.
+    Sync(DocumentId, u64),
 }
 
 #[derive(Debug, Default)]

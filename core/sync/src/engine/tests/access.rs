@@ -72,23 +72,23 @@ impl Access for Policy {
 
 /// A relay engine, phones (client engines) and raw peers (frames by hand), one connection
 /// each, all storage run at once unless the relay holds its writes.
-struct Net {
-    relay: Side,
+pub(super) struct Net {
+    pub(super) relay: Side,
     policy: Policy,
-    phones: Vec<(Side, ConnectionId)>,
+    pub(super) phones: Vec<(Side, ConnectionId)>,
     /// Frames the relay sent, in order, with their connection.
-    relay_sent: Vec<(ConnectionId, Message)>,
+    pub(super) relay_sent: Vec<(ConnectionId, Message)>,
     /// Writes the relay's store carried out.
-    relay_writes: Vec<StorageOp>,
+    pub(super) relay_writes: Vec<StorageOp>,
     /// Connections the relay closed.
     closed: Vec<(ConnectionId, CloseReason)>,
     /// Frames from the relay not yet delivered (to phones; raw peers read `relay_sent`).
     outbox: Vec<(ConnectionId, Vec<u8>)>,
-    now: Timestamp,
+    pub(super) now: Timestamp,
 }
 
 impl Net {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         let mut relay = Side::new(Role::Relay, "relay", 9);
         let policy = Policy::default();
         relay.engine.set_access(Box::new(policy.clone()));
@@ -118,9 +118,19 @@ impl Net {
     }
 
     /// A phone named `name` dials the relay; returns its index.
-    fn phone(&mut self, name: &str, seed: u64) -> usize {
+    pub(super) fn phone(&mut self, name: &str, seed: u64) -> usize {
+        self.phone_with(name, seed, std::time::Duration::ZERO)
+    }
+
+    /// A phone whose engine announces its changes with `debounce`.
+    pub(super) fn phone_with(
+        &mut self,
+        name: &str,
+        seed: u64,
+        debounce: std::time::Duration,
+    ) -> usize {
         let conn = ConnectionId::new(100 + self.phones.len() as u64);
-        let mut side = Side::new(Role::Client, name, seed);
+        let mut side = Side::with_debounce(Role::Client, name, seed, debounce);
         self.accept(conn, name);
         side.engine.handle_input(
             self.now,
@@ -191,7 +201,7 @@ impl Net {
 
     /// Carries frames between the relay and the phones until nothing moves; returns how
     /// many frames moved. Frames for other connections (raw peers) stay in `relay_sent`.
-    fn pump(&mut self) -> usize {
+    pub(super) fn pump(&mut self) -> usize {
         let now = self.now;
         let mut moved = 0;
         loop {
@@ -264,14 +274,20 @@ impl Net {
     }
 }
 
-fn get(am: &Automerge, key: &str) -> Option<String> {
+pub(super) fn get(am: &Automerge, key: &str) -> Option<String> {
     am.get(ROOT, key)
         .ok()
         .flatten()
         .and_then(|(v, _)| v.as_str().map(str::to_owned))
 }
 
-fn put(phone: &mut Side, now: Timestamp, doc: DocumentId, key: &str, value: &str) -> ChangeHash {
+pub(super) fn put(
+    phone: &mut Side,
+    now: Timestamp,
+    doc: DocumentId,
+    key: &str,
+    value: &str,
+) -> ChangeHash {
     let (_, heads) = phone
         .engine
         .change_document(now, doc, |tx| tx.put(ROOT, key, value))

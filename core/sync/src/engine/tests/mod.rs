@@ -22,9 +22,16 @@ struct Side {
 
 impl Side {
     fn new(role: Role, name: &str, seed: u64) -> Self {
+        // Time stands still in most of these tests (`T0`): a debounce would hold
+        // announcements for ever. `flow.rs` tests it with a moving clock.
+        Side::with_debounce(role, name, seed, std::time::Duration::ZERO)
+    }
+
+    fn with_debounce(role: Role, name: &str, seed: u64, debounce: std::time::Duration) -> Self {
         let store = MemoryStore::default();
         let config = EngineConfig::new(role, PeerId::from(name), seed)
-            .with_storage_id(store.storage_id().unwrap());
+            .with_storage_id(store.storage_id().unwrap())
+            .with_sync_debounce(debounce);
         Side {
             engine: Engine::new(config),
             store,
@@ -798,6 +805,7 @@ fn two_phones_importing_the_same_first_change_end_with_one_document() {
 }
 
 mod access;
+mod flow;
 mod hostile;
 
 /// Everyone may do everything; all documents share one group whose stored bytes are
