@@ -74,9 +74,25 @@ pub struct Device {
 }
 
 impl Device {
-    /// A device with no connection yet (it can create and edit documents offline).
+    /// A device with no connection yet (it can create and edit documents offline), on the
+    /// engine's default client configuration.
     pub fn offline(peer: &str, seed: u64, epoch: Instant) -> Device {
-        let engine = Engine::new(EngineConfig::new(Role::Client, PeerId::from(peer), seed));
+        Device::offline_with(peer, seed, epoch, None)
+    }
+
+    /// [`Device::offline`] with the client's sync debounce set to `debounce` instead of
+    /// the engine's default (`None` keeps the default).
+    pub fn offline_with(
+        peer: &str,
+        seed: u64,
+        epoch: Instant,
+        debounce: Option<Duration>,
+    ) -> Device {
+        let mut config = EngineConfig::new(Role::Client, PeerId::from(peer), seed);
+        if let Some(d) = debounce {
+            config = config.with_sync_debounce(d);
+        }
+        let engine = Engine::new(config);
         Device {
             engine,
             store: MemoryStore::default(),
@@ -105,7 +121,18 @@ impl Device {
         seed: u64,
         epoch: Instant,
     ) -> anyhow::Result<Device> {
-        let mut d = Device::offline(peer, seed, epoch);
+        Device::connect_with(url, peer, seed, epoch, None).await
+    }
+
+    /// [`Device::connect`] with [`Device::offline_with`]'s debounce override.
+    pub async fn connect_with(
+        url: &str,
+        peer: &str,
+        seed: u64,
+        epoch: Instant,
+        debounce: Option<Duration>,
+    ) -> anyhow::Result<Device> {
+        let mut d = Device::offline_with(peer, seed, epoch, debounce);
         d.attach(url).await?;
         Ok(d)
     }

@@ -47,6 +47,10 @@ struct Cli {
     /// Fan-out: gap between one peer's edits in ms, as MIN-MAX (default 50-100).
     #[arg(long, value_parser = parse_gap)]
     edit_gap_ms: Option<(u64, u64)>,
+    /// Every simulated device's sync debounce in ms, overriding the engine's client
+    /// default (`EngineConfig::sync_debounce`; 0 sends every change at once).
+    #[arg(long)]
+    client_debounce_ms: Option<u64>,
     /// Pin each server to CPU 0 and this bench (every simulated device) to the other CPUs,
     /// as the outside harness did, so the server under test does not compete with
     /// its load generator for a core (needs 2+ CPUs and `taskset`).
@@ -128,6 +132,9 @@ fn main() -> anyhow::Result<()> {
     let mut sizes = Sizes::new(cli.quick, cli.seconds);
     if let Some(gap) = cli.edit_gap_ms {
         sizes.fanout.gap_ms = gap;
+    }
+    if let Some(ms) = cli.client_debounce_ms {
+        sizes.set_client_debounce(std::time::Duration::from_millis(ms));
     }
     // steady4x holds 1,600 client sockets here and as many in the server (which inherits
     // the limit).

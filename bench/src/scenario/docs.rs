@@ -57,7 +57,7 @@ async fn wait_for_ack(
 /// One device stores `docs` documents of `changes_per_doc` changes each on the server; then
 /// a new device fetches them all. Only the fetch is measured.
 pub(crate) async fn cold(server: &Server, sizes: Sizes, epoch: Instant) -> anyhow::Result<Row> {
-    let mut writer = Device::offline("bench-cold-writer", 7, epoch);
+    let mut writer = Device::offline_with("bench-cold-writer", 7, epoch, sizes.client_debounce);
     let mut expected: BTreeMap<DocumentId, Vec<ChangeHash>> = BTreeMap::new();
     for d in 0..sizes.docs {
         let now = writer.now();
@@ -99,7 +99,14 @@ pub(crate) async fn cold(server: &Server, sizes: Sizes, epoch: Instant) -> anyho
     let populate_s = populate.elapsed().as_secs_f64();
     writer.disconnect();
 
-    let mut reader = Device::connect(&server.url(), "bench-cold-reader", 8, epoch).await?;
+    let mut reader = Device::connect_with(
+        &server.url(),
+        "bench-cold-reader",
+        8,
+        epoch,
+        sizes.client_debounce,
+    )
+    .await?;
     let phase = Phase::begin(server);
     let now = reader.now();
     for id in expected.keys() {
@@ -140,7 +147,14 @@ const PUSH_WINDOW: usize = 256;
 /// One device appends `big_edits` characters to one Text, one commit each, and waits for
 /// the server's acknowledgement; then a new device fetches the document. Two rows.
 pub(crate) async fn big(server: &Server, sizes: Sizes, epoch: Instant) -> anyhow::Result<Vec<Row>> {
-    let mut writer = Device::connect(&server.url(), "bench-big-writer", 9, epoch).await?;
+    let mut writer = Device::connect_with(
+        &server.url(),
+        "bench-big-writer",
+        9,
+        epoch,
+        sizes.client_debounce,
+    )
+    .await?;
     let now = writer.now();
     let id = writer.engine.create_document(now, |tx| {
         tx.put_object(ROOT, "text", ObjType::Text)
@@ -223,7 +237,14 @@ pub(crate) async fn big(server: &Server, sizes: Sizes, epoch: Instant) -> anyhow
     }
     writer.disconnect();
 
-    let mut reader = Device::connect(&server.url(), "bench-big-reader", 10, epoch).await?;
+    let mut reader = Device::connect_with(
+        &server.url(),
+        "bench-big-reader",
+        10,
+        epoch,
+        sizes.client_debounce,
+    )
+    .await?;
     let phase = Phase::begin(server);
     let now = reader.now();
     reader.engine.find(now, id);

@@ -40,6 +40,8 @@ pub(crate) struct GroupLoad {
     /// How long after the last scheduled edit the bench waits for every peer to have every
     /// edit; what is still missing then is counted lost.
     pub(crate) grace: Duration,
+    /// Every device's sync debounce, when not the engine's client default.
+    pub(crate) client_debounce: Option<Duration>,
 }
 
 impl GroupLoad {
@@ -288,7 +290,14 @@ async fn open_group(
     let deadline = Instant::now() + SETUP_LIMIT;
     let seed = (g * 1000 + p) as u64 + 1;
     let permit = s.connecting.acquire().await?;
-    let mut dev = Device::connect(&s.url, &format!("bench-g{g}p{p}"), seed, s.epoch).await?;
+    let mut dev = Device::connect_with(
+        &s.url,
+        &format!("bench-g{g}p{p}"),
+        seed,
+        s.epoch,
+        s.load.client_debounce,
+    )
+    .await?;
     drop(permit);
     let doc = match id_tx {
         Some(id_tx) => {

@@ -34,9 +34,26 @@ pub(crate) struct Sizes {
     pub(crate) docs: usize,
     pub(crate) changes_per_doc: usize,
     pub(crate) big_edits: usize,
+    /// Every device's sync debounce, when not the engine's client default.
+    pub(crate) client_debounce: Option<Duration>,
 }
 
 impl Sizes {
+    /// Overrides every device's sync debounce, in every scenario.
+    pub(crate) fn set_client_debounce(&mut self, d: Duration) {
+        self.client_debounce = Some(d);
+        for l in [
+            &mut self.fanout,
+            &mut self.steady,
+            &mut self.steady4x,
+            &mut self.burst,
+            &mut self.presence,
+            &mut self.catchup,
+        ] {
+            l.client_debounce = Some(d);
+        }
+    }
+
     pub(crate) fn new(quick: bool, seconds: Option<u64>) -> Sizes {
         let steady_s = seconds.unwrap_or(if quick { 10 } else { 30 });
         let groups = if quick { 10 } else { 50 };
@@ -46,6 +63,7 @@ impl Sizes {
             edits_per_peer: steady_s as usize,
             gap_ms: (900, 1100),
             grace: Duration::from_secs(if quick { 10 } else { 30 }),
+            client_debounce: None,
         };
         Sizes {
             fanout: GroupLoad {
@@ -54,10 +72,11 @@ impl Sizes {
                 edits_per_peer: if quick { 10 } else { 20 },
                 gap_ms: (50, 100),
                 grace: Duration::from_secs(120),
+                client_debounce: None,
             },
             steady,
             steady4x: GroupLoad {
-                groups: groups * 4,
+                groups: steady.groups * 4,
                 ..steady
             },
             burst: GroupLoad {
@@ -66,6 +85,7 @@ impl Sizes {
                 edits_per_peer: 20,
                 gap_ms: (100, 100),
                 grace: Duration::from_secs(60),
+                client_debounce: None,
             },
             presence: GroupLoad {
                 groups: 10,
@@ -73,6 +93,7 @@ impl Sizes {
                 edits_per_peer: if quick { 5 } else { 10 },
                 gap_ms: (900, 1100),
                 grace: Duration::from_secs(5),
+                client_debounce: None,
             },
             catchup: GroupLoad {
                 groups: 10,
@@ -80,10 +101,12 @@ impl Sizes {
                 edits_per_peer: 20,
                 gap_ms: (50, 100),
                 grace: Duration::from_secs(60),
+                client_debounce: None,
             },
             docs: if quick { 100 } else { 500 },
             changes_per_doc: 50,
             big_edits: if quick { 2_000 } else { 20_000 },
+            client_debounce: None,
         }
     }
 }
