@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use cairn_sync::engine::{Direction, Engine, EngineConfig, Event, Input, Output, Role};
-use cairn_sync::ids::{ConnectionId, PeerId};
+use cairn_sync::ids::{ConnectionId, DocumentId, PeerId};
 use cairn_sync::store::{MemoryStore, Storage};
 use cairn_sync::time::Timestamp;
+use cairn_sync::wire::Message as WireMessage;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -23,6 +24,28 @@ enum Incoming {
     Frame(Vec<u8>),
     /// Why the socket ended (close frame or error).
     Closed(String),
+}
+
+/// Frames and bytes a device sent and received (websocket payloads, handshake included).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Traffic {
+    /// Frames sent to the server.
+    pub frames_sent: u64,
+    /// Payload bytes sent to the server.
+    pub bytes_sent: u64,
+    /// Frames received from the server.
+    pub frames_received: u64,
+    /// Payload bytes received from the server.
+    pub bytes_received: u64,
+}
+
+impl std::ops::AddAssign for Traffic {
+    fn add_assign(&mut self, o: Traffic) {
+        self.frames_sent += o.frames_sent;
+        self.bytes_sent += o.bytes_sent;
+        self.frames_received += o.frames_received;
+        self.bytes_received += o.bytes_received;
+    }
 }
 
 /// See the module docs.
@@ -40,12 +63,36 @@ pub struct Device {
     pub closed: bool,
     /// Why, when known.
     close_reason: String,
+    /// Frames and bytes through the socket; callers reset it to start counting a phase.
+    pub traffic: Traffic,
+    /// Local commits (see [`Device::committed`]) not yet carried by a sent frame.
+    unsent: Vec<(DocumentId, Instant)>,
+    /// For each local commit, microseconds from the commit until the first frame carrying
+    /// changes of its document was handed to the socket writer: the client's own part of
+    /// the edit-to-arrival latency (sync debounce included).
+    pub commit_to_frame_us: Vec<u32>,
 }
 
 impl Device {
-    /// A device with no connection yet (it can create and edit documents offline).
+    /// A device with no connection yet (it can create and edit documents offline), on the
+    /// engine's default client configuration.
     pub fn offline(peer: &str, seed: u64, epoch: Instant) -> Device {
-        let engine = Engine::new(EngineConfig::new(Role::Client, PeerId::from(peer), seed));
+        Device::offline_with(peer, seed, epoch, None)
+    }
+
+    /// [`Device::offline`] with the client's sync debounce set to `debounce` instead of
+    /// the engine's default (`None` keeps the default).
+    pub fn offline_with(
+        peer: &str,
+        seed: u64,
+        epoch: Instant,
+        debounce: Option<Duration>,
+    ) -> Device {
+        let mut config = EngineConfig::new(Role::Client, PeerId::from(peer), seed);
+        if let Some(d) = debounce {
+            config = config.with_sync_debounce(d);
+        }
+        let engine = Engine::new(config);
         Device {
             engine,
             store: MemoryStore::default(),
@@ -55,7 +102,16 @@ impl Device {
             events: Vec::new(),
             closed: false,
             close_reason: String::new(),
+            traffic: Traffic::default(),
+            unsent: Vec::new(),
+            commit_to_frame_us: Vec::new(),
         }
+    }
+
+    /// Notes that a local change of `doc` was committed at `at` (the moment the engine
+    /// applied it; call before [`Device::pump`]), to time when a frame first carries it.
+    pub fn committed(&mut self, doc: DocumentId, at: Instant) {
+        self.unsent.push((doc, at));
     }
 
     /// A new device connected to `url`, handshake done.
@@ -65,7 +121,18 @@ impl Device {
         seed: u64,
         epoch: Instant,
     ) -> anyhow::Result<Device> {
-        let mut d = Device::offline(peer, seed, epoch);
+        Device::connect_with(url, peer, seed, epoch, None).await
+    }
+
+    /// [`Device::connect`] with [`Device::offline_with`]'s debounce override.
+    pub async fn connect_with(
+        url: &str,
+        peer: &str,
+        seed: u64,
+        epoch: Instant,
+        debounce: Option<Duration>,
+    ) -> anyhow::Result<Device> {
+        let mut d = Device::offline_with(peer, seed, epoch, debounce);
         d.attach(url).await?;
         Ok(d)
     }
@@ -175,7 +242,12 @@ impl Device {
         while let Some(out) = self.engine.poll_output() {
             match out {
                 Output::Send { frame, .. } => {
+                    if !self.unsent.is_empty() {
+                        self.note_sent(&frame);
+                    }
                     if let Some(tx) = &self.outgoing {
+                        self.traffic.frames_sent += 1;
+                        self.traffic.bytes_sent += frame.len() as u64;
                         let _ = tx.send(frame);
                     }
                 }
@@ -194,10 +266,39 @@ impl Device {
         }
     }
 
+    /// If `frame` is a sync message carrying changes of a document with unsent commits,
+    /// those commits have now left. Decoding costs the bench (not the engine) a little,
+    /// and only while a commit waits.
+    fn note_sent(&mut self, frame: &[u8]) {
+        let Ok(WireMessage::Sync(m) | WireMessage::Request(m)) = WireMessage::decode(frame) else {
+            return;
+        };
+        if !self.unsent.iter().any(|(d, _)| *d == m.document_id) {
+            return;
+        }
+        let carries =
+            automerge::sync::Message::decode(&m.data).is_ok_and(|s| !s.changes.is_empty());
+        if !carries {
+            return;
+        }
+        let sent = Instant::now();
+        let doc = m.document_id;
+        let out = &mut self.commit_to_frame_us;
+        self.unsent.retain(|(d, at)| {
+            if *d != doc {
+                return true;
+            }
+            out.push(sent.duration_since(*at).as_micros().min(u32::MAX as u128) as u32);
+            false
+        });
+    }
+
     fn feed(&mut self, incoming: Incoming) {
         let now = self.now();
         match incoming {
             Incoming::Frame(frame) => {
+                self.traffic.frames_received += 1;
+                self.traffic.bytes_received += frame.len() as u64;
                 self.engine
                     .handle_input(now, Input::Frame { conn: LINK, frame });
             }
@@ -218,19 +319,45 @@ impl Device {
         }
     }
 
+    /// Runs the engine's timers that are due (a client's sync debounce, say) and says
+    /// when the next one is due, as an instant.
+    fn run_timers(&mut self) -> Option<Instant> {
+        let due = self.engine.poll_timeout()?;
+        let now = self.now();
+        if due <= now {
+            self.engine.handle_timeout(now);
+            self.pump();
+        }
+        let next = self.engine.poll_timeout()?;
+        // A timer the engine keeps reporting as due must not make this spin.
+        let at = self.epoch + Duration::from_millis(next.as_millis());
+        Some(at.max(Instant::now() + Duration::from_millis(1)))
+    }
+
     /// Waits for at least one frame (until `deadline`) and feeds it and every other
-    /// frame already waiting. `Ok(false)` on timeout; an error once the socket is closed.
+    /// frame already waiting; runs the engine's timers meanwhile. `Ok(false)` on
+    /// timeout; an error once the socket is closed.
     pub async fn step_until(&mut self, deadline: Instant) -> anyhow::Result<bool> {
         if self.closed {
             bail!("the connection closed ({})", self.close_reason);
         }
-        let rx = self
-            .incoming
-            .as_mut()
-            .ok_or_else(|| anyhow!("not connected"))?;
-        let got = tokio::time::timeout_at(deadline.into(), rx.recv()).await;
+        let got = loop {
+            let timer = self.run_timers();
+            let wake = timer.map_or(deadline, |t| t.min(deadline));
+            let rx = self
+                .incoming
+                .as_mut()
+                .ok_or_else(|| anyhow!("not connected"))?;
+            match tokio::time::timeout_at(wake.into(), rx.recv()).await {
+                Err(_) if wake < deadline => continue,
+                got => break got,
+            }
+        };
         match got {
-            Err(_) => Ok(false),
+            Err(_) => {
+                self.run_timers();
+                Ok(false)
+            }
             Ok(None) => {
                 self.closed = true;
                 bail!("the connection's reader stopped");
@@ -241,6 +368,11 @@ impl Device {
                 Ok(true)
             }
         }
+    }
+
+    /// Why the connection closed, once it has (empty before).
+    pub fn close_reason(&self) -> &str {
+        &self.close_reason
     }
 
     /// Closes the socket (the writer sends a close frame).

@@ -20,22 +20,28 @@ pub enum Kind {
     NodeSync,
     /// A plain server on `@automerge/automerge-repo` 2.5.6.
     NodeRepo,
+    /// `cairn-samod-relay`: samod (the Rust automerge-repo) as a sync server, documents
+    /// on disk.
+    Samod,
 }
 
 impl Kind {
-    /// `cairn`, `node-sync` or `node-repo`.
+    /// `cairn`, `node-sync`, `node-repo` or `samod`.
     pub fn parse(s: &str) -> anyhow::Result<Kind> {
         Ok(match s {
             "cairn" => Kind::Cairn,
             "node-sync" => Kind::NodeSync,
             "node-repo" => Kind::NodeRepo,
-            other => bail!("unknown server `{other}` (expected cairn, node-sync or node-repo)"),
+            "samod" => Kind::Samod,
+            other => {
+                bail!("unknown server `{other}` (expected cairn, node-sync, node-repo or samod)")
+            }
         })
     }
 
     /// One of the two Node servers.
     pub fn is_node(self) -> bool {
-        self != Kind::Cairn
+        matches!(self, Kind::NodeSync | Kind::NodeRepo)
     }
 }
 
@@ -45,6 +51,7 @@ impl fmt::Display for Kind {
             Kind::Cairn => "cairn",
             Kind::NodeSync => "node-sync",
             Kind::NodeRepo => "node-repo",
+            Kind::Samod => "samod",
         })
     }
 }
@@ -53,12 +60,14 @@ impl fmt::Display for Kind {
 #[derive(Debug, Clone)]
 pub struct Programs {
     relay: PathBuf,
+    samod: PathBuf,
     js_dir: PathBuf,
+    pin_server: Option<usize>,
 }
 
 impl Programs {
-    /// Finds `cairn-relay` beside this binary (unless `relay` names one) and `tests/js` in
-    /// the workspace above it.
+    /// Finds `cairn-relay` (unless `relay` names one) and `cairn-samod-relay` beside this
+    /// binary, and `tests/js` in the workspace above it.
     pub fn locate(kinds: &[Kind], relay: Option<PathBuf>) -> anyhow::Result<Programs> {
         let exe = std::env::current_exe().context("locating this binary")?;
         let dir = exe.parent().context("this binary has no directory")?;
@@ -67,6 +76,13 @@ impl Programs {
             bail!(
                 "{} not found: build it first with `cargo build --release -p cairn-relay -p cairn-bench`",
                 relay.display()
+            );
+        }
+        let samod = dir.join("cairn-samod-relay");
+        if kinds.contains(&Kind::Samod) && !samod.is_file() {
+            bail!(
+                "{} not found: build it first with `cargo build --release -p cairn-relay -p cairn-bench`",
+                samod.display()
             );
         }
         let js_dir = exe
@@ -81,7 +97,18 @@ impl Programs {
                 js_dir.display()
             );
         }
-        Ok(Programs { relay, js_dir })
+        Ok(Programs {
+            relay,
+            samod,
+            js_dir,
+            pin_server: None,
+        })
+    }
+
+    /// Runs every server started from now on on CPU `cpu` only (through `taskset`, which
+    /// `exec`s the server, so its pid stays the server's).
+    pub fn pin_server_to(&mut self, cpu: usize) {
+        self.pin_server = Some(cpu);
     }
 }
 
@@ -177,6 +204,14 @@ impl Server {
                     .env("CAIRN_LOG", "warn");
                 c
             }
+            Kind::Samod => {
+                let mut c = Command::new(&programs.samod);
+                c.arg("--port")
+                    .arg(port.to_string())
+                    .arg("--data")
+                    .arg(&store);
+                c
+            }
             Kind::NodeSync | Kind::NodeRepo => {
                 let script = if kind == Kind::NodeSync {
                     "sync-server-launcher.mjs"
@@ -191,6 +226,9 @@ impl Server {
                 c
             }
         };
+        if let Some(cpu) = programs.pin_server {
+            cmd = pinned(&cmd, cpu);
+        }
         let child = cmd
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -282,6 +320,25 @@ impl Drop for Server {
     }
 }
 
+/// `cmd` run through `taskset -c CPU`.
+fn pinned(cmd: &Command, cpu: usize) -> Command {
+    let mut c = Command::new("taskset");
+    c.arg("-c")
+        .arg(cpu.to_string())
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        c.current_dir(dir);
+    }
+    c
+}
+
 fn free_port() -> anyhow::Result<u16> {
     let l = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
     Ok(l.local_addr()?.port())
@@ -364,4 +421,25 @@ pub fn clock_ticks() -> f64 {
             .filter(|t| *t > 0.0)
             .unwrap_or(100.0)
     })
+}
+
+/// Raises this process's soft open-file limit to `want` (capped at the hard limit) and
+/// returns the limit now in force. Child servers started afterwards inherit it.
+pub fn raise_fd_limit(want: u64) -> anyhow::Result<u64> {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let cur = getrlimit(Resource::Nofile);
+    let soft = cur.current.unwrap_or(u64::MAX);
+    if soft >= want {
+        return Ok(soft);
+    }
+    let target = cur.maximum.map_or(want, |hard| want.min(hard));
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(target),
+            maximum: cur.maximum,
+        },
+    )
+    .context("raising the open-file soft limit")?;
+    Ok(target)
 }
