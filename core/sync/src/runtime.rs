@@ -10,7 +10,16 @@
 //! - the engine task and the storage thread are supervised: when either ends without a
 //!   requested shutdown, [`Host::is_running`] turns false and [`Host::stopped`] resolves, so
 //!   the owner can report it and exit (a relay's supervisor then restarts it).
+//!
+//! A relay may spread its documents over several engine tasks ([`Host::start_sharded`]):
+//! a *door* task runs every connection's handshake and close, and each *shard* task owns
+//! the documents [`document_shard`] maps to it. Each task is a whole, unchanged [`Engine`]
+//! (so the durability rule holds per shard exactly as for one), all share the one storage
+//! thread (and its group commit), and each connection's frames are routed by document in
+//! its reader. A task that closes a connection tells the others, so no task serves a
+//! closed socket.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
@@ -18,10 +27,11 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::engine::{CloseReason, Direction, Engine, Event, Input, Output};
-use crate::ids::{ConnectionId, PeerId, TaskId};
+use crate::engine::{CloseReason, Direction, Engine, Event, Input, Output, Stats};
+use crate::ids::{ConnectionId, DocumentId, PeerId, TaskId};
 use crate::store::{Storage, StorageKey, StorageOp, StorageOutcome, StoreError};
 use crate::time::Timestamp;
+use crate::wire::Message;
 
 /// What a connection's writer receives.
 #[derive(Debug)]
@@ -46,11 +56,47 @@ enum Command {
         conn: ConnectionId,
         frame: Vec<u8>,
     },
+    /// A frame the reader decoded, for a shard (or the door) of a sharded host.
+    Message {
+        conn: ConnectionId,
+        msg: Message,
+        bytes: usize,
+    },
     Closed {
         conn: ConnectionId,
     },
     Call(Call),
     Shutdown(oneshot::Sender<()>),
+}
+
+/// Messages between the tasks of a sharded host. Unbounded, so no task ever waits on
+/// another (two tasks waiting on each other's full queues would deadlock); each carries
+/// at most one entry per connection event.
+enum Control {
+    /// The door opened this connection: serve it (see [`Input::Attached`]).
+    Attach {
+        conn: ConnectionId,
+        direction: Direction,
+        identity: Option<String>,
+        local_peer: Option<PeerId>,
+        peer: PeerId,
+        outbound: Outlet,
+    },
+    /// Another task closed this connection.
+    Disconnected { conn: ConnectionId },
+    /// Another task failed: close everything, flush, and end.
+    Stop,
+}
+
+/// Where a connection stands, as its reader routes frames on a sharded host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Gate {
+    /// In its handshake: frames go to the door, one at a time.
+    Pending,
+    /// Open on every task: frames are routed by document.
+    Open,
+    /// Closed by a task or by its socket: frames are dropped.
+    Closed,
 }
 
 /// Everything the host reports to its owner (metrics, the client's waiters).
@@ -134,9 +180,13 @@ enum EngineExit {
 /// A handle to a running host. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Host {
-    commands: mpsc::Sender<Command>,
+    /// Every engine task's command queue: the only task, or the door then each shard.
+    tasks: Arc<[mpsc::Sender<Command>]>,
     next_conn: Arc<AtomicU64>,
     outbound_queue: usize,
+    /// The largest frame an open connection may send (the engines' limit), checked by a
+    /// sharded host's readers before they decode.
+    max_frame_bytes: usize,
     state: watch::Receiver<RunState>,
     /// The engine clock's origin in Unix ms (wall time of `Timestamp` zero).
     origin_unix_ms: u64,
@@ -158,8 +208,8 @@ impl std::fmt::Debug for SharedStorage {
 
 /// One unit of work for the storage thread.
 enum Job {
-    /// A storage task of the engine.
-    Engine(TaskId, StorageOp),
+    /// A storage task of an engine task (its index).
+    Engine(usize, TaskId, StorageOp),
     /// Writes from outside the engine (membership records), reported once flushed.
     External(ExternalWrite),
     /// Work that needs the store to itself (a backup, a rewrite): run between batches.
@@ -211,10 +261,15 @@ impl OutboundQueue {
     }
 }
 
-/// The engine's end of a connection's outbound queue.
+/// The engine's end of a connection's outbound queue. On a sharded host every task that
+/// serves the connection holds a clone, so its bounds stay per connection.
+#[derive(Clone)]
 struct Outlet {
     tx: mpsc::Sender<Outbound>,
     bytes: Arc<AtomicUsize>,
+    /// Where the connection stands; `Closed` once any task closed it (the first to set it
+    /// sends the socket its close).
+    gate: Arc<watch::Sender<Gate>>,
 }
 
 /// Why a frame could not be queued.
@@ -249,23 +304,67 @@ pub struct ConnectionInput {
     /// The id the engine knows this connection by.
     pub conn: ConnectionId,
     host: Host,
+    /// On a sharded host: where the connection stands, to route its frames.
+    gate: Option<watch::Receiver<Gate>>,
 }
 
 impl ConnectionInput {
     /// Hands a received frame to the engine. Waits when the engine is behind (this is
     /// the reader's backpressure).
+    ///
+    /// On a sharded host a frame before the handshake goes to the door, and the reader
+    /// waits for its verdict (open or closed) before it takes the next, so nothing sent
+    /// behind a `join` reaches a shard before the connection is open there. Once open, a
+    /// frame is size-checked and decoded here once, and a document's message goes to that
+    /// document's shard; everything else (and a frame too large or undecodable, which the
+    /// door answers with `error` and a close) goes to the door.
     pub async fn frame(&self, frame: Vec<u8>) -> Result<(), HostStopped> {
-        self.host
-            .send(Command::Frame {
-                conn: self.conn,
-                frame,
-            })
-            .await
+        let conn = self.conn;
+        let Some(gate) = &self.gate else {
+            return self.host.send(Command::Frame { conn, frame }).await;
+        };
+        let state = *gate.borrow();
+        match state {
+            Gate::Closed => Ok(()),
+            Gate::Pending => {
+                self.host.send(Command::Frame { conn, frame }).await?;
+                let mut gate = gate.clone();
+                gate.wait_for(|g| *g != Gate::Pending)
+                    .await
+                    .map_err(|_| HostStopped)?;
+                Ok(())
+            }
+            Gate::Open => {
+                if frame.len() > self.host.max_frame_bytes {
+                    return self.host.send(Command::Frame { conn, frame }).await;
+                }
+                let Ok(msg) = Message::decode(&frame) else {
+                    return self.host.send(Command::Frame { conn, frame }).await;
+                };
+                let task = match &msg {
+                    Message::Request(d) | Message::Sync(d) => self.host.task_of(&d.document_id),
+                    Message::DocUnavailable { document_id, .. }
+                    | Message::Ephemeral { document_id, .. } => self.host.task_of(document_id),
+                    _ => 0,
+                };
+                let bytes = frame.len();
+                drop(frame);
+                self.host
+                    .send_to(task, Command::Message { conn, msg, bytes })
+                    .await
+            }
+        }
     }
 
     /// Reports that the socket closed.
     pub async fn closed(&self) {
-        let _ = self.host.send(Command::Closed { conn: self.conn }).await;
+        // After the frames already handed over, on every task that may serve it.
+        for task in 0..self.host.tasks.len() {
+            let _ = self
+                .host
+                .send_to(task, Command::Closed { conn: self.conn })
+                .await;
+        }
     }
 }
 
@@ -295,8 +394,46 @@ impl Host {
         observer: Box<dyn Observer>,
         config: HostConfig,
     ) -> Host {
-        let (commands, rx) = mpsc::channel(4096);
-        let (results_tx, results_rx) = mpsc::unbounded_channel();
+        Host::start_tasks(runtime, vec![(engine, observer)], storage, config)
+    }
+
+    /// Starts a host whose documents are spread over `shards` engine tasks (a relay that
+    /// uses every core), on `runtime`, with one storage thread for all of them.
+    ///
+    /// With `shards` of 1 (or 0) this is [`Host::start_on`] with `make_engine(0)` and
+    /// `make_observer(0)`: one task serves everything. With more, task 0 is the *door*: it
+    /// runs every connection's handshake (identity, takeovers, access to connect) and its
+    /// leave, error and close; tasks `1..=shards` each own the documents
+    /// [`document_shard`] maps to them and serve those documents' messages to every open
+    /// connection. `make_engine(i)` and `make_observer(i)` build task `i`'s engine and
+    /// observer: give each engine its own seed, and split the memory budget
+    /// (`Limits::max_loaded_ops`) between the shards. Per-connection limits (documents
+    /// per connection, ephemeral and creation budgets) then hold per shard, so a peer gets
+    /// at most `shards` times them.
+    pub fn start_sharded(
+        runtime: &tokio::runtime::Handle,
+        shards: usize,
+        make_engine: impl Fn(usize) -> Engine,
+        storage: Arc<dyn Storage>,
+        make_observer: impl Fn(usize) -> Box<dyn Observer>,
+        config: HostConfig,
+    ) -> Host {
+        let tasks = if shards <= 1 { 1 } else { shards + 1 };
+        let parts = (0..tasks)
+            .map(|i| (make_engine(i), make_observer(i)))
+            .collect();
+        Host::start_tasks(runtime, parts, storage, config)
+    }
+
+    /// Starts one engine task per entry of `parts` (the first is the door when there are
+    /// several), the storage thread, and their supervisors.
+    fn start_tasks(
+        runtime: &tokio::runtime::Handle,
+        parts: Vec<(Engine, Box<dyn Observer>)>,
+        storage: Arc<dyn Storage>,
+        config: HostConfig,
+    ) -> Host {
+        let n = parts.len();
         let (ops_tx, ops_rx) = std_mpsc::channel::<Job>();
         let jobs = Arc::new(Mutex::new(Some(ops_tx.clone())));
         let max_batch = config.max_batch;
@@ -311,6 +448,13 @@ impl Host {
             unflushed: false,
             ack_before_flush: config.unsafe_ack_before_flush,
         };
+        let mut results_tx = Vec::with_capacity(n);
+        let mut results_rx = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (tx, rx) = mpsc::unbounded_channel();
+            results_tx.push(tx);
+            results_rx.push(rx);
+        }
         let (batch_tx, batch_rx) = mpsc::unbounded_channel();
         std::thread::Builder::new()
             .name("cairn-storage".into())
@@ -320,41 +464,98 @@ impl Host {
         let origin_unix_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        let engine = runtime.spawn(engine_task(
-            engine,
-            rx,
-            ops_tx,
-            jobs.clone(),
-            results_rx,
-            batch_rx,
-            observer,
-            origin,
-            config.outbound_queue_bytes,
-        ));
-        let (state_tx, state) = watch::channel(RunState::Running);
-        // The supervisor: a panic would otherwise end the engine task silently, every
-        // socket would drop and nothing would say why or recover.
-        runtime.spawn(async move {
-            let end = match engine.await {
-                Ok(EngineExit::Requested) | Ok(EngineExit::HandlesDropped) => RunState::ShutDown,
-                Ok(EngineExit::StorageStopped) => {
-                    tracing::error!("the storage thread stopped; the sync engine stopped with it");
-                    RunState::Failed
-                }
-                Err(e) if e.is_panic() => {
-                    // The panic message is not logged here: it may quote data.
-                    tracing::error!("the sync engine panicked and stopped");
-                    RunState::Failed
-                }
-                // Cancelled: the runtime itself is shutting down.
-                Err(_) => RunState::ShutDown,
+        let max_frame_bytes = parts
+            .first()
+            .map_or(usize::MAX, |(e, _)| e.config().limits.max_frame_bytes);
+        let mut controls_tx = Vec::with_capacity(n);
+        let mut controls_rx = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (tx, rx) = mpsc::unbounded_channel();
+            controls_tx.push(tx);
+            controls_rx.push(rx);
+        }
+        let controls: Arc<[mpsc::UnboundedSender<Control>]> = controls_tx.into();
+        let mut commands = Vec::with_capacity(n);
+        let mut handles = Vec::with_capacity(n);
+        let mut batch_rx = Some(batch_rx);
+        for (index, (((engine, observer), control), results)) in parts
+            .into_iter()
+            .zip(controls_rx)
+            .zip(results_rx)
+            .enumerate()
+        {
+            let (tx, rx) = mpsc::channel(4096);
+            commands.push(tx);
+            let task = EngineLoop {
+                engine,
+                index,
+                controls: controls.clone(),
+                conns: HashMap::new(),
+                opening: HashMap::new(),
+                observer,
+                origin,
+                queue_bytes: config.outbound_queue_bytes,
+                ops: Some(ops_tx.clone()),
+                jobs: jobs.clone(),
+                stopping: false,
+                done: None,
+                repeated_closes: Vec::new(),
             };
-            let _ = state_tx.send(end);
-        });
+            // Storage batches are reported once, to the first task's observer.
+            let batches = batch_rx.take();
+            handles.push(runtime.spawn(engine_task(task, rx, control, results, batches)));
+        }
+        drop(ops_tx);
+        let (state_tx, state) = watch::channel(RunState::Running);
+        let state_tx = Arc::new(state_tx);
+        let running = Arc::new(AtomicUsize::new(n));
+        for engine in handles {
+            let (state_tx, running, controls) =
+                (state_tx.clone(), running.clone(), controls.clone());
+            // The supervisor: a panic would otherwise end the engine task silently, every
+            // socket would drop and nothing would say why or recover.
+            runtime.spawn(async move {
+                let end = match engine.await {
+                    Ok(EngineExit::Requested) | Ok(EngineExit::HandlesDropped) => {
+                        RunState::ShutDown
+                    }
+                    Ok(EngineExit::StorageStopped) => {
+                        tracing::error!(
+                            "the storage thread stopped; the sync engine stopped with it"
+                        );
+                        RunState::Failed
+                    }
+                    Err(e) if e.is_panic() => {
+                        // The panic message is not logged here: it may quote data.
+                        tracing::error!("the sync engine panicked and stopped");
+                        RunState::Failed
+                    }
+                    // Cancelled: the runtime itself is shutting down.
+                    Err(_) => RunState::ShutDown,
+                };
+                if end == RunState::Failed {
+                    state_tx.send_replace(RunState::Failed);
+                    // The other tasks of a sharded host stop too (closing their sockets and
+                    // flushing), so no socket stays half served.
+                    for c in controls.iter() {
+                        let _ = c.send(Control::Stop);
+                    }
+                } else if running.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    state_tx.send_if_modified(|s| {
+                        let was_running = *s == RunState::Running;
+                        if was_running {
+                            *s = end;
+                        }
+                        was_running
+                    });
+                }
+            });
+        }
         Host {
-            commands,
+            tasks: commands.into(),
             next_conn: Arc::new(AtomicU64::new(1)),
             outbound_queue: config.outbound_queue,
+            max_frame_bytes,
             state,
             origin_unix_ms,
             jobs,
@@ -362,6 +563,19 @@ impl Host {
         }
     }
 
+    /// Document shards: 1 when a single task serves everything.
+    pub fn shards(&self) -> usize {
+        self.tasks.len().saturating_sub(1).max(1)
+    }
+
+    /// The task that serves `doc`.
+    fn task_of(&self, doc: &DocumentId) -> usize {
+        if self.tasks.len() == 1 {
+            0
+        } else {
+            1 + document_shard(doc, self.tasks.len() - 1)
+        }
+    }
     /// The engine clock's origin in Unix milliseconds: `Timestamp` zero as wall time. An
     /// access policy that needs wall time (guest expiry) adds it to the engine's `now`.
     pub fn origin_unix_ms(&self) -> u64 {
@@ -428,7 +642,11 @@ impl Host {
     }
 
     async fn send(&self, cmd: Command) -> Result<(), HostStopped> {
-        self.commands.send(cmd).await.map_err(|_| HostStopped)
+        self.send_to(0, cmd).await
+    }
+
+    async fn send_to(&self, task: usize, cmd: Command) -> Result<(), HostStopped> {
+        self.tasks[task].send(cmd).await.map_err(|_| HostStopped)
     }
 
     /// Registers a new connection with the engine.
@@ -451,6 +669,8 @@ impl Host {
         let conn = ConnectionId::new(self.next_conn.fetch_add(1, Ordering::Relaxed));
         let (tx, rx) = mpsc::channel(self.outbound_queue);
         let bytes = Arc::new(AtomicUsize::new(0));
+        let (gate, gate_rx) = watch::channel(Gate::Pending);
+        // The door (or the only task) runs the handshake.
         self.send(Command::Open {
             conn,
             direction,
@@ -459,38 +679,133 @@ impl Host {
             outbound: Outlet {
                 tx,
                 bytes: bytes.clone(),
+                gate: Arc::new(gate),
             },
         })
         .await?;
+        let gate = (self.tasks.len() > 1).then_some(gate_rx);
         Ok(ConnectionHandle {
             input: ConnectionInput {
                 conn,
                 host: self.clone(),
+                gate,
             },
             outbound: OutboundQueue { rx, bytes },
         })
     }
 
-    /// Runs `f` inside the engine task and returns its result.
+    /// Runs `f` inside the engine task and returns its result. On a sharded host
+    /// ([`Host::start_sharded`]) that is the door, which holds the connections but no
+    /// document: use [`Host::call_doc`] or [`Host::call_all`] for documents.
     pub async fn call<R: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Engine, Timestamp) -> R + Send + 'static,
     ) -> Result<R, HostStopped> {
+        self.call_on(0, f).await
+    }
+
+    /// Runs `f` inside the engine task that serves `doc` and returns its result.
+    pub async fn call_doc<R: Send + 'static>(
+        &self,
+        doc: DocumentId,
+        f: impl FnOnce(&mut Engine, Timestamp) -> R + Send + 'static,
+    ) -> Result<R, HostStopped> {
+        self.call_on(self.task_of(&doc), f).await
+    }
+
+    /// Runs `f` inside every engine task (the door first, then each shard) and returns
+    /// their results in that order; one result on a host with one task.
+    pub async fn call_all<R: Send + 'static>(
+        &self,
+        f: impl Fn(&mut Engine, Timestamp) -> R + Send + Clone + 'static,
+    ) -> Result<Vec<R>, HostStopped> {
+        let mut answers = Vec::with_capacity(self.tasks.len());
+        // Queued on every task first, so they run side by side.
+        for task in 0..self.tasks.len() {
+            let (tx, rx) = oneshot::channel();
+            let f = f.clone();
+            self.send_to(
+                task,
+                Command::Call(Box::new(move |e, now| {
+                    let _ = tx.send(f(e, now));
+                })),
+            )
+            .await?;
+            answers.push(rx);
+        }
+        let mut out = Vec::with_capacity(answers.len());
+        for rx in answers {
+            out.push(rx.await.map_err(|_| HostStopped)?);
+        }
+        Ok(out)
+    }
+
+    /// The engines' counters together: connections as the door (or the only task) counts
+    /// them, everything else summed over the tasks.
+    pub async fn stats(&self) -> Result<Stats, HostStopped> {
+        let all = self.call_all(|e, _| e.stats()).await?;
+        let mut sum = Stats {
+            connections: all.first().map_or(0, |s| s.connections),
+            ..Stats::default()
+        };
+        for s in all {
+            sum.documents += s.documents;
+            sum.documents_loaded += s.documents_loaded;
+            sum.storage_tasks += s.storage_tasks;
+            sum.loaded_ops += s.loaded_ops;
+            sum.timers += s.timers;
+        }
+        Ok(sum)
+    }
+
+    async fn call_on<R: Send + 'static>(
+        &self,
+        task: usize,
+        f: impl FnOnce(&mut Engine, Timestamp) -> R + Send + 'static,
+    ) -> Result<R, HostStopped> {
         let (tx, rx) = oneshot::channel();
-        self.send(Command::Call(Box::new(move |e, now| {
-            let _ = tx.send(f(e, now));
-        })))
+        self.send_to(
+            task,
+            Command::Call(Box::new(move |e, now| {
+                let _ = tx.send(f(e, now));
+            })),
+        )
         .await?;
         rx.await.map_err(|_| HostStopped)
     }
 
     /// Closes every connection, lets in-flight writes finish and flush, and stops.
     pub async fn shutdown(&self) {
-        let (tx, rx) = oneshot::channel();
-        if self.send(Command::Shutdown(tx)).await.is_ok() {
+        let mut waits = Vec::with_capacity(self.tasks.len());
+        for task in 0..self.tasks.len() {
+            let (tx, rx) = oneshot::channel();
+            if self.send_to(task, Command::Shutdown(tx)).await.is_ok() {
+                waits.push(rx);
+            }
+        }
+        for rx in waits {
             let _ = rx.await;
         }
     }
+}
+
+/// Which of `shards` document shards serves `doc` (`0..shards`): a fixed hash of the id's
+/// bytes (FNV-1a, then mixed), so the same document lands on the same shard in every run.
+pub fn document_shard(doc: &DocumentId, shards: usize) -> usize {
+    if shards <= 1 {
+        return 0;
+    }
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in doc.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    // FNV's low bits depend on the bytes' low bits only: mix the high ones in first.
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    // The remainder is below `shards`, a usize.
+    (h % shards as u64) as usize
 }
 
 /// See [`Host::storage_writer`].
@@ -548,6 +863,8 @@ struct StorageWorker {
 
 /// One op of a batch and its result.
 struct Done {
+    /// The engine task it is for.
+    task_of: usize,
     task: TaskId,
     write: bool,
     /// A read that ran after a write of the same batch (it may see that write).
@@ -597,8 +914,8 @@ impl StorageWorker {
         let mut externals = Vec::new();
         let mut writes = 0;
         for job in batch {
-            let (task, op) = match job {
-                Job::Engine(task, op) => (task, op),
+            let (task_of, task, op) = match job {
+                Job::Engine(task_of, task, op) => (task_of, task, op),
                 // The thread runs these between batches and never puts one in a batch.
                 Job::Exclusive(f) => {
                     f();
@@ -622,6 +939,7 @@ impl StorageWorker {
                 self.ready_to_read().and_then(|()| self.storage.apply(&op))
             };
             done.push(Done {
+                task_of,
                 task,
                 write,
                 after_write: !write && writes > 0,
@@ -659,10 +977,15 @@ impl StorageWorker {
 fn storage_thread(
     mut worker: StorageWorker,
     ops: std_mpsc::Receiver<Job>,
-    results: mpsc::UnboundedSender<(TaskId, Result<StorageOutcome, StoreError>)>,
+    results: Vec<mpsc::UnboundedSender<(TaskId, Result<StorageOutcome, StoreError>)>>,
     batches: mpsc::UnboundedSender<(usize, usize, Duration)>,
     max_batch: usize,
 ) {
+    // A result for a task that has ended is dropped; the thread ends once every task has.
+    let report = |d: Done| {
+        let _ = results[d.task_of].send((d.task, d.result));
+        !results.iter().all(|r| r.is_closed())
+    };
     // An exclusive job met while a batch was gathered: it runs after that batch's flush.
     let mut held: Option<Job> = None;
     loop {
@@ -694,7 +1017,7 @@ fn storage_thread(
         if worker.ack_before_flush {
             // The negative control: results leave before the flush, as a broken host would.
             for d in done {
-                if results.send((d.task, d.result)).is_err() {
+                if !report(d) {
                     return;
                 }
             }
@@ -702,7 +1025,7 @@ fn storage_thread(
         } else {
             worker.flush(&mut done, &mut externals, writes);
             for d in done {
-                if results.send((d.task, d.result)).is_err() {
+                if !report(d) {
                     return;
                 }
             }
@@ -714,85 +1037,176 @@ fn storage_thread(
     }
 }
 
-#[allow(
-    clippy::too_many_arguments,
-    reason = "the task's channels and settings, passed once at start"
-)]
-async fn engine_task(
-    mut engine: Engine,
-    mut commands: mpsc::Receiver<Command>,
-    ops: std_mpsc::Sender<Job>,
-    jobs: Arc<Mutex<Option<std_mpsc::Sender<Job>>>>,
-    mut results: mpsc::UnboundedReceiver<(TaskId, Result<StorageOutcome, StoreError>)>,
-    mut batches: mpsc::UnboundedReceiver<(usize, usize, Duration)>,
-    mut observer: Box<dyn Observer>,
+/// One engine task's state: its engine, the outlets of the connections it serves, and its
+/// links to the storage thread and (on a sharded host) to the other tasks.
+struct EngineLoop {
+    engine: Engine,
+    /// This task's index: 0 is the only task, or the door of a sharded host.
+    index: usize,
+    /// Every task's control channel (this one's included); one entry on a single task.
+    controls: Arc<[mpsc::UnboundedSender<Control>]>,
+    conns: HashMap<ConnectionId, Outlet>,
+    /// The door's record of each connection in its handshake, to attach it to the shards.
+    opening: HashMap<ConnectionId, Opening>,
+    observer: Box<dyn Observer>,
     origin: Instant,
     queue_bytes: usize,
-) -> EngineExit {
-    let now = || Timestamp::from_millis(origin.elapsed().as_millis() as u64);
-    let mut conns: std::collections::HashMap<ConnectionId, Outlet> = Default::default();
-    let mut shutdown: Option<oneshot::Sender<()>> = None;
-    let mut ops = Some(ops);
-    // The storage thread has ended and every result it sent was taken.
-    let mut storage_done = false;
-    let exit = loop {
-        let deadline = engine.poll_timeout().map(|t| {
-            let ms = t.as_millis().saturating_sub(now().as_millis());
-            tokio::time::Instant::now() + Duration::from_millis(ms)
-        });
-        tokio::select! {
-            cmd = commands.recv(), if shutdown.is_none() => match cmd {
-                None => break EngineExit::HandlesDropped,
-                Some(Command::Open { conn, direction, identity, local_peer, outbound }) => {
-                    conns.insert(conn, outbound);
-                    engine.handle_input(now(), Input::Connected { conn, direction, identity, local_peer });
-                }
-                Some(Command::Frame { conn, frame }) => {
-                    observer.frame_in(frame.len());
-                    engine.handle_input(now(), Input::Frame { conn, frame });
-                }
-                Some(Command::Closed { conn }) => {
-                    conns.remove(&conn);
-                    engine.handle_input(now(), Input::Disconnected { conn });
-                }
-                Some(Command::Call(f)) => f(&mut engine, now()),
-                Some(Command::Shutdown(done)) => {
-                    for (_, out) in conns.drain() {
-                        let _ = out.tx.try_send(Outbound::Close(CloseReason::PeerLeft));
-                    }
-                    shutdown = Some(done);
-                    // Dropping the sender lets the storage thread finish what is queued,
-                    // flush, and exit; we keep feeding results until it does.
-                    ops = None;
-                    *jobs.lock().unwrap_or_else(|e| e.into_inner()) = None;
-                }
-            },
-            done = results.recv(), if !storage_done => match done {
-                Some((task, result)) => {
-                    engine.handle_input(now(), Input::StorageDone { task, result });
-                    while let Ok((task, result)) = results.try_recv() {
-                        engine.handle_input(now(), Input::StorageDone { task, result });
-                    }
-                }
-                // Before a shutdown the thread only ends by panicking: nothing the engine
-                // acknowledges from now on could be durable, so stop and say so.
-                None if shutdown.is_none() => break EngineExit::StorageStopped,
-                None => storage_done = true,
-            },
-            Some((n, writes, elapsed)) = batches.recv() => observer.storage_batch(n, writes, elapsed),
-            _ = sleep_until(deadline), if deadline.is_some() => engine.handle_timeout(now()),
-            else => break EngineExit::Requested,
+    /// `None` once stopping: dropping every sender lets the storage thread finish what is
+    /// queued, flush, and exit; results are taken until it does.
+    ops: Option<std_mpsc::Sender<Job>>,
+    jobs: Arc<Mutex<Option<std_mpsc::Sender<Job>>>>,
+    stopping: bool,
+    /// Who asked for the shutdown, answered once everything is flushed.
+    done: Option<oneshot::Sender<()>>,
+    /// Connections this task closed after another task had closed them already (in the
+    /// outputs being handled): their `ConnectionClosed` was counted by the first.
+    repeated_closes: Vec<ConnectionId>,
+}
+
+/// What the door keeps of a connection until its handshake ends.
+struct Opening {
+    direction: Direction,
+    identity: Option<String>,
+    local_peer: Option<PeerId>,
+}
+
+impl EngineLoop {
+    fn now(&self) -> Timestamp {
+        Timestamp::from_millis(self.origin.elapsed().as_millis() as u64)
+    }
+
+    fn input(&mut self, input: Input) {
+        let now = self.now();
+        self.engine.handle_input(now, input);
+    }
+
+    /// Whether this is the door of a sharded host.
+    fn is_door(&self) -> bool {
+        self.index == 0 && self.controls.len() > 1
+    }
+
+    /// Tells every other task that `conn` is gone, so none keeps serving it.
+    fn tell_others(&self, conn: ConnectionId) {
+        for (i, c) in self.controls.iter().enumerate() {
+            if i != self.index {
+                let _ = c.send(Control::Disconnected { conn });
+            }
         }
-        while let Some(out) = engine.poll_output() {
+    }
+
+    fn on_control(&mut self, control: Control) {
+        match control {
+            Control::Attach {
+                conn,
+                direction,
+                identity,
+                local_peer,
+                peer,
+                outbound,
+            } => {
+                if self.stopping {
+                    return;
+                }
+                self.conns.insert(conn, outbound);
+                self.input(Input::Attached {
+                    conn,
+                    direction,
+                    identity,
+                    local_peer,
+                    peer,
+                });
+            }
+            Control::Disconnected { conn } => {
+                self.opening.remove(&conn);
+                if self.conns.remove(&conn).is_some() {
+                    self.input(Input::Disconnected { conn });
+                }
+            }
+            Control::Stop => self.stop(None),
+        }
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Open {
+                conn,
+                direction,
+                identity,
+                local_peer,
+                outbound,
+            } => {
+                self.conns.insert(conn, outbound);
+                if self.is_door() {
+                    self.opening.insert(
+                        conn,
+                        Opening {
+                            direction,
+                            identity: identity.clone(),
+                            local_peer: local_peer.clone(),
+                        },
+                    );
+                }
+                self.input(Input::Connected {
+                    conn,
+                    direction,
+                    identity,
+                    local_peer,
+                });
+            }
+            Command::Frame { conn, frame } => {
+                self.observer.frame_in(frame.len());
+                self.input(Input::Frame { conn, frame });
+            }
+            Command::Message { conn, msg, bytes } => {
+                self.observer.frame_in(bytes);
+                self.input(Input::Message { conn, msg, bytes });
+            }
+            Command::Closed { conn } => {
+                if let Some(out) = self.conns.remove(&conn) {
+                    out.gate.send_replace(Gate::Closed);
+                }
+                self.opening.remove(&conn);
+                self.input(Input::Disconnected { conn });
+            }
+            Command::Call(f) => {
+                let now = self.now();
+                f(&mut self.engine, now);
+            }
+            Command::Shutdown(done) => self.stop(Some(done)),
+        }
+    }
+
+    /// Closes every connection and lets the storage thread finish; the task ends once
+    /// its writes are done.
+    fn stop(&mut self, done: Option<oneshot::Sender<()>>) {
+        if done.is_some() {
+            self.done = done;
+        }
+        if self.stopping {
+            return;
+        }
+        self.stopping = true;
+        for (_, out) in self.conns.drain() {
+            out.gate.send_replace(Gate::Closed);
+            let _ = out.tx.try_send(Outbound::Close(CloseReason::PeerLeft));
+        }
+        self.opening.clear();
+        self.ops = None;
+        *self.jobs.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// Carries out everything the engine asked for.
+    fn drain_outputs(&mut self) {
+        while let Some(out) = self.engine.poll_output() {
             match out {
                 Output::Send { conn, frame } => {
-                    let Some(out) = conns.get(&conn) else {
+                    let Some(out) = self.conns.get(&conn) else {
                         continue;
                     };
                     let len = frame.len();
-                    let refused = match out.push(frame, queue_bytes) {
+                    let refused = match out.push(frame, self.queue_bytes) {
                         Ok(()) => {
-                            observer.frame_out(len);
+                            self.observer.frame_out(len);
                             continue;
                         }
                         Err(refused) => refused,
@@ -802,52 +1216,152 @@ async fn engine_task(
                     match refused {
                         Refused::Frames => {
                             tracing::info!(%conn, "outbound queue full; closing so the peer resyncs");
-                            observer.backpressure_close();
+                            self.observer.backpressure_close();
                         }
                         Refused::Bytes => {
                             tracing::info!(%conn, queued_bytes = out.bytes.load(Ordering::Relaxed), frame_bytes = len, "outbound queue over its byte bound; closing so the peer resyncs");
-                            observer.queue_bytes_close();
+                            self.observer.queue_bytes_close();
                         }
                     }
-                    conns.remove(&conn);
-                    engine.handle_input(now(), Input::Disconnected { conn });
+                    if let Some(out) = self.conns.remove(&conn) {
+                        out.gate.send_replace(Gate::Closed);
+                    }
+                    self.opening.remove(&conn);
+                    self.tell_others(conn);
+                    self.input(Input::Disconnected { conn });
                 }
                 Output::Close { conn, reason } => {
-                    if let Some(out) = conns.remove(&conn) {
-                        let _ = out.tx.try_send(Outbound::Close(reason));
+                    if let Some(out) = self.conns.remove(&conn) {
+                        if out.gate.send_replace(Gate::Closed) == Gate::Closed {
+                            self.repeated_closes.push(conn);
+                        } else {
+                            let _ = out.tx.try_send(Outbound::Close(reason));
+                        }
+                        self.tell_others(conn);
                     }
+                    self.opening.remove(&conn);
                 }
-                Output::Storage { task, op } => match &ops {
+                Output::Storage { task, op } => match &self.ops {
                     Some(ops) => {
-                        if ops.send(Job::Engine(task, op)).is_err() {
-                            engine.handle_input(
-                                now(),
-                                Input::StorageDone {
-                                    task,
-                                    result: Err(StoreError::Closed),
-                                },
-                            );
+                        if ops.send(Job::Engine(self.index, task, op)).is_err() {
+                            self.input(Input::StorageDone {
+                                task,
+                                result: Err(StoreError::Closed),
+                            });
                         }
                     }
-                    None => engine.handle_input(
-                        now(),
-                        Input::StorageDone {
-                            task,
-                            result: Err(StoreError::Closed),
-                        },
-                    ),
+                    None => self.input(Input::StorageDone {
+                        task,
+                        result: Err(StoreError::Closed),
+                    }),
                 },
-                Output::Event(e) => observer.event(&e),
+                Output::Event(e) => {
+                    match &e {
+                        Event::PeerConnected { conn, peer, .. } if self.is_door() => {
+                            self.attach(*conn, peer);
+                        }
+                        Event::ConnectionClosed { conn, .. }
+                            if self.repeated_closes.contains(conn) =>
+                        {
+                            self.repeated_closes.retain(|c| c != conn);
+                            continue;
+                        }
+                        _ => {}
+                    }
+                    self.observer.event(&e);
+                }
             }
         }
-        if shutdown.is_some() && (engine.stats().storage_tasks == 0 || storage_done) {
+        self.repeated_closes.clear();
+    }
+
+    /// The door opened `conn`: every shard gets it, open, before its reader is released
+    /// (the shards take control messages before frames), so its first document message
+    /// finds it there.
+    fn attach(&mut self, conn: ConnectionId, peer: &PeerId) {
+        let (Some(o), Some(out)) = (self.opening.remove(&conn), self.conns.get(&conn)) else {
+            return;
+        };
+        for c in self.controls.iter().skip(1) {
+            let _ = c.send(Control::Attach {
+                conn,
+                direction: o.direction,
+                identity: o.identity.clone(),
+                local_peer: o.local_peer.clone(),
+                peer: peer.clone(),
+                outbound: out.clone(),
+            });
+        }
+        out.gate.send_replace(Gate::Open);
+    }
+}
+
+async fn engine_task(
+    mut task: EngineLoop,
+    mut commands: mpsc::Receiver<Command>,
+    mut control: mpsc::UnboundedReceiver<Control>,
+    mut results: mpsc::UnboundedReceiver<(TaskId, Result<StorageOutcome, StoreError>)>,
+    mut batches: Option<mpsc::UnboundedReceiver<(usize, usize, Duration)>>,
+) -> EngineExit {
+    // The storage thread has ended and every result it sent was taken.
+    let mut storage_done = false;
+    let exit = loop {
+        let deadline = task.engine.poll_timeout().map(|t| {
+            let ms = t.as_millis().saturating_sub(task.now().as_millis());
+            tokio::time::Instant::now() + Duration::from_millis(ms)
+        });
+        tokio::select! {
+            Some(c) = control.recv() => task.on_control(c),
+            cmd = commands.recv(), if !task.stopping => {
+                // An attach sent before a reader was released is taken before its frames.
+                while let Ok(c) = control.try_recv() {
+                    task.on_control(c);
+                }
+                match cmd {
+                    None => break EngineExit::HandlesDropped,
+                    Some(cmd) => task.on_command(cmd),
+                }
+            }
+            done = results.recv(), if !storage_done => match done {
+                Some((id, result)) => {
+                    task.input(Input::StorageDone { task: id, result });
+                    while let Ok((id, result)) = results.try_recv() {
+                        task.input(Input::StorageDone { task: id, result });
+                    }
+                }
+                // Before a shutdown the thread only ends by panicking: nothing the engine
+                // acknowledges from now on could be durable, so stop and say so.
+                None if !task.stopping => break EngineExit::StorageStopped,
+                None => storage_done = true,
+            },
+            Some((n, writes, elapsed)) = next_batch(&mut batches) => {
+                task.observer.storage_batch(n, writes, elapsed);
+            }
+            _ = sleep_until(deadline), if deadline.is_some() => {
+                let now = task.now();
+                task.engine.handle_timeout(now);
+            }
+            else => break EngineExit::Requested,
+        }
+        task.drain_outputs();
+        if task.stopping && (task.engine.stats().storage_tasks == 0 || storage_done) {
             break EngineExit::Requested;
         }
     };
-    if let Some(done) = shutdown {
+    if let Some(done) = task.done.take() {
         let _ = done.send(());
     }
     exit
+}
+
+/// The next storage batch report, for the task that takes them; never for the others.
+async fn next_batch(
+    batches: &mut Option<mpsc::UnboundedReceiver<(usize, usize, Duration)>>,
+) -> Option<(usize, usize, Duration)> {
+    match batches {
+        Some(b) => b.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
@@ -903,8 +1417,12 @@ mod tests {
     }
 
     fn join() -> Vec<u8> {
+        join_as("p")
+    }
+
+    fn join_as(peer: &str) -> Vec<u8> {
         Message::Join {
-            sender_id: "p".into(),
+            sender_id: peer.into(),
             peer_metadata: PeerMetadata::default(),
             supported_protocol_versions: vec!["1".into()],
         }
@@ -1160,7 +1678,7 @@ mod tests {
 
     /// Every frame queued right now (the engine has handled everything sent before).
     async fn queued_now(host: &Host, outbound: &mut OutboundQueue) -> Vec<Vec<u8>> {
-        host.call(|_, _| ()).await.unwrap();
+        host.call_all(|_, _| ()).await.unwrap();
         let mut got = Vec::new();
         while let Ok(Some(Outbound::Frame(f))) =
             tokio::time::timeout(Duration::from_millis(20), outbound.recv()).await
@@ -1171,11 +1689,23 @@ mod tests {
     }
 
     fn gated_host(store: Arc<Gated>) -> Host {
-        let engine = Engine::new(EngineConfig::new(Role::Relay, PeerId::from("relay"), 1));
-        Host::start(
-            engine,
+        sharded_host(store, 1)
+    }
+
+    /// A relay host over `store` with `shards` document shards (1: a single task).
+    fn sharded_host(store: Arc<dyn Storage>, shards: usize) -> Host {
+        Host::start_sharded(
+            &tokio::runtime::Handle::current(),
+            shards,
+            |i| {
+                Engine::new(EngineConfig::new(
+                    Role::Relay,
+                    PeerId::from("relay"),
+                    i as u64 + 1,
+                ))
+            },
             store,
-            Box::new(Closes::default()),
+            |_| Box::new(Closes::default()),
             HostConfig::default(),
         )
     }
@@ -1265,8 +1795,17 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn no_frame_reveals_a_change_while_its_flush_blocks() {
+        no_frame_reveals_a_change_while_its_flush_blocks_with(1).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_frame_reveals_a_change_while_its_flush_blocks_on_a_sharded_host() {
+        no_frame_reveals_a_change_while_its_flush_blocks_with(3).await;
+    }
+
+    async fn no_frame_reveals_a_change_while_its_flush_blocks_with(shards: usize) {
         let store = Arc::new(Gated::default());
-        let host = gated_host(store.clone());
+        let host = sharded_host(store.clone(), shards);
         let mut handle = host.open(Direction::Incoming, None).await.unwrap();
         handle.input.frame(join()).await.unwrap();
         let doc = DocumentId::from_bytes([7; 16]);
@@ -1303,8 +1842,17 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_change_whose_flush_failed_is_not_revealed_by_a_reload() {
+        a_change_whose_flush_failed_is_not_revealed_by_a_reload_with(1).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_change_whose_flush_failed_is_not_revealed_by_a_reload_on_a_sharded_host() {
+        a_change_whose_flush_failed_is_not_revealed_by_a_reload_with(3).await;
+    }
+
+    async fn a_change_whose_flush_failed_is_not_revealed_by_a_reload_with(shards: usize) {
         let store = Arc::new(Gated::default());
-        let host = gated_host(store.clone());
+        let host = sharded_host(store.clone(), shards);
         let doc = DocumentId::from_bytes([8; 16]);
         let (frame, hash) = one_change(doc);
         store.set(FlushMode::Fail);
@@ -1382,5 +1930,181 @@ mod tests {
                 .encode(),
         })
         .encode()
+    }
+
+    // ---------------------------------------------------------------- sharded host
+
+    /// Documents spread over every one of `shards` shards (the first ids that reach each).
+    fn docs_on_every_shard(shards: usize) -> Vec<DocumentId> {
+        let mut docs: Vec<DocumentId> = Vec::new();
+        for i in 1..=255u8 {
+            let doc = DocumentId::from_bytes([i; 16]);
+            if !docs
+                .iter()
+                .any(|d| document_shard(d, shards) == document_shard(&doc, shards))
+            {
+                docs.push(doc);
+            }
+            if docs.len() == shards {
+                break;
+            }
+        }
+        assert_eq!(docs.len(), shards, "some shard got no document");
+        docs
+    }
+
+    /// Waits (bounded) until a frame revealing `hash` arrives; false on timeout.
+    async fn revealed(
+        host: &Host,
+        outbound: &mut OutboundQueue,
+        hash: &automerge::ChangeHash,
+    ) -> bool {
+        for _ in 0..200 {
+            if queued_now(host, outbound)
+                .await
+                .iter()
+                .any(|f| reveals(f, hash))
+            {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Two connections sync documents held by different shards: each change one peer
+    /// sends is served to the other.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_connections_sync_documents_through_shards() {
+        let host = sharded_host(Arc::new(MemoryStore::default()), 3);
+        assert_eq!(host.shards(), 3);
+        let mut writer = host.open(Direction::Incoming, None).await.unwrap();
+        writer.input.frame(join_as("w")).await.unwrap();
+        let mut reader = host.open(Direction::Incoming, None).await.unwrap();
+        reader.input.frame(join_as("r")).await.unwrap();
+        for doc in docs_on_every_shard(3) {
+            let (frame, hash) = one_change(doc);
+            writer.input.frame(frame).await.unwrap();
+            assert!(
+                revealed(&host, &mut writer.outbound, &hash).await,
+                "the writer's change was not acknowledged"
+            );
+            reader.input.frame(request_for(doc)).await.unwrap();
+            assert!(
+                revealed(&host, &mut reader.outbound, &hash).await,
+                "the reader was not served the change"
+            );
+        }
+        let stats = host.stats().await.unwrap();
+        assert_eq!((stats.connections, stats.documents), (2, 3));
+        host.shutdown().await;
+    }
+
+    /// A takeover (the same peer joins again) closes the old socket on every task: its
+    /// queue ends, which happens only once every task let go of it, and a document
+    /// message sent on it afterwards gets nothing back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_takeover_closes_the_old_socket_on_every_shard() {
+        let host = sharded_host(Arc::new(MemoryStore::default()), 3);
+        let docs = docs_on_every_shard(3);
+        let mut old = host.open(Direction::Incoming, None).await.unwrap();
+        old.input.frame(join()).await.unwrap();
+        for doc in &docs {
+            old.input.frame(request_for(*doc)).await.unwrap();
+        }
+        let mut new = host.open(Direction::Incoming, None).await.unwrap();
+        new.input.frame(join()).await.unwrap();
+        for doc in &docs {
+            old.input.frame(request_for(*doc)).await.unwrap();
+        }
+        let mut closed = None;
+        let mut after_close = 0;
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), old.outbound.recv()).await {
+                Ok(Some(Outbound::Close(reason))) => closed = Some(reason),
+                Ok(Some(Outbound::Frame(_))) if closed.is_some() => after_close += 1,
+                Ok(Some(Outbound::Frame(_))) => {}
+                Ok(None) => break,
+                Err(_) => panic!("the old socket's queue never ended: a task still holds it"),
+            }
+        }
+        assert_eq!(closed, Some(CloseReason::Replaced));
+        assert_eq!(after_close, 0, "frames were queued behind the close");
+        // The new socket is served on every shard.
+        for doc in &docs {
+            let (frame, hash) = one_change(*doc);
+            new.input.frame(frame).await.unwrap();
+            assert!(revealed(&host, &mut new.outbound, &hash).await);
+        }
+        assert_eq!(host.stats().await.unwrap().connections, 1);
+        host.shutdown().await;
+    }
+
+    /// A join and a sync sent back to back: the sync waits for the door's verdict and
+    /// reaches the document's shard (the door holds no document).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sync_right_behind_a_join_reaches_the_documents_shard() {
+        let host = sharded_host(Arc::new(MemoryStore::default()), 3);
+        let doc = DocumentId::from_bytes([9; 16]);
+        let (frame, hash) = one_change(doc);
+        let mut handle = host.open(Direction::Incoming, None).await.unwrap();
+        handle.input.frame(join()).await.unwrap();
+        handle.input.frame(frame).await.unwrap();
+        assert!(revealed(&host, &mut handle.outbound, &hash).await);
+        assert_eq!(host.call(|e, _| e.stats().documents).await.unwrap(), 0);
+        assert_eq!(
+            host.call_doc(doc, |e, _| e.stats().documents)
+                .await
+                .unwrap(),
+            1
+        );
+        // A refused join closes the connection, and what follows it is dropped unread.
+        let mut refused = host.open(Direction::Incoming, None).await.unwrap();
+        refused.input.frame(join_as("relay")).await.unwrap();
+        refused.input.frame(request_for(doc)).await.unwrap();
+        let mut kinds = Vec::new();
+        while let Ok(Some(Outbound::Frame(f))) =
+            tokio::time::timeout(Duration::from_secs(10), refused.outbound.recv()).await
+        {
+            kinds.push(Message::decode(&f).unwrap().kind().to_owned());
+        }
+        assert_eq!(kinds, ["error"]);
+        host.shutdown().await;
+    }
+
+    /// A panic in one task stops the whole host: reported, and every socket's queue ends.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panic_in_one_shard_stops_every_task() {
+        let host = sharded_host(Arc::new(MemoryStore::default()), 2);
+        let mut handle = host.open(Direction::Incoming, None).await.unwrap();
+        handle.input.frame(join()).await.unwrap();
+        let doc = DocumentId::from_bytes([3; 16]);
+        let panicked = host
+            .call_doc::<()>(doc, |_, _| panic!("a bug in the engine"))
+            .await;
+        assert!(panicked.is_err());
+        tokio::time::timeout(Duration::from_secs(10), host.stopped())
+            .await
+            .expect("`stopped` resolves after a shard panicked");
+        assert!(!host.is_running());
+        let ended = tokio::time::timeout(Duration::from_secs(10), async {
+            while handle.outbound.recv().await.is_some() {}
+        })
+        .await;
+        assert!(ended.is_ok(), "a socket stayed open after a shard panicked");
+    }
+
+    #[test]
+    fn documents_land_on_a_fixed_shard() {
+        let doc = DocumentId::from_bytes([1; 16]);
+        assert_eq!(document_shard(&doc, 1), 0);
+        let a: Vec<usize> = (0..64u8)
+            .map(|i| document_shard(&DocumentId::from_bytes([i; 16]), 4))
+            .collect();
+        assert!(a.iter().all(|s| *s < 4));
+        assert!(
+            (0..4).all(|s| a.contains(&s)),
+            "a shard got none of 64 documents"
+        );
+        assert_eq!(document_shard(&doc, 4), document_shard(&doc, 4));
     }
 }
