@@ -1203,6 +1203,11 @@ impl EngineLoop {
                     let Some(out) = self.conns.get(&conn) else {
                         continue;
                     };
+                    // Another task closed it and this one has not heard yet: the socket's
+                    // close is queued, nothing after it would be written.
+                    if self.controls.len() > 1 && *out.gate.borrow() == Gate::Closed {
+                        continue;
+                    }
                     let len = frame.len();
                     let refused = match out.push(frame, self.queue_bytes) {
                         Ok(()) => {
