@@ -1166,6 +1166,12 @@ impl EngineLoop {
                     out.gate.send_replace(Gate::Closed);
                 }
                 self.opening.remove(&conn);
+                // A reader dropped while its join was with the door reports the close to
+                // every task, maybe before the door attached it to the shards: this
+                // follows any attach on each shard's control queue, so none keeps it.
+                if self.is_door() {
+                    self.tell_others(conn);
+                }
                 self.input(Input::Disconnected { conn });
             }
             Command::Call(f) => {
