@@ -166,6 +166,14 @@ pub struct ServeArgs {
     /// documents are evicted early. Default 4,000,000 (about 360 MB).
     #[arg(long, env = "CAIRN_MAX_LOADED_OPS", default_value_t = 4_000_000)]
     pub max_loaded_ops: u64,
+    /// Engine tasks the documents are spread over (by document id), so the relay uses
+    /// more than one core; 1 to 64, default the number of cores (at most 16). 1 serves
+    /// everything from one task. `--max-loaded-ops` is shared out between them, so memory
+    /// stays bounded; the per-connection limits (`--max-documents-per-connection`, the
+    /// ephemeral and new-document budgets) hold per task, so one socket gets at most this
+    /// many times them.
+    #[arg(long, env = "CAIRN_ENGINE_SHARDS", default_value_t = default_engine_shards())]
+    pub engine_shards: usize,
     /// Whether a member who organises a group may create more groups. Default true; with
     /// false only `cairn-relay bootstrap` creates groups.
     #[arg(long, env = "CAIRN_ORGANISERS_CREATE_GROUPS", default_value_t = true, action = ArgAction::Set)]
@@ -318,6 +326,8 @@ pub struct Config {
     pub max_document_ops: u64,
     /// Operations held by all loaded documents.
     pub max_loaded_ops: u64,
+    /// Engine tasks the documents are spread over (1: one task serves everything).
+    pub engine_shards: usize,
     /// A durability test control, if one is set (never on real data).
     pub unsafe_durability: Option<UnsafeDurability>,
     /// Where the admin API listens (`None`: nowhere).
@@ -364,9 +374,21 @@ pub enum ConfigError {
     /// The admin API on the relay's own address.
     #[error("--admin-listen must differ from --listen (both are {0})")]
     AdminOnListen(SocketAddr),
+    /// `--engine-shards` out of range.
+    #[error("--engine-shards must be between 1 and {MAX_ENGINE_SHARDS} (got {0})")]
+    EngineShards(usize),
     /// A `CAIRN_ADMIN_TOKEN` too short to be a secret.
     #[error("CAIRN_ADMIN_TOKEN must be at least {MIN_TOKEN_CHARS} characters")]
     AdminTokenShort,
+}
+
+/// Most engine tasks `--engine-shards` accepts.
+pub const MAX_ENGINE_SHARDS: usize = 64;
+
+/// `--engine-shards` by default: one task per core, at most 16 (past that the door and the
+/// storage thread, which every shard shares, are the limit).
+pub fn default_engine_shards() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(16))
 }
 
 /// Shortest operator token accepted from the environment: 24 characters.
@@ -456,6 +478,9 @@ impl ServeArgs {
                     .unwrap_or_else(|| self.data.join("admin-token")),
             ),
         };
+        if !(1..=MAX_ENGINE_SHARDS).contains(&self.engine_shards) {
+            return Err(ConfigError::EngineShards(self.engine_shards));
+        }
         for (name, v) in [
             ("--max-connections", self.max_connections as u64),
             ("--outbound-queue", self.outbound_queue as u64),
@@ -541,6 +566,7 @@ impl ServeArgs {
             new_documents_per_hour: self.new_documents_per_hour,
             max_document_ops: self.max_document_ops,
             max_loaded_ops: self.max_loaded_ops,
+            engine_shards: self.engine_shards,
             unsafe_durability: self.unsafe_durability,
             admin_listen,
             admin_token,
@@ -604,6 +630,7 @@ impl Config {
             new_documents_per_hour: 1000,
             max_document_ops: 1_000_000,
             max_loaded_ops: 4_000_000,
+            engine_shards: default_engine_shards(),
             unsafe_durability: None,
             organisers_create_groups: true,
             trusted_proxies: Vec::new(),
@@ -716,6 +743,26 @@ mod tests {
         assert_eq!(c.outbound_queue_bytes, 8 * 1024 * 1024);
         assert_eq!(c.header_timeout, Duration::from_secs(10));
         assert_eq!(c.send_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn engine_shards_default_to_the_cores_and_refuse_out_of_range() {
+        let c = serve(&[]).validate().unwrap();
+        assert!((1..=16).contains(&c.engine_shards));
+        assert_eq!(c.engine_shards, default_engine_shards());
+        assert_eq!(
+            serve(&["--engine-shards", "3"])
+                .validate()
+                .unwrap()
+                .engine_shards,
+            3
+        );
+        for bad in [0, MAX_ENGINE_SHARDS + 1] {
+            let n = bad.to_string();
+            let err = serve(&["--engine-shards", &n]).validate().unwrap_err();
+            assert_eq!(err, ConfigError::EngineShards(bad));
+            assert!(err.to_string().contains("between 1 and 64"), "{err}");
+        }
     }
 
     fn serve(flags: &[&str]) -> ServeArgs {

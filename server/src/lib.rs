@@ -198,7 +198,8 @@ pub async fn start(config: &Config) -> Result<(AppState, SledStore), RelayError>
         new_documents_burst: config.new_documents_per_hour,
         new_document_interval: Duration::from_secs(3600) / config.new_documents_per_hour,
         max_document_ops: config.max_document_ops,
-        max_loaded_ops: config.max_loaded_ops,
+        // Shared out between the shards, so the relay's memory budget stays the same.
+        max_loaded_ops: (config.max_loaded_ops / config.engine_shards.max(1) as u64).max(1),
         sync: SyncLimits {
             // A message may carry as many operations as a document may hold, and expand
             // to as many bytes as a document may be stored in.
@@ -209,20 +210,32 @@ pub async fn start(config: &Config) -> Result<(AppState, SledStore), RelayError>
         ..Limits::default()
     };
     let seed = u64::from_le_bytes(uuid_seed());
-    let mut engine = Engine::new(
-        EngineConfig::new(Role::Relay, PeerId::from(RELAY_PEER_ID), seed)
-            .with_storage_id(storage_id.clone())
-            .with_limits(limits),
-    );
-    if !config.open {
-        // Nobody may do anything until the membership is loaded and takes over.
-        engine.set_access(Box::new(NoAccess));
-    }
+    let engine_config = EngineConfig::new(Role::Relay, PeerId::from(RELAY_PEER_ID), seed)
+        .with_storage_id(storage_id.clone())
+        .with_limits(limits);
+    let make_engine = |task: usize| {
+        let mut engine = Engine::new(EngineConfig {
+            // Each task's document actors and session id differ.
+            seed: seed.wrapping_add(task as u64),
+            ..engine_config.clone()
+        });
+        if !config.open {
+            // Nobody may do anything until the membership is loaded and takes over.
+            engine.set_access(Box::new(NoAccess));
+        }
+        engine
+    };
     let metrics = Arc::new(Metrics::new());
-    let host = Host::start(
-        engine,
+    tracing::info!(
+        engine_shards = config.engine_shards,
+        "starting the sync engine"
+    );
+    let host = Host::start_sharded(
+        &tokio::runtime::Handle::current(),
+        config.engine_shards,
+        make_engine,
         Arc::new(store.clone()),
-        metrics.observer(),
+        |_| metrics.observer(),
         HostConfig {
             outbound_queue: config.outbound_queue,
             outbound_queue_bytes: config.outbound_queue_bytes,
@@ -265,7 +278,8 @@ pub async fn start(config: &Config) -> Result<(AppState, SledStore), RelayError>
             tracing::warn!("this relay has no group yet: run `cairn-relay bootstrap` (with the relay stopped) to create the first one");
         }
         let access = membership.access(host.origin_unix_ms());
-        host.call(move |engine, _| engine.set_access(Box::new(access)))
+        // Every engine task gets its own copy; they share the membership state.
+        host.call_all(move |engine, _| engine.set_access(Box::new(access.clone())))
             .await
             .map_err(|_| RelayError::EngineStopped)?;
         // The roster documents show the committed membership: a change committed just
@@ -384,7 +398,7 @@ async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    match tokio::time::timeout(Duration::from_secs(2), state.host.call(|e, _| e.stats())).await {
+    match tokio::time::timeout(Duration::from_secs(2), state.host.stats()).await {
         Ok(Ok(_)) => (StatusCode::OK, "ready"),
         _ => (StatusCode::SERVICE_UNAVAILABLE, "engine not responding"),
     }
@@ -392,9 +406,7 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 
 pub(crate) async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
     admin::refresh_gauges(&state);
-    if let Ok(Ok(stats)) =
-        tokio::time::timeout(Duration::from_secs(2), state.host.call(|e, _| e.stats())).await
-    {
+    if let Ok(Ok(stats)) = tokio::time::timeout(Duration::from_secs(2), state.host.stats()).await {
         state.metrics.set_stats(stats);
     }
     state

@@ -49,7 +49,9 @@ pub(crate) fn write_roster(host: &Host, membership: &Membership, group: &GroupId
     let host = host.clone();
     tokio::spawn(async move {
         let _ = host
-            .call(move |engine, now| engine.update_document(now, doc, update))
+            .call_doc(doc, move |engine, now| {
+                engine.update_document(now, doc, update)
+            })
             .await;
     });
 }
@@ -124,10 +126,26 @@ impl AppState {
     /// connections it closed.
     async fn revalidate(&self) -> Vec<ConnectionId> {
         // An engine that has stopped is closing every socket anyway.
-        self.host
+        // The door (which ran every handshake) first: the connections it closes are gone
+        // from every shard before they re-check theirs (a task hears of another's close
+        // before its next call), so each socket gets one `error` and one close. Then every
+        // task re-checks what it serves (documents no longer readable, read-only ones).
+        let mut closed = self
+            .host
             .call(|engine, now| engine.revalidate_access(now))
             .await
-            .unwrap_or_default()
+            .unwrap_or_default();
+        closed.extend(
+            self.host
+                .call_all(|engine, now| engine.revalidate_access(now))
+                .await
+                .unwrap_or_default()
+                .into_iter()
+                .flatten(),
+        );
+        closed.sort_unstable();
+        closed.dedup();
+        closed
     }
 }
 
@@ -266,14 +284,13 @@ async fn forget_documents(state: &AppState, docs: Vec<DocumentId>) {
     if docs.is_empty() {
         return;
     }
-    let _ = state
-        .host
-        .call(move |engine, _| {
-            for doc in docs {
-                engine.forget_document(doc);
-            }
-        })
-        .await;
+    // Each on the task that serves it; every call returns once its deletes are queued.
+    for doc in docs {
+        let _ = state
+            .host
+            .call_doc(doc, move |engine, _| engine.forget_document(doc))
+            .await;
+    }
 }
 
 /// Rewrites the store on the storage thread (every other store call waits): first deletes

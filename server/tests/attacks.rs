@@ -130,7 +130,14 @@ async fn the_ten_byte_message_that_stopped_the_relay() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousands_of_unknown_ids_are_capped_and_gone_after_disconnect() {
-    let (_dir, relay, pair) = setup(&["--max-documents-per-connection", "500"]).await;
+    // The cap holds per engine shard (a socket gets shards × it): one shard makes it exact.
+    let (_dir, relay, pair) = setup(&[
+        "--max-documents-per-connection",
+        "500",
+        "--engine-shards",
+        "1",
+    ])
+    .await;
     let mut mallory = Raw::joined(&relay.url(), "mallory").await;
     let first = Automerge::new()
         .generate_sync_message(&mut sync::State::new())

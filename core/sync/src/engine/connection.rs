@@ -32,6 +32,9 @@ pub(super) struct Conn {
     pub(super) ephemeral_budget: Bucket,
     /// Takeovers left for this peer id; carried over to the socket that takes over.
     pub(super) takeovers: Bucket,
+    /// Opened by another engine's handshake ([`super::Input::Attached`]): that engine
+    /// reports the connection's start and end, this one stays quiet about both.
+    pub(super) attached: bool,
 }
 
 /// Makes an attacker-chosen string safe to put in a log line or an `error` frame: at most
@@ -70,6 +73,7 @@ impl Engine {
                 ephemeral_seen: BTreeMap::new(),
                 ephemeral_budget: Bucket::full(limits.ephemeral_burst, now),
                 takeovers: Bucket::full(limits.takeover_burst, now),
+                attached: false,
             },
         );
         self.timers.schedule(
@@ -84,6 +88,36 @@ impl Engine {
             };
             self.send(conn, &join);
         }
+    }
+
+    /// A connection another engine handshook (see [`super::Input::Attached`]): open at
+    /// once, no handshake timer, no event. Its rate budgets start full here, so a peer's
+    /// per-connection budgets apply per engine.
+    pub(super) fn on_attached(
+        &mut self,
+        now: Timestamp,
+        conn: ConnectionId,
+        direction: Direction,
+        identity: Option<String>,
+        local_peer: Option<PeerId>,
+        peer: PeerId,
+    ) {
+        let limits = &self.config.limits;
+        self.conns.insert(
+            conn,
+            Conn {
+                direction,
+                identity,
+                local_peer,
+                state: ConnState::Open { peer: peer.clone() },
+                docs: BTreeSet::new(),
+                ephemeral_seen: BTreeMap::new(),
+                ephemeral_budget: Bucket::full(limits.ephemeral_burst, now),
+                takeovers: Bucket::full(limits.takeover_burst, now),
+                attached: true,
+            },
+        );
+        self.peers.insert(peer, conn);
     }
 
     /// The peer id we present on `conn`: its own when the host gave one, else the
@@ -131,7 +165,9 @@ impl Engine {
                 self.release_if_unused(id);
             }
         }
-        self.emit(Event::PeerDisconnected { conn });
+        if !c.attached {
+            self.emit(Event::PeerDisconnected { conn });
+        }
     }
 
     pub(super) fn on_frame(&mut self, now: Timestamp, conn: ConnectionId, frame: Vec<u8>) {
@@ -162,6 +198,22 @@ impl Engine {
                 self.violation(conn, CloseReason::Protocol(e.to_string()));
                 return;
             }
+        };
+        self.dispatch(now, conn, msg);
+    }
+
+    /// A message the host decoded (and size-checked) itself: dispatched as a frame is
+    /// after its decode.
+    pub(super) fn on_message(&mut self, now: Timestamp, conn: ConnectionId, msg: Message) {
+        if self.conns.contains_key(&conn) {
+            self.dispatch(now, conn, msg);
+        }
+    }
+
+    /// Handles one decoded message from `conn`, which is known to the engine.
+    fn dispatch(&mut self, now: Timestamp, conn: ConnectionId, msg: Message) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
         };
         let open_peer = match &c.state {
             ConnState::Open { peer } => Some(peer.clone()),

@@ -6,7 +6,7 @@ use thiserror::Error;
 
 use crate::ids::{ConnectionId, DocumentId, PeerId, TaskId};
 use crate::store::{StorageOp, StorageOutcome, StoreError};
-use crate::wire::PeerMetadata;
+use crate::wire::{Message, PeerMetadata};
 
 /// Who opened a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,6 +41,34 @@ pub enum Input {
         conn: ConnectionId,
         /// The bytes.
         frame: Vec<u8>,
+    },
+    /// A protocol message that arrived on a connection, already checked against
+    /// `Limits::max_frame_bytes` and decoded by the host (a sharded host decodes each frame
+    /// once, in the socket's reader, to route it by document). Dispatched exactly as a
+    /// [`Input::Frame`] after its decode.
+    Message {
+        /// From which connection.
+        conn: ConnectionId,
+        /// The decoded message.
+        msg: Message,
+        /// The size of the frame it was decoded from.
+        bytes: usize,
+    },
+    /// A connection whose handshake another engine finished (a sharded host's door): it is
+    /// created open, with no handshake and no handshake timer, so this engine serves its
+    /// document messages. Emits no [`Event::PeerConnected`], and its end no
+    /// [`Event::PeerDisconnected`]: the engine that ran the handshake reports both.
+    Attached {
+        /// Host-chosen handle (the same on every engine).
+        conn: ConnectionId,
+        /// Who dialled.
+        direction: Direction,
+        /// The identity the host authenticated for this socket, if any.
+        identity: Option<String>,
+        /// The peer id we present on this connection, when not the engine's own.
+        local_peer: Option<PeerId>,
+        /// The remote peer id the handshake accepted.
+        peer: PeerId,
     },
     /// The transport closed (for any reason, including our own `Close`).
     Disconnected {

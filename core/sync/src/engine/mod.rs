@@ -217,6 +217,14 @@ impl Engine {
                 local_peer,
             } => self.on_connected(now, conn, direction, identity, local_peer),
             Input::Frame { conn, frame } => self.on_frame(now, conn, frame),
+            Input::Message { conn, msg, .. } => self.on_message(now, conn, msg),
+            Input::Attached {
+                conn,
+                direction,
+                identity,
+                local_peer,
+                peer,
+            } => self.on_attached(now, conn, direction, identity, local_peer, peer),
             Input::Disconnected { conn } => self.forget_conn(conn),
             Input::StorageDone { task, result } => self.on_storage(now, task, result),
         }
