@@ -295,6 +295,39 @@ impl Server {
         self.child.try_wait().ok().flatten()
     }
 
+    /// The relay's `cairn_forward_delay_seconds` histogram (cumulative counts per upper
+    /// bound in seconds), read from its `/metrics`: `None` for the other servers, or when
+    /// the relay does not answer in 2 s.
+    pub fn forward_histogram(&self) -> Option<Vec<(f64, u64)>> {
+        use std::io::{Read, Write};
+        if self.kind != Kind::Cairn {
+            return None;
+        }
+        let mut s = TcpStream::connect_timeout(&self.addr, Duration::from_secs(2)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        let request = format!(
+            "GET /metrics HTTP/1.0\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.addr
+        );
+        s.write_all(request.as_bytes()).ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        let buckets: Vec<(f64, u64)> = text
+            .lines()
+            .filter_map(|l| {
+                let rest = l.strip_prefix("cairn_forward_delay_seconds_bucket{le=\"")?;
+                let (le, count) = rest.split_once("\"} ")?;
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().ok()?
+                };
+                Some((le, count.trim().parse().ok()?))
+            })
+            .collect();
+        (!buckets.is_empty()).then_some(buckets)
+    }
+
     /// The websocket URL.
     pub fn url(&self) -> String {
         format!("ws://{}/", self.addr)

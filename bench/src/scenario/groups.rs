@@ -257,6 +257,9 @@ pub(crate) async fn groups(
             row.note += ": the server does not forward cursor messages to the group";
         }
     }
+    if let Some((p50, p99)) = row.relay_forward_ms {
+        row.note += &format!("; relay forward p50 ≤ {p50} ms, p99 ≤ {p99} ms");
+    }
     if incomplete > 0 {
         row.note += &format!("; {incomplete} peers incomplete");
     }

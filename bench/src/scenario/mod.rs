@@ -137,6 +137,10 @@ pub(crate) struct Row {
     pub(crate) traffic: Option<Traffic>,
     /// Catch-up: the rejoining peers' received frames and bytes, per peer.
     pub(crate) rejoin_in: Option<(f64, f64)>,
+    /// The relay's own time from a change's arrival to its passing on (its
+    /// `cairn_forward_delay_seconds` over the phase): p50 and p99 as the upper bounds of
+    /// their histogram buckets, ms.
+    pub(crate) relay_forward_ms: Option<(f64, f64)>,
     pub(crate) note: String,
 }
 
@@ -187,6 +191,7 @@ pub(crate) struct Phase {
     pub(crate) started: Instant,
     server: Cpu,
     bench: Cpu,
+    forward: Option<Vec<(f64, u64)>>,
 }
 
 impl Phase {
@@ -195,6 +200,7 @@ impl Phase {
             started: Instant::now(),
             server: server.cpu(),
             bench: own_cpu(),
+            forward: server.forward_histogram(),
         }
     }
 
@@ -206,9 +212,39 @@ impl Phase {
             rss_mb: server.peak_rss_mb(),
             lost,
             bench_cpu_s: own_cpu().0 - self.bench.0,
+            relay_forward_ms: forward_percentiles(self.forward, server.forward_histogram()),
             ..Row::default()
         }
     }
+}
+
+/// p50 and p99 (ms, as bucket upper bounds) of what a cumulative histogram gained between
+/// two reads.
+fn forward_percentiles(
+    before: Option<Vec<(f64, u64)>>,
+    after: Option<Vec<(f64, u64)>>,
+) -> Option<(f64, f64)> {
+    let after = after?;
+    let before = before.unwrap_or_default();
+    let gained: Vec<(f64, u64)> = after
+        .iter()
+        .map(|&(le, n)| {
+            let was = before.iter().find(|(b, _)| *b == le).map_or(0, |(_, c)| *c);
+            (le, n.saturating_sub(was))
+        })
+        .collect();
+    let total = gained.last()?.1;
+    if total == 0 {
+        return None;
+    }
+    let at = |q: f64| {
+        let want = (q * total as f64).ceil() as u64;
+        gained
+            .iter()
+            .find(|(_, n)| *n >= want)
+            .map_or(f64::INFINITY, |(le, _)| le * 1000.0)
+    };
+    Some((at(0.5), at(0.99)))
 }
 
 pub(crate) fn micros_since(epoch: Instant) -> i64 {

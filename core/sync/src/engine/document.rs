@@ -429,9 +429,18 @@ impl Engine {
             DocState::Ready(_)
                 if doc.pending_writes > 0
                     && doc.queued.len() < max_queue
-                    && doc.queued_bytes() + size <= max_queued_bytes =>
+                    && doc.queued_bytes() + size <= max_queued_bytes
+                    && (!queued.msg.changes.is_empty()
+                        || doc.queued.iter().any(|q| q.conn == conn)) =>
             {
                 doc.queued.push(queued);
+            }
+            // A message without changes (an acknowledgement, a peer's heads) adds nothing
+            // that needs writing: it goes in now, so the round of sync messages that the
+            // write's completion releases is generated from the peer's latest state
+            // (behind its own earlier messages, which stay in order).
+            DocState::Ready(_) if doc.pending_writes > 0 && queued.msg.changes.is_empty() => {
+                self.apply_batch(now, id, vec![queued]);
             }
             DocState::Ready(_) => {
                 // Nothing in flight, or the queue is full (the messages then go in now,
