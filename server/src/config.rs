@@ -174,6 +174,13 @@ pub struct ServeArgs {
     /// many times them.
     #[arg(long, env = "CAIRN_ENGINE_SHARDS", default_value_t = default_engine_shards())]
     pub engine_shards: usize,
+    /// After the relay passed a document's changes on to its peers, how long (ms) before it
+    /// passes on the next ones: changes that arrive meanwhile go out together. Default 0:
+    /// every durable write is passed on at once (lowest latency). A few tens of ms send
+    /// fewer frames per edit when a group types fast, each edit waiting up to that long;
+    /// the acknowledgement to the member who sent a change is never held.
+    #[arg(long, env = "CAIRN_FANOUT_DEBOUNCE_MS", default_value_t = 0)]
+    pub fanout_debounce_ms: u64,
     /// Whether a member who organises a group may create more groups. Default true; with
     /// false only `cairn-relay bootstrap` creates groups.
     #[arg(long, env = "CAIRN_ORGANISERS_CREATE_GROUPS", default_value_t = true, action = ArgAction::Set)]
@@ -328,6 +335,8 @@ pub struct Config {
     pub max_loaded_ops: u64,
     /// Engine tasks the documents are spread over (1: one task serves everything).
     pub engine_shards: usize,
+    /// How long a document's next round of passing changes on waits after one.
+    pub fanout_debounce: Duration,
     /// A durability test control, if one is set (never on real data).
     pub unsafe_durability: Option<UnsafeDurability>,
     /// Where the admin API listens (`None`: nowhere).
@@ -567,6 +576,7 @@ impl ServeArgs {
             max_document_ops: self.max_document_ops,
             max_loaded_ops: self.max_loaded_ops,
             engine_shards: self.engine_shards,
+            fanout_debounce: Duration::from_millis(self.fanout_debounce_ms),
             unsafe_durability: self.unsafe_durability,
             admin_listen,
             admin_token,
@@ -631,6 +641,7 @@ impl Config {
             max_document_ops: 1_000_000,
             max_loaded_ops: 4_000_000,
             engine_shards: default_engine_shards(),
+            fanout_debounce_ms: 0,
             unsafe_durability: None,
             organisers_create_groups: true,
             trusted_proxies: Vec::new(),

@@ -212,7 +212,8 @@ pub async fn start(config: &Config) -> Result<(AppState, SledStore), RelayError>
     let seed = u64::from_le_bytes(uuid_seed());
     let engine_config = EngineConfig::new(Role::Relay, PeerId::from(RELAY_PEER_ID), seed)
         .with_storage_id(storage_id.clone())
-        .with_limits(limits);
+        .with_limits(limits)
+        .with_sync_debounce(config.fanout_debounce);
     let make_engine = |task: usize| {
         let mut engine = Engine::new(EngineConfig {
             // Each task's document actors and session id differ.

@@ -89,7 +89,12 @@ pub(super) struct Net {
 
 impl Net {
     pub(super) fn new() -> Self {
-        let mut relay = Side::new(Role::Relay, "relay", 9);
+        Net::with_relay_debounce(std::time::Duration::ZERO)
+    }
+
+    /// A net whose relay passes changes on at most once per `debounce` per document.
+    pub(super) fn with_relay_debounce(debounce: std::time::Duration) -> Self {
+        let mut relay = Side::with_debounce(Role::Relay, "relay", 9, debounce);
         let policy = Policy::default();
         relay.engine.set_access(Box::new(policy.clone()));
         Net {

@@ -222,3 +222,38 @@ fn the_relay_reports_how_long_a_change_waited_before_it_was_passed_on() {
     assert_eq!(after.len(), before + 1, "one forward for the change");
     assert_eq!(after[after.len() - 1], Duration::from_millis(7));
 }
+
+#[test]
+fn a_relay_with_a_fan_out_debounce_acknowledges_at_once_and_passes_changes_on_together() {
+    let mut net = Net::with_relay_debounce(Duration::from_millis(50));
+    for (name, seed) in [("ana", 1), ("ben", 2), ("cleo", 3)] {
+        net.phone(name, seed);
+    }
+    let doc = net.phones[0].0.engine.create_document(T0, |_| {});
+    put(&mut net.phones[0].0, T0, doc, "title", "Minutes");
+    net.pump();
+    for i in 1..3 {
+        net.phones[i].0.engine.find(T0, doc);
+    }
+    net.pump();
+    at(&mut net, 1_000);
+    // The first change after a quiet spell is passed on at once.
+    put(&mut net.phones[0].0, net.now, doc, "ana", "1");
+    net.pump();
+    assert_eq!(has(&net, 2, doc, "ana").as_deref(), Some("1"));
+    // Within the debounce: Ben hears back at once (his acknowledgement), Cleo waits.
+    at(&mut net, 1_010);
+    let change = put(&mut net.phones[1].0, net.now, doc, "ben", "2");
+    net.pump();
+    let acked = net.phones[1].0.events.iter().any(|e| {
+        matches!(e, crate::engine::Event::PeerHasHeads { heads, .. } if heads.contains(&change))
+    });
+    assert!(acked, "the writer's change is acknowledged at once");
+    assert_eq!(
+        has(&net, 2, doc, "ben"),
+        None,
+        "the others wait for the debounce"
+    );
+    at(&mut net, 1_050);
+    assert_eq!(has(&net, 2, doc, "ben").as_deref(), Some("2"));
+}
