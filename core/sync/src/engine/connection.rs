@@ -37,6 +37,30 @@ pub(super) struct Conn {
     pub(super) attached: bool,
 }
 
+impl Conn {
+    /// A connection with full rate budgets and no documents yet.
+    fn new(
+        limits: &super::Limits,
+        now: Timestamp,
+        direction: Direction,
+        identity: Option<String>,
+        local_peer: Option<PeerId>,
+        state: ConnState,
+    ) -> Conn {
+        Conn {
+            direction,
+            identity,
+            local_peer,
+            state,
+            docs: BTreeSet::new(),
+            ephemeral_seen: BTreeMap::new(),
+            ephemeral_budget: Bucket::full(limits.ephemeral_burst, now),
+            takeovers: Bucket::full(limits.takeover_burst, now),
+            attached: false,
+        }
+    }
+}
+
 /// Makes an attacker-chosen string safe to put in a log line or an `error` frame: at most
 /// 64 characters, control characters (newlines, ANSI escapes) escaped.
 pub(super) fn printable(s: &str) -> String {
@@ -61,21 +85,16 @@ impl Engine {
         identity: Option<String>,
         local_peer: Option<PeerId>,
     ) {
-        let limits = &self.config.limits;
-        self.conns.insert(
-            conn,
-            Conn {
-                direction,
-                identity,
-                local_peer,
-                state: ConnState::Handshaking { since: now },
-                docs: BTreeSet::new(),
-                ephemeral_seen: BTreeMap::new(),
-                ephemeral_budget: Bucket::full(limits.ephemeral_burst, now),
-                takeovers: Bucket::full(limits.takeover_burst, now),
-                attached: false,
-            },
+        let state = ConnState::Handshaking { since: now };
+        let c = Conn::new(
+            &self.config.limits,
+            now,
+            direction,
+            identity,
+            local_peer,
+            state,
         );
+        self.conns.insert(conn, c);
         self.timers.schedule(
             now.plus(self.config.limits.handshake_timeout),
             Timer::Handshake(conn),
@@ -102,21 +121,17 @@ impl Engine {
         local_peer: Option<PeerId>,
         peer: PeerId,
     ) {
-        let limits = &self.config.limits;
-        self.conns.insert(
-            conn,
-            Conn {
-                direction,
-                identity,
-                local_peer,
-                state: ConnState::Open { peer: peer.clone() },
-                docs: BTreeSet::new(),
-                ephemeral_seen: BTreeMap::new(),
-                ephemeral_budget: Bucket::full(limits.ephemeral_burst, now),
-                takeovers: Bucket::full(limits.takeover_burst, now),
-                attached: true,
-            },
+        let state = ConnState::Open { peer: peer.clone() };
+        let mut c = Conn::new(
+            &self.config.limits,
+            now,
+            direction,
+            identity,
+            local_peer,
+            state,
         );
+        c.attached = true;
+        self.conns.insert(conn, c);
         self.peers.insert(peer, conn);
     }
 

@@ -707,6 +707,9 @@ impl Engine {
             return;
         }
         let everyone = !held && std::mem::replace(&mut doc.needs_sync, false);
+        if everyone && !debounce.is_zero() && !doc.peers.is_empty() {
+            doc.announce_after = now.plus(debounce);
+        }
         let ours = am.get_heads();
         let empty = ours.is_empty();
         let mut frames = Vec::new();
@@ -743,10 +746,6 @@ impl Engine {
         if let Some(conn) = panicked {
             self.contain_panic(conn, id);
             return;
-        }
-        if everyone && !frames.is_empty() && !debounce.is_zero() {
-            // The period starts with an announcement that said something.
-            doc.announce_after = now.plus(debounce);
         }
         let forwarded = if everyone && !frames.is_empty() {
             doc.arrived.take()
