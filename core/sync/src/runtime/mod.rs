@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::engine::{CloseReason, Direction, Engine, Event, Input, Output, Stats};
 use crate::ids::{ConnectionId, DocumentId, PeerId, TaskId};
-use crate::store::{Storage, StorageKey, StorageOp, StorageOutcome, StoreError};
+use crate::store::{SharedLock, Storage, StorageKey, StorageOp, StorageOutcome, StoreError};
 use crate::time::Timestamp;
 use crate::wire::Message;
 

@@ -27,6 +27,19 @@ impl Storage for HostStorage {
         // Every write here is flushed before it returns.
         Ok(())
     }
+    fn load_range_except(
+        &self,
+        prefix: &[String],
+        known: &[StorageKey],
+    ) -> Result<Vec<(StorageKey, Vec<u8>)>, StoreError> {
+        self.storage.load_range_except(prefix, known)
+    }
+    fn is_shared(&self) -> bool {
+        self.storage.is_shared()
+    }
+    fn lock_shared(&self, name: &str) -> Result<Option<SharedLock>, StoreError> {
+        self.storage.lock_shared(name)
+    }
     fn write_batch(&self, writes: &[(StorageKey, Option<Vec<u8>>)]) -> Result<(), StoreError> {
         let (done, answer) = std_mpsc::channel();
         let job = Job::External(ExternalWrite {

@@ -38,6 +38,10 @@ pub use sled_store::{RewriteReport, SledConfig, SledDurability, SledStore, Verif
 /// A storage key: a list of path parts.
 pub type StorageKey = Vec<String>;
 
+/// A lock held across every process sharing a store ([`Storage::lock_shared`]); dropping
+/// it releases the lock.
+pub type SharedLock = Box<dyn std::any::Any + Send>;
+
 /// A random UUID v4 from OS randomness (store ids, host seeds; never inside the engine).
 pub fn random_uuid() -> uuid::Uuid {
     uuid::Uuid::new_v4()
@@ -77,6 +81,14 @@ pub enum StorageOp {
     DeleteRange {
         /// The prefix.
         prefix: StorageKey,
+    },
+    /// Read every key under `prefix` except those in `known`, in key order: what other
+    /// writers of a shared store added to a document this engine already holds.
+    LoadRangeExcept {
+        /// The prefix.
+        prefix: StorageKey,
+        /// Keys the caller already has (their values are not read).
+        known: Vec<StorageKey>,
     },
 }
 
@@ -216,6 +228,9 @@ pub trait Storage: Send + Sync {
         Ok(match op {
             StorageOp::Load { key } => StorageOutcome::Loaded(self.load(key)?),
             StorageOp::LoadRange { prefix } => StorageOutcome::Range(self.load_range(prefix)?),
+            StorageOp::LoadRangeExcept { prefix, known } => {
+                StorageOutcome::Range(self.load_range_except(prefix, known)?)
+            }
             StorageOp::Put { key, data } => {
                 self.put(key, data)?;
                 StorageOutcome::Written
@@ -238,6 +253,35 @@ pub trait Storage: Send + Sync {
             self.flush()?;
         }
         Ok(out)
+    }
+
+    /// Every key under `prefix` except those in `known`, in key order. The default reads
+    /// the whole range and drops the known keys; a store on a network should not send them.
+    fn load_range_except(
+        &self,
+        prefix: &[String],
+        known: &[StorageKey],
+    ) -> Result<Vec<(StorageKey, Vec<u8>)>, StoreError> {
+        let known: std::collections::BTreeSet<&StorageKey> = known.iter().collect();
+        Ok(self
+            .load_range(prefix)?
+            .into_iter()
+            .filter(|(k, _)| !known.contains(k))
+            .collect())
+    }
+
+    /// True when other processes (other relays of a cluster) write this store too, so
+    /// what a process holds in memory may be behind it. The default: false.
+    fn is_shared(&self) -> bool {
+        false
+    }
+
+    /// Takes the lock named `name` across every process sharing this store, waiting for
+    /// it; dropping the returned guard releases it. `None` from a store that only one
+    /// process writes (the default): the caller's own in-process locks are enough.
+    fn lock_shared(&self, name: &str) -> Result<Option<SharedLock>, StoreError> {
+        let _ = name;
+        Ok(None)
     }
 
     /// This store's id, made on first use and kept.
