@@ -10,10 +10,11 @@ use std::sync::Arc;
 
 use cairn_sync::membership::api::Invite;
 use cairn_sync::membership::{GroupId, KvMembershipStore, Membership, MembershipError, Quotas};
-use cairn_sync::store::SledConfig;
+use cairn_sync::store::{SledConfig, Storage};
 
 use crate::api::{new_document_id, now_ms};
 use crate::config::BootstrapArgs;
+use crate::pg_store::{PgOptions, PgStore};
 use crate::RelayError;
 
 /// The code of conduct a group starts with when the operator gives none: short and
@@ -52,18 +53,34 @@ pub fn bootstrap(args: &BootstrapArgs) -> Result<Bootstrapped, RelayError> {
         Some(path) => std::fs::read_to_string(path).map_err(RelayError::CodeOfConduct)?,
         None => DEFAULT_CODE_OF_CONDUCT.to_owned(),
     };
-    std::fs::create_dir_all(&args.data).map_err(cairn_sync::store::StoreError::Io)?;
-    let store = crate::open_store(
-        &args.data,
-        &SledConfig {
-            cache_capacity: BOOTSTRAP_CACHE_BYTES,
-            ..SledConfig::default()
-        },
-    )?;
-    let membership = Membership::open(
-        Arc::new(KvMembershipStore::new(Arc::new(store.clone()))),
-        Quotas::default(),
-    )?;
+    let store: Arc<dyn Storage> = match args.store.trim() {
+        "embedded" | "sled" => {
+            std::fs::create_dir_all(&args.data).map_err(cairn_sync::store::StoreError::Io)?;
+            Arc::new(crate::open_store(
+                &args.data,
+                &SledConfig {
+                    cache_capacity: BOOTSTRAP_CACHE_BYTES,
+                    ..SledConfig::default()
+                },
+            )?)
+        }
+        url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            Arc::new(PgStore::connect(
+                url,
+                "bootstrap",
+                PgOptions {
+                    pool_size: 1,
+                    op_timeout: std::time::Duration::from_secs(30),
+                },
+            )?)
+        }
+        _ => {
+            return Err(RelayError::Membership(MembershipError::BadRequest(
+                "--store must be `embedded` or a URL starting with postgres://",
+            )))
+        }
+    };
+    let membership = Membership::open(Arc::new(KvMembershipStore::new(store)), Quotas::default())?;
     let invite_secs = args.invite_hours.saturating_mul(3600);
     let made = match &args.new_organiser_invite {
         Some(group) => {

@@ -52,6 +52,19 @@ pub enum Command {
         #[arg(long, env = "CAIRN_DATA", default_value = "cairn-data")]
         data: PathBuf,
     },
+    /// Copy a stopped relay's embedded store into an empty PostgreSQL database, so that
+    /// several relays can serve it: every key and value byte for byte (documents,
+    /// membership, audit log, the storage id), then read back and compared. Run it with
+    /// the relay stopped, then start the relays with `--store postgres://…`.
+    Migrate {
+        /// Directory of the embedded store to copy.
+        #[arg(long)]
+        from: PathBuf,
+        /// The PostgreSQL database (a URL; `CAIRN_STORE` works too, and keeps a password
+        /// off the command line).
+        #[arg(long, env = "CAIRN_STORE")]
+        to: String,
+    },
     /// Write a backup of a stopped relay's store to FILE (a running relay takes backups
     /// through the admin API). The file is written under a temporary name and renamed.
     Backup {
@@ -85,6 +98,11 @@ pub struct BootstrapArgs {
     /// Recovery: a new organiser invite to this existing group instead of a new group.
     #[arg(long, value_name = "GROUP")]
     pub new_organiser_invite: Option<String>,
+    /// The store, as `serve --store` takes it: `embedded` (the data directory) or the
+    /// PostgreSQL database of a cluster (a running cluster may be bootstrapped: the group
+    /// reaches every relay with the next hint or sweep).
+    #[arg(long, env = "CAIRN_STORE", default_value = "embedded")]
+    pub store: String,
 }
 
 /// Flags of `serve`; each is also an environment variable.
@@ -181,6 +199,29 @@ pub struct ServeArgs {
     /// the acknowledgement to the member who sent a change is never held.
     #[arg(long, env = "CAIRN_FANOUT_DEBOUNCE_MS", default_value_t = 0)]
     pub fanout_debounce_ms: u64,
+    /// Where documents and membership are kept: `embedded` (default: the sled store in
+    /// `--data`, one relay) or `postgres://USER@HOST/DB` (one PostgreSQL database shared by
+    /// every relay of a cluster). Prefer `CAIRN_STORE` (or a `.pgpass` file) for a URL with
+    /// a password: a flag is visible to every user of the machine.
+    #[arg(long, env = "CAIRN_STORE", default_value = "embedded")]
+    pub store: String,
+    /// Connections each relay keeps to PostgreSQL (plus one for notifications). Keep
+    /// relays × (this + 2) under the server's `max_connections`. Default 8.
+    #[arg(long, env = "CAIRN_PG_POOL_SIZE", default_value_t = 8)]
+    pub pg_pool_size: usize,
+    /// Seconds one PostgreSQL call may take before it fails (and `/readyz` turns 503).
+    /// Default 5.
+    #[arg(long, env = "CAIRN_PG_TIMEOUT_SECS", default_value_t = 5)]
+    pub pg_timeout_secs: u64,
+    /// With PostgreSQL: listen for the other relays' change hints (`LISTEN`), so their
+    /// members' edits reach this relay's members at once. `false` leaves only the sweep.
+    /// Default true.
+    #[arg(long, env = "CAIRN_CLUSTER_LISTEN", default_value_t = true, action = ArgAction::Set)]
+    pub cluster_listen: bool,
+    /// With PostgreSQL: milliseconds between sweeps that re-read every open document the
+    /// other relays changed (what catches a lost hint). Default 2,000.
+    #[arg(long, env = "CAIRN_CLUSTER_SWEEP_MS", default_value_t = 2000)]
+    pub cluster_sweep_ms: u64,
     /// Whether a member who organises a group may create more groups. Default true; with
     /// false only `cairn-relay bootstrap` creates groups.
     #[arg(long, env = "CAIRN_ORGANISERS_CREATE_GROUPS", default_value_t = true, action = ArgAction::Set)]
@@ -337,6 +378,8 @@ pub struct Config {
     pub engine_shards: usize,
     /// How long a document's next round of passing changes on waits after one.
     pub fanout_debounce: Duration,
+    /// Where documents and membership are kept.
+    pub store: StoreChoice,
     /// A durability test control, if one is set (never on real data).
     pub unsafe_durability: Option<UnsafeDurability>,
     /// Where the admin API listens (`None`: nowhere).
@@ -389,6 +432,92 @@ pub enum ConfigError {
     /// A `CAIRN_ADMIN_TOKEN` too short to be a secret.
     #[error("CAIRN_ADMIN_TOKEN must be at least {MIN_TOKEN_CHARS} characters")]
     AdminTokenShort,
+    /// `--store` is neither `embedded` nor a PostgreSQL URL, or a PostgreSQL setting is
+    /// out of range.
+    #[error("--store: {0}")]
+    Store(String),
+}
+
+/// Where the relay keeps documents and membership (`--store`).
+#[derive(Clone, PartialEq, Eq)]
+pub enum StoreChoice {
+    /// The embedded sled store in `--data`: one relay.
+    Embedded,
+    /// One PostgreSQL database shared by every relay of a cluster.
+    Postgres(PgSettings),
+}
+
+/// The PostgreSQL settings of a relay in a cluster.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PgSettings {
+    /// The connection URL (may hold a password: never logged).
+    pub url: String,
+    /// Pooled connections.
+    pub pool_size: usize,
+    /// Longest time one call may take.
+    pub timeout: Duration,
+    /// Whether to `LISTEN` for the other relays' hints.
+    pub listen: bool,
+    /// Time between sweeps.
+    pub sweep: Duration,
+}
+
+impl std::fmt::Debug for StoreChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreChoice::Embedded => f.write_str("Embedded"),
+            // Without the URL: it may carry a password.
+            StoreChoice::Postgres(pg) => f
+                .debug_struct("Postgres")
+                .field("pool_size", &pg.pool_size)
+                .field("timeout", &pg.timeout)
+                .field("listen", &pg.listen)
+                .field("sweep", &pg.sweep)
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+impl StoreChoice {
+    fn parse(
+        store: &str,
+        pool_size: usize,
+        timeout_secs: u64,
+        listen: bool,
+        sweep_ms: u64,
+    ) -> Result<StoreChoice, ConfigError> {
+        let store = store.trim();
+        if store == "embedded" || store == "sled" {
+            return Ok(StoreChoice::Embedded);
+        }
+        if !(store.starts_with("postgres://") || store.starts_with("postgresql://")) {
+            return Err(ConfigError::Store(
+                "give `embedded` or a URL starting with postgres://".into(),
+            ));
+        }
+        if !(1..=256).contains(&pool_size) {
+            return Err(ConfigError::Store(format!(
+                "--pg-pool-size must be between 1 and 256 (got {pool_size})"
+            )));
+        }
+        if !(1..=60).contains(&timeout_secs) {
+            return Err(ConfigError::Store(format!(
+                "--pg-timeout-secs must be between 1 and 60 (got {timeout_secs})"
+            )));
+        }
+        if !(50..=3_600_000).contains(&sweep_ms) {
+            return Err(ConfigError::Store(format!(
+                "--cluster-sweep-ms must be between 50 and 3600000 (got {sweep_ms})"
+            )));
+        }
+        Ok(StoreChoice::Postgres(PgSettings {
+            url: store.to_owned(),
+            pool_size,
+            timeout: Duration::from_secs(timeout_secs),
+            listen,
+            sweep: Duration::from_millis(sweep_ms),
+        }))
+    }
 }
 
 /// Most engine tasks `--engine-shards` accepts.
@@ -490,6 +619,13 @@ impl ServeArgs {
         if !(1..=MAX_ENGINE_SHARDS).contains(&self.engine_shards) {
             return Err(ConfigError::EngineShards(self.engine_shards));
         }
+        let store = StoreChoice::parse(
+            &self.store,
+            self.pg_pool_size,
+            self.pg_timeout_secs,
+            self.cluster_listen,
+            self.cluster_sweep_ms,
+        )?;
         for (name, v) in [
             ("--max-connections", self.max_connections as u64),
             ("--outbound-queue", self.outbound_queue as u64),
@@ -577,6 +713,7 @@ impl ServeArgs {
             max_loaded_ops: self.max_loaded_ops,
             engine_shards: self.engine_shards,
             fanout_debounce: Duration::from_millis(self.fanout_debounce_ms),
+            store,
             unsafe_durability: self.unsafe_durability,
             admin_listen,
             admin_token,
@@ -642,6 +779,11 @@ impl Config {
             max_loaded_ops: 4_000_000,
             engine_shards: default_engine_shards(),
             fanout_debounce_ms: 0,
+            store: "embedded".into(),
+            pg_pool_size: 8,
+            pg_timeout_secs: 5,
+            cluster_listen: true,
+            cluster_sweep_ms: 2000,
             unsafe_durability: None,
             organisers_create_groups: true,
             trusted_proxies: Vec::new(),
@@ -774,6 +916,27 @@ mod tests {
             assert_eq!(err, ConfigError::EngineShards(bad));
             assert!(err.to_string().contains("between 1 and 64"), "{err}");
         }
+    }
+
+    #[test]
+    fn the_store_is_embedded_by_default_and_a_postgres_url_keeps_its_password_out_of_debug() {
+        let c = serve(&[]).validate().unwrap();
+        assert_eq!(c.store, StoreChoice::Embedded);
+        let c = serve(&["--store", "postgres://cairn:s3cret@127.0.0.1/cairn"])
+            .validate()
+            .unwrap();
+        let StoreChoice::Postgres(pg) = &c.store else {
+            panic!("not postgres: {:?}", c.store);
+        };
+        assert_eq!(pg.url, "postgres://cairn:s3cret@127.0.0.1/cairn");
+        assert!(pg.listen);
+        assert!(!format!("{c:?}").contains("s3cret"), "the password reached Debug");
+        let err = serve(&["--store", "mysql://x"]).validate().unwrap_err();
+        assert!(err.to_string().contains("postgres://"), "{err}");
+        let err = serve(&["--store", "postgres://h/db", "--pg-pool-size", "0"])
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().contains("--pg-pool-size"), "{err}");
     }
 
     fn serve(flags: &[&str]) -> ServeArgs {

@@ -24,11 +24,14 @@ pub mod api;
 mod auth;
 pub mod backup;
 pub mod bootstrap;
+mod cluster;
 pub mod config;
 pub mod limits;
 pub mod members;
 pub mod metrics;
+pub mod migrate;
 pub mod sockets;
+pub mod store;
 pub mod tcp;
 mod ws;
 
@@ -49,10 +52,11 @@ use cairn_sync::ids::{DocumentId, PeerId};
 use cairn_sync::membership::{KvMembershipStore, Membership, MembershipError, Quotas};
 use cairn_sync::runtime::{Host, HostConfig};
 use cairn_sync::store::{SledConfig, SledDurability, SledStore, Storage, StoreError};
+pub use store::RelayStore;
 use thiserror::Error;
 use tokio::net::TcpListener;
 
-pub use config::{Config, ConfigError, UnsafeDurability};
+pub use config::{Config, ConfigError, StoreChoice, UnsafeDurability};
 use limits::Limiters;
 use members::Members;
 use metrics::Metrics;
@@ -147,7 +151,9 @@ pub struct AppState {
     /// Wrong credentials awaiting their audit entry (see `admin`'s background tasks).
     failed_credentials: Arc<auth::FailedCredentials>,
     /// The store the host runs (for backups).
-    store: SledStore,
+    store: RelayStore,
+    /// With PostgreSQL: whether the database answered the last health check.
+    database_up: cluster::DatabaseUp,
 }
 
 impl AppState {
@@ -157,7 +163,7 @@ impl AppState {
     }
 
     /// The relay's store (a backup reads it through [`Host::exclusive`]).
-    pub fn store(&self) -> &SledStore {
+    pub fn store(&self) -> &RelayStore {
         &self.store
     }
 
@@ -167,29 +173,71 @@ impl AppState {
     }
 }
 
-/// The relay's peer id.
+/// The relay's peer id (on the embedded store; a relay of a PostgreSQL cluster adds its
+/// own id: see [`relay_peer_id`]).
 pub const RELAY_PEER_ID: &str = "cairn-relay";
+
+/// The peer id a relay announces: [`RELAY_PEER_ID`] alone, or followed by the relay's id
+/// in a cluster, where every relay shares one storage id but is a peer of its own.
+pub fn relay_peer_id(store: &RelayStore) -> PeerId {
+    match store.postgres() {
+        Some(pg) => PeerId::from(format!("{RELAY_PEER_ID}-{}", pg.relay_id())),
+        None => PeerId::from(RELAY_PEER_ID),
+    }
+}
+
+/// Opens the store the configuration names (`--store`): the embedded store in `--data`,
+/// or a connection pool to PostgreSQL under a new relay id.
+pub async fn open_relay_store(config: &Config) -> Result<RelayStore, RelayError> {
+    std::fs::create_dir_all(&config.data).map_err(StoreError::Io)?;
+    match &config.store {
+        StoreChoice::Embedded => {
+            let durability = match config.unsafe_durability {
+                Some(UnsafeDurability::SledFlushOnly) => SledDurability::SledFlushOnly,
+                _ => SledDurability::Fsync,
+            };
+            if let Some(control) = config.unsafe_durability {
+                tracing::warn!(?control, "UNSAFE durability test control: acknowledged changes WILL be lost in a crash or power cut");
+            }
+            let store = open_store(
+                &config.data,
+                &SledConfig {
+                    cache_capacity: config.cache_bytes,
+                    durability,
+                    reserve_bytes: config.min_free_bytes,
+                },
+            )?;
+            Ok(RelayStore::Sled(store))
+        }
+        StoreChoice::Postgres(pg) => {
+            let relay_id = uuid_hex();
+            let options = pg_store::PgOptions {
+                pool_size: pg.pool_size,
+                op_timeout: pg.timeout,
+            };
+            let url = pg.url.clone();
+            let id = relay_id.clone();
+            let store = tokio::task::spawn_blocking(move || {
+                pg_store::PgStore::connect(&url, &id, options)
+            })
+            .await
+            .map_err(|_| RelayError::EngineStopped)??;
+            tracing::info!(relay_id = %relay_id, pool_size = pg.pool_size, listen = pg.listen, "connected to PostgreSQL");
+            Ok(RelayStore::Postgres(store))
+        }
+    }
+}
 
 /// Opens the store and starts the engine host (inside a tokio runtime). Without `--open`,
 /// loads the membership and makes it the engine's access policy before returning.
-pub async fn start(config: &Config) -> Result<(AppState, SledStore), RelayError> {
-    std::fs::create_dir_all(&config.data).map_err(StoreError::Io)?;
-    let durability = match config.unsafe_durability {
-        Some(UnsafeDurability::SledFlushOnly) => SledDurability::SledFlushOnly,
-        _ => SledDurability::Fsync,
+pub async fn start(config: &Config) -> Result<(AppState, RelayStore), RelayError> {
+    let store = open_relay_store(config).await?;
+    let storage_id = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || store.storage_id())
+            .await
+            .map_err(|_| RelayError::EngineStopped)??
     };
-    if let Some(control) = config.unsafe_durability {
-        tracing::warn!(?control, "UNSAFE durability test control: acknowledged changes WILL be lost in a crash or power cut");
-    }
-    let store = open_store(
-        &config.data,
-        &SledConfig {
-            cache_capacity: config.cache_bytes,
-            durability,
-            reserve_bytes: config.min_free_bytes,
-        },
-    )?;
-    let storage_id = store.storage_id()?;
     let limits = Limits {
         max_document_bytes: config.max_document_bytes,
         max_frame_bytes: config.max_document_bytes + 64 * 1024,
@@ -210,7 +258,7 @@ pub async fn start(config: &Config) -> Result<(AppState, SledStore), RelayError>
         ..Limits::default()
     };
     let seed = u64::from_le_bytes(uuid_seed());
-    let engine_config = EngineConfig::new(Role::Relay, PeerId::from(RELAY_PEER_ID), seed)
+    let engine_config = EngineConfig::new(Role::Relay, relay_peer_id(&store), seed)
         .with_storage_id(storage_id.clone())
         .with_limits(limits)
         .with_sync_debounce(config.fanout_debounce);
@@ -245,7 +293,7 @@ pub async fn start(config: &Config) -> Result<(AppState, SledStore), RelayError>
             ..HostConfig::default()
         },
     );
-    tracing::info!(storage_id = %storage_id, data_bytes = store.size_on_disk().unwrap_or(0), "store opened");
+    tracing::info!(storage_id = %storage_id, data_bytes = store.size_on_disk().unwrap_or(0), shared = store.is_shared(), "store opened");
     let members = if config.open {
         None
     } else {
@@ -303,6 +351,7 @@ pub async fn start(config: &Config) -> Result<(AppState, SledStore), RelayError>
             members,
             failed_credentials: Arc::default(),
             store: store.clone(),
+            database_up: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         },
         store,
     ))
@@ -331,6 +380,15 @@ fn uuid_seed() -> [u8; 8] {
     let mut b = [0u8; 8];
     b.copy_from_slice(&uuid_bytes()[..8]);
     b
+}
+
+/// A relay id: 16 random hex digits.
+fn uuid_hex() -> String {
+    hex_digits(&uuid_bytes()[..8])
+}
+
+fn hex_digits(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn uuid_bytes() -> [u8; 16] {
@@ -399,6 +457,9 @@ async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    if !cluster::database_up(&state) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "database not responding");
+    }
     match tokio::time::timeout(Duration::from_secs(2), state.host.stats()).await {
         Ok(Ok(_)) => (StatusCode::OK, "ready"),
         _ => (StatusCode::SERVICE_UNAVAILABLE, "engine not responding"),
@@ -447,7 +508,7 @@ pub async fn run(
 /// Like [`run`], on a relay already started with [`start`] (tests reach its host first).
 pub async fn serve(
     state: AppState,
-    store: SledStore,
+    store: RelayStore,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RelayError> {
@@ -488,7 +549,7 @@ enum Stop {
 
 async fn serve_with_cap(
     state: AppState,
-    store: SledStore,
+    store: RelayStore,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
     tcp_cap: usize,
@@ -502,6 +563,7 @@ async fn serve_with_cap(
         None => None,
     };
     let mut background = admin::spawn(&state, stop.clone()).await?;
+    background.extend(cluster::spawn(&state, stop.clone()));
     if let Some(members) = &state.members {
         background.push(tokio::spawn(members::expire_guests(
             state.clone(),

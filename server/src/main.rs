@@ -90,6 +90,20 @@ async fn main() -> anyhow::Result<()> {
             }
             return Ok(());
         }
+        Command::Migrate { from, to } => {
+            let done = cairn_relay::migrate::migrate(&from, &to)
+                .with_context(|| format!("migrating {} to PostgreSQL", from.display()))?;
+            println!(
+                "copied {} keys ({} bytes of values, {} documents) from {} to PostgreSQL and read every one back unchanged; storage id {}",
+                done.keys,
+                done.bytes,
+                done.documents,
+                from.display(),
+                done.storage_id
+            );
+            println!("Start the relays with --store postgres://… (CAIRN_STORE); keep the old directory until they serve.");
+            return Ok(());
+        }
         Command::Check { data } => match cairn_relay::check(&data) {
             Ok(report) => {
                 println!(

@@ -81,6 +81,14 @@ pub struct Metrics {
     pub last_backup_timestamp: Gauge,
     /// Deleted groups awaiting their purge.
     pub groups_pending_deletion: Gauge,
+    /// With PostgreSQL: 1 while the database answers, 0 while it does not.
+    pub database_up: Gauge,
+    /// With PostgreSQL: the other relays' hints received, by `result` (`taken`, `dropped`
+    /// while the relay was behind).
+    pub cluster_hints: Family<Labels, Counter>,
+    /// With PostgreSQL: re-reads of what the other relays wrote, by `cause` (`hint`,
+    /// `sweep`, `reconnect`).
+    pub cluster_refreshes: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -128,6 +136,9 @@ impl Metrics {
             membership_changes: Family::default(),
             access_revocations: Counter::default(),
             disk_free_bytes: Gauge::default(),
+            database_up: Gauge::default(),
+            cluster_hints: Family::default(),
+            cluster_refreshes: Family::default(),
             quota_exceeded: Family::default(),
             audit_entries: Counter::default(),
             audit_seen_seq: std::sync::atomic::AtomicU64::new(0),
@@ -317,6 +328,21 @@ impl Metrics {
             "groups_pending_deletion",
             "Deleted groups awaiting their purge at the end of the grace period",
             m.groups_pending_deletion.clone(),
+        );
+        registry.register(
+            "database_up",
+            "With PostgreSQL: 1 while the database answers, 0 while it does not (/readyz is then 503)",
+            m.database_up.clone(),
+        );
+        registry.register(
+            "cluster_hints",
+            "With PostgreSQL: other relays' change hints, by result (taken, dropped)",
+            m.cluster_hints.clone(),
+        );
+        registry.register(
+            "cluster_refreshes",
+            "With PostgreSQL: re-reads of documents the other relays wrote, by cause (hint, sweep, reconnect)",
+            m.cluster_refreshes.clone(),
         );
         // Up until the host says otherwise: the gauge is refreshed on every scrape.
         m.engine_up.set(1);

@@ -48,6 +48,7 @@ impl TestRelay {
             code_of_conduct_file: None,
             invite_hours: 1,
             new_organiser_invite: None,
+            store: "embedded".into(),
         };
         let made = tokio::task::spawn_blocking(move || cairn_relay::bootstrap::bootstrap(&args))
             .await

@@ -201,16 +201,31 @@ impl Group {
     /// Bootstraps a store, starts a relay on it with `flags`, and redeems the organiser
     /// invite (the organiser accepts the code of conduct).
     pub async fn start(flags: &[&str]) -> Group {
+        Group::start_with_store(flags, "embedded").await
+    }
+
+    /// [`Group::start`] on the store `store` (`embedded`, or a PostgreSQL URL: the relay
+    /// then runs with `--store` too).
+    pub async fn start_with_store(flags: &[&str], store: &str) -> Group {
         let dir = tempfile::tempdir().expect("tempdir");
-        let made = cairn_relay::bootstrap::bootstrap(&cairn_relay::config::BootstrapArgs {
+        let args = cairn_relay::config::BootstrapArgs {
             data: dir.path().join("relay"),
             code_of_conduct_file: None,
             invite_hours: 1,
             new_organiser_invite: None,
-        })
-        .expect("bootstrap");
-        wait_unlocked(&dir.path().join("relay")).await;
-        let relay = Relay::start_members(&dir.path().join("relay"), flags).await;
+            store: store.into(),
+        };
+        let made = tokio::task::spawn_blocking(move || cairn_relay::bootstrap::bootstrap(&args))
+            .await
+            .expect("bootstrap ran")
+            .expect("bootstrap");
+        let mut flags: Vec<&str> = flags.to_vec();
+        if store == "embedded" {
+            wait_unlocked(&dir.path().join("relay")).await;
+        } else {
+            flags.extend_from_slice(&["--store", store]);
+        }
+        let relay = Relay::start_members(&dir.path().join("relay"), &flags).await;
         let redeemed = redeem(relay.addr, &made.invite.code, "organiser")
             .await
             .expect(200);

@@ -92,6 +92,11 @@ impl Relay {
         format!("ws://{}/", self.addr)
     }
 
+    /// Whether `run` is still serving (it returns when the engine stops or on an error).
+    pub fn is_running(&self) -> bool {
+        self.task.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
     /// Triggers the shutdown future and waits (bounded) for `run` to return.
     pub async fn stop(mut self) -> Result<(), cairn_relay::RelayError> {
         if let Some(tx) = self.stop.take() {

@@ -1,0 +1,558 @@
+//! Several relays on one PostgreSQL database (a throwaway cluster started by the test):
+//! members on different relays converge, with hints and with the sweep alone; a relay
+//! killed with SIGKILL loses nothing it acknowledged; PostgreSQL restarting, crashing or
+//! frozen stops no relay and loses no acknowledged change; lost notifications are made up
+//! by the reconnect and the sweep; two relays compacting one document keep every change;
+//! a removal on one relay closes the member's socket on another.
+//!
+//! Waits are generous and their times are printed; speed belongs in the benchmark.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use automerge::transaction::Transactable;
+use automerge::{Automerge, ChangeHash, ReadDoc, ROOT};
+use cairn_relay::pg_store::{PgOptions, PgStore};
+use cairn_sync::client::Client;
+use cairn_sync::ids::DocumentId;
+use cairn_sync::store::Storage;
+use cairn_sync::wire::Message;
+use common::members::Group;
+use common::pg::PgCluster;
+use common::{client, http_get, metric_value, Relay, Seen};
+
+/// Bound for convergence across relays (the sweep runs every 200 ms here).
+const LONG: Duration = Duration::from_secs(60);
+
+fn relay_flags(url: &str, listen: bool) -> Vec<String> {
+    [
+        "--store",
+        url,
+        "--cluster-sweep-ms",
+        "200",
+        "--cluster-listen",
+        if listen { "true" } else { "false" },
+        "--pg-timeout-secs",
+        "2",
+        "--engine-shards",
+        "2",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect()
+}
+
+/// `n` open relays in this process on the database `url`.
+async fn relays(url: &str, n: usize, listen: bool) -> (Vec<Relay>, Vec<tempfile::TempDir>) {
+    let flags = relay_flags(url, listen);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let mut relays = Vec::new();
+    let mut dirs = Vec::new();
+    for _ in 0..n {
+        let dir = tempfile::tempdir().expect("tempdir");
+        relays.push(Relay::start(dir.path(), &flags).await);
+        dirs.push(dir);
+    }
+    for r in &relays {
+        wait_ready(r.addr, true, LONG).await;
+    }
+    (relays, dirs)
+}
+
+/// Polls `/readyz` until it answers 200 (`ready`) or anything else (`!ready`); returns
+/// the time it took.
+async fn wait_ready(addr: SocketAddr, ready: bool, within: Duration) -> Duration {
+    let started = Instant::now();
+    while started.elapsed() < within {
+        let status = http_get(addr, "/readyz").await.map(|(s, _)| s);
+        if (status == Some(200)) == ready {
+            return started.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("/readyz on {addr} did not turn {} within {within:?}", if ready { "200" } else { "503" });
+}
+
+/// The document as PostgreSQL holds it, read by a store of its own.
+async fn stored(url: &str, doc: DocumentId) -> Automerge {
+    let url = url.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let pg = PgStore::connect(
+            &url,
+            "check",
+            PgOptions {
+                pool_size: 1,
+                op_timeout: Duration::from_secs(10),
+            },
+        )
+        .expect("connect");
+        let mut am = Automerge::new();
+        for (_, bytes) in pg.load_range(&[doc.to_string()]).expect("load") {
+            am.load_incremental(&bytes).expect("a stored chunk loads");
+        }
+        am
+    })
+    .await
+    .expect("read")
+}
+
+fn keys(d: &Automerge) -> BTreeSet<String> {
+    d.keys(ROOT).collect()
+}
+
+fn sorted(mut heads: Vec<ChangeHash>) -> Vec<ChangeHash> {
+    heads.sort();
+    heads
+}
+
+async fn put(c: &Client, doc: DocumentId, key: String) {
+    c.change(doc, move |tx| tx.put(ROOT, key, 1).map(|_| ()))
+        .await
+        .expect("a change on the device");
+}
+
+async fn wait_keys(c: &Client, doc: DocumentId, want: usize, who: &str) {
+    c.wait_for(doc, LONG, move |d| d.keys(ROOT).count() >= want)
+        .await
+        .unwrap_or_else(|e| panic!("{who} never had {want} keys: {e}"));
+}
+
+/// 10 documents, 3 members each on another relay, 3,000 changes: everyone and the
+/// database end with identical heads.
+async fn steady(listen: bool) {
+    let pg = PgCluster::start();
+    let url = pg.create_database(if listen { "steady" } else { "steady_sweep" });
+    let (relays, _dirs) = relays(&url, 3, listen).await;
+    let clients: Vec<Client> = relays
+        .iter()
+        .enumerate()
+        .map(|(i, r)| client(&format!("member{i}/phone"), &r.url()))
+        .collect();
+    let mut docs = Vec::new();
+    for n in 0..10i64 {
+        let (doc, ()) = clients[0]
+            .create(move |tx| tx.put(ROOT, "n", n).map(|_| ()))
+            .await
+            .expect("create");
+        docs.push(doc);
+    }
+    for doc in &docs {
+        clients[0].wait_acknowledged(*doc, LONG).await.expect("acknowledged");
+        for c in &clients[1..] {
+            c.find(*doc, LONG).await.expect("found through another relay");
+        }
+    }
+    let started = Instant::now();
+    let per = 100;
+    let writers = clients.iter().enumerate().map(|(p, c)| {
+        let docs = docs.clone();
+        async move {
+            for i in 0..per {
+                for doc in &docs {
+                    put(c, *doc, format!("m{p}-{i}")).await;
+                }
+            }
+        }
+    });
+    futures_util::future::join_all(writers).await;
+    let want = 1 + per * clients.len();
+    for (i, c) in clients.iter().enumerate() {
+        for doc in &docs {
+            wait_keys(c, *doc, want, &format!("member{i}")).await;
+        }
+    }
+    eprintln!(
+        "steady (listen {listen}): {} changes through 3 relays converged in {:?}",
+        per * clients.len() * docs.len(),
+        started.elapsed()
+    );
+    for doc in &docs {
+        let heads = sorted(clients[0].heads(*doc).await.expect("heads").expect("loaded"));
+        for c in &clients[1..] {
+            assert_eq!(sorted(c.heads(*doc).await.unwrap().unwrap()), heads);
+        }
+        let stored = stored(&url, *doc).await;
+        assert_eq!(sorted(stored.get_heads()), heads, "the database holds every change");
+    }
+    for c in &clients {
+        c.shutdown().await;
+    }
+    for r in relays {
+        r.stop().await.expect("clean stop");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_on_three_relays_converge() {
+    steady(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_on_three_relays_converge_by_the_sweep_alone() {
+    steady(false).await;
+}
+
+/// A relay as its own process (so that it can be killed with SIGKILL).
+struct RelayProcess {
+    child: Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl RelayProcess {
+    async fn start(url: &str) -> RelayProcess {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // A free port: bound, read, released (the relay binds it a moment later).
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port");
+        let listen = addr.to_string();
+        let mut args = vec![
+            "serve",
+            "--open",
+            "--listen",
+            &listen,
+            "--data",
+            dir.path().to_str().expect("utf-8"),
+            "--admin-listen",
+            "off",
+        ];
+        let flags = relay_flags(url, true);
+        args.extend(flags.iter().map(String::as_str));
+        let child = Command::new(env!("CARGO_BIN_EXE_cairn-relay"))
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the relay starts");
+        wait_ready(addr, true, LONG).await;
+        RelayProcess {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("ws://{}/", self.addr)
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_killed_with_sigkill_loses_nothing_it_acknowledged() {
+    let pg = PgCluster::start();
+    let url = pg.create_database("kill");
+    let mut procs = Vec::new();
+    for _ in 0..3 {
+        procs.push(RelayProcess::start(&url).await);
+    }
+    let a = client("ana/phone", &procs[0].url());
+    let c = client("cleo/phone", &procs[2].url());
+    let (doc, ()) = c
+        .create(|tx| tx.put(ROOT, "title", "minutes").map(|_| ()))
+        .await
+        .expect("create");
+    for i in 0..50 {
+        put(&c, doc, format!("acked-{i}")).await;
+    }
+    c.wait_acknowledged(doc, LONG).await.expect("acknowledged");
+    a.find(doc, LONG).await.expect("ana finds it through her relay");
+    for i in 0..20 {
+        put(&c, doc, format!("late-{i}")).await;
+    }
+    // Cleo's relay dies mid-stream.
+    procs[2].child.kill().expect("SIGKILL");
+    procs[2].child.wait().expect("reaped");
+    let held = keys(&stored(&url, doc).await);
+    let acked: Vec<String> = (0..50).map(|i| format!("acked-{i}")).collect();
+    let kept = acked.iter().filter(|k| held.contains(*k)).count();
+    eprintln!(
+        "SIGKILL: {kept} of {} acknowledged changes in the database, {} of 20 unacknowledged ones",
+        acked.len(),
+        held.iter().filter(|k| k.starts_with("late-")).count()
+    );
+    assert_eq!(kept, acked.len(), "an acknowledged change was lost");
+    // Her phone reconnects to another relay and resends what was not acknowledged.
+    c.disconnect();
+    c.connect(&procs[1].url());
+    let started = Instant::now();
+    wait_keys(&a, doc, 71, "ana").await;
+    wait_keys(&c, doc, 71, "cleo").await;
+    eprintln!("SIGKILL: converged {:?} after the reconnect", started.elapsed());
+    c.wait_acknowledged(doc, LONG).await.expect("acknowledged by the new relay");
+    assert_eq!(
+        sorted(a.heads(doc).await.unwrap().unwrap()),
+        sorted(c.heads(doc).await.unwrap().unwrap())
+    );
+    assert_eq!(keys(&stored(&url, doc).await).len(), 71);
+    a.shutdown().await;
+    c.shutdown().await;
+}
+
+/// Ana writes through relay 0 and waits for each batch to be acknowledged; Ben reads
+/// through relay 1.
+struct Pair {
+    relays: Vec<Relay>,
+    _dirs: Vec<tempfile::TempDir>,
+    a: Client,
+    b: Client,
+    doc: DocumentId,
+}
+
+impl Pair {
+    async fn start(url: &str, listen: bool) -> Pair {
+        let (relays, dirs) = relays(url, 2, listen).await;
+        let a = client("ana/phone", &relays[0].url());
+        let b = client("ben/phone", &relays[1].url());
+        let (doc, ()) = a
+            .create(|tx| tx.put(ROOT, "title", "agenda").map(|_| ()))
+            .await
+            .expect("create");
+        a.wait_acknowledged(doc, LONG).await.expect("acknowledged");
+        b.find(doc, LONG).await.expect("found through the other relay");
+        Pair {
+            relays,
+            _dirs: dirs,
+            a,
+            b,
+            doc,
+        }
+    }
+
+    fn assert_running(&self, when: &str) {
+        for (i, r) in self.relays.iter().enumerate() {
+            assert!(r.is_running(), "relay {i} exited {when}");
+        }
+    }
+
+    async fn converged(&self, want: usize) {
+        wait_keys(&self.b, self.doc, want, "ben").await;
+        self.a
+            .wait_acknowledged(self.doc, LONG)
+            .await
+            .expect("acknowledged");
+        assert_eq!(
+            sorted(self.a.heads(self.doc).await.unwrap().unwrap()),
+            sorted(self.b.heads(self.doc).await.unwrap().unwrap())
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restarting_or_crashing_stops_no_relay_and_loses_no_acknowledged_change() {
+    let pg = PgCluster::start();
+    let url = pg.create_database("restart");
+    let p = Pair::start(&url, true).await;
+    let mut written = 1;
+    for (round, crash) in [("fast", false), ("immediate", true)] {
+        let acked: Vec<String> = (0..20).map(|i| format!("{round}-acked-{i}")).collect();
+        for k in &acked {
+            put(&p.a, p.doc, k.clone()).await;
+        }
+        p.a.wait_acknowledged(p.doc, LONG).await.expect("acknowledged");
+        if crash {
+            pg.stop_immediate();
+        } else {
+            pg.stop_fast();
+        }
+        // Edits go on while the database is away: none can be acknowledged.
+        for i in 0..10 {
+            put(&p.a, p.doc, format!("{round}-while-down-{i}")).await;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        p.assert_running(&format!("while PostgreSQL was stopped ({round})"));
+        pg.start_again();
+        let held = keys(&stored(&url, p.doc).await);
+        let kept = acked.iter().filter(|k| held.contains(*k)).count();
+        eprintln!("PostgreSQL {round} stop: {kept} of {} acknowledged changes loadable after it", acked.len());
+        assert_eq!(kept, acked.len(), "an acknowledged change was lost ({round})");
+        written += 30;
+        let started = Instant::now();
+        p.converged(written).await;
+        eprintln!("PostgreSQL {round} stop: converged {:?} after the restart", started.elapsed());
+        p.assert_running(&format!("after PostgreSQL came back ({round})"));
+    }
+    assert_eq!(keys(&stored(&url, p.doc).await).len(), written);
+}
+
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_database_is_detected_and_everything_converges_after_it() {
+    let freeze: u64 = std::env::var("CAIRN_PG_FREEZE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30);
+    let pg = PgCluster::start();
+    let url = pg.create_database("freeze");
+    let p = Pair::start(&url, true).await;
+    let rss_before = rss_bytes();
+    pg.freeze();
+    let frozen = Instant::now();
+    let detected = wait_ready(p.relays[0].addr, false, Duration::from_secs(10)).await;
+    eprintln!("frozen database: /readyz 503 after {detected:?}");
+    // Ana keeps writing for the whole freeze.
+    let mut written = 1;
+    while frozen.elapsed() < Duration::from_secs(freeze) {
+        put(&p.a, p.doc, format!("frozen-{written}")).await;
+        written += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let grown = rss_bytes().saturating_sub(rss_before);
+    eprintln!(
+        "frozen database: {freeze} s, {} edits, this process grew by {} KiB",
+        written - 1,
+        grown / 1024
+    );
+    assert!(
+        grown < 256 * 1024 * 1024,
+        "memory grew by {grown} bytes while the database was frozen"
+    );
+    p.assert_running("while the database was frozen");
+    pg.thaw();
+    let back = wait_ready(p.relays[0].addr, true, LONG).await;
+    let started = Instant::now();
+    p.converged(written).await;
+    eprintln!(
+        "frozen database: ready {back:?} after the thaw, converged {:?} after that",
+        started.elapsed()
+    );
+    assert_eq!(keys(&stored(&url, p.doc).await).len(), written);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_whose_hints_were_lost_still_arrive() {
+    let pg = PgCluster::start();
+    let url = pg.create_database("lost");
+    let p = Pair::start(&url, true).await;
+    for round in 0..3 {
+        pg.terminate_listeners("lost");
+        for i in 0..20 {
+            put(&p.a, p.doc, format!("r{round}-{i}")).await;
+        }
+        p.converged(1 + 20 * (round + 1)).await;
+    }
+    let (_, text) = http_get(p.relays[1].addr, "/metrics").await.expect("metrics");
+    let reconnects = metric_value(&text, "cairn_cluster_refreshes_total{cause=\"reconnect\"}");
+    eprintln!("lost hints: relay 1 re-read {reconnects:?} documents after its listener reconnected");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_relays_compacting_one_document_keep_every_change() {
+    let pg = PgCluster::start();
+    let url = pg.create_database("compact");
+    let p = Pair::start(&url, true).await;
+    let per = 200;
+    let (a, b, doc) = (&p.a, &p.b, p.doc);
+    futures_util::future::join(
+        async {
+            for i in 0..per {
+                put(a, doc, format!("ana-{i}")).await;
+            }
+        },
+        async {
+            for i in 0..per {
+                put(b, doc, format!("ben-{i}")).await;
+            }
+        },
+    )
+    .await;
+    let want = 1 + 2 * per;
+    wait_keys(a, doc, want, "ana").await;
+    p.converged(want).await;
+    b.wait_acknowledged(doc, LONG).await.expect("acknowledged");
+    let mut compactions = Vec::new();
+    for r in &p.relays {
+        let (_, text) = http_get(r.addr, "/metrics").await.expect("metrics");
+        compactions.push(metric_value(&text, "cairn_compactions_total").unwrap_or(0.0));
+    }
+    eprintln!("compaction: the two relays compacted {compactions:?} times");
+    assert!(
+        compactions.iter().all(|c| *c >= 2.0),
+        "each relay should have compacted the document repeatedly: {compactions:?}"
+    );
+    assert_eq!(keys(&stored(&url, doc).await).len(), want, "a change was lost");
+}
+
+/// A removal made through relay 0 closes the member's socket on relay 1: by the hint, and
+/// with the listener off by the sweep.
+async fn removal_crosses_relays(listen: bool) {
+    let pg = PgCluster::start();
+    let url = pg.create_database(if listen { "removal" } else { "removal_sweep" });
+    let flags = relay_flags(&url, listen);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    // relay_flags carries --store; Group::start_with_store adds it again otherwise.
+    let without_store: Vec<&str> = flags[2..].to_vec();
+    let g = Group::start_with_store(&without_store, &url).await;
+    let other_dir = tempfile::tempdir().expect("tempdir");
+    let other = Relay::start_members(other_dir.path(), &flags).await;
+    let mia = g.join("member", "mia").await;
+    let doc = common::doc_id(7);
+    g.register(&g.organiser, doc, "meeting").await.expect(201);
+    // Mia's socket is on the other relay, which learns of her and the document from the
+    // shared store.
+    let mut ws = None;
+    let started = Instant::now();
+    while started.elapsed() < LONG {
+        if let common::members::Upgrade::Open(raw) =
+            common::members::upgrade(&other.url(), Some(&mia.token)).await
+        {
+            let mut raw = *raw;
+            raw.peer = mia.peer().into();
+            raw.join().await;
+            ws = Some(raw);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut ws = ws.expect("the other relay accepted mia's credential");
+    g.call(
+        &g.organiser,
+        "DELETE",
+        &format!("/v1/groups/{}/members/{}", g.group, mia.member),
+        None,
+    )
+    .await
+    .expect(204);
+    let removed = Instant::now();
+    loop {
+        match ws.next(LONG).await {
+            Seen::Frame(Message::Error { .. }) | Seen::Frame(Message::DocUnavailable { .. }) => {}
+            Seen::Closed => break,
+            other => panic!("expected the close, got {other:?}"),
+        }
+    }
+    eprintln!(
+        "removal (listen {listen}): the other relay closed the socket {:?} after the removal",
+        removed.elapsed()
+    );
+    other.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removal_on_one_relay_closes_the_members_socket_on_another() {
+    removal_crosses_relays(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removal_reaches_another_relay_by_the_sweep_when_hints_are_off() {
+    removal_crosses_relays(false).await;
+}
