@@ -28,6 +28,7 @@ pub mod config;
 pub mod limits;
 pub mod members;
 pub mod metrics;
+pub mod pg_store;
 pub mod sockets;
 pub mod tcp;
 mod ws;
