@@ -56,6 +56,24 @@ fi
 step "cargo doc -D warnings"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 
+# The PostgreSQL store's tests (server/tests/storage_backends.rs and the cluster tests)
+# start a throwaway server themselves: they need the server binaries, not a service.
+step "PostgreSQL server binaries for the shared-store tests"
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+  && ! { command -v pg_config >/dev/null 2>&1 && [ -x "$(pg_config --bindir)/initdb" ]; }; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql
+  # The package starts its own cluster where services run; the tests do not use it.
+  if command -v pg_lsclusters >/dev/null 2>&1; then
+    pg_lsclusters -h 2>/dev/null | while read -r version name _; do
+      pg_ctlcluster "$version" "$name" stop 2>/dev/null || true
+    done
+  fi
+fi
+# As root the tests run initdb and postgres as this user (both refuse root).
+if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then
+  useradd --system --user-group --no-create-home --shell /usr/sbin/nologin postgres
+fi
+
 step "tests"
 cargo test --workspace --locked
 scripts/bindings.sh  # the mobile bindings: generated files, Kotlin/Python stories, Swift, iOS, Android

@@ -30,6 +30,7 @@ pub mod limits;
 pub mod members;
 pub mod metrics;
 pub mod migrate;
+pub mod pg_store;
 pub mod sockets;
 pub mod store;
 pub mod tcp;

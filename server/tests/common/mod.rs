@@ -8,6 +8,7 @@
 )]
 
 pub mod members;
+pub mod pg;
 
 use std::net::SocketAddr;
 use std::path::Path;
