@@ -36,8 +36,10 @@ struct Relay {
 
 impl Relay {
     fn new(name: &str, seed: u64, store: Arc<MemoryStore>, compact_after: usize) -> Self {
-        let mut limits = Limits::default();
-        limits.compact_after_chunks = compact_after;
+        let limits = Limits {
+            compact_after_chunks: compact_after,
+            ..Limits::default()
+        };
         let config = EngineConfig::new(Role::Relay, PeerId::from(name), seed)
             .with_storage_id(store.storage_id().unwrap())
             .with_sync_debounce(Duration::ZERO)
