@@ -109,6 +109,11 @@ pub(super) struct Doc {
     pub(super) sync_timer: bool,
     /// When the oldest peer change not yet passed on to the other peers arrived.
     pub(super) arrived: Option<Timestamp>,
+    /// A refresh (a read of the keys other writers of a shared store added) is in flight.
+    pub(super) refreshing: bool,
+    /// Another refresh was asked for while one was in flight or while the document loaded:
+    /// that read may have missed a commit made during it, so one more runs after it.
+    pub(super) refresh_again: bool,
 }
 
 impl Doc {
@@ -132,6 +137,8 @@ impl Doc {
             announce_after: Timestamp::from_millis(0),
             sync_timer: false,
             arrived: None,
+            refreshing: false,
+            refresh_again: false,
         }
     }
 

@@ -268,7 +268,9 @@ pub enum Event {
         /// Connection.
         conn: ConnectionId,
     },
-    /// Changes from a peer were applied to a document (client role).
+    /// Changes from a peer were applied to a document (client role), or changes other
+    /// writers of a shared store stored were read in by
+    /// [`Engine::refresh_document`](super::Engine::refresh_document) (any role).
     DocumentChanged {
         /// Which.
         doc: DocumentId,

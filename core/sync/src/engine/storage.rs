@@ -1,9 +1,10 @@
 //! Storage tasks and their results: loading a document, writing incremental chunks,
-//! compacting into a snapshot (snapshot first, then deletes), and what a failure means.
+//! compacting into a snapshot (snapshot first, then deletes), re-reading what other
+//! writers of a shared store added (refresh), and what a failure means.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use automerge::ChangeHash;
+use automerge::{ChangeHash, ReadDoc};
 use sha2::{Digest, Sha256};
 
 use super::document::DocState;
@@ -15,6 +16,12 @@ use crate::wire::Message;
 
 pub(super) enum Task {
     Load {
+        doc: DocumentId,
+        generation: u64,
+    },
+    /// Reads the keys of a loaded document that this engine does not know: what other
+    /// engines sharing the store wrote.
+    Refresh {
         doc: DocumentId,
         generation: u64,
     },
@@ -128,6 +135,7 @@ impl Engine {
         };
         match t {
             Task::Load { doc, generation } => self.on_loaded(now, doc, generation, result),
+            Task::Refresh { doc, generation } => self.on_refreshed(now, doc, generation, result),
             Task::Chunk {
                 doc,
                 generation,
@@ -287,6 +295,200 @@ impl Engine {
         self.maybe_compact(id);
         // A document bigger than the room left pushes older ones out.
         self.make_room(0, id);
+        // A refresh asked for during the load: the load's read may have missed a commit
+        // another writer made while it ran.
+        self.refresh_if_asked(id);
+    }
+
+    /// Brings in what other writers of a shared store (other relays of a cluster) stored
+    /// for `id` since this engine read it: one read of the document's keys this engine does
+    /// not know, whose changes are applied to the in-memory copy and synced to its peers
+    /// as if a peer had sent them, but not written again (they are durable already). Keys
+    /// read are recorded as this engine's own chunks, so its compaction folds them in.
+    ///
+    /// Returns false, and does nothing, when the document is not in memory (it reads
+    /// everything when it next loads). While it loads, or while a refresh of it is in
+    /// flight, one more refresh is marked to run after that read (which may have missed a
+    /// commit made while it ran); calls meanwhile add nothing more. The host may call this
+    /// as often as it likes (on every hint, on a periodic sweep): a refresh that finds
+    /// nothing new sends nothing. A chunk that does not load, or a failed read, is reported
+    /// as [`Event::StorageFailed`]; a later refresh tries again.
+    pub fn refresh_document(&mut self, id: DocumentId) -> bool {
+        let Some(doc) = self.docs.get_mut(&id) else {
+            return false;
+        };
+        match doc.state {
+            DocState::Evicted => false,
+            DocState::Loading => {
+                doc.refresh_again = true;
+                true
+            }
+            DocState::Ready(_) if doc.refreshing => {
+                doc.refresh_again = true;
+                true
+            }
+            DocState::Ready(_) => {
+                self.start_refresh(id);
+                true
+            }
+        }
+    }
+
+    /// Documents in memory that at least one connection syncs: those a host sweeping for
+    /// changes other writers stored should refresh ([`Engine::refresh_document`]).
+    pub fn loaded_documents_with_peers(&self) -> Vec<DocumentId> {
+        self.docs
+            .iter()
+            .filter(|(_, d)| matches!(d.state, DocState::Ready(_)) && !d.peers.is_empty())
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Runs the refresh marked while a read was under way, if any and none is in flight.
+    fn refresh_if_asked(&mut self, id: DocumentId) {
+        let asked = self.docs.get(&id).is_some_and(|d| {
+            d.refresh_again && !d.refreshing && matches!(d.state, DocState::Ready(_))
+        });
+        if asked {
+            self.start_refresh(id);
+        }
+    }
+
+    fn start_refresh(&mut self, id: DocumentId) {
+        let Some(doc) = self.docs.get_mut(&id) else {
+            return;
+        };
+        doc.refreshing = true;
+        doc.refresh_again = false;
+        let generation = doc.generation;
+        let mut known: BTreeSet<StorageKey> = doc.chunks.keys().cloned().collect();
+        // Our own writes still in flight are known too: the read may run after them, and
+        // reading back what we wrote would only cost bytes.
+        for task in self.tasks.values() {
+            match task {
+                Task::Chunk { doc, key, .. } | Task::Snapshot { doc, key, .. } if *doc == id => {
+                    known.insert(key.clone());
+                }
+                _ => {}
+            }
+        }
+        self.task(
+            Task::Refresh {
+                doc: id,
+                generation,
+            },
+            StorageOp::LoadRangeExcept {
+                prefix: vec![id.to_string()],
+                known: known.into_iter().collect(),
+            },
+        );
+    }
+
+    fn on_refreshed(
+        &mut self,
+        now: Timestamp,
+        id: DocumentId,
+        generation: u64,
+        result: Result<StorageOutcome, StoreError>,
+    ) {
+        let Some(doc) = self.docs.get_mut(&id) else {
+            return;
+        };
+        if doc.generation != generation {
+            // A document removed and created again meanwhile read everything it holds.
+            return;
+        }
+        doc.refreshing = false;
+        if !matches!(doc.state, DocState::Ready(_)) {
+            // Evicted since: its next load reads everything (and runs a refresh marked
+            // meanwhile after it).
+            return;
+        }
+        let chunks = match result {
+            Ok(StorageOutcome::Range(chunks)) => chunks,
+            Ok(_) => Vec::new(),
+            Err(error) => {
+                // Nothing changed in memory; the next hint or sweep reads again.
+                tracing::warn!(doc = %id, error = %error, "refresh read failed");
+                self.emit(Event::StorageFailed {
+                    doc: Some(id),
+                    error,
+                });
+                self.refresh_if_asked(id);
+                return;
+            }
+        };
+        let doc = self.docs.get_mut(&id).expect("checked above");
+        let DocState::Ready(am) = &mut doc.state else {
+            return;
+        };
+        let before = am.get_heads();
+        let prefix = id.to_string();
+        let mut damaged = 0;
+        let mut added = 0;
+        let mut panicked = false;
+        for (key, bytes) in chunks {
+            let ours = key.len() == 3
+                && key[0] == prefix
+                && (key[1] == "incremental" || key[1] == "snapshot");
+            if !ours || doc.chunks.contains_key(&key) {
+                continue;
+            }
+            match contained(|| am.load_incremental(&bytes)) {
+                Some(Ok(_)) => {
+                    doc.chunks.insert(key, bytes.len());
+                    added += 1;
+                }
+                // Not recorded: this engine's compaction must never delete a chunk whose
+                // changes it does not hold. Reported again by every refresh until it is
+                // repaired or removed.
+                Some(Err(_)) => damaged += 1,
+                None => {
+                    panicked = true;
+                    break;
+                }
+            }
+        }
+        if damaged > 0 || panicked {
+            tracing::error!(doc = %id, chunks = damaged.max(1), "a chunk another writer stored does not load");
+            self.emit(Event::StorageFailed {
+                doc: Some(id),
+                error: StoreError::Corrupt {
+                    detail: format!("chunk of document {id} does not load"),
+                },
+            });
+        }
+        if panicked {
+            // The in-memory copy can no longer be trusted: reload it from what is durable
+            // and make its peers resync.
+            self.drop_document(id, CloseReason::Internal);
+            return;
+        }
+        let doc = self.docs.get_mut(&id).expect("checked above");
+        let DocState::Ready(am) = &doc.state else {
+            return;
+        };
+        let after = am.get_heads();
+        if added > 0 {
+            let stored = doc.stored_bytes() as u64;
+            tracing::debug!(doc = %id, chunks = added, "read chunks other writers stored");
+            self.access.document_stored(&id, stored);
+        }
+        if after != before {
+            let doc = self.docs.get_mut(&id).expect("checked above");
+            // Already durable: announced to every peer (the write gate still holds it back
+            // while a write of ours is in flight), never written again.
+            doc.needs_sync = true;
+            self.recount(id);
+            self.emit(Event::DocumentChanged {
+                doc: id,
+                heads: after,
+            });
+            self.maybe_sync(id, now);
+            self.make_room(0, id);
+        }
+        self.maybe_compact(id);
+        self.refresh_if_asked(id);
     }
 
     /// Applies the sync messages that waited for the document's writes, once none is in
@@ -364,6 +566,12 @@ impl Engine {
         let DocState::Ready(am) = &doc.state else {
             return;
         };
+        // A snapshot holds only the changes Automerge applied. A chunk read from a shared
+        // store (a refresh) may hold changes still waiting for their dependencies: deleting
+        // it for a snapshot without them would lose them. Compact once they are applied.
+        if !am.get_missing_deps(&[]).is_empty() {
+            return;
+        }
         let bytes = am.save();
         let key = chunk_key(&id, "snapshot", heads_hash(&am.get_heads()));
         let covers: Vec<StorageKey> = doc.chunks.keys().cloned().collect();

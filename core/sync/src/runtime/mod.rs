@@ -748,6 +748,25 @@ impl Host {
         Ok(out)
     }
 
+    /// Brings in what other writers of a shared store stored for `doc` (the engine that
+    /// serves it runs [`Engine::refresh_document`]; its read then runs on the storage
+    /// thread, in order with every other storage task). False when the document is not in
+    /// memory.
+    pub async fn refresh(&self, doc: DocumentId) -> Result<bool, HostStopped> {
+        self.call_doc(doc, move |e, _| e.refresh_document(doc))
+            .await
+    }
+
+    /// Every document in memory that at least one connection syncs, over every engine task
+    /// ([`Engine::loaded_documents_with_peers`]): what a sweep for changes other writers of
+    /// a shared store made refreshes.
+    pub async fn loaded_documents(&self) -> Result<Vec<DocumentId>, HostStopped> {
+        let all = self
+            .call_all(|e, _| e.loaded_documents_with_peers())
+            .await?;
+        Ok(all.into_iter().flatten().collect())
+    }
+
     /// The engines' counters together: connections as the door (or the only task) counts
     /// them, everything else summed over the tasks.
     pub async fn stats(&self) -> Result<Stats, HostStopped> {

@@ -728,3 +728,78 @@ fn documents_land_on_a_fixed_shard() {
     );
     assert_eq!(document_shard(&doc, 4), document_shard(&doc, 4));
 }
+
+// ---------------------------------------------------------------- hosts sharing a store
+
+/// A writer's document with `n` changes: for each, a sync message (to a relay that has
+/// none of them) carrying every change up to it, and that change's hash.
+fn changes(doc: DocumentId, n: usize) -> Vec<(Vec<u8>, automerge::ChangeHash)> {
+    use automerge::sync::SyncDoc;
+    use automerge::transaction::Transactable;
+    let mut am = automerge::Automerge::new();
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut tx = am.transaction();
+        tx.put(automerge::ROOT, format!("item{i}"), "check-in")
+            .unwrap();
+        tx.commit();
+        let hash = am.get_heads()[0];
+        let mut state = automerge::sync::State::new();
+        let empty = automerge::Automerge::new();
+        let hello = empty
+            .generate_sync_message(&mut automerge::sync::State::new())
+            .unwrap();
+        am.receive_sync_message(&mut state, hello).unwrap();
+        let data = am.generate_sync_message(&mut state).unwrap().encode();
+        let frame = Message::Sync(DocMessage {
+            sender_id: "w".into(),
+            target_id: "relay".into(),
+            document_id: doc,
+            data,
+        })
+        .encode();
+        out.push((frame, hash));
+    }
+    out
+}
+
+/// Two relays (two shards each) on one store: a change a phone sends to relay A reaches a
+/// phone syncing the document through relay B once B refreshes it, and not before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_brings_what_another_host_stored_to_this_hosts_phones() {
+    let store: Arc<dyn Storage> = Arc::new(MemoryStore::default());
+    let (a, b) = (sharded_host(store.clone(), 2), sharded_host(store, 2));
+    let doc = DocumentId::from_bytes([7; 16]);
+    let changes = changes(doc, 2);
+    let mut writer = a.open(Direction::Incoming, None).await.unwrap();
+    writer.input.frame(join_as("w")).await.unwrap();
+    let mut reader = b.open(Direction::Incoming, None).await.unwrap();
+    reader.input.frame(join_as("r")).await.unwrap();
+
+    writer.input.frame(changes[0].0.clone()).await.unwrap();
+    assert!(revealed(&a, &mut writer.outbound, &changes[0].1).await);
+    reader.input.frame(request_for(doc)).await.unwrap();
+    assert!(
+        revealed(&b, &mut reader.outbound, &changes[0].1).await,
+        "relay b did not load what relay a stored"
+    );
+    assert_eq!(b.loaded_documents().await.unwrap(), vec![doc]);
+
+    writer.input.frame(changes[1].0.clone()).await.unwrap();
+    assert!(revealed(&a, &mut writer.outbound, &changes[1].1).await);
+    assert!(
+        !queued_now(&b, &mut reader.outbound)
+            .await
+            .iter()
+            .any(|f| reveals(f, &changes[1].1)),
+        "relay b cannot know of it yet"
+    );
+    assert!(b.refresh(doc).await.unwrap());
+    assert!(
+        revealed(&b, &mut reader.outbound, &changes[1].1).await,
+        "the refresh did not bring relay a's change to relay b's phone"
+    );
+    assert!(!b.refresh(DocumentId::from_bytes([8; 16])).await.unwrap());
+    a.shutdown().await;
+    b.shutdown().await;
+}

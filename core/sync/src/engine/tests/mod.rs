@@ -807,6 +807,7 @@ fn two_phones_importing_the_same_first_change_end_with_one_document() {
 mod access;
 mod flow;
 mod hostile;
+mod refresh;
 
 /// Everyone may do everything; all documents share one group whose stored bytes are
 /// capped, from the sizes the engine reports.
