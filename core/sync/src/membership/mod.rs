@@ -11,6 +11,9 @@
 //! - [`MembershipStore`]: where the state lives. [`KvMembershipStore`] keeps it in any
 //!   [`Storage`](crate::store::Storage) (the relay's sled store) beside the documents; a
 //!   later PostgreSQL store implements the same trait.
+//! - Several relays on one shared store: each change takes a cluster-wide lock and
+//!   reloads the state before its check; [`Membership::reload`] brings in what the other
+//!   relays changed and [`ExternalChanges`] says what the relay must close or rewrite.
 //! - [`api`]: the HTTP API's bodies, shared by the relay and the client.
 //! - credentials, invite and link codes: random from the OS, stored only as hashes.
 //!
@@ -33,6 +36,7 @@ pub mod api;
 mod audit;
 mod credential;
 mod policy;
+mod reload;
 mod restore;
 mod roster;
 mod service;
@@ -47,8 +51,9 @@ pub use credential::{
     CredentialError, Identity, CODE_CHARS, ID_HEX, SECRET_HEX,
 };
 pub use policy::MembershipAccess;
+pub use reload::ExternalChanges;
 pub use restore::Replayed;
-pub use service::{Membership, MembershipError, Quotas, LINK_CODE_MS};
+pub use service::{Membership, MembershipError, Quotas, LINK_CODE_MS, SHARED_LOCK};
 pub use state::{
     BindingRecord, Commit, DeviceRecord, GroupRecord, InviteRecord, LinkCodeRecord,
     MembershipRecord, MembershipState, QuotaRecord, Record, RecordKey,

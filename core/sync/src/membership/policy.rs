@@ -1,10 +1,10 @@
 //! The access policy: who may read and write a document, decided from the membership
 //! state alone (no IO), for the engine to consult on every message.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 
-use super::{BoundKind, GroupId, Identity, MembershipState};
+use super::{BindingRecord, BoundKind, GroupId, Identity, MembershipState};
 use crate::engine::{Access, Operation, PeerInfo};
 use crate::ids::DocumentId;
 use crate::time::Timestamp;
@@ -85,6 +85,23 @@ impl DocumentSizes {
                     self.groups.remove(&group);
                 }
             }
+        }
+    }
+
+    /// Follows bindings another relay changed: a document whose binding is gone (its group
+    /// purged, an erased member's old roster) no longer counts, and one whose group differs
+    /// counts for its new group. Sizes of newly bound documents arrive from the engine.
+    pub(super) fn regroup(&mut self, bindings: &BTreeMap<DocumentId, BindingRecord>) {
+        let moved: Vec<(DocumentId, Option<GroupId>, u64)> = self
+            .docs
+            .iter()
+            .filter_map(|(doc, (group, bytes))| {
+                let now = bindings.get(doc).map(|b| &b.group);
+                (now != Some(group)).then(|| (*doc, now.cloned(), *bytes))
+            })
+            .collect();
+        for (doc, group, bytes) in moved {
+            self.set(doc, group.as_ref(), bytes);
         }
     }
 

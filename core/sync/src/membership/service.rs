@@ -11,6 +11,7 @@ use super::api::{
     MemberInfo, MemberRecordExport, Purged, Redeemed,
 };
 use super::policy::DocumentSizes;
+use super::reload::ExternalChanges;
 use super::{
     hash_secret, normalise_code, random_code, random_id, secret_matches, Actor, AuditEntry,
     AuditKind, BindingRecord, BoundKind, Commit, Credential, DeviceRecord, GroupId, GroupRecord,
@@ -70,6 +71,10 @@ impl Default for Quotas {
         }
     }
 }
+
+/// The cluster-wide lock every membership change holds on a shared store
+/// ([`MembershipStore::lock_shared`]): `cairn-membership`.
+pub const SHARED_LOCK: &str = "cairn-membership";
 
 /// How long a device-link code works: 10 minutes (the two devices are in one hand).
 pub const LINK_CODE_MS: u64 = 10 * 60 * 1000;
@@ -141,8 +146,12 @@ type Result<T> = std::result::Result<T, MembershipError>;
 pub struct Membership {
     store: Arc<dyn MembershipStore>,
     state: Arc<RwLock<MembershipState>>,
-    /// One change at a time: check, commit, apply.
+    /// One change at a time: check, commit, apply (and a reload: its read and its
+    /// replacement of the state may not straddle a change, or the change would be undone
+    /// in memory). On a shared store the cluster-wide lock is taken inside this one.
     writer: Arc<Mutex<()>>,
+    /// What reloads found other relays changed, until the relay takes it.
+    external: Arc<Mutex<ExternalChanges>>,
     quotas: Quotas,
     /// Each document's stored size, shared with the engine's [`MembershipAccess`].
     sizes: Arc<Mutex<DocumentSizes>>,
@@ -168,6 +177,7 @@ impl Membership {
             store,
             state: Arc::new(RwLock::new(state)),
             writer: Arc::new(Mutex::new(())),
+            external: Arc::new(Mutex::new(ExternalChanges::default())),
             quotas,
             sizes: Arc::new(Mutex::new(DocumentSizes::default())),
         })
@@ -193,14 +203,66 @@ impl Membership {
         )
     }
 
+    /// Reads the state from the store and puts it in place of the one held (the engine's
+    /// [`MembershipAccess`] shares it, so access checks see it at once); returns whether
+    /// anything differs from what this relay held or earlier reloads found and the relay
+    /// has not taken yet ([`take_external_changes`](Self::take_external_changes)).
+    ///
+    /// On a shared store this is how a relay learns what the others changed: it runs on
+    /// their hints and on a timer. A change reloads by itself before its check. On a store
+    /// only this relay writes, it finds nothing.
+    pub fn reload(&self) -> Result<bool> {
+        let _one = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        self.reload_held()?;
+        Ok(!self.external().is_empty())
+    }
+
+    /// Takes what reloads found other relays changed (members and devices whose sockets
+    /// close, rosters to rewrite, documents to forget), leaving nothing pending.
+    pub fn take_external_changes(&self) -> ExternalChanges {
+        std::mem::take(&mut *self.external())
+    }
+
+    fn external(&self) -> std::sync::MutexGuard<'_, ExternalChanges> {
+        self.external.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The reload itself; the caller holds `writer`. The state is replaced only when it
+    /// differs, so a reload that finds nothing new writes nothing.
+    fn reload_held(&self) -> Result<()> {
+        let fresh = self.store.load()?;
+        // Compared under the read lock (access checks go on meanwhile); `writer` keeps
+        // anyone else from changing the state before it is replaced.
+        let changes = ExternalChanges::between(&self.read(), &fresh);
+        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        if changes.is_empty() {
+            // Only the audit sequence may have moved (another relay's audit entries).
+            state.next_audit_seq = fresh.next_audit_seq;
+            return Ok(());
+        }
+        if fresh.bindings != state.bindings {
+            self.sizes().regroup(&fresh.bindings);
+        }
+        *state = fresh;
+        drop(state);
+        self.external().merge(changes);
+        Ok(())
+    }
+
     /// Runs one change: `f` checks it against the state and returns what to commit (records,
     /// deletions, audit entries) and its answer; the audit entries get their `seq`, the
     /// commit is made durable, then applied. A failed commit changes nothing.
+    ///
+    /// On a shared store the change holds the cluster-wide lock [`SHARED_LOCK`] from
+    /// before it reloads the state until it has applied the commit, so its check sees
+    /// every other relay's changes and its audit entries get sequence numbers no other
+    /// relay gives. On a store only this relay writes, nothing is read.
     pub(super) fn change<T>(
         &self,
         f: impl FnOnce(&MembershipState) -> Result<(Commit, T)>,
     ) -> Result<T> {
         let _one = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let _cluster = self.lock_cluster()?;
         let (mut commit, answer) = {
             let state = self.read();
             let (mut commit, answer) = f(&state)?;
@@ -215,6 +277,17 @@ impl Membership {
             state.apply_commit(std::mem::take(&mut commit));
         }
         Ok(answer)
+    }
+
+    /// On a shared store: takes the cluster-wide lock and reloads the state under it (the
+    /// caller holds `writer`). `None` on a store only this relay writes.
+    fn lock_cluster(&self) -> Result<Option<crate::store::SharedLock>> {
+        if !self.store.is_shared() {
+            return Ok(None);
+        }
+        let lock = self.store.lock_shared(SHARED_LOCK)?;
+        self.reload_held()?;
+        Ok(lock)
     }
 
     // ------------------------------------------------------------------ audit
@@ -251,6 +324,9 @@ impl Membership {
     /// entry stays, so the sequence goes on after a restart). Returns how many.
     pub fn expire_audit(&self, before_ms: u64) -> Result<usize> {
         let _one = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        // Another relay's change may be adding entries meanwhile: the lock keeps the
+        // newest entry (which carries the sequence) from being taken for an old one.
+        let _cluster = self.lock_cluster()?;
         Ok(self.store.expire_audit(before_ms)?)
     }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::{AuditEntry, Commit, MembershipState, Record, RecordKey};
 use crate::ids::DocumentId;
-use crate::store::{Storage, StorageKey, StoreError};
+use crate::store::{SharedLock, Storage, StorageKey, StoreError};
 
 /// The first key part of every membership record in a [`Storage`]: `cairn-membership`.
 /// No document id can collide with it (`-` is not in the base58 alphabet).
@@ -32,6 +32,17 @@ pub trait MembershipStore: Send + Sync {
     /// Whether the document store already holds anything for `doc` (an id that is held
     /// cannot be bound to a group: it may hold someone else's content).
     fn holds_document(&self, doc: &DocumentId) -> Result<bool, StoreError>;
+    /// True when other processes (the other relays of a cluster) change this store too, so
+    /// the in-memory state may be behind it ([`Storage::is_shared`]). The default: false.
+    fn is_shared(&self) -> bool {
+        false
+    }
+    /// Takes the cluster-wide lock named `name`, waiting for it; dropping the guard releases
+    /// it ([`Storage::lock_shared`]). The default, for a store one process writes: `None`.
+    fn lock_shared(&self, name: &str) -> Result<Option<SharedLock>, StoreError> {
+        let _ = name;
+        Ok(None)
+    }
 }
 
 /// Membership records in any [`Storage`], as JSON under `["cairn-membership", table, id]`.
@@ -163,5 +174,13 @@ impl MembershipStore for KvMembershipStore {
 
     fn holds_document(&self, doc: &DocumentId) -> Result<bool, StoreError> {
         Ok(!self.storage.load_range(&[doc.to_string()])?.is_empty())
+    }
+
+    fn is_shared(&self) -> bool {
+        self.storage.is_shared()
+    }
+
+    fn lock_shared(&self, name: &str) -> Result<Option<SharedLock>, StoreError> {
+        self.storage.lock_shared(name)
     }
 }

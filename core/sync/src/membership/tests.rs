@@ -1174,3 +1174,219 @@ fn a_replayed_log_keeps_later_removals_and_revocations_and_later_devices_redeem_
     assert!(as_of.authenticate(&erased_token).is_ok());
     assert!(kept.codes_closed >= 2);
 }
+
+// ------------------------------------------------------------------ relays sharing a store
+
+/// One memory store written by several relays: shared, with a lock every holder of the
+/// store sees (a `Mutex<bool>` and a `Condvar`, as a database's advisory lock), and batches
+/// applied under a write lock so a reader never sees half of one (a database transaction).
+#[derive(Default)]
+struct Shared {
+    inner: MemoryStore,
+    batch: std::sync::RwLock<()>,
+    lock: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+}
+
+/// Holds [`Shared`]'s lock; dropping it releases the lock.
+struct SharedGuard(Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>);
+
+impl Drop for SharedGuard {
+    fn drop(&mut self) {
+        let (held, freed) = &*self.0;
+        *held.lock().unwrap() = false;
+        freed.notify_one();
+    }
+}
+
+impl Storage for Shared {
+    fn load(&self, key: &[String]) -> Result<Option<Vec<u8>>, StoreError> {
+        let _read = self.batch.read().unwrap();
+        self.inner.load(key)
+    }
+    fn load_range(&self, p: &[String]) -> Result<Vec<(StorageKey, Vec<u8>)>, StoreError> {
+        let _read = self.batch.read().unwrap();
+        self.inner.load_range(p)
+    }
+    fn put(&self, key: &[String], data: &[u8]) -> Result<(), StoreError> {
+        self.inner.put(key, data)
+    }
+    fn delete(&self, key: &[String]) -> Result<(), StoreError> {
+        self.inner.delete(key)
+    }
+    fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn write_batch(&self, writes: &[(StorageKey, Option<Vec<u8>>)]) -> Result<(), StoreError> {
+        let _write = self.batch.write().unwrap();
+        self.inner.write_batch(writes)
+    }
+    fn is_shared(&self) -> bool {
+        true
+    }
+    fn lock_shared(&self, name: &str) -> Result<Option<crate::store::SharedLock>, StoreError> {
+        assert_eq!(name, SHARED_LOCK);
+        let (held, freed) = &*self.lock;
+        let mut h = held.lock().unwrap();
+        while *h {
+            h = freed.wait(h).unwrap();
+        }
+        *h = true;
+        Ok(Some(Box::new(SharedGuard(self.lock.clone()))))
+    }
+}
+
+/// Two relays' membership over one shared store.
+fn two_relays() -> (Membership, Membership) {
+    let store = Arc::new(Shared::default());
+    let open = || {
+        Membership::open(
+            Arc::new(KvMembershipStore::new(store.clone())),
+            Quotas::default(),
+        )
+        .unwrap()
+    };
+    (open(), open())
+}
+
+#[test]
+fn a_group_and_an_invite_made_on_one_relay_are_seen_on_another_after_a_reload() {
+    let (a, b) = two_relays();
+    let (org, g) = group(&a);
+    assert!(!b.has_groups());
+    assert!(b.reload().unwrap());
+    assert!(b.has_groups());
+    let seen = b.take_external_changes();
+    assert!(seen.changed);
+    assert!(!b.reload().unwrap(), "a second reload finds nothing new");
+    assert!(b.take_external_changes().is_empty());
+
+    let code = invite(&a, &org, &g, Role::Member, 1);
+    assert!(b.invite_preview(&code, T0).is_err(), "not reloaded yet");
+    assert!(b.reload().unwrap());
+    assert!(b.invite_preview(&code, T0).is_ok());
+    // Redeemed on B: A sees the new member after its own reload.
+    let (ash, _, _) = join(&b, &code, T0);
+    assert!(a.reload().unwrap());
+    assert!(a
+        .members(&org, &g, T0)
+        .unwrap()
+        .iter()
+        .any(|m| m.member_id == ash.member));
+    assert_eq!(a.snapshot(), b.snapshot());
+}
+
+#[test]
+fn a_member_removed_on_one_relay_loses_access_on_another_after_a_reload() {
+    let (a, b) = two_relays();
+    let (org, g) = group(&a);
+    let code = invite(&a, &org, &g, Role::Member, 1);
+    let (ash, _, _) = join(&a, &code, T0);
+    b.reload().unwrap();
+    b.take_external_changes();
+    assert!(engine_may(&b, &ash, doc(3), Operation::Read));
+
+    a.remove(&org, &g, &ash.member, T0).unwrap();
+    assert!(
+        engine_may(&b, &ash, doc(3), Operation::Read),
+        "B holds the old state"
+    );
+    assert!(b.reload().unwrap());
+    assert!(!engine_may(&b, &ash, doc(3), Operation::Read));
+    let changes = b.take_external_changes();
+    assert!(changes.reduces_access);
+    assert!(changes.members.contains(&ash.member), "their sockets close");
+    assert!(changes.rosters.contains(&g), "the roster shows the removal");
+    assert!(!changes.members.contains(&org.member));
+}
+
+#[test]
+fn a_device_revoked_on_one_relay_is_refused_on_another_after_a_reload() {
+    let (a, b) = two_relays();
+    let (org, g) = group(&a);
+    let code = invite(&a, &org, &g, Role::Member, 1);
+    let (ash, token, _) = join(&a, &code, T0);
+    b.reload().unwrap();
+    b.take_external_changes();
+    assert!(b.authenticate(&token).is_ok());
+    a.revoke_device(&ash, &ash.device, T0).unwrap();
+    assert!(b.reload().unwrap());
+    assert!(b.authenticate(&token).is_err());
+    let changes = b.take_external_changes();
+    assert!(changes.devices.contains(&ash));
+}
+
+#[test]
+fn concurrent_changes_on_two_relays_lose_nothing_and_number_the_audit_without_gaps() {
+    let (a, b) = two_relays();
+    let (org, g) = group(&a);
+    b.reload().unwrap();
+    let before = a.audit_since(0, usize::MAX).unwrap().len();
+    let invites_before = a.snapshot().invites.len();
+    std::thread::scope(|s| {
+        for m in [&a, &b, &a, &b] {
+            let (org, g) = (&org, &g);
+            s.spawn(move || {
+                for _ in 0..10 {
+                    invite(m, org, g, Role::Member, 1);
+                }
+            });
+        }
+    });
+    let audit = b.audit_since(0, usize::MAX).unwrap();
+    assert_eq!(audit.len(), before + 40);
+    let seqs: Vec<u64> = audit.iter().map(|e| e.seq).collect();
+    let expected: Vec<u64> = (1..=audit.len() as u64).collect();
+    assert_eq!(seqs, expected, "distinct and without gaps");
+    a.reload().unwrap();
+    b.reload().unwrap();
+    assert_eq!(a.snapshot().invites.len(), invites_before + 40);
+    assert_eq!(a.snapshot(), b.snapshot());
+}
+
+#[test]
+fn a_change_on_one_relay_is_checked_against_the_other_relays_last_change() {
+    let (a, b) = two_relays();
+    let (org, g) = group(&a);
+    let code = invite(&a, &org, &g, Role::Organiser, 1);
+    let (second, _, _) = join(&a, &code, T0);
+    b.reload().unwrap();
+    invite(&b, &second, &g, Role::Member, 1);
+
+    // A removes the second organiser; B has not reloaded, yet refuses their invite.
+    a.remove(&org, &g, &second.member, T0).unwrap();
+    let refused = b.create_invite(
+        &second,
+        &g,
+        &CreateInvite {
+            role: Role::Member,
+            expires_in_secs: 3600,
+            max_uses: 1,
+            meeting: None,
+            access_expires_in_secs: None,
+        },
+        T0,
+    );
+    assert!(refused.is_err(), "checked against A's removal");
+    // The change's own reload counts as a reload: the relay still learns what to close.
+    assert!(b.take_external_changes().members.contains(&second.member));
+}
+
+#[test]
+fn a_store_only_one_relay_writes_is_never_reread_by_a_change() {
+    let r = relay();
+    let (org, g) = group(&r.m);
+    // Written behind the service's back: a change on an unshared store does not see it.
+    let other = Membership::open(
+        Arc::new(KvMembershipStore::new(r.store.clone())),
+        Quotas::default(),
+    )
+    .unwrap();
+    invite(&other, &org, &g, Role::Member, 1);
+    let held = r.m.snapshot().invites.len();
+    invite(&r.m, &org, &g, Role::Member, 1);
+    assert_eq!(
+        r.m.snapshot().invites.len(),
+        held + 1,
+        "the other write is not read"
+    );
+}
