@@ -100,10 +100,16 @@ impl AppState {
     /// returns once every closed socket has ended (bounded by
     /// [`CLOSE_WAIT`](crate::sockets::CLOSE_WAIT) per round).
     pub(crate) async fn access_reduced(&self, whose: Option<Whose>) {
+        self.access_reduced_of(whose.as_slice()).await;
+    }
+
+    /// [`access_reduced`](Self::access_reduced) for several members and devices at once
+    /// (one re-check of every connection for all of them).
+    async fn access_reduced_of(&self, whose: &[Whose]) {
         let closed = self.revalidate().await;
         let mut closing = self.sockets.of_connections(&closed);
         let mut revoked = closed.len();
-        if let Some(whose) = &whose {
+        for whose in whose {
             let theirs = self.sockets.revoke(whose);
             revoked += theirs.outside(&closed);
             closing = Sockets::union(closing, theirs);
@@ -147,6 +153,51 @@ impl AppState {
         closed.dedup();
         closed
     }
+}
+
+/// Brings in what other relays sharing the store changed in the membership, and does what
+/// this relay does after the same changes made here: the engine re-checks every connection
+/// when access may have shrunk, the sockets of members who were suspended, removed, left or
+/// erased and of devices revoked or rotated are closed (this returns once they are gone),
+/// documents no longer bound are forgotten, and the rosters of groups whose membership view
+/// changed are rewritten (an update of a roster that already matches writes nothing).
+/// Returns whether anything had changed. The cluster calls it on a hint from another relay
+/// and on its sweep; on a relay that alone writes its store, it finds nothing.
+pub async fn reload(state: &AppState) -> Result<bool, ApiError> {
+    let members = state.members()?.clone();
+    let membership = members.membership.clone();
+    let changes = blocking(move || {
+        membership.reload()?;
+        Ok(membership.take_external_changes())
+    })
+    .await?;
+    if changes.is_empty() {
+        return Ok(false);
+    }
+    tracing::info!(
+        members = changes.members.len(),
+        devices = changes.devices.len(),
+        rosters = changes.rosters.len(),
+        unbound = changes.unbound.len(),
+        "membership changed on another relay"
+    );
+    let whose: Vec<Whose> = changes
+        .members
+        .into_iter()
+        .map(Whose::Member)
+        .chain(changes.devices.into_iter().map(Whose::Device))
+        .collect();
+    if changes.reduces_access || !whose.is_empty() {
+        state.access_reduced_of(&whose).await;
+    } else {
+        // New guests may bring an earlier expiry.
+        members.expiry.notify_one();
+    }
+    forget_documents(state, changes.unbound.into_iter().collect()).await;
+    for group in &changes.rosters {
+        write_roster(&state.host, &members.membership, group);
+    }
+    Ok(true)
 }
 
 /// Runs until `stop`: sleeps until the next guest expiry (or a change), then closes the
