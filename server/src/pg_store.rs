@@ -1094,6 +1094,12 @@ mod tests {
     }
 
     #[test]
+    fn the_description_leaves_out_the_password() {
+        let config = parse_url("postgres://cairn:secret@db.internal:6432/relay").unwrap();
+        assert_eq!(describe(&config), "cairn@db.internal:6432/relay");
+    }
+
+    #[test]
     fn a_nul_in_a_key_is_refused() {
         let e = encode_key(&k(&["a\0b"])).unwrap_err();
         assert!(e.to_string().contains("NUL"), "{e}");
