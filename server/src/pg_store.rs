@@ -31,7 +31,7 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -53,6 +53,10 @@ pub const SCHEMA_VERSION: i32 = 1;
 /// PostgreSQL refuses a notification payload of 8000 bytes or more; a longer one is not
 /// sent (the sweep finds the change).
 const MAX_NOTIFY_PAYLOAD: usize = 7900;
+
+/// Unflushed bytes above which writes are refused (see
+/// [`PgStore::set_max_unflushed_bytes`]).
+pub const DEFAULT_MAX_UNFLUSHED_BYTES: usize = 256 * 1024 * 1024;
 
 /// The upper bound of an empty prefix: no key reaches it, as UTF-8 never holds 0xFF.
 const ALL_KEYS_END: &[u8] = &[0xFF];
@@ -136,6 +140,19 @@ enum Pending {
     },
 }
 
+impl Pending {
+    /// What the write holds in memory, roughly.
+    fn size(&self) -> usize {
+        match self {
+            Pending::Put { key, doc, data } => key.len() + doc.len() + data.len(),
+            Pending::Delete { key, doc } => key.len() + doc.len(),
+            Pending::DeleteRange { start, end, doc } => {
+                start.len() + end.len() + doc.as_ref().map_or(0, String::len)
+            }
+        }
+    }
+}
+
 /// One statement of a flush: runs of puts and of deletes become one statement each.
 enum FlushStep {
     Upsert(BTreeMap<Vec<u8>, (String, Vec<u8>)>),
@@ -165,6 +182,10 @@ struct Inner {
     pending: Mutex<Vec<Pending>>,
     /// One flush at a time (two would commit the same writes twice).
     flushing: Mutex<()>,
+    /// Bytes of keys and data in `pending`.
+    pending_bytes: AtomicUsize,
+    /// Above this many unflushed bytes, writes are refused until a flush succeeds.
+    max_unflushed_bytes: AtomicUsize,
 }
 
 impl Drop for Inner {
@@ -236,6 +257,8 @@ impl PgStore {
                 op_timeout,
                 pending: Mutex::new(Vec::new()),
                 flushing: Mutex::new(()),
+                pending_bytes: AtomicUsize::new(0),
+                max_unflushed_bytes: AtomicUsize::new(DEFAULT_MAX_UNFLUSHED_BYTES),
             }),
         };
         let version = store.call("create the schema", |c| {
@@ -312,6 +335,37 @@ impl PgStore {
                 Ok(())
             })
         })
+    }
+
+    /// Sets how many bytes of writes may wait for a flush: while a flush keeps failing
+    /// (the database is down), writes above this are refused with
+    /// [`io::ErrorKind::OutOfMemory`] instead of growing the relay's memory without
+    /// bound. Default: [`DEFAULT_MAX_UNFLUSHED_BYTES`].
+    pub fn set_max_unflushed_bytes(&self, bytes: usize) {
+        self.inner
+            .max_unflushed_bytes
+            .store(bytes, Ordering::Relaxed);
+    }
+
+    /// Adds a write to the buffer, unless the buffer is full.
+    fn buffer(&self, write: Pending) -> Result<(), StoreError> {
+        let size = write.size();
+        let mut pending = self.pending();
+        let held = self.inner.pending_bytes.load(Ordering::Relaxed);
+        let max = self.inner.max_unflushed_bytes.load(Ordering::Relaxed);
+        // An empty buffer always takes one write, however large.
+        if held > 0 && held + size > max {
+            return Err(io_error(
+                io::ErrorKind::OutOfMemory,
+                &format!(
+                    "PostgreSQL store: {held} bytes of writes wait for a flush; no more until \
+                     one succeeds"
+                ),
+            ));
+        }
+        pending.push(write);
+        self.inner.pending_bytes.fetch_add(size, Ordering::Relaxed);
+        Ok(())
     }
 
     fn pending(&self) -> MutexGuard<'_, Vec<Pending>> {
@@ -512,31 +566,28 @@ impl Storage for PgStore {
 
     fn put(&self, key: &[String], data: &[u8]) -> Result<(), StoreError> {
         let k = encode_key(key)?;
-        self.pending().push(Pending::Put {
+        self.buffer(Pending::Put {
             key: k,
             doc: key.first().cloned().unwrap_or_default(),
             data: data.to_vec(),
-        });
-        Ok(())
+        })
     }
 
     fn delete(&self, key: &[String]) -> Result<(), StoreError> {
         let k = encode_key(key)?;
-        self.pending().push(Pending::Delete {
+        self.buffer(Pending::Delete {
             key: k,
             doc: key.first().cloned().unwrap_or_default(),
-        });
-        Ok(())
+        })
     }
 
     fn delete_range(&self, prefix: &[String]) -> Result<(), StoreError> {
         let (start, end) = prefix_range(prefix)?;
-        self.pending().push(Pending::DeleteRange {
+        self.buffer(Pending::DeleteRange {
             start,
             end,
             doc: prefix.first().cloned(),
-        });
-        Ok(())
+        })
     }
 
     fn flush(&self) -> Result<(), StoreError> {
@@ -622,7 +673,8 @@ impl Storage for PgStore {
             })
         })?;
         // Only what this flush committed leaves the buffer; writes made meanwhile stay.
-        self.pending().drain(..count);
+        let freed: usize = self.pending().drain(..count).map(|p| p.size()).sum();
+        self.inner.pending_bytes.fetch_sub(freed, Ordering::Relaxed);
         Ok(())
     }
 

@@ -326,8 +326,18 @@ async fn postgres_keeps_the_storage_contract_and_shares_one_store() {
             .unwrap();
         let e = a.flush().unwrap_err();
         eprintln!("flush with the database stopped: {e}");
+        // While flushes fail, the writes waiting for one are bounded: more is refused.
+        a.set_max_unflushed_bytes(1000);
+        let e = a
+            .put(&k(&["doc-4", "incremental", "h2"]), &[7; 2000])
+            .unwrap_err();
+        assert_eq!(kind(&e), Some(ErrorKind::OutOfMemory), "{e}");
         cluster.start_again();
         retry_until_ok(|| a.flush());
+        a.put(&k(&["doc-4", "incremental", "h2"]), &[7; 2000])
+            .unwrap();
+        a.flush().unwrap();
+        a.set_max_unflushed_bytes(cairn_relay::pg_store::DEFAULT_MAX_UNFLUSHED_BYTES);
         assert_eq!(
             retry_until_ok(|| b.load(&k(&["doc-4", "incremental", "h1"]))),
             Some(b"stopped".to_vec())
