@@ -141,6 +141,16 @@ enum Pending {
 }
 
 impl Pending {
+    /// Whether the write changes a key in `[start, end)`.
+    fn touches(&self, start: &[u8], end: &[u8]) -> bool {
+        match self {
+            Pending::Put { key, .. } | Pending::Delete { key, .. } => in_range(key, start, end),
+            Pending::DeleteRange {
+                start: s, end: e, ..
+            } => s.as_slice() < end && start < e.as_slice(),
+        }
+    }
+
     /// What the write holds in memory, roughly.
     fn size(&self) -> usize {
         match self {
@@ -436,7 +446,12 @@ impl PgStore {
         };
         // The buffer is read before the table: a flush that commits in between is then
         // seen twice (harmless), never not at all.
-        let pending = self.pending().clone();
+        let pending: Vec<Pending> = self
+            .pending()
+            .iter()
+            .filter(|p| p.touches(&start, &end))
+            .cloned()
+            .collect();
         let (s, e) = (start.clone(), end.clone());
         let except: Vec<Vec<u8>> = known.iter().cloned().collect();
         let has_known = !known.is_empty();
