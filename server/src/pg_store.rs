@@ -31,7 +31,7 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -53,6 +53,10 @@ pub const SCHEMA_VERSION: i32 = 1;
 /// PostgreSQL refuses a notification payload of 8000 bytes or more; a longer one is not
 /// sent (the sweep finds the change).
 const MAX_NOTIFY_PAYLOAD: usize = 7900;
+
+/// Unflushed bytes above which writes are refused (see
+/// [`PgStore::set_max_unflushed_bytes`]).
+pub const DEFAULT_MAX_UNFLUSHED_BYTES: usize = 256 * 1024 * 1024;
 
 /// The upper bound of an empty prefix: no key reaches it, as UTF-8 never holds 0xFF.
 const ALL_KEYS_END: &[u8] = &[0xFF];
@@ -136,6 +140,29 @@ enum Pending {
     },
 }
 
+impl Pending {
+    /// Whether the write changes a key in `[start, end)`.
+    fn touches(&self, start: &[u8], end: &[u8]) -> bool {
+        match self {
+            Pending::Put { key, .. } | Pending::Delete { key, .. } => in_range(key, start, end),
+            Pending::DeleteRange {
+                start: s, end: e, ..
+            } => s.as_slice() < end && start < e.as_slice(),
+        }
+    }
+
+    /// What the write holds in memory, roughly.
+    fn size(&self) -> usize {
+        match self {
+            Pending::Put { key, doc, data } => key.len() + doc.len() + data.len(),
+            Pending::Delete { key, doc } => key.len() + doc.len(),
+            Pending::DeleteRange { start, end, doc } => {
+                start.len() + end.len() + doc.as_ref().map_or(0, String::len)
+            }
+        }
+    }
+}
+
 /// One statement of a flush: runs of puts and of deletes become one statement each.
 enum FlushStep {
     Upsert(BTreeMap<Vec<u8>, (String, Vec<u8>)>),
@@ -165,6 +192,10 @@ struct Inner {
     pending: Mutex<Vec<Pending>>,
     /// One flush at a time (two would commit the same writes twice).
     flushing: Mutex<()>,
+    /// Bytes of keys and data in `pending`.
+    pending_bytes: AtomicUsize,
+    /// Above this many unflushed bytes, writes are refused until a flush succeeds.
+    max_unflushed_bytes: AtomicUsize,
 }
 
 impl Drop for Inner {
@@ -236,6 +267,8 @@ impl PgStore {
                 op_timeout,
                 pending: Mutex::new(Vec::new()),
                 flushing: Mutex::new(()),
+                pending_bytes: AtomicUsize::new(0),
+                max_unflushed_bytes: AtomicUsize::new(DEFAULT_MAX_UNFLUSHED_BYTES),
             }),
         };
         let version = store.call("create the schema", |c| {
@@ -314,6 +347,37 @@ impl PgStore {
         })
     }
 
+    /// Sets how many bytes of writes may wait for a flush: while a flush keeps failing
+    /// (the database is down), writes above this are refused with
+    /// [`io::ErrorKind::OutOfMemory`] instead of growing the relay's memory without
+    /// bound. Default: [`DEFAULT_MAX_UNFLUSHED_BYTES`].
+    pub fn set_max_unflushed_bytes(&self, bytes: usize) {
+        self.inner
+            .max_unflushed_bytes
+            .store(bytes, Ordering::Relaxed);
+    }
+
+    /// Adds a write to the buffer, unless the buffer is full.
+    fn buffer(&self, write: Pending) -> Result<(), StoreError> {
+        let size = write.size();
+        let mut pending = self.pending();
+        let held = self.inner.pending_bytes.load(Ordering::Relaxed);
+        let max = self.inner.max_unflushed_bytes.load(Ordering::Relaxed);
+        // An empty buffer always takes one write, however large.
+        if held > 0 && held + size > max {
+            return Err(io_error(
+                io::ErrorKind::OutOfMemory,
+                &format!(
+                    "PostgreSQL store: {held} bytes of writes wait for a flush; no more until \
+                     one succeeds"
+                ),
+            ));
+        }
+        pending.push(write);
+        self.inner.pending_bytes.fetch_add(size, Ordering::Relaxed);
+        Ok(())
+    }
+
     fn pending(&self) -> MutexGuard<'_, Vec<Pending>> {
         // A poisoned lock means a panic while pushing or draining, which leaves the
         // vector itself whole.
@@ -382,7 +446,12 @@ impl PgStore {
         };
         // The buffer is read before the table: a flush that commits in between is then
         // seen twice (harmless), never not at all.
-        let pending = self.pending().clone();
+        let pending: Vec<Pending> = self
+            .pending()
+            .iter()
+            .filter(|p| p.touches(&start, &end))
+            .cloned()
+            .collect();
         let (s, e) = (start.clone(), end.clone());
         let except: Vec<Vec<u8>> = known.iter().cloned().collect();
         let has_known = !known.is_empty();
@@ -512,31 +581,28 @@ impl Storage for PgStore {
 
     fn put(&self, key: &[String], data: &[u8]) -> Result<(), StoreError> {
         let k = encode_key(key)?;
-        self.pending().push(Pending::Put {
+        self.buffer(Pending::Put {
             key: k,
             doc: key.first().cloned().unwrap_or_default(),
             data: data.to_vec(),
-        });
-        Ok(())
+        })
     }
 
     fn delete(&self, key: &[String]) -> Result<(), StoreError> {
         let k = encode_key(key)?;
-        self.pending().push(Pending::Delete {
+        self.buffer(Pending::Delete {
             key: k,
             doc: key.first().cloned().unwrap_or_default(),
-        });
-        Ok(())
+        })
     }
 
     fn delete_range(&self, prefix: &[String]) -> Result<(), StoreError> {
         let (start, end) = prefix_range(prefix)?;
-        self.pending().push(Pending::DeleteRange {
+        self.buffer(Pending::DeleteRange {
             start,
             end,
             doc: prefix.first().cloned(),
-        });
-        Ok(())
+        })
     }
 
     fn flush(&self) -> Result<(), StoreError> {
@@ -622,7 +688,8 @@ impl Storage for PgStore {
             })
         })?;
         // Only what this flush committed leaves the buffer; writes made meanwhile stay.
-        self.pending().drain(..count);
+        let freed: usize = self.pending().drain(..count).map(|p| p.size()).sum();
+        self.inner.pending_bytes.fetch_sub(freed, Ordering::Relaxed);
         Ok(())
     }
 
@@ -1091,6 +1158,12 @@ mod tests {
         );
         let (start, end) = prefix_range(&[]).unwrap();
         assert!(bytes.iter().all(|b| in_range(b, &start, &end)));
+    }
+
+    #[test]
+    fn the_description_leaves_out_the_password() {
+        let config = parse_url("postgres://cairn:secret@db.internal:6432/relay").unwrap();
+        assert_eq!(describe(&config), "cairn@db.internal:6432/relay");
     }
 
     #[test]

@@ -209,7 +209,7 @@ async fn postgres_keeps_the_storage_contract_and_shares_one_store() {
     eprintln!("contract done at {:?}", started.elapsed());
 
     let url = cluster.create_database("shared");
-    let a = connect(&url, "relay-a", Duration::from_secs(2));
+    let a = connect(&url, "relay-a", Duration::from_secs(10));
     let b = connect(&url, "relay-b", Duration::from_secs(10));
     assert_eq!(a.storage_id().unwrap(), b.storage_id().unwrap());
     assert!(a.is_shared());
@@ -295,21 +295,26 @@ async fn postgres_keeps_the_storage_contract_and_shares_one_store() {
         waiter.join().unwrap();
 
         // Frozen database: the flush fails within the timeout, the write is kept and
-        // the flush after the thaw commits it.
+        // the flush after the thaw commits it. A store with a short timeout, so the test
+        // waits little; after the thaw its flush is retried (bounded), as a loaded
+        // machine may be slow to answer.
+        let f = connect(&url, "relay-f", Duration::from_secs(1));
+        f.ping().unwrap();
         cluster.freeze();
-        a.put(&k(&["doc-3", "incremental", "h1"]), b"frozen")
+        f.put(&k(&["doc-3", "incremental", "h1"]), b"frozen")
             .unwrap();
-        let e = a.flush().unwrap_err();
+        let e = f.flush().unwrap_err();
         assert_eq!(kind(&e), Some(ErrorKind::TimedOut), "{e}");
         assert_eq!(
-            a.load(&k(&["doc-3", "incremental", "h1"])).unwrap_or(None),
+            f.load(&k(&["doc-3", "incremental", "h1"])).unwrap_or(None),
             Some(b"frozen".to_vec()),
             "the unflushed write is still readable from the buffer"
         );
-        let e = a.ping().unwrap_err();
+        let e = f.ping().unwrap_err();
         assert_eq!(kind(&e), Some(ErrorKind::TimedOut), "{e}");
         cluster.thaw();
-        a.flush().unwrap();
+        retry_until_ok(|| f.flush());
+        drop(f);
         assert_eq!(
             b.load(&k(&["doc-3", "incremental", "h1"])).unwrap(),
             Some(b"frozen".to_vec())
@@ -321,8 +326,18 @@ async fn postgres_keeps_the_storage_contract_and_shares_one_store() {
             .unwrap();
         let e = a.flush().unwrap_err();
         eprintln!("flush with the database stopped: {e}");
+        // While flushes fail, the writes waiting for one are bounded: more is refused.
+        a.set_max_unflushed_bytes(1000);
+        let e = a
+            .put(&k(&["doc-4", "incremental", "h2"]), &[7; 2000])
+            .unwrap_err();
+        assert_eq!(kind(&e), Some(ErrorKind::OutOfMemory), "{e}");
         cluster.start_again();
         retry_until_ok(|| a.flush());
+        a.put(&k(&["doc-4", "incremental", "h2"]), &[7; 2000])
+            .unwrap();
+        a.flush().unwrap();
+        a.set_max_unflushed_bytes(cairn_relay::pg_store::DEFAULT_MAX_UNFLUSHED_BYTES);
         assert_eq!(
             retry_until_ok(|| b.load(&k(&["doc-4", "incremental", "h1"]))),
             Some(b"stopped".to_vec())
@@ -379,6 +394,8 @@ async fn postgres_keeps_the_storage_contract_and_shares_one_store() {
     listen_c.stop();
     drop((a, b));
     eprintln!("PostgreSQL part took {:?}", started.elapsed());
+    drop(cluster);
+    eprintln!("PostgreSQL stopped at {:?}", started.elapsed());
 }
 
 /// Drains hints (bounded) until a `Reconnected` from a `LISTEN` after the first
