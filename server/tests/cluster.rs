@@ -223,7 +223,7 @@ struct RelayProcess {
 }
 
 impl RelayProcess {
-    async fn start(url: &str) -> RelayProcess {
+    async fn start(url: &str, listen: bool) -> RelayProcess {
         let dir = tempfile::tempdir().expect("tempdir");
         // A free port: bound, read, released (the relay binds it a moment later).
         let addr = std::net::TcpListener::bind("127.0.0.1:0")
@@ -240,7 +240,7 @@ impl RelayProcess {
             "--admin-listen",
             "off",
         ];
-        let flags = relay_flags(url, true);
+        let flags = relay_flags(url, listen);
         args.extend(flags.iter().map(String::as_str));
         let child = Command::new(env!("CARGO_BIN_EXE_cairn-relay"))
             .args(&args)
@@ -270,11 +270,20 @@ impl Drop for RelayProcess {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_killed_with_sigkill_loses_nothing_it_acknowledged() {
+    sigkill(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_killed_with_sigkill_loses_nothing_it_acknowledged_by_the_sweep_alone() {
+    sigkill(false).await;
+}
+
+async fn sigkill(listen: bool) {
     let pg = PgCluster::start();
-    let url = pg.create_database("kill");
+    let url = pg.create_database(if listen { "kill" } else { "kill_sweep" });
     let mut procs = Vec::new();
     for _ in 0..3 {
-        procs.push(RelayProcess::start(&url).await);
+        procs.push(RelayProcess::start(&url, listen).await);
     }
     let a = client("ana/phone", &procs[0].url());
     let c = client("cleo/phone", &procs[2].url());
@@ -299,7 +308,7 @@ async fn a_relay_killed_with_sigkill_loses_nothing_it_acknowledged() {
     let acked: Vec<String> = (0..50).map(|i| format!("acked-{i}")).collect();
     let kept = acked.iter().filter(|k| held.contains(*k)).count();
     eprintln!(
-        "SIGKILL: {kept} of {} acknowledged changes in the database, {} of 20 unacknowledged ones",
+        "SIGKILL (listen {listen}): {kept} of {} acknowledged changes in the database, {} of 20 unacknowledged ones",
         acked.len(),
         held.iter().filter(|k| k.starts_with("late-")).count()
     );
@@ -312,7 +321,7 @@ async fn a_relay_killed_with_sigkill_loses_nothing_it_acknowledged() {
     wait_keys(&a, doc, 71, "ana").await;
     wait_keys(&c, doc, 71, "cleo").await;
     eprintln!(
-        "SIGKILL: converged {:?} after the reconnect",
+        "SIGKILL (listen {listen}): converged {:?} after the reconnect",
         started.elapsed()
     );
     c.wait_acknowledged(doc, LONG)
@@ -380,9 +389,19 @@ impl Pair {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_restarting_or_crashing_stops_no_relay_and_loses_no_acknowledged_change() {
+    postgres_stops(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restarting_or_crashing_stops_no_relay_and_loses_no_acknowledged_change_by_the_sweep_alone(
+) {
+    postgres_stops(false).await;
+}
+
+async fn postgres_stops(listen: bool) {
     let pg = PgCluster::start();
-    let url = pg.create_database("restart");
-    let p = Pair::start(&url, true).await;
+    let url = pg.create_database(if listen { "restart" } else { "restart_sweep" });
+    let p = Pair::start(&url, listen).await;
     let mut written = 1;
     for (round, crash) in [("fast", false), ("immediate", true)] {
         let acked: Vec<String> = (0..20).map(|i| format!("{round}-acked-{i}")).collect();
@@ -407,7 +426,7 @@ async fn postgres_restarting_or_crashing_stops_no_relay_and_loses_no_acknowledge
         let held = keys(&stored(&url, p.doc).await);
         let kept = acked.iter().filter(|k| held.contains(*k)).count();
         eprintln!(
-            "PostgreSQL {round} stop: {kept} of {} acknowledged changes loadable after it",
+            "PostgreSQL {round} stop (listen {listen}): {kept} of {} acknowledged changes loadable after it",
             acked.len()
         );
         assert_eq!(
@@ -419,7 +438,7 @@ async fn postgres_restarting_or_crashing_stops_no_relay_and_loses_no_acknowledge
         let started = Instant::now();
         p.converged(written).await;
         eprintln!(
-            "PostgreSQL {round} stop: converged {:?} after the restart",
+            "PostgreSQL {round} stop (listen {listen}): converged {:?} after the restart",
             started.elapsed()
         );
         p.assert_running(&format!("after PostgreSQL came back ({round})"));
@@ -427,8 +446,9 @@ async fn postgres_restarting_or_crashing_stops_no_relay_and_loses_no_acknowledge
     assert_eq!(keys(&stored(&url, p.doc).await).len(), written);
 }
 
-fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+/// A process's resident memory in bytes (0 if it cannot be read).
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -438,45 +458,87 @@ fn rss_bytes() -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_database_is_detected_and_everything_converges_after_it() {
+    frozen(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_database_is_detected_and_everything_converges_after_it_by_the_sweep_alone() {
+    frozen(false).await;
+}
+
+async fn frozen(listen: bool) {
     let freeze: u64 = std::env::var("CAIRN_PG_FREEZE_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(30);
     let pg = PgCluster::start();
-    let url = pg.create_database("freeze");
-    let p = Pair::start(&url, true).await;
-    let rss_before = rss_bytes();
+    let url = pg.create_database(if listen { "freeze" } else { "freeze_sweep" });
+    // Relays as processes of their own: their memory is theirs alone.
+    let mut procs = vec![
+        RelayProcess::start(&url, listen).await,
+        RelayProcess::start(&url, listen).await,
+    ];
+    let a = client("ana/phone", &procs[0].url());
+    let b = client("ben/phone", &procs[1].url());
+    let (doc, ()) = a
+        .create(|tx| tx.put(ROOT, "title", "agenda").map(|_| ()))
+        .await
+        .expect("create");
+    a.wait_acknowledged(doc, LONG).await.expect("acknowledged");
+    b.find(doc, LONG)
+        .await
+        .expect("found through the other relay");
+    let rss = |p: &RelayProcess| rss_bytes(p.child.id());
+    let before: Vec<u64> = procs.iter().map(rss).collect();
     pg.freeze();
     let frozen = Instant::now();
-    let detected = wait_ready(p.relays[0].addr, false, Duration::from_secs(10)).await;
-    eprintln!("frozen database: /readyz 503 after {detected:?}");
+    let detected = wait_ready(procs[0].addr, false, Duration::from_secs(10)).await;
+    eprintln!("frozen database (listen {listen}): /readyz 503 after {detected:?}");
     // Ana keeps writing for the whole freeze.
     let mut written = 1;
+    let mut peak = before.clone();
     while frozen.elapsed() < Duration::from_secs(freeze) {
-        put(&p.a, p.doc, format!("frozen-{written}")).await;
+        put(&a, doc, format!("frozen-{written}")).await;
         written += 1;
+        for (p, m) in procs.iter().zip(peak.iter_mut()) {
+            *m = (*m).max(rss(p));
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let grown = rss_bytes().saturating_sub(rss_before);
     eprintln!(
-        "frozen database: {freeze} s, {} edits, this process grew by {} KiB",
+        "frozen database (listen {listen}): {freeze} s, {} edits, relay memory {} MiB before, {} MiB at most",
         written - 1,
-        grown / 1024
+        before.iter().max().copied().unwrap_or(0) >> 20,
+        peak.iter().max().copied().unwrap_or(0) >> 20
     );
-    assert!(
-        grown < 256 * 1024 * 1024,
-        "memory grew by {grown} bytes while the database was frozen"
-    );
-    p.assert_running("while the database was frozen");
+    for (i, (was, most)) in before.iter().zip(&peak).enumerate() {
+        assert!(
+            most.saturating_sub(*was) < 64 << 20,
+            "relay {i} grew from {was} to {most} bytes while the database was frozen"
+        );
+    }
+    for (i, p) in procs.iter_mut().enumerate() {
+        assert!(
+            p.child.try_wait().expect("status").is_none(),
+            "relay {i} exited while the database was frozen"
+        );
+    }
     pg.thaw();
-    let back = wait_ready(p.relays[0].addr, true, LONG).await;
+    let back = wait_ready(procs[0].addr, true, LONG).await;
     let started = Instant::now();
-    p.converged(written).await;
+    wait_keys(&b, doc, written, "ben").await;
+    a.wait_acknowledged(doc, LONG).await.expect("acknowledged");
+    assert_eq!(
+        sorted(a.heads(doc).await.unwrap().unwrap()),
+        sorted(b.heads(doc).await.unwrap().unwrap())
+    );
     eprintln!(
-        "frozen database: ready {back:?} after the thaw, converged {:?} after that",
+        "frozen database (listen {listen}): ready {back:?} after the thaw, converged {:?} after that",
         started.elapsed()
     );
-    assert_eq!(keys(&stored(&url, p.doc).await).len(), written);
+    assert_eq!(keys(&stored(&url, doc).await).len(), written);
+    a.shutdown().await;
+    b.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -502,9 +564,18 @@ async fn changes_whose_hints_were_lost_still_arrive() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_relays_compacting_one_document_keep_every_change() {
+    compacting(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_relays_compacting_one_document_keep_every_change_by_the_sweep_alone() {
+    compacting(false).await;
+}
+
+async fn compacting(listen: bool) {
     let pg = PgCluster::start();
-    let url = pg.create_database("compact");
-    let p = Pair::start(&url, true).await;
+    let url = pg.create_database(if listen { "compact" } else { "compact_sweep" });
+    let p = Pair::start(&url, listen).await;
     // Writers that send each change at once: every change its own message, so the
     // relays write (and compact) many chunks.
     let eager = |name: &str, relay: &Relay| {
@@ -551,7 +622,7 @@ async fn two_relays_compacting_one_document_keep_every_change() {
         let (_, text) = http_get(r.addr, "/metrics").await.expect("metrics");
         compactions.push(metric_value(&text, "cairn_compactions_total").unwrap_or(0.0));
     }
-    eprintln!("compaction: the two relays compacted {compactions:?} times");
+    eprintln!("compaction (listen {listen}): the two relays compacted {compactions:?} times");
     assert!(
         compactions.iter().all(|c| *c >= 2.0),
         "each relay should have compacted the document repeatedly: {compactions:?}"
