@@ -187,8 +187,7 @@ async fn sweep(state: &AppState, pg: &PgStore, seen: &mut HashMap<String, i64>) 
     }
     let asked = keys.clone();
     let pg = pg.clone();
-    let versions = match tokio::task::spawn_blocking(move || pg.document_versions(&asked)).await
-    {
+    let versions = match tokio::task::spawn_blocking(move || pg.document_versions(&asked)).await {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "cluster: the sweep could not read versions");
@@ -219,13 +218,18 @@ async fn health(state: AppState, pg: PgStore, stop: CancellationToken) {
             _ = tick.tick() => {}
         }
         let p = pg.clone();
-        let up = matches!(tokio::task::spawn_blocking(move || p.ping()).await, Ok(Ok(())));
+        let up = matches!(
+            tokio::task::spawn_blocking(move || p.ping()).await,
+            Ok(Ok(()))
+        );
         let was = state.database_up.swap(up, Ordering::Relaxed);
         if was != up {
             if up {
                 tracing::info!("cluster: the database answers again");
             } else {
-                tracing::error!("cluster: the database does not answer; /readyz is 503 until it does");
+                tracing::error!(
+                    "cluster: the database does not answer; /readyz is 503 until it does"
+                );
             }
         }
         state.metrics.database_up.set(i64::from(up));

@@ -205,8 +205,8 @@ pub struct ServeArgs {
     /// a password: a flag is visible to every user of the machine.
     #[arg(long, env = "CAIRN_STORE", default_value = "embedded")]
     pub store: String,
-    /// Connections each relay keeps to PostgreSQL (plus one for notifications). Keep
-    /// relays × (this + 2) under the server's `max_connections`. Default 8.
+    /// Connections each relay keeps to PostgreSQL (at least 2, plus one for hints). Keep
+    /// relays × (this + 1) under the server's `max_connections`. Default 8.
     #[arg(long, env = "CAIRN_PG_POOL_SIZE", default_value_t = 8)]
     pub pg_pool_size: usize,
     /// Seconds one PostgreSQL call may take before it fails (and `/readyz` turns 503).
@@ -930,7 +930,10 @@ mod tests {
         };
         assert_eq!(pg.url, "postgres://cairn:s3cret@127.0.0.1/cairn");
         assert!(pg.listen);
-        assert!(!format!("{c:?}").contains("s3cret"), "the password reached Debug");
+        assert!(
+            !format!("{c:?}").contains("s3cret"),
+            "the password reached Debug"
+        );
         let err = serve(&["--store", "mysql://x"]).validate().unwrap_err();
         assert!(err.to_string().contains("postgres://"), "{err}");
         let err = serve(&["--store", "postgres://h/db", "--pg-pool-size", "0"])

@@ -218,11 +218,10 @@ pub async fn open_relay_store(config: &Config) -> Result<RelayStore, RelayError>
             };
             let url = pg.url.clone();
             let id = relay_id.clone();
-            let store = tokio::task::spawn_blocking(move || {
-                pg_store::PgStore::connect(&url, &id, options)
-            })
-            .await
-            .map_err(|_| RelayError::EngineStopped)??;
+            let store =
+                tokio::task::spawn_blocking(move || pg_store::PgStore::connect(&url, &id, options))
+                    .await
+                    .map_err(|_| RelayError::EngineStopped)??;
             tracing::info!(relay_id = %relay_id, pool_size = pg.pool_size, listen = pg.listen, "connected to PostgreSQL");
             Ok(RelayStore::Postgres(store))
         }

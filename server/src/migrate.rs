@@ -52,8 +52,7 @@ pub fn migrate(from: &Path, to: &str) -> Result<Migrated, RelayError> {
     )?;
     if !pg.document_sizes()?.is_empty() {
         return Err(RelayError::Backup(
-            "the PostgreSQL database already holds a store; migrate into an empty database"
-                .into(),
+            "the PostgreSQL database already holds a store; migrate into an empty database".into(),
         ));
     }
     // Made before the copy if the store never had one, so both sides share it.

@@ -250,7 +250,9 @@ impl PgStore {
             },
         );
         let pool = Pool::builder(manager)
-            .max_size(options.pool_size.max(1))
+            // Two at least: a membership change holds one for the cluster-wide lock
+            // while it reads and writes through another.
+            .max_size(options.pool_size.max(2))
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .wait_timeout(Some(op_timeout))
             .create_timeout(Some(op_timeout))

@@ -12,14 +12,15 @@ mod common;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use automerge::transaction::Transactable;
 use automerge::{Automerge, ChangeHash, ReadDoc, ROOT};
 use cairn_relay::pg_store::{PgOptions, PgStore};
-use cairn_sync::client::Client;
+use cairn_sync::client::{Client, ClientConfig};
 use cairn_sync::ids::DocumentId;
-use cairn_sync::store::Storage;
+use cairn_sync::store::{MemoryStore, Storage};
 use cairn_sync::wire::Message;
 use common::members::Group;
 use common::pg::PgCluster;
@@ -74,7 +75,10 @@ async fn wait_ready(addr: SocketAddr, ready: bool, within: Duration) -> Duration
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("/readyz on {addr} did not turn {} within {within:?}", if ready { "200" } else { "503" });
+    panic!(
+        "/readyz on {addr} did not turn {} within {within:?}",
+        if ready { "200" } else { "503" }
+    );
 }
 
 /// The document as PostgreSQL holds it, read by a store of its own.
@@ -141,9 +145,14 @@ async fn steady(listen: bool) {
         docs.push(doc);
     }
     for doc in &docs {
-        clients[0].wait_acknowledged(*doc, LONG).await.expect("acknowledged");
+        clients[0]
+            .wait_acknowledged(*doc, LONG)
+            .await
+            .expect("acknowledged");
         for c in &clients[1..] {
-            c.find(*doc, LONG).await.expect("found through another relay");
+            c.find(*doc, LONG)
+                .await
+                .expect("found through another relay");
         }
     }
     let started = Instant::now();
@@ -171,12 +180,22 @@ async fn steady(listen: bool) {
         started.elapsed()
     );
     for doc in &docs {
-        let heads = sorted(clients[0].heads(*doc).await.expect("heads").expect("loaded"));
+        let heads = sorted(
+            clients[0]
+                .heads(*doc)
+                .await
+                .expect("heads")
+                .expect("loaded"),
+        );
         for c in &clients[1..] {
             assert_eq!(sorted(c.heads(*doc).await.unwrap().unwrap()), heads);
         }
         let stored = stored(&url, *doc).await;
-        assert_eq!(sorted(stored.get_heads()), heads, "the database holds every change");
+        assert_eq!(
+            sorted(stored.get_heads()),
+            heads,
+            "the database holds every change"
+        );
     }
     for c in &clients {
         c.shutdown().await;
@@ -267,7 +286,9 @@ async fn a_relay_killed_with_sigkill_loses_nothing_it_acknowledged() {
         put(&c, doc, format!("acked-{i}")).await;
     }
     c.wait_acknowledged(doc, LONG).await.expect("acknowledged");
-    a.find(doc, LONG).await.expect("ana finds it through her relay");
+    a.find(doc, LONG)
+        .await
+        .expect("ana finds it through her relay");
     for i in 0..20 {
         put(&c, doc, format!("late-{i}")).await;
     }
@@ -284,13 +305,19 @@ async fn a_relay_killed_with_sigkill_loses_nothing_it_acknowledged() {
     );
     assert_eq!(kept, acked.len(), "an acknowledged change was lost");
     // Her phone reconnects to another relay and resends what was not acknowledged.
-    c.disconnect();
+    // (`connect` to a URL already connected returns that connection's handle.)
+    c.connect(&procs[2].url()).disconnect();
     c.connect(&procs[1].url());
     let started = Instant::now();
     wait_keys(&a, doc, 71, "ana").await;
     wait_keys(&c, doc, 71, "cleo").await;
-    eprintln!("SIGKILL: converged {:?} after the reconnect", started.elapsed());
-    c.wait_acknowledged(doc, LONG).await.expect("acknowledged by the new relay");
+    eprintln!(
+        "SIGKILL: converged {:?} after the reconnect",
+        started.elapsed()
+    );
+    c.wait_acknowledged(doc, LONG)
+        .await
+        .expect("acknowledged by the new relay");
     assert_eq!(
         sorted(a.heads(doc).await.unwrap().unwrap()),
         sorted(c.heads(doc).await.unwrap().unwrap())
@@ -320,7 +347,9 @@ impl Pair {
             .await
             .expect("create");
         a.wait_acknowledged(doc, LONG).await.expect("acknowledged");
-        b.find(doc, LONG).await.expect("found through the other relay");
+        b.find(doc, LONG)
+            .await
+            .expect("found through the other relay");
         Pair {
             relays,
             _dirs: dirs,
@@ -360,7 +389,9 @@ async fn postgres_restarting_or_crashing_stops_no_relay_and_loses_no_acknowledge
         for k in &acked {
             put(&p.a, p.doc, k.clone()).await;
         }
-        p.a.wait_acknowledged(p.doc, LONG).await.expect("acknowledged");
+        p.a.wait_acknowledged(p.doc, LONG)
+            .await
+            .expect("acknowledged");
         if crash {
             pg.stop_immediate();
         } else {
@@ -375,12 +406,22 @@ async fn postgres_restarting_or_crashing_stops_no_relay_and_loses_no_acknowledge
         pg.start_again();
         let held = keys(&stored(&url, p.doc).await);
         let kept = acked.iter().filter(|k| held.contains(*k)).count();
-        eprintln!("PostgreSQL {round} stop: {kept} of {} acknowledged changes loadable after it", acked.len());
-        assert_eq!(kept, acked.len(), "an acknowledged change was lost ({round})");
+        eprintln!(
+            "PostgreSQL {round} stop: {kept} of {} acknowledged changes loadable after it",
+            acked.len()
+        );
+        assert_eq!(
+            kept,
+            acked.len(),
+            "an acknowledged change was lost ({round})"
+        );
         written += 30;
         let started = Instant::now();
         p.converged(written).await;
-        eprintln!("PostgreSQL {round} stop: converged {:?} after the restart", started.elapsed());
+        eprintln!(
+            "PostgreSQL {round} stop: converged {:?} after the restart",
+            started.elapsed()
+        );
         p.assert_running(&format!("after PostgreSQL came back ({round})"));
     }
     assert_eq!(keys(&stored(&url, p.doc).await).len(), written);
@@ -450,9 +491,13 @@ async fn changes_whose_hints_were_lost_still_arrive() {
         }
         p.converged(1 + 20 * (round + 1)).await;
     }
-    let (_, text) = http_get(p.relays[1].addr, "/metrics").await.expect("metrics");
+    let (_, text) = http_get(p.relays[1].addr, "/metrics")
+        .await
+        .expect("metrics");
     let reconnects = metric_value(&text, "cairn_cluster_refreshes_total{cause=\"reconnect\"}");
-    eprintln!("lost hints: relay 1 re-read {reconnects:?} documents after its listener reconnected");
+    eprintln!(
+        "lost hints: relay 1 re-read {reconnects:?} documents after its listener reconnected"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -460,8 +505,25 @@ async fn two_relays_compacting_one_document_keep_every_change() {
     let pg = PgCluster::start();
     let url = pg.create_database("compact");
     let p = Pair::start(&url, true).await;
-    let per = 200;
-    let (a, b, doc) = (&p.a, &p.b, p.doc);
+    // Writers that send each change at once: every change its own message, so the
+    // relays write (and compact) many chunks.
+    let eager = |name: &str, relay: &Relay| {
+        let mut config = ClientConfig::new(name);
+        config.sync_debounce = Duration::ZERO;
+        config.min_backoff = Duration::from_millis(50);
+        let c = Client::start(Arc::new(MemoryStore::default()), config).expect("client starts");
+        c.connect(&relay.url());
+        c
+    };
+    let (a, b) = (
+        eager("ana/laptop", &p.relays[0]),
+        eager("ben/laptop", &p.relays[1]),
+    );
+    let doc = p.doc;
+    a.find(doc, LONG).await.expect("found");
+    b.find(doc, LONG).await.expect("found");
+    let per = 500;
+    let (a, b) = (&a, &b);
     futures_util::future::join(
         async {
             for i in 0..per {
@@ -477,8 +539,13 @@ async fn two_relays_compacting_one_document_keep_every_change() {
     .await;
     let want = 1 + 2 * per;
     wait_keys(a, doc, want, "ana").await;
-    p.converged(want).await;
+    wait_keys(b, doc, want, "ben").await;
+    a.wait_acknowledged(doc, LONG).await.expect("acknowledged");
     b.wait_acknowledged(doc, LONG).await.expect("acknowledged");
+    assert_eq!(
+        sorted(a.heads(doc).await.unwrap().unwrap()),
+        sorted(b.heads(doc).await.unwrap().unwrap())
+    );
     let mut compactions = Vec::new();
     for r in &p.relays {
         let (_, text) = http_get(r.addr, "/metrics").await.expect("metrics");
@@ -489,7 +556,11 @@ async fn two_relays_compacting_one_document_keep_every_change() {
         compactions.iter().all(|c| *c >= 2.0),
         "each relay should have compacted the document repeatedly: {compactions:?}"
     );
-    assert_eq!(keys(&stored(&url, doc).await).len(), want, "a change was lost");
+    assert_eq!(
+        keys(&stored(&url, doc).await).len(),
+        want,
+        "a change was lost"
+    );
 }
 
 /// A removal made through relay 0 closes the member's socket on relay 1: by the hint, and
@@ -555,4 +626,62 @@ async fn a_removal_on_one_relay_closes_the_members_socket_on_another() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removal_reaches_another_relay_by_the_sweep_when_hints_are_off() {
     removal_crosses_relays(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrating_an_embedded_relay_keeps_every_documents_heads() {
+    let pg = PgCluster::start();
+    let url = pg.create_database("migrate");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = Relay::start(dir.path(), &[]).await;
+    let a = client("ana/phone", &relay.url());
+    let mut docs = Vec::new();
+    for n in 0..3i64 {
+        let (doc, ()) = a
+            .create(move |tx| tx.put(ROOT, "n", n).map(|_| ()))
+            .await
+            .expect("create");
+        for i in 0..30 {
+            put(&a, doc, format!("k{i}")).await;
+        }
+        a.wait_acknowledged(doc, LONG).await.expect("acknowledged");
+        docs.push((doc, sorted(a.heads(doc).await.unwrap().unwrap())));
+    }
+    a.shutdown().await;
+    relay.stop().await.expect("clean stop");
+    common::members::wait_unlocked(dir.path()).await;
+    let migrate = |to: String| {
+        let from = dir.path().to_owned();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                Command::new(env!("CARGO_BIN_EXE_cairn-relay"))
+                    .args(["migrate", "--from"])
+                    .arg(&from)
+                    .args(["--to", &to])
+                    .output()
+                    .expect("the migration runs")
+            })
+            .await
+            .expect("ran")
+        }
+    };
+    let out = migrate(url.clone()).await;
+    let text = common::output_text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("3 documents"), "{text}");
+    for (doc, heads) in &docs {
+        assert_eq!(&sorted(stored(&url, *doc).await.get_heads()), heads);
+    }
+    // A second run would mix two stores: refused, nothing written.
+    let again = migrate(url.clone()).await;
+    assert!(!again.status.success());
+    assert!(common::output_text(&again).contains("empty database"));
+    // A relay on PostgreSQL serves the documents with the same heads.
+    let (relays, _dirs) = relays(&url, 1, true).await;
+    let b = client("ben/phone", &relays[0].url());
+    for (doc, heads) in &docs {
+        b.find(*doc, LONG).await.expect("found after the migration");
+        assert_eq!(&sorted(b.heads(*doc).await.unwrap().unwrap()), heads);
+    }
+    b.shutdown().await;
 }

@@ -107,3 +107,37 @@ fn the_proxy_sample_logs_paths_without_query_strings() {
         assert!(conf.contains(upgrade), "the proxy lacks {upgrade}");
     }
 }
+
+#[test]
+fn the_cluster_proxy_sample_hashes_organisations_drains_unready_relays_and_logs_no_queries() {
+    let conf = deploy("haproxy-cluster.cfg");
+    let setting = |name: &str| {
+        conf.lines()
+            .map(str::trim)
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no `{name}` line"))
+            .to_owned()
+    };
+    assert_eq!(setting("balance"), "balance url_param org");
+    assert_eq!(setting("hash-type"), "hash-type consistent");
+    assert_eq!(setting("option httpchk"), "option httpchk GET /readyz");
+    assert!(conf.contains("http-check expect status 200"));
+    // Every relay is health-checked.
+    let servers: Vec<&str> = conf
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("server "))
+        .collect();
+    assert!(servers.len() >= 2, "a cluster sample has several relays");
+    assert!(servers.iter().all(|s| s.ends_with(" check")), "{servers:?}");
+    // The log format has the path only: `?token=` never reaches the log.
+    let format = setting("log-format");
+    assert!(format.contains("%HPO"), "{format}");
+    for leaky in ["%HU", "%HQ", "%r", "%{+Q}r", "%HP "] {
+        assert!(
+            !format.contains(leaky),
+            "the log format holds {leaky}: {format}"
+        );
+    }
+    assert!(conf.contains("deny if { path_beg /admin/ }"));
+}
