@@ -229,12 +229,12 @@ impl RelayProcess {
         let addr = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port");
-        let listen = addr.to_string();
+        let address = addr.to_string();
         let mut args = vec![
             "serve",
             "--open",
             "--listen",
-            &listen,
+            &address,
             "--data",
             dir.path().to_str().expect("utf-8"),
             "--admin-listen",
