@@ -199,6 +199,11 @@ pub struct ServeArgs {
     /// the acknowledgement to the member who sent a change is never held.
     #[arg(long, env = "CAIRN_FANOUT_DEBOUNCE_MS", default_value_t = 0)]
     pub fanout_debounce_ms: u64,
+    /// Chunks a document's store may hold before the relay compacts them into one
+    /// snapshot (deleting exactly the chunks the snapshot holds). Default 64; lower keeps
+    /// loads cheaper at the cost of more rewriting.
+    #[arg(long, env = "CAIRN_COMPACT_AFTER_CHUNKS", default_value_t = 64)]
+    pub compact_after_chunks: usize,
     /// Where documents and membership are kept: `embedded` (default: the sled store in
     /// `--data`, one relay) or `postgres://USER@HOST/DB` (one PostgreSQL database shared by
     /// every relay of a cluster). Prefer `CAIRN_STORE` (or a `.pgpass` file) for a URL with
@@ -378,6 +383,8 @@ pub struct Config {
     pub engine_shards: usize,
     /// How long a document's next round of passing changes on waits after one.
     pub fanout_debounce: Duration,
+    /// Chunks before a compaction.
+    pub compact_after_chunks: usize,
     /// Where documents and membership are kept.
     pub store: StoreChoice,
     /// A durability test control, if one is set (never on real data).
@@ -634,6 +641,7 @@ impl ServeArgs {
             ("--socket-timeout-secs", self.socket_timeout_secs),
             ("--outbound-queue-mb", self.outbound_queue_mb as u64),
             ("--header-timeout-secs", self.header_timeout_secs),
+            ("--compact-after-chunks", self.compact_after_chunks as u64),
             ("--send-timeout-secs", self.send_timeout_secs),
             (
                 "--max-documents-per-connection",
@@ -714,6 +722,7 @@ impl ServeArgs {
             engine_shards: self.engine_shards,
             fanout_debounce: Duration::from_millis(self.fanout_debounce_ms),
             store,
+            compact_after_chunks: self.compact_after_chunks,
             unsafe_durability: self.unsafe_durability,
             admin_listen,
             admin_token,
@@ -779,6 +788,7 @@ impl Config {
             max_loaded_ops: 4_000_000,
             engine_shards: default_engine_shards(),
             fanout_debounce_ms: 0,
+            compact_after_chunks: 64,
             store: "embedded".into(),
             pg_pool_size: 8,
             pg_timeout_secs: 5,

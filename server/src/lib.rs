@@ -248,6 +248,7 @@ pub async fn start(config: &Config) -> Result<(AppState, RelayStore), RelayError
         max_document_ops: config.max_document_ops,
         // Shared out between the shards, so the relay's memory budget stays the same.
         max_loaded_ops: (config.max_loaded_ops / config.engine_shards.max(1) as u64).max(1),
+        compact_after_chunks: config.compact_after_chunks,
         sync: SyncLimits {
             // A message may carry as many operations as a document may hold, and expand
             // to as many bytes as a document may be stored in.

@@ -110,7 +110,7 @@ impl AppState {
         let mut closing = self.sockets.of_connections(&closed);
         let mut revoked = closed.len();
         for whose in whose {
-            let theirs = self.sockets.revoke(whose);
+            let theirs = self.sockets.revoke(whose, &closed);
             revoked += theirs.outside(&closed);
             closing = Sockets::union(closing, theirs);
         }

@@ -139,8 +139,10 @@ impl Sockets {
         }
     }
 
-    /// Asks the sockets of `whose` to close (with `error` "access revoked").
-    pub(crate) fn revoke(&self, whose: &Whose) -> Closing {
+    /// Asks the sockets of `whose` to close (with `error` "access revoked"), except those
+    /// of the engine connections in `closing`: the engine is closing them with its own
+    /// `error`, and a second one could overtake its close.
+    pub(crate) fn revoke(&self, whose: &Whose, closing: &[ConnectionId]) -> Closing {
         let live = self.live();
         Closing(
             live.iter()
@@ -150,7 +152,9 @@ impl Sockets {
                     _ => false,
                 })
                 .map(|(key, e)| {
-                    e.close.cancel();
+                    if !e.conn.is_some_and(|c| closing.contains(&c)) {
+                        e.close.cancel();
+                    }
                     (*key, e.conn)
                 })
                 .collect(),
