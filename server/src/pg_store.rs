@@ -997,6 +997,11 @@ fn parse_url(url: &str) -> Result<(tokio_postgres::Config, tls::RustlsConnect), 
     if rest.starts_with("postgres://") || rest.starts_with("postgresql://") {
         config.ssl_mode(options.ssl_mode());
     }
+    // As libpq: TLS is for TCP; a Unix socket is local and PostgreSQL offers no TLS on it.
+    let hosts = config.get_hosts();
+    if !hosts.is_empty() && hosts.iter().all(|h| matches!(h, Host::Unix(_))) {
+        config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+    }
     let connector = options.connector().map_err(StoreError::Io)?;
     Ok((config, connector))
 }

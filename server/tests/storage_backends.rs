@@ -209,6 +209,13 @@ async fn postgres_keeps_the_storage_contract_and_shares_one_store() {
     });
     eprintln!("contract done at {:?}", started.elapsed());
 
+    // `prefer` falls back to plain on a server without TLS.
+    let prefer = url.replace("sslmode=disable", "sslmode=prefer");
+    tokio::task::block_in_place(|| {
+        let store = connect(&prefer, "relay-a", Duration::from_secs(10));
+        assert!(store.storage_id().is_ok());
+    });
+
     let url = cluster.create_database("shared");
     let a = connect(&url, "relay-a", Duration::from_secs(10));
     let b = connect(&url, "relay-b", Duration::from_secs(10));
@@ -415,6 +422,9 @@ async fn postgres_over_tls_checks_the_certificate_as_the_url_asks() {
     let require = format!("{base}?sslmode=require");
     tokio::task::block_in_place(|| {
         contract(&|| Box::new(connect(&require, "relay-a", timeout)));
+        // No sslmode is libpq's `prefer`: TLS when the server offers it.
+        let prefer = connect(&base, "relay-a", timeout);
+        assert!(prefer.storage_id().is_ok());
     });
 
     // `verify-full` and `verify-ca` with the CA that signed the server's certificate: the

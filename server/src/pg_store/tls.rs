@@ -535,6 +535,50 @@ mod tests {
         }
     }
 
+    /// `verify-ca` takes a certificate from the right CA for another host name;
+    /// `verify-full` refuses it; both refuse one from another CA.
+    #[test]
+    fn verify_ca_checks_the_chain_and_verify_full_the_name_too() {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["db.example".to_owned()])
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        let other = rcgen::generate_simple_self_signed(vec!["other".to_owned()]).unwrap();
+
+        let provider = Arc::new(crypto::ring::default_provider());
+        let roots = |der: &CertificateDer<'_>| {
+            let mut store = RootCertStore::empty();
+            store.add(der.clone().into_owned()).unwrap();
+            Arc::new(store)
+        };
+        let chain_only = |store| ChainOnly {
+            roots: store,
+            provider: provider.clone(),
+        };
+        let full = |store: Arc<RootCertStore>| {
+            rustls::client::WebPkiServerVerifier::builder_with_provider(store, provider.clone())
+                .build()
+                .unwrap()
+        };
+        let check = |v: &dyn ServerCertVerifier, host: &str| {
+            let name = ServerName::try_from(host.to_owned()).unwrap();
+            v.verify_server_cert(cert.der(), &[], &name, &[], UnixTime::now())
+        };
+        let right = roots(ca.der());
+        let wrong = roots(other.cert.der());
+        assert!(check(&chain_only(right.clone()), "db.example").is_ok());
+        assert!(check(&chain_only(right.clone()), "elsewhere.example").is_ok());
+        assert!(check(&*full(right.clone()), "db.example").is_ok());
+        assert!(check(&*full(right), "elsewhere.example").is_err());
+        assert!(check(&chain_only(wrong.clone()), "db.example").is_err());
+        assert!(check(&*full(wrong), "db.example").is_err());
+    }
+
     #[test]
     fn a_missing_root_file_is_an_error_at_start_up() {
         let dir = tempfile::tempdir().unwrap();
