@@ -25,6 +25,12 @@
 //! [`PgListener`] listens on [`CHANNEL`] and forwards other relays' hints. Hints are lossy
 //! (dropped when the relay is behind, lost while the listener reconnects): a relay must
 //! also sweep with [`PgStore::document_versions`].
+//!
+//! Both use TLS as the URL asks, as libpq reads it: `sslmode=disable`, `prefer` (the
+//! default: TLS when the server offers it, without a certificate check), `require` (TLS,
+//! no certificate check unless `sslrootcert` is given), `verify-ca` and `verify-full`
+//! (the chain against `sslrootcert=FILE`, or the system's roots; `verify-full` also
+//! checks the host name). Client certificates are not supported.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -39,9 +45,11 @@ use cairn_sync::ids::StorageId;
 use cairn_sync::store::{random_uuid, storage_id_key, SharedLock, Storage, StorageKey, StoreError};
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use tokio::sync::mpsc;
-use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::config::Host;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
+
+mod tls;
 
 /// The notification channel every relay of a cluster listens on. A payload is
 /// `document id`, a newline, and the id of the relay that wrote.
@@ -224,9 +232,10 @@ impl PgStore {
     /// Connects to `url` (`postgres://user:password@host:port/db`), creates the schema if
     /// it is missing (under an advisory lock, so relays starting together do not race)
     /// and checks its version. `relay_id` names this relay in its hints, so its own
-    /// listener can ignore them. TLS is not built yet: a URL that requires it is refused.
+    /// listener can ignore them. The URL's `sslmode` and `sslrootcert` choose TLS (see
+    /// the module's documentation); a root file that cannot be read is an error here.
     pub fn connect(url: &str, relay_id: &str, options: PgOptions) -> Result<PgStore, StoreError> {
-        let mut config = parse_url(url)?;
+        let (mut config, tls) = parse_url(url)?;
         let op_timeout = options.op_timeout;
         config.connect_timeout(op_timeout);
         config.keepalives(true);
@@ -242,7 +251,7 @@ impl PgStore {
             .map_err(|e| io_error(e.kind(), "start the PostgreSQL store's runtime"))?;
         let manager = Manager::from_config(
             config,
-            NoTls,
+            tls,
             ManagerConfig {
                 // A broken connection is closed and replaced on checkout; one that hung
                 // is taken out of the pool by the call that timed out on it.
@@ -821,7 +830,7 @@ impl PgListener {
         relay_id: &str,
         sender: mpsc::Sender<Hint>,
     ) -> Result<PgListener, StoreError> {
-        let mut config = parse_url(url)?;
+        let (mut config, tls) = parse_url(url)?;
         config.connect_timeout(LISTEN_TIMEOUT);
         config.keepalives(true);
         if config.get_application_name().is_none() {
@@ -830,6 +839,7 @@ impl PgListener {
         let status = Arc::new(ListenerStatus::default());
         let task = tokio::spawn(listen_loop(
             config,
+            tls,
             relay_id.to_owned(),
             sender,
             status.clone(),
@@ -865,13 +875,14 @@ impl PgListener {
 
 async fn listen_loop(
     config: tokio_postgres::Config,
+    tls: tls::RustlsConnect,
     relay_id: String,
     sender: mpsc::Sender<Hint>,
     status: Arc<ListenerStatus>,
 ) {
     let mut backoff = LISTEN_BACKOFF_MIN;
     loop {
-        match listen_once(&config, &relay_id, &sender, &status).await {
+        match listen_once(&config, &tls, &relay_id, &sender, &status).await {
             Ok(Session::ReceiverGone) => return,
             Ok(Session::Lost) => {
                 backoff = LISTEN_BACKOFF_MIN;
@@ -899,14 +910,16 @@ enum Session {
 
 async fn listen_once(
     config: &tokio_postgres::Config,
+    tls: &tls::RustlsConnect,
     relay_id: &str,
     sender: &mpsc::Sender<Hint>,
     status: &ListenerStatus,
 ) -> Result<Session, StoreError> {
-    let (client, mut connection) = tokio::time::timeout(LISTEN_TIMEOUT, config.connect(NoTls))
-        .await
-        .map_err(|_| timed_out("connect the listener", LISTEN_TIMEOUT))?
-        .map_err(|e| pg_error("connect the listener", &e))?;
+    let (client, mut connection) =
+        tokio::time::timeout(LISTEN_TIMEOUT, config.connect(tls.clone()))
+            .await
+            .map_err(|_| timed_out("connect the listener", LISTEN_TIMEOUT))?
+            .map_err(|e| pg_error("connect the listener", &e))?;
     // Reads every message of the connection, always: notifications are handed on with
     // `try_send` and never wait for the relay.
     let read = async {
@@ -969,29 +982,28 @@ async fn listen_once(
     }
 }
 
-fn parse_url(url: &str) -> Result<tokio_postgres::Config, StoreError> {
-    let tls_refused = || {
-        io_error(
-            io::ErrorKind::InvalidInput,
-            "TLS to PostgreSQL is not built yet: connect on a trusted network or through a \
-             local tunnel, with sslmode=disable or prefer",
-        )
-    };
-    // tokio-postgres does not parse the verify modes at all; name the reason ourselves.
-    if url.to_ascii_lowercase().contains("sslmode=verify") {
-        return Err(tls_refused());
-    }
+/// The connection settings and the TLS connector of `url`. Errors never quote the URL
+/// (it may hold the password).
+fn parse_url(url: &str) -> Result<(tokio_postgres::Config, tls::RustlsConnect), StoreError> {
+    let (rest, options) = tls::split_url(url).map_err(StoreError::Io)?;
     // The parser's own error may quote the URL, password included.
-    let config: tokio_postgres::Config = url.parse().map_err(|_| {
+    let mut config: tokio_postgres::Config = rest.parse().map_err(|_| {
         io_error(
             io::ErrorKind::InvalidInput,
             "the PostgreSQL URL does not parse (expected postgres://user:password@host:port/db)",
         )
     })?;
-    if config.get_ssl_mode() == SslMode::Require {
-        return Err(tls_refused());
+    // A key=value string's own `sslmode` (disable, prefer, require) stays as parsed.
+    if rest.starts_with("postgres://") || rest.starts_with("postgresql://") {
+        config.ssl_mode(options.ssl_mode());
     }
-    Ok(config)
+    // As libpq: TLS is for TCP; a Unix socket is local and PostgreSQL offers no TLS on it.
+    let hosts = config.get_hosts();
+    if !hosts.is_empty() && hosts.iter().all(|h| matches!(h, Host::Unix(_))) {
+        config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+    }
+    let connector = options.connector().map_err(StoreError::Io)?;
+    Ok((config, connector))
 }
 
 /// `user@host:port/db`, for logs and `Debug`: never the password.
@@ -1164,7 +1176,7 @@ mod tests {
 
     #[test]
     fn the_description_leaves_out_the_password() {
-        let config = parse_url("postgres://cairn:secret@db.internal:6432/relay").unwrap();
+        let (config, _) = parse_url("postgres://cairn:secret@db.internal:6432/relay").unwrap();
         assert_eq!(describe(&config), "cairn@db.internal:6432/relay");
     }
 
@@ -1175,20 +1187,17 @@ mod tests {
     }
 
     #[test]
-    fn tls_urls_are_refused_with_the_reason() {
+    fn bad_urls_are_refused_without_the_password() {
         for url in [
-            "postgres://u:secret@127.0.0.1/db?sslmode=require",
-            "postgres://u:secret@127.0.0.1/db?sslmode=verify-full",
-            "host=127.0.0.1 user=u password=secret sslmode=require",
+            "postgres://u:secret@127.0.0.1/db?sslmode=verify-everything",
+            "postgres://u:secret@127.0.0.1/db?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
+            "host=127.0.0.1 user=u password=secret sslmode=verify-full",
+            "postgres://u:secret@[::1",
         ] {
-            let e = PgStore::connect(url, "r", PgOptions::default()).unwrap_err();
-            let msg = e.to_string();
-            assert!(msg.contains("TLS"), "{msg}");
-            assert!(!msg.contains("secret"), "{msg}");
+            let e = PgStore::connect(url, "r", PgOptions::default())
+                .unwrap_err()
+                .to_string();
+            assert!(!e.contains("secret"), "{e}");
         }
-        let e = PgStore::connect("postgres://u:secret@[::1", "r", PgOptions::default())
-            .unwrap_err()
-            .to_string();
-        assert!(!e.contains("secret"), "{e}");
     }
 }

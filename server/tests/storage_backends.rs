@@ -3,8 +3,9 @@
 //! second relay's view, a frozen, stopped or crashed database, the cluster-wide lock,
 //! document versions and the change hints between relays.
 //!
-//! One PostgreSQL server serves the whole file (its start-up counts against the test
-//! budget); each part has its own database.
+//! One PostgreSQL server serves these (its start-up counts against the test budget); each
+//! part has its own database. A second one, which takes TCP over TLS only, serves the
+//! TLS cases.
 
 mod common;
 
@@ -208,6 +209,13 @@ async fn postgres_keeps_the_storage_contract_and_shares_one_store() {
     });
     eprintln!("contract done at {:?}", started.elapsed());
 
+    // `prefer` falls back to plain on a server without TLS.
+    let prefer = url.replace("sslmode=disable", "sslmode=prefer");
+    tokio::task::block_in_place(|| {
+        let store = connect(&prefer, "relay-a", Duration::from_secs(10));
+        assert!(store.storage_id().is_ok());
+    });
+
     let url = cluster.create_database("shared");
     let a = connect(&url, "relay-a", Duration::from_secs(10));
     let b = connect(&url, "relay-b", Duration::from_secs(10));
@@ -396,6 +404,86 @@ async fn postgres_keeps_the_storage_contract_and_shares_one_store() {
     eprintln!("PostgreSQL part took {:?}", started.elapsed());
     drop(cluster);
     eprintln!("PostgreSQL stopped at {:?}", started.elapsed());
+}
+
+/// Against a server that refuses plain TCP: each `sslmode` connects, or fails, as libpq's
+/// would, and the listener uses TLS too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_over_tls_checks_the_certificate_as_the_url_asks() {
+    let started = Instant::now();
+    let cluster = PgCluster::start_tls();
+    eprintln!("PostgreSQL with TLS started in {:?}", started.elapsed());
+    cluster.psql("postgres", "CREATE DATABASE tls");
+    let base = format!("postgres://postgres@127.0.0.1:{}/tls", cluster.port());
+    let ca = cluster.ca_file();
+    let timeout = Duration::from_secs(10);
+
+    // `require`: encrypted without a certificate check; the whole contract holds.
+    let require = format!("{base}?sslmode=require");
+    tokio::task::block_in_place(|| {
+        contract(&|| Box::new(connect(&require, "relay-a", timeout)));
+        // No sslmode is libpq's `prefer`: TLS when the server offers it.
+        let prefer = connect(&base, "relay-a", timeout);
+        assert!(prefer.storage_id().is_ok());
+    });
+
+    // `verify-full` and `verify-ca` with the CA that signed the server's certificate: the
+    // store and the listener connect, and one relay hears the other's write.
+    let full = format!("{base}?sslmode=verify-full&sslrootcert={}", ca.display());
+    let verify_ca = format!("{base}?sslmode=verify-ca&sslrootcert={}", ca.display());
+    let (tx, mut hints) = mpsc::channel(16);
+    let listener = PgListener::spawn(&full, "relay-b", tx).unwrap();
+    assert_eq!(next_hint(&mut hints).await, Hint::Reconnected);
+    tokio::task::block_in_place(|| {
+        let a = connect(&verify_ca, "relay-a", timeout);
+        let b = connect(&full, "relay-b", timeout);
+        a.put(&k(&["tls-doc", "incremental", "h1"]), b"one")
+            .unwrap();
+        a.flush().unwrap();
+        assert_eq!(
+            b.load(&k(&["tls-doc", "incremental", "h1"])).unwrap(),
+            Some(b"one".to_vec())
+        );
+    });
+    assert_eq!(
+        next_hint(&mut hints).await,
+        Hint::Changed {
+            doc: "tls-doc".to_owned()
+        }
+    );
+    listener.stop();
+
+    // A CA that did not sign the server's certificate: a clear error, not a hang or a
+    // fallback to plain.
+    let other_ca = rcgen::generate_simple_self_signed(vec!["other-ca.invalid".to_owned()])
+        .expect("another CA");
+    let other = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(other.path(), other_ca.cert.pem()).expect("write the other CA");
+    let options = PgOptions {
+        pool_size: 2,
+        op_timeout: timeout,
+    };
+    for mode in ["verify-full", "verify-ca"] {
+        let wrong = format!(
+            "{base}?sslmode={mode}&sslrootcert={}",
+            other.path().display()
+        );
+        let e =
+            tokio::task::block_in_place(|| PgStore::connect(&wrong, "relay-c", options.clone()))
+                .expect_err("a certificate from an unknown CA is refused");
+        let msg = e.to_string();
+        eprintln!("{mode} with another CA: {msg}");
+        assert!(msg.contains("certificate"), "{mode}: {msg}");
+        assert_eq!(kind(&e), Some(ErrorKind::InvalidData), "{mode}: {msg}");
+    }
+
+    // Plain TCP is refused by the server (pg_hba): the cases above really used TLS.
+    let plain = format!("{base}?sslmode=disable");
+    let e = tokio::task::block_in_place(|| PgStore::connect(&plain, "relay-d", options.clone()))
+        .expect_err("plain TCP is refused");
+    eprintln!("sslmode=disable: {e}");
+    assert!(e.to_string().contains("28000"), "{e}");
+    eprintln!("TLS part took {:?}", started.elapsed());
 }
 
 /// Drains hints (bounded) until a `Reconnected` from a `LISTEN` after the first

@@ -5,9 +5,14 @@
 //!
 //! `initdb` and `postgres` refuse to run as root, so as root both run as the `postgres`
 //! user (the temporary directory is handed to it).
+//!
+//! [`PgCluster::start_tls`] starts one that takes TCP connections over TLS only, with a
+//! certificate for `localhost` and 127.0.0.1 from a throwaway CA made at test time.
 
 use std::fs;
+use std::io::Write;
 use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -32,6 +37,18 @@ impl PgCluster {
     /// Creates a cluster with `initdb` and starts it; panics with the reason when it
     /// cannot.
     pub fn start() -> PgCluster {
+        PgCluster::start_with(false)
+    }
+
+    /// As [`PgCluster::start`], but TCP connections must use TLS (`pg_hba` rejects plain
+    /// ones): the server's certificate names `localhost` and 127.0.0.1 and is signed by
+    /// a CA whose certificate is [`PgCluster::ca_file`].
+    #[allow(dead_code)]
+    pub fn start_tls() -> PgCluster {
+        PgCluster::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> PgCluster {
         let bin = find_bindir();
         let dir = tempfile::Builder::new()
             .prefix("cairn-pg")
@@ -84,8 +101,66 @@ impl PgCluster {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        if tls {
+            cluster.set_up_tls();
+        }
         cluster.start_again();
         cluster
+    }
+
+    /// The CA certificate (PEM) of a [`PgCluster::start_tls`] server.
+    #[allow(dead_code)]
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// Writes the CA, the server's certificate and key (0600, the server's own: postgres
+    /// refuses a key others can read), turns `ssl` on and lets TCP in over TLS only.
+    fn set_up_tls(&self) {
+        let ca_key = rcgen::KeyPair::generate().expect("CA key");
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "cairn test CA");
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).expect("CA cert");
+        let key = rcgen::KeyPair::generate().expect("server key");
+        let cert =
+            rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+                .expect("server params")
+                .signed_by(&key, &ca)
+                .expect("server cert");
+        fs::write(self.ca_file(), ca.pem()).expect("write the CA");
+        let data = self.data_dir();
+        let files = [
+            ("server.crt", cert.pem(), 0o644),
+            ("server.key", key.serialize_pem(), 0o600),
+        ];
+        for (name, pem, mode) in files {
+            let path = data.join(name);
+            fs::write(&path, pem).expect("write a TLS file");
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).expect("chmod");
+            if let Some((uid, gid)) = self.run_as {
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid)).expect("chown");
+            }
+        }
+        let mut conf = fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .expect("postgresql.conf");
+        writeln!(
+            conf,
+            "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'"
+        )
+        .expect("turn TLS on");
+        // The first matching line wins: TLS connections in, plain TCP out.
+        fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\n\
+             hostssl all all 127.0.0.1/32 trust\n\
+             host all all 127.0.0.1/32 reject\n",
+        )
+        .expect("pg_hba.conf");
     }
 
     fn data_dir(&self) -> PathBuf {
@@ -98,6 +173,10 @@ impl PgCluster {
             cmd.uid(uid).gid(gid);
         }
         cmd.env_remove("PGPASSWORD").env("PGCONNECT_TIMEOUT", "10");
+        // psql over TLS looks for a client certificate in $HOME, which the `postgres` user
+        // may not read (root's): point it at a file that does not exist, which means none.
+        let none = self.dir.path().join("no-client-cert");
+        cmd.env("PGSSLCERT", &none).env("PGSSLKEY", &none);
         cmd
     }
 
