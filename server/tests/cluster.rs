@@ -485,7 +485,7 @@ async fn frozen(listen: bool) {
     let pg = PgCluster::start();
     let url = pg.create_database(if listen { "freeze" } else { "freeze_sweep" });
     // Relays as processes of their own: their memory is theirs alone.
-    let mut procs = vec![
+    let mut procs = [
         RelayProcess::start(&url, listen).await,
         RelayProcess::start(&url, listen).await,
     ];
