@@ -29,6 +29,22 @@ use common::{client, http_get, metric_value, Relay, Seen};
 /// Bound for convergence across relays (the sweep runs every 200 ms here).
 const LONG: Duration = Duration::from_secs(60);
 
+/// Two tests of one scenario: with hints (`LISTEN`) and by the sweep alone; every
+/// cross-relay scenario must pass both ways.
+macro_rules! with_and_without_hints {
+    ($scenario:ident: $with:ident, $sweep:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $with() {
+            $scenario(true).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $sweep() {
+            $scenario(false).await;
+        }
+    };
+}
+
 fn relay_flags(url: &str, listen: bool) -> Vec<String> {
     [
         "--store",
@@ -210,15 +226,10 @@ async fn steady(listen: bool) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn members_on_three_relays_converge() {
-    steady(true).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn members_on_three_relays_converge_by_the_sweep_alone() {
-    steady(false).await;
-}
+with_and_without_hints!(
+    steady: members_on_three_relays_converge,
+    members_on_three_relays_converge_by_the_sweep_alone
+);
 
 /// A relay as its own process (so that it can be killed with SIGKILL).
 struct RelayProcess {
@@ -273,15 +284,10 @@ impl Drop for RelayProcess {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_relay_killed_with_sigkill_loses_nothing_it_acknowledged() {
-    sigkill(true).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_relay_killed_with_sigkill_loses_nothing_it_acknowledged_by_the_sweep_alone() {
-    sigkill(false).await;
-}
+with_and_without_hints!(
+    sigkill: a_relay_killed_with_sigkill_loses_nothing_it_acknowledged,
+    a_relay_killed_with_sigkill_loses_nothing_it_acknowledged_by_the_sweep_alone
+);
 
 async fn sigkill(listen: bool) {
     let pg = PgCluster::start();
@@ -398,16 +404,10 @@ impl Pair {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_restarting_or_crashing_stops_no_relay_and_loses_no_acknowledged_change() {
-    postgres_stops(true).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_restarting_or_crashing_stops_no_relay_and_loses_no_acknowledged_change_by_the_sweep_alone(
-) {
-    postgres_stops(false).await;
-}
+with_and_without_hints!(
+    postgres_stops: postgres_restarting_or_crashing_stops_no_relay_and_loses_no_acknowledged_change,
+    postgres_restarting_or_crashing_stops_no_relay_and_loses_no_acknowledged_change_by_the_sweep_alone
+);
 
 async fn postgres_stops(listen: bool) {
     let pg = PgCluster::start();
@@ -467,15 +467,10 @@ fn rss_bytes(pid: u32) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_frozen_database_is_detected_and_everything_converges_after_it() {
-    frozen(true).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_frozen_database_is_detected_and_everything_converges_after_it_by_the_sweep_alone() {
-    frozen(false).await;
-}
+with_and_without_hints!(
+    frozen: a_frozen_database_is_detected_and_everything_converges_after_it,
+    a_frozen_database_is_detected_and_everything_converges_after_it_by_the_sweep_alone
+);
 
 async fn frozen(listen: bool) {
     let freeze: u64 = std::env::var("CAIRN_PG_FREEZE_SECS")
@@ -573,15 +568,10 @@ async fn changes_whose_hints_were_lost_still_arrive() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_relays_compacting_one_document_keep_every_change() {
-    compacting(true).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_relays_compacting_one_document_keep_every_change_by_the_sweep_alone() {
-    compacting(false).await;
-}
+with_and_without_hints!(
+    compacting: two_relays_compacting_one_document_keep_every_change,
+    two_relays_compacting_one_document_keep_every_change_by_the_sweep_alone
+);
 
 async fn compacting(listen: bool) {
     let pg = PgCluster::start();
@@ -704,15 +694,10 @@ async fn removal_crosses_relays(listen: bool) {
     other.stop().await.expect("clean stop");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_removal_on_one_relay_closes_the_members_socket_on_another() {
-    removal_crosses_relays(true).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_removal_reaches_another_relay_by_the_sweep_when_hints_are_off() {
-    removal_crosses_relays(false).await;
-}
+with_and_without_hints!(
+    removal_crosses_relays: a_removal_on_one_relay_closes_the_members_socket_on_another,
+    a_removal_reaches_another_relay_by_the_sweep_when_hints_are_off
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrating_an_embedded_relay_keeps_every_documents_heads() {

@@ -178,7 +178,10 @@ impl TlsOptions {
         let config = match check {
             None => builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(NoCertificateCheck(provider)))
+                .with_custom_certificate_verifier(Arc::new(PartialCheck {
+                    chain_of: None,
+                    provider,
+                }))
                 .with_no_client_auth(),
             Some(check_name) => {
                 let roots = load_roots(self.roots.as_ref().unwrap_or(&Roots::System))?;
@@ -187,8 +190,8 @@ impl TlsOptions {
                 } else {
                     builder
                         .dangerous()
-                        .with_custom_certificate_verifier(Arc::new(ChainOnly {
-                            roots: Arc::new(roots),
+                        .with_custom_certificate_verifier(Arc::new(PartialCheck {
+                            chain_of: Some(Arc::new(roots)),
                             provider,
                         }))
                         .with_no_client_auth()
@@ -280,66 +283,19 @@ fn percent_decode(value: &str) -> Result<String, io::Error> {
     String::from_utf8(out).map_err(|_| bad())
 }
 
-/// `require` and `prefer`: encryption without a certificate check (what libpq does without
-/// a root file). The handshake's signatures are still checked, against the certificate
-/// the server sent.
+/// A certificate check short of `verify-full`'s: `chain_of: None` (`require` and `prefer`
+/// without a root file) encrypts without checking the certificate, as libpq does;
+/// `Some(roots)` (`verify-ca`) checks that the chain ends at one of the roots but not the
+/// host name (a server reached by an address its certificate does not name still passes).
+/// Either way the handshake's signatures are checked against the certificate the server
+/// sent.
 #[derive(Debug)]
-struct NoCertificateCheck(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for NoCertificateCheck {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// `verify-ca`: the chain must end at one of the roots; the host name is not checked (a
-/// server reached by an address its certificate does not name still passes).
-#[derive(Debug)]
-struct ChainOnly {
-    roots: Arc<RootCertStore>,
+struct PartialCheck {
+    chain_of: Option<Arc<RootCertStore>>,
     provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for PartialCheck {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -348,14 +304,16 @@ impl ServerCertVerifier for ChainOnly {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let cert = ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            &self.roots,
-            intermediates,
-            now,
-            self.provider.signature_verification_algorithms.all,
-        )?;
+        if let Some(roots) = &self.chain_of {
+            let cert = ParsedCertificate::try_from(end_entity)?;
+            rustls::client::verify_server_cert_signed_by_trust_anchor(
+                &cert,
+                roots,
+                intermediates,
+                now,
+                self.provider.signature_verification_algorithms.all,
+            )?;
+        }
         Ok(ServerCertVerified::assertion())
     }
 
@@ -556,8 +514,8 @@ mod tests {
             store.add(der.clone().into_owned()).unwrap();
             Arc::new(store)
         };
-        let chain_only = |store| ChainOnly {
-            roots: store,
+        let chain_only = |store| PartialCheck {
+            chain_of: Some(store),
             provider: provider.clone(),
         };
         let full = |store: Arc<RootCertStore>| {
@@ -573,6 +531,12 @@ mod tests {
         let wrong = roots(other.cert.der());
         assert!(check(&chain_only(right.clone()), "db.example").is_ok());
         assert!(check(&chain_only(right.clone()), "elsewhere.example").is_ok());
+        // `require` without a root file: any certificate, any name.
+        let unchecked = PartialCheck {
+            chain_of: None,
+            provider: provider.clone(),
+        };
+        assert!(check(&unchecked, "elsewhere.example").is_ok());
         assert!(check(&*full(right.clone()), "db.example").is_ok());
         assert!(check(&*full(right), "elsewhere.example").is_err());
         assert!(check(&chain_only(wrong.clone()), "db.example").is_err());
