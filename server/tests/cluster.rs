@@ -347,6 +347,22 @@ async fn sigkill(listen: bool) {
     c.shutdown().await;
 }
 
+/// Ana on the relay at `ana`, Ben on the relay at `ben`, and a document Ana created that
+/// Ben found through his relay.
+async fn shared_document(ana: &str, ben: &str) -> (Client, Client, DocumentId) {
+    let a = client("ana/phone", ana);
+    let b = client("ben/phone", ben);
+    let (doc, ()) = a
+        .create(|tx| tx.put(ROOT, "title", "agenda").map(|_| ()))
+        .await
+        .expect("create");
+    a.wait_acknowledged(doc, LONG).await.expect("acknowledged");
+    b.find(doc, LONG)
+        .await
+        .expect("found through the other relay");
+    (a, b, doc)
+}
+
 /// Ana writes through relay 0 and waits for each batch to be acknowledged; Ben reads
 /// through relay 1.
 struct Pair {
@@ -366,16 +382,7 @@ impl Pair {
 
     async fn start_with(flags: &[&str]) -> Pair {
         let (relays, dirs) = relays_with(2, flags).await;
-        let a = client("ana/phone", &relays[0].url());
-        let b = client("ben/phone", &relays[1].url());
-        let (doc, ()) = a
-            .create(|tx| tx.put(ROOT, "title", "agenda").map(|_| ()))
-            .await
-            .expect("create");
-        a.wait_acknowledged(doc, LONG).await.expect("acknowledged");
-        b.find(doc, LONG)
-            .await
-            .expect("found through the other relay");
+        let (a, b, doc) = shared_document(&relays[0].url(), &relays[1].url()).await;
         Pair {
             relays,
             _dirs: dirs,
@@ -484,16 +491,7 @@ async fn frozen(listen: bool) {
         RelayProcess::start(&url, listen).await,
         RelayProcess::start(&url, listen).await,
     ];
-    let a = client("ana/phone", &procs[0].url());
-    let b = client("ben/phone", &procs[1].url());
-    let (doc, ()) = a
-        .create(|tx| tx.put(ROOT, "title", "agenda").map(|_| ()))
-        .await
-        .expect("create");
-    a.wait_acknowledged(doc, LONG).await.expect("acknowledged");
-    b.find(doc, LONG)
-        .await
-        .expect("found through the other relay");
+    let (a, b, doc) = shared_document(&procs[0].url(), &procs[1].url()).await;
     let rss = |p: &RelayProcess| rss_bytes(p.child.id());
     let before: Vec<u64> = procs.iter().map(rss).collect();
     pg.freeze();
