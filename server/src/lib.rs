@@ -119,10 +119,7 @@ impl From<StoreError> for RelayError {
             StoreError::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
                 RelayError::Damaged(format!("a store file ends early ({io})"))
             }
-            // sled's message when another process holds the directory's lock.
-            StoreError::Io(io) if io.to_string().contains("could not acquire lock") => {
-                RelayError::Locked
-            }
+            e if e.is_locked() => RelayError::Locked,
             other => RelayError::Store(other),
         }
     }

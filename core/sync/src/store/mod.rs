@@ -172,6 +172,12 @@ impl StoreError {
             _ => false,
         }
     }
+
+    /// True when another open store (most often another process) holds the directory's
+    /// lock. The sled store reports it with this message; its kind is only `Other`.
+    pub fn is_locked(&self) -> bool {
+        matches!(self, StoreError::Io(e) if e.to_string().contains("could not acquire lock"))
+    }
 }
 
 /// A key-value store with explicit durability.

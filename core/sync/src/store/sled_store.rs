@@ -331,9 +331,29 @@ fn sync_file(path: &Path) -> std::io::Result<()> {
     File::open(path)?.sync_data()
 }
 
+/// How long an open waits for the directory's lock before it reports
+/// [`StoreError::is_locked`]. sled releases the lock only when its last background write
+/// lets go of the database, which can be a moment after the store was dropped: a store
+/// closed and reopened in one process (a rewrite, a check after a close, an app that
+/// switches accounts) must not fail on that. Another process holding the lock still gets
+/// the error, a second later.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Opens sled, turning a panic in its recovery (it panics on some damaged logs) into an
-/// error that names the directory.
+/// error that names the directory, and waiting up to [`LOCK_WAIT`] for the lock.
 fn open_sled(dir: &Path, config: &SledConfig) -> Result<sled::Db, StoreError> {
+    let start = std::time::Instant::now();
+    loop {
+        match open_sled_once(dir, config) {
+            Err(e) if e.is_locked() && start.elapsed() < LOCK_WAIT => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn open_sled_once(dir: &Path, config: &SledConfig) -> Result<sled::Db, StoreError> {
     let opened = catch_unwind(AssertUnwindSafe(|| {
         sled::Config::new()
             .path(dir)
