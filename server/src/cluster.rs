@@ -11,26 +11,47 @@
 //!
 //! Membership is a record family in the same store: a hint or a sweep that finds it
 //! changed reloads it, and closes the sockets whose access the other relay took away.
+//!
+//! Ephemeral messages (presence, cursors) cross relays on the same channel, never
+//! stored: the engine reports each one a socket sent for everyone (or for a peer not
+//! connected here) as [`Event::EphemeralShared`](cairn_sync::engine::Event), the
+//! [`share`] task sends them as notifications (CBOR in base64, up to
+//! [`MAX_NOTIFY_PAYLOAD`] bytes; larger ones stay on this relay), and the other relays
+//! deliver them to the peers they hold that may read the document. They are lossy like
+//! every ephemeral message: none cross while the listener is away, or with
+//! `--cluster-listen false`.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cairn_sync::engine::SharedEphemeral;
 use cairn_sync::ids::DocumentId;
 use cairn_sync::membership::KEY_PREFIX as MEMBERSHIP;
+use ciborium::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::StoreChoice;
-use crate::pg_store::{Hint, ListenerStatus, PgListener, PgStore};
+use crate::config::{Config, StoreChoice};
+use crate::metrics::Metrics;
+use crate::pg_store::{
+    Hint, ListenerStatus, PgListener, PgStore, EPHEMERAL_PREFIX, MAX_NOTIFY_PAYLOAD,
+};
 use crate::AppState;
 
 /// Hints waiting to be acted on. Past it, hints are dropped (and counted): the relay is
 /// behind, and the sweep catches up. The listener never waits, so a slow relay never
 /// fills PostgreSQL's notification queue (which would make every relay's commits fail).
 const HINT_QUEUE: usize = 4096;
+
+/// Ephemeral messages waiting to go to the other relays. Past it they are dropped (and
+/// counted): presence is lossy, and the engine never waits for the database.
+const EPHEMERAL_QUEUE: usize = 1024;
+
+/// Ephemeral messages sent in one statement (one round trip).
+const EPHEMERAL_BATCH: usize = 128;
 
 /// Time between health checks of the database (`/readyz`, `cairn_database_up`).
 const HEALTH_EVERY: Duration = Duration::from_secs(1);
@@ -53,9 +74,42 @@ impl Cause {
     }
 }
 
+/// Where the engine's observer puts ephemeral messages for the other relays.
+pub(crate) type EphemeralOut = mpsc::Sender<SharedEphemeral>;
+
+/// The [`share`] task's end of the ephemeral queue, until the task takes it.
+pub(crate) type EphemeralIn = Arc<std::sync::Mutex<Option<mpsc::Receiver<SharedEphemeral>>>>;
+
+/// The ephemeral queue of a relay that shares ephemeral messages with the other relays:
+/// one on PostgreSQL that listens for hints (without the listener nothing would arrive).
+pub(crate) fn ephemeral_queue(config: &Config) -> Option<(EphemeralOut, EphemeralIn)> {
+    match &config.store {
+        StoreChoice::Postgres(settings) if settings.listen => {
+            let (tx, rx) = mpsc::channel(EPHEMERAL_QUEUE);
+            Some((tx, Arc::new(std::sync::Mutex::new(Some(rx)))))
+        }
+        _ => None,
+    }
+}
+
+/// Queues an ephemeral message for the other relays, or drops it (counted) when the
+/// queue is full. Called from the engine's observer: never waits.
+pub(crate) fn queue_ephemeral(out: &EphemeralOut, metrics: &Metrics, m: &SharedEphemeral) {
+    if out.try_send(m.clone()).is_err() {
+        count_ephemeral(metrics, "dropped", 1);
+    }
+}
+
+fn count_ephemeral(metrics: &Metrics, result: &'static str, n: u64) {
+    metrics
+        .cluster_ephemeral
+        .get_or_create(&vec![("result", result)])
+        .inc_by(n);
+}
+
 /// Starts the cluster tasks of a relay on PostgreSQL (none on the embedded store): the
-/// listener, the follower (hints, reconnects, sweeps) and the health check. They end when
-/// `stop` is cancelled.
+/// listener, the follower (hints, reconnects, sweeps), the ephemeral sender and the
+/// health check. They end when `stop` is cancelled.
 pub(crate) fn spawn(state: &AppState, stop: CancellationToken) -> Vec<JoinHandle<()>> {
     let (Some(pg), StoreChoice::Postgres(settings)) =
         (state.store.postgres().cloned(), &state.config.store)
@@ -63,6 +117,18 @@ pub(crate) fn spawn(state: &AppState, stop: CancellationToken) -> Vec<JoinHandle
         return Vec::new();
     };
     let mut tasks = Vec::new();
+    let outgoing = state
+        .ephemeral_in
+        .as_ref()
+        .and_then(|q| q.lock().unwrap_or_else(|e| e.into_inner()).take());
+    if let Some(rx) = outgoing {
+        tasks.push(tokio::spawn(share(
+            pg.clone(),
+            rx,
+            state.metrics.clone(),
+            stop.clone(),
+        )));
+    }
     let (hints, rx) = mpsc::channel(HINT_QUEUE);
     let mut listening = None;
     if settings.listen {
@@ -121,6 +187,7 @@ async fn follow(state: AppState, pg: PgStore, mut f: Following, stop: Cancellati
                     state.metrics.cluster_hints.get_or_create(&vec![("result", "taken")]).inc();
                     changed(&state, &doc, Cause::Hint).await;
                 }
+                Some(Hint::Ephemeral { message }) => deliver(&state, &message).await,
                 Some(Hint::Reconnected) => {
                     // What was committed while nobody listened: every open document.
                     tracing::info!("cluster: listening for hints; re-reading every open document");
@@ -145,6 +212,125 @@ async fn follow(state: AppState, pg: PgStore, mut f: Following, stop: Cancellati
             }
         }
     }
+}
+
+/// Sends the queued ephemeral messages to the other relays, up to [`EPHEMERAL_BATCH`] per
+/// statement. A message too large for a notification stays on this relay; a failed send
+/// (the database down) drops its batch: presence is re-sent by its heartbeat.
+async fn share(
+    pg: PgStore,
+    mut queue: mpsc::Receiver<SharedEphemeral>,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
+    loop {
+        let first = tokio::select! {
+            _ = stop.cancelled() => return,
+            m = queue.recv() => match m {
+                Some(m) => m,
+                None => return,
+            },
+        };
+        let mut batch = vec![first];
+        while batch.len() < EPHEMERAL_BATCH {
+            match queue.try_recv() {
+                Ok(m) => batch.push(m),
+                Err(_) => break,
+            }
+        }
+        let relay = pg.relay_id().to_owned();
+        let payloads: Vec<String> = batch
+            .iter()
+            .filter_map(|m| notification(m, &relay))
+            .collect();
+        let too_large = (batch.len() - payloads.len()) as u64;
+        if too_large > 0 {
+            count_ephemeral(&metrics, "too_large", too_large);
+        }
+        let n = payloads.len() as u64;
+        let p = pg.clone();
+        match tokio::task::spawn_blocking(move || p.notify(payloads)).await {
+            Ok(Ok(())) => count_ephemeral(&metrics, "sent", n),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, messages = n, "cluster: ephemeral messages not sent");
+                count_ephemeral(&metrics, "failed", n);
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+/// The notification payload of an ephemeral message: [`EPHEMERAL_PREFIX`], the message
+/// (CBOR array `[doc, sender, target or null, session, count, data]` in base64), a newline
+/// and this relay's id. `None` when it would pass [`MAX_NOTIFY_PAYLOAD`].
+fn notification(m: &SharedEphemeral, relay: &str) -> Option<String> {
+    // Base64 makes 4 bytes of 3: a payload far too large is not even encoded.
+    if m.data.len() > MAX_NOTIFY_PAYLOAD {
+        return None;
+    }
+    let value = Value::Array(vec![
+        Value::Text(m.doc.to_string()),
+        Value::Text(m.sender.to_string()),
+        m.target
+            .as_ref()
+            .map_or(Value::Null, |t| Value::Text(t.to_string())),
+        Value::Text(m.session_id.clone()),
+        Value::Integer(m.count.into()),
+        Value::Bytes(m.data.clone()),
+    ]);
+    let mut cbor = Vec::new();
+    ciborium::into_writer(&value, &mut cbor).ok()?;
+    let payload = format!(
+        "{EPHEMERAL_PREFIX}{}\n{relay}",
+        data_encoding::BASE64.encode(&cbor)
+    );
+    (payload.len() <= MAX_NOTIFY_PAYLOAD).then_some(payload)
+}
+
+/// Reads an ephemeral message another relay sent; `None` when it is not one (the
+/// channel is open to every database user that may `NOTIFY`).
+fn parse_ephemeral(message: &str) -> Option<SharedEphemeral> {
+    let cbor = data_encoding::BASE64.decode(message.as_bytes()).ok()?;
+    let Value::Array(parts) = ciborium::from_reader(cbor.as_slice()).ok()? else {
+        return None;
+    };
+    let [doc, sender, target, session, count, data]: [Value; 6] = parts.try_into().ok()?;
+    let text = |v: Value| match v {
+        Value::Text(t) => Some(t),
+        _ => None,
+    };
+    Some(SharedEphemeral {
+        doc: text(doc)?.parse().ok()?,
+        sender: text(sender)?.into(),
+        target: match target {
+            Value::Null => None,
+            t => Some(text(t)?.into()),
+        },
+        session_id: text(session)?,
+        count: match count {
+            Value::Integer(n) => u64::try_from(n).ok()?,
+            _ => return None,
+        },
+        data: match data {
+            Value::Bytes(b) => b,
+            _ => return None,
+        },
+    })
+}
+
+/// Delivers an ephemeral message another relay sent to this relay's peers of its
+/// document.
+async fn deliver(state: &AppState, message: &str) {
+    let Some(m) = parse_ephemeral(message) else {
+        count_ephemeral(&state.metrics, "malformed", 1);
+        return;
+    };
+    count_ephemeral(&state.metrics, "received", 1);
+    let doc = m.doc;
+    let _ = state
+        .host
+        .call_doc(doc, move |e, now| e.deliver_shared_ephemeral(now, m))
+        .await;
 }
 
 /// One record family changed in the store (`doc` is a document id or `cairn-membership`).
@@ -243,3 +429,57 @@ pub(crate) fn database_up(state: &AppState) -> bool {
 
 /// Keeps the type used by [`AppState`] in one place.
 pub(crate) type DatabaseUp = Arc<std::sync::atomic::AtomicBool>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(data: Vec<u8>, target: Option<&str>) -> SharedEphemeral {
+        SharedEphemeral {
+            doc: DocumentId::from_bytes([7; 16]),
+            sender: "ana/phone".into(),
+            target: target.map(Into::into),
+            session_id: "s1".into(),
+            count: 7,
+            data,
+        }
+    }
+
+    #[test]
+    fn an_ephemeral_message_crosses_as_a_notification_and_back() {
+        for m in [
+            message(b"ana is here".to_vec(), None),
+            message(vec![0, 255, 10], Some("ben/laptop")),
+        ] {
+            let payload = notification(&m, "relay-a").unwrap();
+            // What the listener hands on: the part before the relay id, prefix removed.
+            let (body, relay) = payload.rsplit_once('\n').unwrap();
+            assert_eq!(relay, "relay-a");
+            let body = body.strip_prefix(EPHEMERAL_PREFIX).unwrap();
+            assert_eq!(parse_ephemeral(body), Some(m));
+        }
+    }
+
+    #[test]
+    fn only_what_fits_a_notification_crosses_and_junk_is_refused() {
+        // The largest payload that fits: base64 of the data plus a few dozen bytes.
+        let fits = message(vec![7; 5_700], None);
+        assert!(notification(&fits, "relay-a").unwrap().len() <= MAX_NOTIFY_PAYLOAD);
+        assert_eq!(
+            notification(&message(vec![7; 6_000], None), "relay-a"),
+            None
+        );
+        assert_eq!(
+            notification(&message(vec![7; 64 * 1024], None), "relay-a"),
+            None
+        );
+        for junk in [
+            "",
+            "not base64!",
+            "AAAA",
+            &data_encoding::BASE64.encode(b"\x83\x01\x02\x03"),
+        ] {
+            assert_eq!(parse_ephemeral(junk), None, "{junk:?}");
+        }
+    }
+}

@@ -152,6 +152,8 @@ pub struct AppState {
     store: RelayStore,
     /// With PostgreSQL: whether the database answered the last health check.
     database_up: cluster::DatabaseUp,
+    /// With PostgreSQL and the listener: the ephemeral messages for the other relays.
+    ephemeral_in: Option<cluster::EphemeralIn>,
 }
 
 impl AppState {
@@ -260,6 +262,8 @@ pub async fn start(config: &Config) -> Result<(AppState, RelayStore), RelayError
         .with_storage_id(storage_id.clone())
         .with_limits(limits)
         .with_sync_debounce(config.fanout_debounce);
+    let ephemeral = cluster::ephemeral_queue(config);
+    let engine_config = engine_config.with_shared_ephemeral(ephemeral.is_some());
     let make_engine = |task: usize| {
         let mut engine = Engine::new(EngineConfig {
             // Each task's document actors and session id differ.
@@ -282,7 +286,7 @@ pub async fn start(config: &Config) -> Result<(AppState, RelayStore), RelayError
         config.engine_shards,
         make_engine,
         Arc::new(store.clone()),
-        |_| metrics.observer(),
+        |_| metrics.observer(ephemeral.as_ref().map(|(out, _)| out.clone())),
         HostConfig {
             outbound_queue: config.outbound_queue,
             outbound_queue_bytes: config.outbound_queue_bytes,
@@ -350,6 +354,7 @@ pub async fn start(config: &Config) -> Result<(AppState, RelayStore), RelayError
             failed_credentials: Arc::default(),
             store: store.clone(),
             database_up: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            ephemeral_in: ephemeral.map(|(_, queue)| queue),
         },
         store,
     ))

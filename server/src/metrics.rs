@@ -89,6 +89,10 @@ pub struct Metrics {
     /// With PostgreSQL: re-reads of what the other relays wrote, by `cause` (`hint`,
     /// `sweep`, `reconnect`).
     pub cluster_refreshes: Family<Labels, Counter>,
+    /// With PostgreSQL: ephemeral messages passed between relays, by `result` (`sent`,
+    /// `received`; not passed on: `dropped` while the queue was full, `too_large` for a
+    /// notification, `failed` when the database did not take them, `malformed`).
+    pub cluster_ephemeral: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -139,6 +143,7 @@ impl Metrics {
             database_up: Gauge::default(),
             cluster_hints: Family::default(),
             cluster_refreshes: Family::default(),
+            cluster_ephemeral: Family::default(),
             quota_exceeded: Family::default(),
             audit_entries: Counter::default(),
             audit_seen_seq: std::sync::atomic::AtomicU64::new(0),
@@ -344,6 +349,11 @@ impl Metrics {
             "With PostgreSQL: re-reads of documents the other relays wrote, by cause (hint, sweep, reconnect)",
             m.cluster_refreshes.clone(),
         );
+        registry.register(
+            "cluster_ephemeral",
+            "With PostgreSQL: ephemeral messages passed between relays, by result (sent, received, dropped, too_large, failed, malformed)",
+            m.cluster_ephemeral.clone(),
+        );
         // Up until the host says otherwise: the gauge is refreshed on every scrape.
         m.engine_up.set(1);
         Metrics { registry, ..m }
@@ -374,18 +384,30 @@ impl Metrics {
         out
     }
 
-    /// An observer that feeds these metrics from the engine host.
-    pub fn observer(self: &std::sync::Arc<Self>) -> Box<dyn Observer> {
-        Box::new(MetricsObserver(self.clone()))
+    /// An observer that feeds these metrics from the engine host, and passes the
+    /// ephemeral messages the engine shares to `share` (a relay of a cluster).
+    pub(crate) fn observer(
+        self: &std::sync::Arc<Self>,
+        share: Option<crate::cluster::EphemeralOut>,
+    ) -> Box<dyn Observer> {
+        Box::new(MetricsObserver(self.clone(), share))
     }
 }
 
-struct MetricsObserver(std::sync::Arc<Metrics>);
+struct MetricsObserver(
+    std::sync::Arc<Metrics>,
+    Option<crate::cluster::EphemeralOut>,
+);
 
 impl Observer for MetricsObserver {
     fn event(&mut self, event: &Event) {
         let m = &self.0;
         match event {
+            Event::EphemeralShared(message) => {
+                if let Some(share) = &self.1 {
+                    crate::cluster::queue_ephemeral(share, m, message);
+                }
+            }
             Event::DocumentEvicted { .. } => {
                 m.evictions.inc();
             }

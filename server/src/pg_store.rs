@@ -52,15 +52,22 @@ use tokio_postgres::AsyncMessage;
 mod tls;
 
 /// The notification channel every relay of a cluster listens on. A payload is
-/// `document id`, a newline, and the id of the relay that wrote.
+/// `document id`, a newline, and the id of the relay that wrote; or, for an ephemeral
+/// message passed between relays, [`EPHEMERAL_PREFIX`], the message, a newline and the
+/// relay's id.
 pub const CHANNEL: &str = "cairn_changes";
+
+/// How a notification carrying an ephemeral message starts (no record family is named
+/// so: the first key part of a document hint is a document id or `cairn-membership`).
+pub const EPHEMERAL_PREFIX: &str = "ephemeral\n";
+
+/// The largest notification payload a relay sends: PostgreSQL refuses 8000 bytes or more.
+/// A longer document hint is not sent (the sweep finds the change), nor a longer
+/// ephemeral message.
+pub const MAX_NOTIFY_PAYLOAD: usize = 7900;
 
 /// The schema version this build creates and reads (the `cairn_schema` table).
 pub const SCHEMA_VERSION: i32 = 1;
-
-/// PostgreSQL refuses a notification payload of 8000 bytes or more; a longer one is not
-/// sent (the sweep finds the change).
-const MAX_NOTIFY_PAYLOAD: usize = 7900;
 
 /// Unflushed bytes above which writes are refused (see
 /// [`PgStore::set_max_unflushed_bytes`]).
@@ -344,6 +351,22 @@ impl PgStore {
                         (r.get::<_, String>(0), size.unwrap_or(0).max(0) as u64)
                     })
                     .collect())
+            })
+        })
+    }
+
+    /// Sends `payloads` on [`CHANNEL`] in one statement, outside any transaction (for
+    /// messages that are never stored: ephemeral ones). Each must be at most
+    /// [`MAX_NOTIFY_PAYLOAD`] bytes.
+    pub fn notify(&self, payloads: Vec<String>) -> Result<(), StoreError> {
+        if payloads.is_empty() {
+            return Ok(());
+        }
+        self.call("notify", move |c| {
+            Box::pin(async move {
+                let stmt = c.prepare_cached(SQL_NOTIFY).await?;
+                c.execute(&stmt, &[&CHANNEL, &payloads]).await?;
+                Ok(())
             })
         })
     }
@@ -784,6 +807,12 @@ pub enum Hint {
     /// The listener (re)connected and listens again: hints may have been lost while it
     /// was away, so every open document should be re-read.
     Reconnected,
+    /// Another relay passed on an ephemeral message (what follows [`EPHEMERAL_PREFIX`],
+    /// not yet decoded).
+    Ephemeral {
+        /// The encoded message.
+        message: String,
+    },
 }
 
 /// What a running [`PgListener`] reports (for metrics and `/readyz`).
@@ -932,9 +961,15 @@ async fn listen_once(
                     if from == relay_id {
                         continue;
                     }
-                    match sender.try_send(Hint::Changed {
-                        doc: doc.to_owned(),
-                    }) {
+                    let hint = match doc.strip_prefix(EPHEMERAL_PREFIX) {
+                        Some(message) => Hint::Ephemeral {
+                            message: message.to_owned(),
+                        },
+                        None => Hint::Changed {
+                            doc: doc.to_owned(),
+                        },
+                    };
+                    match sender.try_send(hint) {
                         Ok(()) => {}
                         Err(mpsc::error::TrySendError::Full(_)) => {
                             status.dropped.fetch_add(1, Ordering::Relaxed);

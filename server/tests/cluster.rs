@@ -754,3 +754,86 @@ async fn migrating_an_embedded_relay_keeps_every_documents_heads() {
     }
     b.shutdown().await;
 }
+
+/// Waits until `what` holds, polling; panics after [`LONG`].
+async fn eventually(what: &str, mut holds: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !holds() {
+        assert!(started.elapsed() < LONG, "{what}: not within {LONG:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    started.elapsed()
+}
+
+/// Presence crosses relays on PostgreSQL's notifications, and is never stored. Only with
+/// the listener: presence is lossy by design, and a sweep has nothing stored to find.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_crosses_relays_and_is_never_stored() {
+    let pg = PgCluster::start();
+    let url = pg.create_database("presence");
+    let (relays, _dirs) = relays(&url, 2, true).await;
+    let (a, b, doc) = shared_document(&relays[0].url(), &relays[1].url()).await;
+    let canary = "cursor-canary-7f3a";
+    a.set_presence(doc, serde_json::json!({"cursor": 3, "note": canary}))
+        .await
+        .expect("presence set");
+    b.set_presence(doc, serde_json::json!({"cursor": 0}))
+        .await
+        .expect("presence set");
+    let took = eventually("Ben, on relay 1, sees Ana's presence from relay 0", || {
+        b.presence(doc)
+            .iter()
+            .any(|p| p.peer.as_str() == "ana/phone" && p.state["note"] == canary)
+    })
+    .await;
+    eventually("Ana sees Ben's", || {
+        a.presence(doc)
+            .iter()
+            .any(|p| p.peer.as_str() == "ben/phone")
+    })
+    .await;
+    a.update_presence(doc, "cursor", serde_json::json!(12))
+        .await
+        .expect("update");
+    eventually("Ben sees Ana's cursor move", || {
+        b.presence(doc)
+            .iter()
+            .any(|p| p.peer.as_str() == "ana/phone" && p.state["cursor"] == 12)
+    })
+    .await;
+    a.leave_presence(doc).await.expect("goodbye");
+    eventually("Ben forgets Ana", || {
+        !b.presence(doc)
+            .iter()
+            .any(|p| p.peer.as_str() == "ana/phone")
+    })
+    .await;
+    eprintln!("presence: from relay 0 to a peer on relay 1 in {took:?}");
+    // Nothing of it is in the database.
+    let check = url.clone();
+    let rows = tokio::task::spawn_blocking(move || {
+        let pg = PgStore::connect(&check, "check", PgOptions::default()).expect("connect");
+        pg.load_range(&[]).expect("read every row")
+    })
+    .await
+    .expect("read");
+    assert!(!rows.is_empty());
+    assert!(
+        !rows
+            .iter()
+            .any(|(_, v)| v.windows(canary.len()).any(|w| w == canary.as_bytes())),
+        "presence was stored"
+    );
+    for (relay, result) in [(0, "sent"), (1, "received")] {
+        let (_, text) = http_get(relays[relay].addr, "/metrics")
+            .await
+            .expect("metrics");
+        let n = metric_value(
+            &text,
+            &format!("cairn_cluster_ephemeral_total{{result=\"{result}\"}}"),
+        );
+        assert!(n.unwrap_or(0.0) >= 3.0, "relay {relay} {result}: {n:?}");
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -145,6 +145,11 @@ pub struct EngineConfig {
     /// `syncDebounceRate` defaults to), zero for the relay, whose fan-out is already
     /// paced by its flushes (one round of sync messages per durable write).
     pub sync_debounce: Duration,
+    /// A relay among several (on one shared store): every ephemeral message it takes from
+    /// a socket for everyone, or for a peer not connected here, is also reported as
+    /// [`super::Event::EphemeralShared`], for the host to hand to the other relays, which
+    /// deliver it with [`super::Engine::deliver_shared_ephemeral`]. Default false.
+    pub share_ephemeral: bool,
 }
 
 /// The client role's default [`EngineConfig::sync_debounce`]: 100 ms.
@@ -164,7 +169,14 @@ impl EngineConfig {
                 Role::Client => DEFAULT_SYNC_DEBOUNCE,
                 Role::Relay => Duration::ZERO,
             },
+            share_ephemeral: false,
         }
+    }
+
+    /// Sets [`EngineConfig::share_ephemeral`].
+    pub fn with_shared_ephemeral(mut self, share: bool) -> Self {
+        self.share_ephemeral = share;
+        self
     }
 
     /// Sets [`EngineConfig::sync_debounce`] (zero: announce every change at once).

@@ -7,7 +7,7 @@
 //! silence someone else's session by replaying its id with a huge count — and drops what
 //! passes the socket's rate budget.
 
-use super::{Engine, EphemeralDrop, Event, Operation, Role};
+use super::{Engine, EphemeralDrop, Event, Operation, Role, SharedEphemeral};
 use crate::ids::{ConnectionId, DocumentId, PeerId};
 use crate::time::Timestamp;
 use crate::wire::Message;
@@ -75,14 +75,28 @@ impl Engine {
         let Some(d) = self.docs.get(&doc) else {
             return;
         };
-        let targets: Vec<ConnectionId> = if m.target == self.local_id(from) {
+        let share = self.config.share_ephemeral && self.config.role == Role::Relay;
+        let everyone = m.target == self.local_id(from);
+        let targets: Vec<ConnectionId> = if everyone {
             d.peers.keys().copied().filter(|c| *c != from).collect()
         } else {
             match self.peers.get(&m.target) {
                 Some(conn) if *conn != from && d.peers.contains_key(conn) => vec![*conn],
+                // The peer may be on another relay of the cluster.
+                _ if share => Vec::new(),
                 _ => return self.dropped(from, EphemeralDrop::NoTarget),
             }
         };
+        if share && (everyone || targets.is_empty()) {
+            self.emit(Event::EphemeralShared(SharedEphemeral {
+                doc,
+                sender: sender.clone(),
+                target: (!everyone).then(|| m.target.clone()),
+                session_id: session_id.clone(),
+                count: m.count,
+                data: m.data.clone(),
+            }));
+        }
         if self.config.role == Role::Client {
             self.emit(Event::Ephemeral {
                 doc,
@@ -107,6 +121,44 @@ impl Engine {
             };
             self.send(conn, &msg);
         }
+    }
+
+    /// Delivers an ephemeral message another relay of the cluster took from one of its
+    /// sockets ([`Event::EphemeralShared`]) to the peers here that have its document open
+    /// and may read it: everyone, or the one peer it is for. Returns how many peers it
+    /// went to (none when the document is not open here).
+    pub fn deliver_shared_ephemeral(&mut self, now: Timestamp, m: SharedEphemeral) -> usize {
+        let Some(d) = self.docs.get(&m.doc) else {
+            return 0;
+        };
+        let targets: Vec<ConnectionId> = match &m.target {
+            None => d.peers.keys().copied().collect(),
+            Some(peer) => match self.peers.get(peer) {
+                Some(conn) if d.peers.contains_key(conn) => vec![*conn],
+                _ => return 0,
+            },
+        };
+        let mut sent = 0;
+        for conn in targets {
+            let Some(target_id) = self.peer_of(conn) else {
+                continue;
+            };
+            // Nobody gets their own message back (a device connected to two relays).
+            if target_id == m.sender || !self.may(conn, &m.doc, Operation::Read, now) {
+                continue;
+            }
+            let msg = Message::Ephemeral {
+                sender_id: m.sender.clone(),
+                target_id,
+                document_id: m.doc,
+                session_id: m.session_id.clone(),
+                count: m.count,
+                data: m.data.clone(),
+            };
+            self.send(conn, &msg);
+            sent += 1;
+        }
+        sent
     }
 
     fn dropped(&mut self, conn: ConnectionId, reason: EphemeralDrop) {

@@ -340,6 +340,10 @@ pub enum Event {
         /// The payload.
         data: Vec<u8>,
     },
+    /// An ephemeral message a socket sent this relay, for the other relays sharing its
+    /// store (relay role with [`super::EngineConfig::share_ephemeral`] only). Already
+    /// forwarded to the peers here.
+    EphemeralShared(SharedEphemeral),
     /// A storage task failed. For a failed write, the changes it carried were not made
     /// durable and were not revealed to anyone.
     StorageFailed {
@@ -422,4 +426,24 @@ pub struct Stats {
     pub loaded_ops: u64,
     /// Pending timers (handshakes, idle evictions).
     pub timers: usize,
+}
+
+/// An ephemeral message passed between relays that share a store: one relay took it from
+/// a socket (checking the sender's right to read the document), the others deliver it to
+/// their own peers of the document ([`super::Engine::deliver_shared_ephemeral`]). Never
+/// stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SharedEphemeral {
+    /// The document.
+    pub doc: DocumentId,
+    /// The peer that sent it, as the first relay stamped it.
+    pub sender: PeerId,
+    /// The one peer it is for; `None`: everyone with the document open.
+    pub target: Option<PeerId>,
+    /// The sender's `sessionId`.
+    pub session_id: String,
+    /// The sender's `count`.
+    pub count: u64,
+    /// The payload (opaque to relays).
+    pub data: Vec<u8>,
 }

@@ -64,7 +64,7 @@ pub use app::DocumentUpdate;
 pub use config::{EngineConfig, Limits, Role, DEFAULT_SYNC_DEBOUNCE};
 pub use interface::{
     ChangeFailed, CloseReason, Direction, EngineError, EphemeralDrop, Event, Input, Output,
-    Rejection, Stats,
+    Rejection, SharedEphemeral, Stats,
 };
 pub use sync_check::{SyncCheckError, SyncLimits, SyncSummary};
 

@@ -44,6 +44,17 @@ impl Relay {
         }
     }
 
+    /// A relay of a cluster: it shares ephemeral messages with the other relays.
+    fn sharing(limits: Limits) -> Self {
+        let mut relay = Relay::new(limits);
+        let config = EngineConfig::new(Role::Relay, PeerId::from("relay"), 7)
+            .with_storage_id(relay.store.storage_id().unwrap())
+            .with_limits(relay.engine.config.limits.clone())
+            .with_shared_ephemeral(true);
+        relay.engine = Engine::new(config);
+        relay
+    }
+
     fn run(&mut self) {
         while let Some(out) = self.engine.poll_output() {
             match out {
@@ -491,6 +502,137 @@ fn ephemeral_messages_carry_the_senders_own_peer_id_and_honour_the_target() {
             ..
         }
     )));
+}
+
+/// Reads for everyone but the peer named `barred` (what a membership change leaves).
+struct AllBut(&'static str);
+
+impl Access for AllBut {
+    fn allows(&self, peer: &PeerInfo<'_>, _: &DocumentId, _: Operation, _: Timestamp) -> bool {
+        peer.peer_id.as_str() != self.0
+    }
+}
+
+fn shared(events: &[Event]) -> Vec<&SharedEphemeral> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::EphemeralShared(m) => Some(m),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_relay_of_a_cluster_shares_its_sockets_ephemeral_messages() {
+    let (mut relay, doc) = three_on_one_document(Limits::default());
+    relay.frame(PHONE, ephemeral("phone", "relay", doc, "p1", 1));
+    assert!(
+        shared(&relay.events).is_empty(),
+        "a relay alone shares nothing"
+    );
+
+    let mut relay = Relay::sharing(Limits::default());
+    for (conn, name) in [(PHONE, "phone"), (OTHER, "other"), (MALLORY, "mallory")] {
+        relay.join(conn, name);
+        relay.sync(conn, name, doc, change_message(1));
+    }
+    relay.frames.clear();
+    // For everyone: forwarded here as before, and shared under the socket's own peer id.
+    relay.frame(MALLORY, ephemeral("phone", "relay", doc, "m1", 1));
+    assert_eq!(ephemerals_to(&relay, OTHER).len(), 1);
+    assert_eq!(
+        shared(&relay.events),
+        vec![&SharedEphemeral {
+            doc,
+            sender: "mallory".into(),
+            target: None,
+            session_id: "m1".into(),
+            count: 1,
+            data: b"cursor".to_vec(),
+        }]
+    );
+    // For a peer not connected here: shared for the relay that has it, not dropped.
+    relay.frame(PHONE, ephemeral("phone", "ben", doc, "p1", 1));
+    assert_eq!(
+        shared(&relay.events)[1].target,
+        Some(PeerId::from("ben")),
+        "targeted at a peer elsewhere"
+    );
+    assert!(!relay
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::EphemeralDropped { .. })));
+    // For a peer here: delivered here only.
+    relay.frame(PHONE, ephemeral("phone", "other", doc, "p1", 2));
+    assert_eq!(shared(&relay.events).len(), 2);
+    // A replay or a flood is dropped before it is shared.
+    relay.frame(PHONE, ephemeral("phone", "relay", doc, "p1", 2));
+    assert_eq!(shared(&relay.events).len(), 2);
+}
+
+#[test]
+fn another_relays_ephemeral_message_reaches_the_readers_here_only() {
+    let (mut relay, doc) = three_on_one_document(Limits::default());
+    relay.engine.set_access(Box::new(AllBut("mallory")));
+    let from_ben = |target: Option<&str>, count| SharedEphemeral {
+        doc,
+        sender: "ben".into(),
+        target: target.map(PeerId::from),
+        session_id: "b1".into(),
+        count,
+        data: b"ben is here".to_vec(),
+    };
+    let now = relay.now;
+    assert_eq!(
+        relay
+            .engine
+            .deliver_shared_ephemeral(now, from_ben(None, 1)),
+        2
+    );
+    relay.run();
+    let got = (PeerId::from("ben"), "b1".to_owned(), 1);
+    assert_eq!(ephemerals_to(&relay, PHONE), vec![got.clone()]);
+    assert_eq!(ephemerals_to(&relay, OTHER), vec![got]);
+    assert!(
+        ephemerals_to(&relay, MALLORY).is_empty(),
+        "a peer who may not read the document hears nothing of it"
+    );
+    // For one peer: that peer only; for a peer not here, or a document not open here,
+    // nobody.
+    assert_eq!(
+        relay
+            .engine
+            .deliver_shared_ephemeral(now, from_ben(Some("other"), 2)),
+        1
+    );
+    assert_eq!(
+        relay
+            .engine
+            .deliver_shared_ephemeral(now, from_ben(Some("cleo"), 3)),
+        0
+    );
+    let elsewhere = SharedEphemeral {
+        doc: doc_id(9),
+        ..from_ben(None, 4)
+    };
+    assert_eq!(relay.engine.deliver_shared_ephemeral(now, elsewhere), 0);
+    relay.run();
+    assert_eq!(ephemerals_to(&relay, OTHER).len(), 2);
+    assert_eq!(ephemerals_to(&relay, PHONE).len(), 1);
+    // A device connected to two relays does not hear itself.
+    let echo = SharedEphemeral {
+        sender: "phone".into(),
+        ..from_ben(None, 5)
+    };
+    assert_eq!(relay.engine.deliver_shared_ephemeral(now, echo), 1);
+    // Nothing of it was stored.
+    assert!(!relay
+        .store
+        .load_range(&[])
+        .unwrap()
+        .iter()
+        .any(|(_, v)| v.windows(11).any(|w| w == b"ben is here")));
 }
 
 #[test]
