@@ -42,7 +42,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use cairn_sync::ids::StorageId;
-use cairn_sync::store::{random_uuid, storage_id_key, SharedLock, Storage, StorageKey, StoreError};
+use cairn_sync::store::{
+    gone_keys, random_uuid, storage_id_key, RangeUpdate, SharedLock, Storage, StorageKey,
+    StoreError,
+};
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use tokio::sync::mpsc;
 use tokio_postgres::config::Host;
@@ -100,8 +103,10 @@ const SCHEMA_SQL: &str = "
 
 const SQL_LOAD: &str = "SELECT data FROM cairn_kv WHERE key = $1";
 const SQL_RANGE: &str = "SELECT key, data FROM cairn_kv WHERE key >= $1 AND key < $2 ORDER BY key";
-const SQL_RANGE_EXCEPT: &str = "SELECT key, data FROM cairn_kv \
-     WHERE key >= $1 AND key < $2 AND NOT (key = ANY($3::bytea[])) ORDER BY key";
+// Every key of the range, with its data only when the caller does not know it.
+const SQL_RANGE_EXCEPT: &str =
+    "SELECT key, CASE WHEN key = ANY($3::bytea[]) THEN NULL ELSE data END \
+     FROM cairn_kv WHERE key >= $1 AND key < $2 ORDER BY key";
 const SQL_KEYS: &str = "SELECT key FROM cairn_kv WHERE key >= $1 AND key < $2 ORDER BY key";
 // The update keeps `seq` when the data is the same, so a retried flush (or a relay
 // writing a chunk another relay already wrote) does not make documents look changed.
@@ -464,12 +469,14 @@ impl PgStore {
         })
     }
 
+    /// Every key of `prefix`'s range, the buffer laid over the table, with its value when
+    /// `values` is set and the key is not in `known` (`None` otherwise).
     fn read_range(
         &self,
         prefix: &[String],
         known: Option<&[StorageKey]>,
         values: bool,
-    ) -> Result<Vec<(StorageKey, Vec<u8>)>, StoreError> {
+    ) -> Result<Vec<KeyAndValue>, StoreError> {
         let (start, end) = prefix_range(prefix)?;
         let known: BTreeSet<Vec<u8>> = match known {
             Some(keys) => keys
@@ -505,7 +512,7 @@ impl PgStore {
                     .iter()
                     .map(|r| {
                         let key: Vec<u8> = r.get(0);
-                        let data: Vec<u8> = if values { r.get(1) } else { Vec::new() };
+                        let data: Option<Vec<u8>> = if values { r.get(1) } else { None };
                         (key, data)
                     })
                     .collect::<BTreeMap<_, _>>())
@@ -515,8 +522,8 @@ impl PgStore {
         for p in &pending {
             match p {
                 Pending::Put { key, data, .. } => {
-                    if in_range(key, &start, &end) && !known.contains(key) {
-                        let data = if values { data.clone() } else { Vec::new() };
+                    if in_range(key, &start, &end) {
+                        let data = (values && !known.contains(key)).then(|| data.clone());
                         rows.insert(key.clone(), data);
                     }
                 }
@@ -533,6 +540,9 @@ impl PgStore {
             .collect()
     }
 }
+
+/// A key and, when it was read, its value.
+type KeyAndValue = (StorageKey, Option<Vec<u8>>);
 
 /// Releases a [`Storage::lock_shared`] lock when dropped.
 struct PgLock {
@@ -594,15 +604,26 @@ impl Storage for PgStore {
     }
 
     fn load_range(&self, prefix: &[String]) -> Result<Vec<(StorageKey, Vec<u8>)>, StoreError> {
-        self.read_range(prefix, None, true)
+        Ok(self
+            .read_range(prefix, None, true)?
+            .into_iter()
+            .map(|(k, v)| (k, v.unwrap_or_default()))
+            .collect())
     }
 
     fn load_range_except(
         &self,
         prefix: &[String],
         known: &[StorageKey],
-    ) -> Result<Vec<(StorageKey, Vec<u8>)>, StoreError> {
-        self.read_range(prefix, Some(known), true)
+    ) -> Result<RangeUpdate, StoreError> {
+        let rows = self.read_range(prefix, Some(known), true)?;
+        let present: BTreeSet<&StorageKey> = rows.iter().map(|(k, _)| k).collect();
+        let gone = gone_keys(prefix, known, &present);
+        let added = rows
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, v?)))
+            .collect();
+        Ok(RangeUpdate { added, gone })
     }
 
     fn list_keys(&self, prefix: &[String]) -> Result<Vec<StorageKey>, StoreError> {

@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 
 use cairn_sync::ids::StorageId;
 use cairn_sync::store::{
-    BackupReport, RewriteReport, SharedLock, SledStore, Storage, StorageKey, StoreError,
+    BackupReport, RangeUpdate, RewriteReport, SharedLock, SledStore, Storage, StorageKey,
+    StoreError,
 };
 
 use crate::pg_store::PgStore;
@@ -117,7 +118,7 @@ impl Storage for RelayStore {
         &self,
         prefix: &[String],
         known: &[StorageKey],
-    ) -> Result<Vec<(StorageKey, Vec<u8>)>, StoreError> {
+    ) -> Result<RangeUpdate, StoreError> {
         self.inner().load_range_except(prefix, known)
     }
     fn is_shared(&self) -> bool {

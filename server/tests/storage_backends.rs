@@ -106,23 +106,38 @@ fn contract(open: &dyn Fn() -> Box<dyn Storage>) {
     assert_eq!(s.list_keys(&k(&["ab"])).unwrap(), vec![k(&["ab", "x"])]);
     assert_eq!(s.load(&k(&["b"])).unwrap(), Some(b"b".to_vec()));
 
-    // load_range_except leaves out the keys the caller has, flushed or not.
-    for h in ["h1", "h2", "h3"] {
+    // load_range_except leaves out the keys the caller has, flushed or not, and names
+    // those it had that are gone (deleted, flushed or not).
+    for h in ["h0", "h1", "h2", "h3", "h5"] {
         s.put(&k(&["c", "incremental", h]), h.as_bytes()).unwrap();
     }
     s.flush().unwrap();
+    s.delete(&k(&["c", "incremental", "h0"])).unwrap();
+    s.flush().unwrap();
     s.put(&k(&["c", "incremental", "h4"]), b"h4").unwrap();
+    s.delete(&k(&["c", "incremental", "h5"])).unwrap();
     let known = vec![
+        k(&["c", "incremental", "h5"]),
         k(&["c", "incremental", "h1"]),
         k(&["c", "incremental", "h3"]),
+        k(&["c", "incremental", "h0"]),
+        k(&["b"]),
     ];
     let fresh = s.load_range_except(&k(&["c"]), &known).unwrap();
     assert_eq!(
-        fresh,
+        fresh.added,
         vec![
             (k(&["c", "incremental", "h2"]), b"h2".to_vec()),
             (k(&["c", "incremental", "h4"]), b"h4".to_vec()),
         ]
+    );
+    assert_eq!(
+        fresh.gone,
+        vec![
+            k(&["c", "incremental", "h0"]),
+            k(&["c", "incremental", "h5"])
+        ],
+        "a known key outside the prefix is not gone"
     );
     s.flush().unwrap();
 

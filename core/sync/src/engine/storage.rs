@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use super::document::DocState;
 use super::{contained, CloseReason, Engine, Event, Rejection};
 use crate::ids::DocumentId;
-use crate::store::{StorageKey, StorageOp, StorageOutcome, StoreError};
+use crate::store::{RangeUpdate, StorageKey, StorageOp, StorageOutcome, StoreError};
 use crate::time::Timestamp;
 use crate::wire::Message;
 
@@ -404,9 +404,12 @@ impl Engine {
             // meanwhile after it).
             return;
         }
-        let chunks = match result {
-            Ok(StorageOutcome::Range(chunks)) => chunks,
-            Ok(_) => Vec::new(),
+        let RangeUpdate {
+            added: chunks,
+            gone,
+        } = match result {
+            Ok(StorageOutcome::Update(update)) => update,
+            Ok(_) => RangeUpdate::default(),
             Err(error) => {
                 // Nothing changed in memory; the next hint or sweep reads again.
                 tracing::warn!(doc = %id, error = %error, "refresh read failed");
@@ -449,6 +452,12 @@ impl Engine {
                 }
             }
         }
+        // What another writer's compaction folded into its snapshot and deleted no longer
+        // counts (towards the size, and the chunks before the next compaction).
+        let removed = gone
+            .iter()
+            .filter(|key| doc.chunks.remove(*key).is_some())
+            .count();
         if damaged > 0 || panicked {
             tracing::error!(doc = %id, chunks = damaged.max(1), "a chunk another writer stored does not load");
             self.emit(Event::StorageFailed {
@@ -469,9 +478,9 @@ impl Engine {
             return;
         };
         let after = am.get_heads();
-        if added > 0 {
+        if added > 0 || removed > 0 {
             let stored = doc.stored_bytes() as u64;
-            tracing::debug!(doc = %id, chunks = added, "read chunks other writers stored");
+            tracing::debug!(doc = %id, added, removed, "read chunks other writers stored or deleted");
             self.access.document_stored(&id, stored);
         }
         if after != before {

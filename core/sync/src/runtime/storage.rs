@@ -3,6 +3,7 @@
 //! from only once the flush that covers it succeeded.
 
 use super::*;
+use crate::store::RangeUpdate;
 
 /// See [`Host::storage_writer`].
 pub(super) struct HostStorage {
@@ -31,7 +32,7 @@ impl Storage for HostStorage {
         &self,
         prefix: &[String],
         known: &[StorageKey],
-    ) -> Result<Vec<(StorageKey, Vec<u8>)>, StoreError> {
+    ) -> Result<RangeUpdate, StoreError> {
         self.storage.load_range_except(prefix, known)
     }
     fn is_shared(&self) -> bool {

@@ -82,8 +82,10 @@ pub enum StorageOp {
         /// The prefix.
         prefix: StorageKey,
     },
-    /// Read every key under `prefix` except those in `known`, in key order: what other
-    /// writers of a shared store added to a document this engine already holds.
+    /// Read every key under `prefix` except those in `known`, in key order, and say which
+    /// of `known` are gone: what other writers of a shared store added to (and compacted
+    /// out of) a document this engine already holds. Answered with
+    /// [`StorageOutcome::Update`].
     LoadRangeExcept {
         /// The prefix.
         prefix: StorageKey,
@@ -102,6 +104,16 @@ impl StorageOp {
     }
 }
 
+/// What [`Storage::load_range_except`] found under a prefix.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RangeUpdate {
+    /// The keys the caller did not know, with their values, in key order.
+    pub added: Vec<(StorageKey, Vec<u8>)>,
+    /// The keys the caller knew that are no longer there (another writer deleted them),
+    /// in key order.
+    pub gone: Vec<StorageKey>,
+}
+
 /// A successful storage result.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StorageOutcome {
@@ -109,6 +121,8 @@ pub enum StorageOutcome {
     Loaded(Option<Vec<u8>>),
     /// Answer to `LoadRange`.
     Range(Vec<(StorageKey, Vec<u8>)>),
+    /// Answer to `LoadRangeExcept`.
+    Update(RangeUpdate),
     /// A `Put` or `Delete` is durable.
     Written,
 }
@@ -180,6 +194,20 @@ impl StoreError {
     }
 }
 
+/// The keys of `known` under `prefix` that are not in `present`, in key order (for
+/// [`Storage::load_range_except`]).
+pub fn gone_keys(
+    prefix: &[String],
+    known: &[StorageKey],
+    present: &std::collections::BTreeSet<&StorageKey>,
+) -> Vec<StorageKey> {
+    let gone: std::collections::BTreeSet<&StorageKey> = known
+        .iter()
+        .filter(|k| k.starts_with(prefix) && !present.contains(k))
+        .collect();
+    gone.into_iter().cloned().collect()
+}
+
 /// A key-value store with explicit durability.
 ///
 /// `put` and `delete` may buffer; `flush` makes everything before it durable. A host that
@@ -235,7 +263,7 @@ pub trait Storage: Send + Sync {
             StorageOp::Load { key } => StorageOutcome::Loaded(self.load(key)?),
             StorageOp::LoadRange { prefix } => StorageOutcome::Range(self.load_range(prefix)?),
             StorageOp::LoadRangeExcept { prefix, known } => {
-                StorageOutcome::Range(self.load_range_except(prefix, known)?)
+                StorageOutcome::Update(self.load_range_except(prefix, known)?)
             }
             StorageOp::Put { key, data } => {
                 self.put(key, data)?;
@@ -261,19 +289,23 @@ pub trait Storage: Send + Sync {
         Ok(out)
     }
 
-    /// Every key under `prefix` except those in `known`, in key order. The default reads
-    /// the whole range and drops the known keys; a store on a network should not send them.
+    /// Every key under `prefix` except those in `known`, with its value, and the keys of
+    /// `known` under `prefix` that are no longer stored. The default reads the whole range
+    /// and drops the known values; a store on a network should not send them.
     fn load_range_except(
         &self,
         prefix: &[String],
         known: &[StorageKey],
-    ) -> Result<Vec<(StorageKey, Vec<u8>)>, StoreError> {
+    ) -> Result<RangeUpdate, StoreError> {
+        let all = self.load_range(prefix)?;
+        let present: std::collections::BTreeSet<&StorageKey> = all.iter().map(|(k, _)| k).collect();
+        let gone = gone_keys(prefix, known, &present);
         let known: std::collections::BTreeSet<&StorageKey> = known.iter().collect();
-        Ok(self
-            .load_range(prefix)?
+        let added = all
             .into_iter()
             .filter(|(k, _)| !known.contains(k))
-            .collect())
+            .collect();
+        Ok(RangeUpdate { added, gone })
     }
 
     /// True when other processes (other relays of a cluster) write this store too, so

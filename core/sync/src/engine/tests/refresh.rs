@@ -29,9 +29,30 @@ struct Relay {
     writes: Vec<StorageOp>,
     /// Refresh reads: how many values each returned.
     refreshes: Vec<usize>,
+    /// The size of each document as the engine last reported it to its access policy.
+    sizes: Sizes,
     /// Frames this relay sent.
     sent: usize,
     events: Vec<Event>,
+}
+
+/// Open access that records the sizes the engine reports (what a bytes quota counts).
+#[derive(Clone, Default)]
+struct Sizes(Arc<std::sync::Mutex<std::collections::BTreeMap<DocumentId, u64>>>);
+
+impl Access for Sizes {
+    fn allows(
+        &self,
+        _: &PeerInfo<'_>,
+        _: &DocumentId,
+        _: Operation,
+        _: crate::time::Timestamp,
+    ) -> bool {
+        true
+    }
+    fn document_stored(&self, doc: &DocumentId, bytes: u64) {
+        self.0.lock().unwrap().insert(*doc, bytes);
+    }
 }
 
 impl Relay {
@@ -44,8 +65,12 @@ impl Relay {
             .with_storage_id(store.storage_id().unwrap())
             .with_sync_debounce(Duration::ZERO)
             .with_limits(limits);
+        let sizes = Sizes::default();
+        let mut engine = Engine::new(config);
+        engine.set_access(Box::new(sizes.clone()));
         Relay {
-            engine: Engine::new(config),
+            engine,
+            sizes,
             store,
             hold_reads: false,
             held: vec![],
@@ -74,7 +99,7 @@ impl Relay {
                     let result = self.store.execute(op);
                     if refresh {
                         let n = match &result {
-                            Ok(StorageOutcome::Range(values)) => values.len(),
+                            Ok(StorageOutcome::Update(update)) => update.added.len(),
                             _ => 0,
                         };
                         self.refreshes.push(n);
@@ -416,6 +441,29 @@ fn two_relays_compacting_one_document_while_both_phones_edit_lose_nothing() {
         for p in 0..2 {
             assert!(net.has(p, doc, key).is_some(), "phone {p} lacks {key}");
         }
+    }
+    // Each relay counts the document at the size the store holds (a bytes quota counts
+    // it so), the chunks the other relay compacted away included: once neither has
+    // anything left to compact, a last refresh each brings both views to the store's.
+    for _ in 0..5 {
+        for r in 0..2 {
+            assert!(net.relays[r].engine.refresh_document(doc));
+            net.pump();
+        }
+    }
+    let in_store: u64 = net
+        .store
+        .load_range(&[doc.to_string()])
+        .unwrap()
+        .iter()
+        .map(|(_, v)| v.len() as u64)
+        .sum();
+    for r in 0..2 {
+        assert_eq!(
+            net.relays[r].sizes.0.lock().unwrap().get(&doc),
+            Some(&in_store),
+            "relay {r}'s count of the document's bytes"
+        );
     }
     // Compaction keeps the store small: far fewer keys than chunks written.
     let keys = net
