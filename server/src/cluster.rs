@@ -12,6 +12,13 @@
 //! Membership is a record family in the same store: a hint or a sweep that finds it
 //! changed reloads it, and closes the sockets whose access the other relay took away.
 //!
+//! Group quotas count every relay's writes: the size of each document a hint names is
+//! read from the database at once (batched), and every [`RECOUNT_EVERY_SWEEPS`] sweeps
+//! the size of every stored document, which catches lost hints and serves
+//! `--cluster-listen false`. The quota's other counts (documents per group, per member
+//! per hour) are membership records, re-read under the cluster-wide lock before each
+//! change.
+//!
 //! Ephemeral messages (presence, cursors) cross relays on the same channel, never
 //! stored: the engine reports each one a socket sent for everyone (or for a peer not
 //! connected here) as [`Event::EphemeralShared`](cairn_sync::engine::Event), the
@@ -21,7 +28,7 @@
 //! every ephemeral message: none cross while the listener is away, or with
 //! `--cluster-listen false`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,6 +59,14 @@ const EPHEMERAL_QUEUE: usize = 1024;
 
 /// Ephemeral messages sent in one statement (one round trip).
 const EPHEMERAL_BATCH: usize = 128;
+
+/// Every this many sweeps, the size of every stored document is read again (the sizes
+/// group quotas count; a hint's document is read at once, this catches lost hints and
+/// serves `--cluster-listen false`).
+const RECOUNT_EVERY_SWEEPS: u32 = 30;
+
+/// Hinted documents' sizes are read together, at most this often.
+const SIZES_EVERY: Duration = Duration::from_millis(100);
 
 /// Time between health checks of the database (`/readyz`, `cairn_database_up`).
 const HEALTH_EVERY: Duration = Duration::from_secs(1);
@@ -177,8 +192,15 @@ async fn follow(state: AppState, pg: PgStore, mut f: Following, stop: Cancellati
     let mut seen: HashMap<String, i64> = HashMap::new();
     let mut tick = tokio::time::interval(f.every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sizes_tick = tokio::time::interval(SIZES_EVERY);
+    sizes_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut listening = f.listener.is_some();
     let mut dropped = 0;
+    // Documents other relays changed whose sizes this relay should read (with membership:
+    // its group quotas count every relay's writes).
+    let quotas = state.members.is_some();
+    let mut hinted: BTreeSet<String> = BTreeSet::new();
+    let mut sweeps: u32 = 0;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -186,6 +208,9 @@ async fn follow(state: AppState, pg: PgStore, mut f: Following, stop: Cancellati
                 Some(Hint::Changed { doc }) => {
                     state.metrics.cluster_hints.get_or_create(&vec![("result", "taken")]).inc();
                     changed(&state, &doc, Cause::Hint).await;
+                    if quotas && doc != MEMBERSHIP && hinted.len() < HINT_QUEUE {
+                        hinted.insert(doc);
+                    }
                 }
                 Some(Hint::Ephemeral { message }) => deliver(&state, &message).await,
                 Some(Hint::Reconnected) => {
@@ -209,9 +234,50 @@ async fn follow(state: AppState, pg: PgStore, mut f: Following, stop: Cancellati
                     }
                 }
                 sweep(&state, &pg, &mut seen).await;
+                sweeps = sweeps.wrapping_add(1);
+                if quotas && sweeps.is_multiple_of(RECOUNT_EVERY_SWEEPS) {
+                    read_sizes(&state, &pg, None).await;
+                }
+            }
+            _ = sizes_tick.tick(), if !hinted.is_empty() => {
+                let docs: Vec<String> = std::mem::take(&mut hinted).into_iter().collect();
+                read_sizes(&state, &pg, Some(docs)).await;
             }
         }
     }
+}
+
+/// Reads the stored size of `docs` (of every document with `None`) and gives them to
+/// the membership's group quotas, so a group's bytes count what every relay wrote.
+async fn read_sizes(state: &AppState, pg: &PgStore, docs: Option<Vec<String>>) {
+    let Some(members) = &state.members else {
+        return;
+    };
+    let cause = if docs.is_some() { "hint" } else { "recount" };
+    let p = pg.clone();
+    let read = tokio::task::spawn_blocking(move || match docs {
+        Some(docs) => p.sizes_of(&docs),
+        None => p.document_sizes(),
+    })
+    .await;
+    let sizes = match read {
+        Ok(Ok(sizes)) => sizes,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, cause, "cluster: reading document sizes failed; the next recount retries");
+            return;
+        }
+        Err(_) => return,
+    };
+    let sizes: Vec<(DocumentId, u64)> = sizes
+        .into_iter()
+        .filter_map(|(id, bytes)| Some((id.parse().ok()?, bytes)))
+        .collect();
+    state
+        .metrics
+        .cluster_sizes
+        .get_or_create(&vec![("cause", cause)])
+        .inc_by(sizes.len() as u64);
+    members.membership.seed_document_sizes(sizes);
 }
 
 /// Sends the queued ephemeral messages to the other relays, up to [`EPHEMERAL_BATCH`] per

@@ -93,6 +93,9 @@ pub struct Metrics {
     /// `received`; not passed on: `dropped` while the queue was full, `too_large` for a
     /// notification, `failed` when the database did not take them, `malformed`).
     pub cluster_ephemeral: Family<Labels, Counter>,
+    /// With PostgreSQL and membership: documents whose stored size was read from the
+    /// database for the group quotas, by `cause` (`hint`, `recount`).
+    pub cluster_sizes: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -144,6 +147,7 @@ impl Metrics {
             cluster_hints: Family::default(),
             cluster_refreshes: Family::default(),
             cluster_ephemeral: Family::default(),
+            cluster_sizes: Family::default(),
             quota_exceeded: Family::default(),
             audit_entries: Counter::default(),
             audit_seen_seq: std::sync::atomic::AtomicU64::new(0),
@@ -353,6 +357,11 @@ impl Metrics {
             "cluster_ephemeral",
             "With PostgreSQL: ephemeral messages passed between relays, by result (sent, received, dropped, too_large, failed, malformed)",
             m.cluster_ephemeral.clone(),
+        );
+        registry.register(
+            "cluster_sizes",
+            "With PostgreSQL and membership: documents whose stored size was read for the group quotas, by cause (hint, recount)",
+            m.cluster_sizes.clone(),
         );
         // Up until the host says otherwise: the gauge is refreshed on every scrape.
         m.engine_up.set(1);

@@ -119,6 +119,8 @@ const SQL_DELETE_RANGE: &str = "DELETE FROM cairn_kv WHERE key >= $1 AND key < $
 const SQL_NOTIFY: &str = "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p";
 const SQL_VERSIONS: &str =
     "SELECT doc, max(seq) FROM cairn_kv WHERE doc = ANY($1::text[]) GROUP BY doc";
+const SQL_SIZES_OF: &str = "SELECT doc, sum(octet_length(data))::bigint FROM cairn_kv \
+     WHERE doc = ANY($1::text[]) GROUP BY doc";
 const SQL_SIZES: &str =
     "SELECT doc, sum(octet_length(data))::bigint FROM cairn_kv GROUP BY doc ORDER BY doc";
 
@@ -374,6 +376,28 @@ impl PgStore {
                 Ok(())
             })
         })
+    }
+
+    /// Bytes stored for each of `docs` (by first key part; 0 for one with no key left).
+    pub fn sizes_of(&self, docs: &[String]) -> Result<Vec<(String, u64)>, StoreError> {
+        let asked = docs.to_vec();
+        let found: HashMap<String, u64> = self.call("read document sizes", move |c| {
+            Box::pin(async move {
+                let stmt = c.prepare_cached(SQL_SIZES_OF).await?;
+                let rows = c.query(&stmt, &[&asked]).await?;
+                Ok(rows
+                    .iter()
+                    .map(|r| {
+                        let size: Option<i64> = r.get(1);
+                        (r.get::<_, String>(0), size.unwrap_or(0).max(0) as u64)
+                    })
+                    .collect())
+            })
+        })?;
+        Ok(docs
+            .iter()
+            .map(|d| (d.clone(), found.get(d).copied().unwrap_or(0)))
+            .collect())
     }
 
     /// One round trip to the database within the timeout (for `/readyz`).

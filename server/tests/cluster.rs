@@ -837,3 +837,143 @@ async fn presence_crosses_relays_and_is_never_stored() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+with_and_without_hints!(
+    group_bytes_cross_relays: a_groups_bytes_quota_counts_what_every_relay_stored,
+    a_groups_bytes_quota_counts_what_every_relay_stored_by_the_recount_alone
+);
+
+/// `chars` random letters and digits (what compresses little).
+fn noise(chars: usize, seed: u64) -> String {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    (0..chars)
+        .map(|_| {
+            let n = rng.gen_range(0..62u8);
+            char::from(match n {
+                0..=9 => b'0' + n,
+                10..=35 => b'a' + n - 10,
+                _ => b'A' + n - 36,
+            })
+        })
+        .collect()
+}
+
+/// A group's bytes quota (1 MiB here) counts what every relay stored: after a document
+/// filled most of it through relay 0, relay 1 refuses a write that would pass it. With
+/// the listener the hint's document is measured at once; without, the periodic recount
+/// measures every document.
+async fn group_bytes_cross_relays(listen: bool) {
+    use common::members::call;
+    use common::Raw;
+    use common::SyncOutcome;
+    let pg = PgCluster::start();
+    let url = pg.create_database(if listen { "quota" } else { "quota_sweep" });
+    let mut flags = relay_flags(&url, listen);
+    flags.extend(["--group-max-mb".to_owned(), "1".to_owned()]);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let g = Group::start_with_store(&flags[2..], &url).await;
+    let other_dir = tempfile::tempdir().expect("tempdir");
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let admin_listen = admin.to_string();
+    let mut other_flags = flags.clone();
+    other_flags.extend(["--admin-listen", &admin_listen]);
+    let other = Relay::start_members(other_dir.path(), &other_flags).await;
+    // The relay writes its operator token when its admin listener starts.
+    let token_file = other_dir.path().join("admin-token");
+    let started = Instant::now();
+    let token = loop {
+        match std::fs::read_to_string(&token_file) {
+            Ok(t) if t.ends_with('\n') => break t,
+            _ => {
+                assert!(started.elapsed() < LONG, "no operator token");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let token = token.trim();
+    let mia = g.join("member", "mia").await;
+    let (big, late) = (common::doc_id(1), common::doc_id(2));
+    g.register(&g.organiser, big, "meeting").await.expect(201);
+    g.register(&g.organiser, late, "meeting").await.expect(201);
+    let mut on_other = None;
+    let started = Instant::now();
+    while on_other.is_none() {
+        assert!(started.elapsed() < LONG, "relay 1 never accepted mia");
+        if let common::members::Upgrade::Open(raw) =
+            common::members::upgrade(&other.url(), Some(&mia.token)).await
+        {
+            let mut raw = *raw;
+            raw.peer = mia.peer().into();
+            raw.join().await;
+            on_other = Some(raw);
+        } else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let mut on_other = on_other.expect("joined");
+    let write = |text: String| {
+        let mut am = Automerge::new();
+        let mut tx = am.transaction();
+        tx.put(ROOT, "minutes", text).expect("put");
+        tx.commit();
+        am
+    };
+    // A small write through relay 1 is taken: the group has room.
+    let mut small = write(noise(1_000, 1));
+    assert!(matches!(
+        on_other
+            .sync_doc(late, &mut small, &mut automerge::sync::State::new())
+            .await,
+        SyncOutcome::Acknowledged(_)
+    ));
+    // Most of the quota through relay 0.
+    let mut ws = Raw::joined_as(&g.url(), &g.organiser).await;
+    let mut filled = write(noise(900_000, 2));
+    assert!(matches!(
+        ws.sync_doc(big, &mut filled, &mut automerge::sync::State::new())
+            .await,
+        SyncOutcome::Acknowledged(_)
+    ));
+    let stored_big: u64 = {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || {
+            let pg = PgStore::connect(&url, "check", PgOptions::default()).expect("connect");
+            pg.sizes_of(&[big.to_string()]).expect("size")[0].1
+        })
+        .await
+        .expect("read")
+    };
+    assert!(stored_big > 600_000, "{stored_big}");
+    // Relay 1 counts it (what its operator sees).
+    let path = format!("/admin/v1/groups/{}/quota", g.group);
+    let counted = Instant::now();
+    loop {
+        let quota = call(admin, "GET", &path, Some(token), None)
+            .await
+            .expect(200);
+        if quota["bytes_used"].as_u64().unwrap_or(0) >= stored_big {
+            break;
+        }
+        assert!(
+            counted.elapsed() < LONG,
+            "relay 1 never counted the other relay's bytes: {quota}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "group quota (listen {listen}): relay 1 counted {stored_big} bytes stored through relay 0 after {:?}",
+        counted.elapsed()
+    );
+    // A write that would take the group past its quota is refused on relay 1.
+    let mut too_much = write(noise(900_000, 3));
+    assert!(matches!(
+        on_other
+            .sync_doc(late, &mut too_much, &mut automerge::sync::State::new())
+            .await,
+        SyncOutcome::Unavailable
+    ));
+    other.stop().await.expect("clean stop");
+}

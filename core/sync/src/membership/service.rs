@@ -1830,9 +1830,10 @@ impl Membership {
         self.group_quota(group)
     }
 
-    /// Seeds each document's stored size (the relay calls it at start with the store's
+    /// Sets each document's stored size (the relay calls it at start with the store's
     /// per-document sizes; ids of no bound document are ignored). The engine keeps them
-    /// current from then on through [`MembershipAccess`].
+    /// current from then on through [`MembershipAccess`] for what this relay writes; a
+    /// relay sharing its store with others calls it again with what they wrote.
     pub fn seed_document_sizes(&self, sizes: impl IntoIterator<Item = (DocumentId, u64)>) {
         let state = self.read();
         let mut known = self.sizes();
