@@ -279,7 +279,7 @@ pub struct ClientConfig {
     /// relay connected to (unless its [`RelayEndpoint::credential`] names another). When
     /// set, its peer id must be `peer_id` ([`ClientError::CredentialMismatch`] otherwise).
     pub credential: Option<Credential>,
-    /// Engine limits.
+    /// Engine limits. Default [`Limits::client`].
     pub limits: Limits,
     /// First reconnect delay; doubles up to `max_backoff`. Default 250 ms.
     pub min_backoff: Duration,
@@ -309,7 +309,7 @@ impl ClientConfig {
         ClientConfig {
             peer_id: peer_id.into(),
             credential: None,
-            limits: Limits::default(),
+            limits: Limits::client(),
             min_backoff: Duration::from_millis(250),
             max_backoff: Duration::from_secs(5),
             seed: None,

@@ -51,10 +51,12 @@ pub struct Limits {
     /// Largest ephemeral payload forwarded. Default 64 KiB: presence and cursors are tens
     /// of bytes; larger ones are dropped (ephemeral data is lossy by design).
     pub max_ephemeral_bytes: usize,
-    /// Ephemeral messages one socket may send in a burst. Default 120.
+    /// Ephemeral messages one socket may send in a burst. Default 120 (a device's own
+    /// socket at the relay); 1,000 in [`Limits::client`].
     pub ephemeral_burst: u32,
     /// One more ephemeral message is allowed per this interval once the burst is spent.
-    /// Default 16 ms (about 60 a second: cursor updates while typing are 10 to 30).
+    /// Default 16 ms (about 60 a second: cursor updates while typing are 10 to 30); 1 ms
+    /// in [`Limits::client`].
     pub ephemeral_interval: Duration,
     /// Longest peer id (and storage id) accepted in a handshake. Default 256 bytes.
     pub max_peer_id_bytes: usize,
@@ -120,6 +122,22 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// The defaults for a device (the client role): [`Limits::default`], but its socket
+    /// may bring 1,000 ephemeral messages a second (after a burst of 1,000). A device's
+    /// socket to its relay carries the presence of every member of its groups, each
+    /// member already held to the relay's 60 a second, where a relay's socket carries one
+    /// device's: at the relay's default, a meeting of twenty moving their cursors lost
+    /// most of them at each phone.
+    pub fn client() -> Self {
+        Limits {
+            ephemeral_burst: 1_000,
+            ephemeral_interval: Duration::from_millis(1),
+            ..Limits::default()
+        }
+    }
+}
+
 /// Everything an [`super::Engine`] needs at construction.
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
@@ -163,7 +181,10 @@ impl EngineConfig {
             peer_id,
             storage_id: None,
             seed,
-            limits: Limits::default(),
+            limits: match role {
+                Role::Client => Limits::client(),
+                Role::Relay => Limits::default(),
+            },
             text_encoding: TextEncoding::Utf16CodeUnit,
             sync_debounce: match role {
                 Role::Client => DEFAULT_SYNC_DEBOUNCE,

@@ -631,6 +631,42 @@ fn ephemeral_messages_reach_the_others_once_and_are_never_stored() {
     );
 }
 
+/// A phone's socket to its relay carries a whole meeting's presence: twenty members
+/// moving their cursors at once all reach it (each member is held to its own budget at
+/// the relay).
+#[test]
+fn a_phone_takes_a_whole_meetings_cursors_from_its_relay() {
+    let (_relay, mut phones, doc) = three_phones();
+    let (phone, conn) = &mut phones[2];
+    phone.events.clear();
+    let sent = 19 * 15;
+    for n in 0..15u64 {
+        for member in 0..19 {
+            let frame = Message::Ephemeral {
+                sender_id: format!("member{member}/phone").into(),
+                target_id: "phone2".into(),
+                document_id: doc,
+                session_id: format!("session{member}"),
+                count: n + 1,
+                data: format!("cursor {n}").into_bytes(),
+            }
+            .encode();
+            phone
+                .engine
+                .handle_input(T0, Input::Frame { conn: *conn, frame });
+        }
+    }
+    phone.drain(T0);
+    let heard = phone
+        .events
+        .iter()
+        .filter(|e| matches!(e, Event::Ephemeral { .. }))
+        .count();
+    assert_eq!(heard, sent, "every cursor of the meeting reached the phone");
+    // The relay's own budget per socket is unchanged.
+    assert_eq!(Limits::default().ephemeral_burst, 120);
+}
+
 #[test]
 fn a_second_join_with_the_same_peer_id_replaces_the_first_socket() {
     let mut relay = Side::new(Role::Relay, "relay", 2);
