@@ -108,9 +108,13 @@ pub(crate) fn ephemeral_queue(config: &Config) -> Option<(EphemeralOut, Ephemera
 }
 
 /// Queues an ephemeral message for the other relays, or drops it (counted) when the
-/// queue is full. Called from the engine's observer: never waits.
+/// queue is full or it could never fit a notification (base64 makes 4 bytes of 3), so
+/// the queue holds at most [`EPHEMERAL_QUEUE`] small messages. Called from the engine's
+/// observer: never waits.
 pub(crate) fn queue_ephemeral(out: &EphemeralOut, metrics: &Metrics, m: &SharedEphemeral) {
-    if out.try_send(m.clone()).is_err() {
+    if m.data.len() > MAX_NOTIFY_PAYLOAD / 4 * 3 {
+        count_ephemeral(metrics, "too_large", 1);
+    } else if out.try_send(m.clone()).is_err() {
         count_ephemeral(metrics, "dropped", 1);
     }
 }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use automerge::transaction::Transactable;
 use automerge::{Automerge, ChangeHash, ReadDoc, ROOT};
-use cairn_relay::pg_store::{PgOptions, PgStore};
+use cairn_relay::pg_store::{PgOptions, PgStore, EPHEMERAL_PREFIX};
 use cairn_sync::client::{Client, ClientConfig};
 use cairn_sync::ids::DocumentId;
 use cairn_sync::store::{MemoryStore, Storage};
@@ -809,14 +809,28 @@ async fn presence_crosses_relays_and_is_never_stored() {
     })
     .await;
     eprintln!("presence: from relay 0 to a peer on relay 1 in {took:?}");
-    // Nothing of it is in the database.
+    // Nothing of it is in the database. And a notification that only looks like one
+    // (any user of the database may NOTIFY) is counted and dropped.
     let check = url.clone();
     let rows = tokio::task::spawn_blocking(move || {
         let pg = PgStore::connect(&check, "check", PgOptions::default()).expect("connect");
+        pg.notify(vec![format!("{EPHEMERAL_PREFIX}not base64!\nrelay-x")])
+            .expect("notify");
         pg.load_range(&[]).expect("read every row")
     })
     .await
     .expect("read");
+    let started = Instant::now();
+    loop {
+        let (_, text) = http_get(relays[1].addr, "/metrics").await.expect("metrics");
+        let name = "cairn_cluster_ephemeral_total{result=\"malformed\"}";
+        if metric_value(&text, name) == Some(1.0) {
+            break;
+        }
+        assert!(started.elapsed() < LONG, "the junk was not counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    wait_ready(relays[1].addr, true, LONG).await;
     assert!(!rows.is_empty());
     assert!(
         !rows

@@ -21,6 +21,12 @@
 //! PostgreSQL holds agree per document. Exits non-zero if a change never arrived (within
 //! `--timeout-secs` after the last write) or anything diverged. The database is dropped
 //! after each mode.
+//!
+//! With hints on, a presence phase follows: `--presence-rounds` times, one device in turn
+//! moves its cursor (a presence update) on one document, and the bench times how long until
+//! each device on another relay shows it (presence crosses relays only with hints). A
+//! second table gives those latencies; an update that never arrives (within 5 s) counts as
+//! missing and fails the run.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -75,6 +81,9 @@ struct Cli {
     /// How long after the last write every change must have reached every device.
     #[arg(long, default_value_t = 120)]
     timeout_secs: u64,
+    /// Presence updates in the presence phase (hints on only; 0: none).
+    #[arg(long, default_value_t = 300)]
+    presence_rounds: usize,
     /// The relay binary to run (default: `cairn-relay` beside this binary).
     #[arg(long)]
     relay: Option<PathBuf>,
@@ -107,13 +116,20 @@ struct Outcome {
     relay_cpu: f64,
     /// What disagreed (document ids and counts only).
     divergences: Vec<String>,
+    /// Presence latencies across relays, one per (update, device on another relay).
+    presence: Vec<Duration>,
+    /// Presence updates that never showed on a device within [`PRESENCE_WAIT`].
+    presence_missing: usize,
 }
 
 impl Outcome {
     fn ok(&self) -> bool {
-        self.missing == 0 && self.divergences.is_empty()
+        self.missing == 0 && self.divergences.is_empty() && self.presence_missing == 0
     }
 }
+
+/// How long a presence update may take to show on another relay's device.
+const PRESENCE_WAIT: Duration = Duration::from_secs(5);
 
 fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
@@ -458,6 +474,12 @@ async fn drive(
 
     let divergences = compare_heads(clients, &docs, url, cli, n).await?;
     latencies.sort();
+    let (mut presence, presence_missing) = if listen && cli.presence_rounds > 0 {
+        presence_phase(clients, &docs, cli.presence_rounds).await?
+    } else {
+        (Vec::new(), 0)
+    };
+    presence.sort();
     Ok(Outcome {
         listen,
         latencies,
@@ -466,7 +488,97 @@ async fn drive(
         converged_after_last,
         relay_cpu,
         divergences,
+        presence,
+        presence_missing,
     })
+}
+
+/// Whether `c` shows device `from`'s presence on `doc` at `seq`.
+fn shows(c: &Client, doc: DocumentId, from: usize, seq: usize) -> bool {
+    let peer = format!("member{from}/phone");
+    c.presence(doc)
+        .iter()
+        .any(|p| p.peer.as_str() == peer && p.state["seq"] == seq)
+}
+
+/// Waits until `c` shows device `from` at `seq` on `doc`; the time it took, or `None`
+/// after [`PRESENCE_WAIT`].
+async fn presence_arrival(
+    c: &Client,
+    doc: DocumentId,
+    from: usize,
+    seq: usize,
+    sent: Instant,
+) -> Option<Duration> {
+    let mut changes = c.presence_changes(doc);
+    let deadline = tokio::time::Instant::from_std(sent + PRESENCE_WAIT);
+    loop {
+        if shows(c, doc, from, seq) {
+            return Some(sent.elapsed());
+        }
+        if tokio::time::timeout_at(deadline, changes.changed())
+            .await
+            .is_err()
+        {
+            return None;
+        }
+    }
+}
+
+/// Every device shows its presence on every document; then, round by round, one device
+/// moves (`seq` = the round) on one document and every device on another relay is timed
+/// until it shows the move. Returns the latencies and how many never arrived.
+async fn presence_phase(
+    clients: &[Client],
+    docs: &[DocumentId],
+    rounds: usize,
+) -> anyhow::Result<(Vec<Duration>, usize)> {
+    let n = clients.len();
+    for c in clients {
+        for doc in docs {
+            c.set_presence(*doc, serde_json::json!({"seq": 0}))
+                .await
+                .context("setting presence")?;
+        }
+    }
+    for (i, c) in clients.iter().enumerate() {
+        for doc in docs {
+            for from in (0..n).filter(|&f| f != i) {
+                if presence_arrival(c, *doc, from, 0, Instant::now())
+                    .await
+                    .is_none()
+                {
+                    bail!("device {i} never showed device {from}'s presence");
+                }
+            }
+        }
+    }
+    let mut latencies = Vec::new();
+    let mut missing = 0;
+    for round in 1..=rounds {
+        let from = round % n;
+        let doc = docs[round % docs.len()];
+        let sent = Instant::now();
+        clients[from]
+            .update_presence(doc, "seq", serde_json::json!(round))
+            .await
+            .context("a presence update")?;
+        let arrivals = futures_util::future::join_all(
+            clients
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != from)
+                .map(|(_, c)| presence_arrival(c, doc, from, round, sent)),
+        )
+        .await;
+        for a in arrivals {
+            match a {
+                Some(d) => latencies.push(d),
+                None => missing += 1,
+            }
+        }
+    }
+    Ok((latencies, missing))
 }
 
 /// Follows one document on one device until it holds `want` changes from other relays
@@ -660,6 +772,29 @@ fn print_table(cli: &Cli, outcomes: &[Outcome]) {
             } else {
                 format!("NO ({})", o.divergences.len())
             }
+        );
+    }
+    for o in outcomes
+        .iter()
+        .filter(|o| o.listen && cli.presence_rounds > 0)
+    {
+        let l = &o.presence;
+        println!(
+            "\nPresence across relays (hints on): {} updates, each timed on the {} devices \
+             of the other relays\n",
+            cli.presence_rounds,
+            cli.relays - 1
+        );
+        println!("| arrivals | missing | p50 ms | p90 ms | p99 ms | max ms |");
+        println!("|---:|---:|---:|---:|---:|---:|");
+        println!(
+            "| {} | {} | {} | {} | {} | {} |",
+            l.len(),
+            o.presence_missing,
+            ms(quantile(l, 0.50)),
+            ms(quantile(l, 0.90)),
+            ms(quantile(l, 0.99)),
+            ms(l.last().copied()),
         );
     }
 }
