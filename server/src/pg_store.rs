@@ -351,13 +351,7 @@ impl PgStore {
         self.call("read document sizes", |c| {
             Box::pin(async move {
                 let rows = c.query(SQL_SIZES, &[]).await?;
-                Ok(rows
-                    .iter()
-                    .map(|r| {
-                        let size: Option<i64> = r.get(1);
-                        (r.get::<_, String>(0), size.unwrap_or(0).max(0) as u64)
-                    })
-                    .collect())
+                Ok(rows.iter().map(doc_size).collect())
             })
         })
     }
@@ -385,13 +379,7 @@ impl PgStore {
             Box::pin(async move {
                 let stmt = c.prepare_cached(SQL_SIZES_OF).await?;
                 let rows = c.query(&stmt, &[&asked]).await?;
-                Ok(rows
-                    .iter()
-                    .map(|r| {
-                        let size: Option<i64> = r.get(1);
-                        (r.get::<_, String>(0), size.unwrap_or(0).max(0) as u64)
-                    })
-                    .collect())
+                Ok(rows.iter().map(doc_size).collect())
             })
         })?;
         Ok(docs
@@ -563,6 +551,12 @@ impl PgStore {
             .map(|(k, v)| Ok((decode_key(&k)?, v)))
             .collect()
     }
+}
+
+/// A `(doc, sum of bytes)` row of [`SQL_SIZES`] or [`SQL_SIZES_OF`].
+fn doc_size(row: &tokio_postgres::Row) -> (String, u64) {
+    let size: Option<i64> = row.get(1);
+    (row.get(0), size.unwrap_or(0).max(0) as u64)
 }
 
 /// A key and, when it was read, its value.

@@ -637,6 +637,27 @@ async fn compacting(listen: bool) {
     );
 }
 
+/// `who`'s socket on `relay`, joined as soon as that relay knows `who` (a member made
+/// through another relay, learnt from the shared store).
+async fn joined_once_known(relay: &Relay, who: &common::members::Device) -> common::Raw {
+    let started = Instant::now();
+    loop {
+        if let common::members::Upgrade::Open(raw) =
+            common::members::upgrade(&relay.url(), Some(&who.token)).await
+        {
+            let mut raw = *raw;
+            raw.peer = who.peer().into();
+            raw.join().await;
+            return raw;
+        }
+        assert!(
+            started.elapsed() < LONG,
+            "the relay never accepted the member's credential"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A removal made through relay 0 closes the member's socket on relay 1: by the hint, and
 /// with the listener off by the sweep.
 async fn removal_crosses_relays(listen: bool) {
@@ -654,21 +675,7 @@ async fn removal_crosses_relays(listen: bool) {
     g.register(&g.organiser, doc, "meeting").await.expect(201);
     // Mia's socket is on the other relay, which learns of her and the document from the
     // shared store.
-    let mut ws = None;
-    let started = Instant::now();
-    while started.elapsed() < LONG {
-        if let common::members::Upgrade::Open(raw) =
-            common::members::upgrade(&other.url(), Some(&mia.token)).await
-        {
-            let mut raw = *raw;
-            raw.peer = mia.peer().into();
-            raw.join().await;
-            ws = Some(raw);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let mut ws = ws.expect("the other relay accepted mia's credential");
+    let mut ws = joined_once_known(&other, &mia).await;
     g.call(
         &g.organiser,
         "DELETE",
@@ -912,22 +919,7 @@ async fn group_bytes_cross_relays(listen: bool) {
     let (big, late) = (common::doc_id(1), common::doc_id(2));
     g.register(&g.organiser, big, "meeting").await.expect(201);
     g.register(&g.organiser, late, "meeting").await.expect(201);
-    let mut on_other = None;
-    let started = Instant::now();
-    while on_other.is_none() {
-        assert!(started.elapsed() < LONG, "relay 1 never accepted mia");
-        if let common::members::Upgrade::Open(raw) =
-            common::members::upgrade(&other.url(), Some(&mia.token)).await
-        {
-            let mut raw = *raw;
-            raw.peer = mia.peer().into();
-            raw.join().await;
-            on_other = Some(raw);
-        } else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-    let mut on_other = on_other.expect("joined");
+    let mut on_other = joined_once_known(&other, &mia).await;
     let write = |text: String| {
         let mut am = Automerge::new();
         let mut tx = am.transaction();
