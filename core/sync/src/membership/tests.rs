@@ -1248,6 +1248,35 @@ fn two_relays() -> (Membership, Membership) {
     (open(), open())
 }
 
+/// Two relays' membership over one shared store, a group made on A with a second member
+/// of `role` who joined through A, and B reloaded since: (A, B, the organiser, the group,
+/// the member, the member's token).
+struct TwoWithMember {
+    a: Membership,
+    b: Membership,
+    org: Identity,
+    g: GroupId,
+    ash: Identity,
+    token: String,
+}
+
+fn two_relays_with_member(role: Role) -> TwoWithMember {
+    let (a, b) = two_relays();
+    let (org, g) = group(&a);
+    let code = invite(&a, &org, &g, role, 1);
+    let (ash, token, _) = join(&a, &code, T0);
+    b.reload().unwrap();
+    b.take_external_changes();
+    TwoWithMember {
+        a,
+        b,
+        org,
+        g,
+        ash,
+        token,
+    }
+}
+
 #[test]
 fn a_group_and_an_invite_made_on_one_relay_are_seen_on_another_after_a_reload() {
     let (a, b) = two_relays();
@@ -1277,12 +1306,9 @@ fn a_group_and_an_invite_made_on_one_relay_are_seen_on_another_after_a_reload() 
 
 #[test]
 fn a_member_removed_on_one_relay_loses_access_on_another_after_a_reload() {
-    let (a, b) = two_relays();
-    let (org, g) = group(&a);
-    let code = invite(&a, &org, &g, Role::Member, 1);
-    let (ash, _, _) = join(&a, &code, T0);
-    b.reload().unwrap();
-    b.take_external_changes();
+    let TwoWithMember {
+        a, b, org, g, ash, ..
+    } = two_relays_with_member(Role::Member);
     assert!(engine_may(&b, &ash, doc(3), Operation::Read));
 
     a.remove(&org, &g, &ash.member, T0).unwrap();
@@ -1301,12 +1327,9 @@ fn a_member_removed_on_one_relay_loses_access_on_another_after_a_reload() {
 
 #[test]
 fn a_device_revoked_on_one_relay_is_refused_on_another_after_a_reload() {
-    let (a, b) = two_relays();
-    let (org, g) = group(&a);
-    let code = invite(&a, &org, &g, Role::Member, 1);
-    let (ash, token, _) = join(&a, &code, T0);
-    b.reload().unwrap();
-    b.take_external_changes();
+    let TwoWithMember {
+        a, b, ash, token, ..
+    } = two_relays_with_member(Role::Member);
     assert!(b.authenticate(&token).is_ok());
     a.revoke_device(&ash, &ash.device, T0).unwrap();
     assert!(b.reload().unwrap());
@@ -1345,11 +1368,14 @@ fn concurrent_changes_on_two_relays_lose_nothing_and_number_the_audit_without_ga
 
 #[test]
 fn a_change_on_one_relay_is_checked_against_the_other_relays_last_change() {
-    let (a, b) = two_relays();
-    let (org, g) = group(&a);
-    let code = invite(&a, &org, &g, Role::Organiser, 1);
-    let (second, _, _) = join(&a, &code, T0);
-    b.reload().unwrap();
+    let TwoWithMember {
+        a,
+        b,
+        org,
+        g,
+        ash: second,
+        ..
+    } = two_relays_with_member(Role::Organiser);
     invite(&b, &second, &g, Role::Member, 1);
 
     // A removes the second organiser; B has not reloaded, yet refuses their invite.

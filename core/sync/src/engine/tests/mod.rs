@@ -80,19 +80,25 @@ impl Side {
 const LINK: ConnectionId = ConnectionId::new(1);
 
 fn connect(phone: &mut Side, relay: &mut Side) {
-    relay.engine.handle_input(
+    attach(&mut relay.engine, &mut phone.engine, LINK, None);
+}
+
+/// Connects a phone's engine to a relay's over `conn`; the relay authenticated the
+/// socket as `identity`.
+fn attach(relay: &mut Engine, phone: &mut Engine, conn: ConnectionId, identity: Option<&str>) {
+    relay.handle_input(
         T0,
         Input::Connected {
-            conn: LINK,
+            conn,
             direction: Direction::Incoming,
-            identity: None,
+            identity: identity.map(str::to_owned),
             local_peer: None,
         },
     );
-    phone.engine.handle_input(
+    phone.handle_input(
         T0,
         Input::Connected {
-            conn: LINK,
+            conn,
             direction: Direction::Outgoing,
             identity: None,
             local_peer: None,
@@ -243,20 +249,7 @@ fn request_for_an_unknown_document_is_unavailable() {
 
 /// Connects `phone` to `relay` over `conn`.
 fn link(relay: &mut Side, phone: &mut Side, conn: ConnectionId) {
-    for (side, direction) in [
-        (&mut *relay, Direction::Incoming),
-        (phone, Direction::Outgoing),
-    ] {
-        side.engine.handle_input(
-            T0,
-            Input::Connected {
-                conn,
-                direction,
-                identity: None,
-                local_peer: None,
-            },
-        );
-    }
+    attach(&mut relay.engine, &mut phone.engine, conn, None);
 }
 
 #[test]
@@ -517,24 +510,7 @@ fn three_phones() -> (Side, Vec<(Side, ConnectionId)>, DocumentId) {
             }
         };
         let _ = id;
-        relay.engine.handle_input(
-            T0,
-            Input::Connected {
-                conn,
-                direction: Direction::Incoming,
-                identity: None,
-                local_peer: None,
-            },
-        );
-        phone.engine.handle_input(
-            T0,
-            Input::Connected {
-                conn,
-                direction: Direction::Outgoing,
-                identity: None,
-                local_peer: None,
-            },
-        );
+        link(&mut relay, &mut phone, conn);
         phones.push((phone, conn));
         pump_many(&mut relay, &mut phones);
     }

@@ -9,7 +9,7 @@ use automerge::transaction::Transactable;
 use automerge::Automerge;
 
 use super::access::{get, put};
-use super::{Side, T0};
+use super::{attach, Side, T0};
 use crate::engine::*;
 use crate::ids::{ConnectionId, DocumentId, PeerId, TaskId};
 use crate::store::{MemoryStore, Storage, StorageOp, StorageOutcome, StoreError};
@@ -151,8 +151,9 @@ struct Cluster {
 
 impl Cluster {
     /// Two relays, phone 0 on relay 0 and phone 1 on relay 1, and a document phone 0
-    /// created (title "Minutes") that both phones hold.
-    fn two(compact_after: usize) -> (Cluster, DocumentId) {
+    /// created (title "Minutes") and stored through relay 0, which phone 1 has not asked
+    /// for yet.
+    fn two_before_find(compact_after: usize) -> (Cluster, DocumentId) {
         let store = Arc::new(MemoryStore::default());
         let relays = vec![
             Relay::new("relay-a", 21, store.clone(), compact_after),
@@ -168,6 +169,12 @@ impl Cluster {
         let doc = net.phones[0].0.engine.create_document(T0, |_| {});
         put(&mut net.phones[0].0, T0, doc, "title", "Minutes");
         net.pump();
+        (net, doc)
+    }
+
+    /// [`Cluster::two_before_find`], and phone 1 holds the document too.
+    fn two(compact_after: usize) -> (Cluster, DocumentId) {
+        let (mut net, doc) = Cluster::two_before_find(compact_after);
         net.phones[1].0.engine.find(T0, doc);
         net.pump();
         assert_eq!(net.has(1, doc, "title").as_deref(), Some("Minutes"));
@@ -177,23 +184,11 @@ impl Cluster {
     fn phone(&mut self, name: &str, seed: u64, relay: usize) {
         let conn = ConnectionId::new(100 + self.phones.len() as u64);
         let mut side = Side::new(Role::Client, name, seed);
-        self.relays[relay].engine.handle_input(
-            T0,
-            Input::Connected {
-                conn,
-                direction: Direction::Incoming,
-                identity: Some(name.to_owned()),
-                local_peer: None,
-            },
-        );
-        side.engine.handle_input(
-            T0,
-            Input::Connected {
-                conn,
-                direction: Direction::Outgoing,
-                identity: None,
-                local_peer: None,
-            },
+        attach(
+            &mut self.relays[relay].engine,
+            &mut side.engine,
+            conn,
+            Some(name),
         );
         self.phones.push((side, relay, conn));
     }
@@ -327,20 +322,7 @@ fn a_refresh_asked_for_during_a_refresh_runs_once_more_after_it() {
 
 #[test]
 fn a_refresh_asked_for_while_the_document_loads_is_not_lost() {
-    let store = Arc::new(MemoryStore::default());
-    let mut net = Cluster {
-        store: store.clone(),
-        relays: vec![
-            Relay::new("relay-a", 21, store.clone(), 64),
-            Relay::new("relay-b", 22, store, 64),
-        ],
-        phones: vec![],
-    };
-    net.phone("ana", 1, 0);
-    net.phone("ben", 2, 1);
-    let doc = net.phones[0].0.engine.create_document(T0, |_| {});
-    put(&mut net.phones[0].0, T0, doc, "title", "Minutes");
-    net.pump();
+    let (mut net, doc) = Cluster::two_before_find(64);
     // Ben asks relay b, whose load reads the store before ana's next commit.
     net.relays[1].hold_reads = true;
     net.phones[1].0.engine.find(T0, doc);
